@@ -1,0 +1,169 @@
+"""Control-plane records: `SampleRef` and `FeatureSpec`.
+
+Field names follow SpecForge's runtime contracts so that a MetadataStore written
+for SpecForge round-trips these records unchanged. A ref points at one sample's
+feature tensors (through `feature_store_uri` and `feature_keys`) and never holds
+a tensor itself: `assert_no_tensors` rejects one anywhere inside, naming the path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+_SCALARS = (str, bytes, bool, int, float, type(None))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Shape and dtype of one named feature tensor (a description, not the data)."""
+
+    shape: Tuple[int, ...]
+    dtype: str
+    device_hint: Optional[str] = None
+    target_repr: Optional[str] = None
+    target_meta: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "device_hint": self.device_hint,
+            "target_repr": self.target_repr,
+            "target_meta": dict(self.target_meta),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSpec":
+        return cls(
+            shape=tuple(int(x) for x in d["shape"]),
+            dtype=str(d["dtype"]),
+            device_hint=d.get("device_hint"),
+            target_repr=d.get("target_repr"),
+            target_meta=dict(d.get("target_meta") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """A tensor-free pointer to exactly one sample's features."""
+
+    sample_id: str
+    run_id: str
+    source_task_id: Optional[str]
+    feature_store_uri: str
+    feature_keys: Dict[str, str]
+    feature_specs: Dict[str, FeatureSpec]
+    strategy: str
+    schema_version: int = 1
+    target_model_version: Optional[str] = None
+    draft_weight_version: Optional[str] = None
+    tokenizer_version: Optional[str] = None
+    num_tokens: int = 0
+    estimated_bytes: int = 0
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return ref_to_dict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SampleRef":
+        return cls(
+            sample_id=str(d["sample_id"]),
+            run_id=str(d["run_id"]),
+            source_task_id=d.get("source_task_id"),
+            feature_store_uri=str(d["feature_store_uri"]),
+            feature_keys=dict(d.get("feature_keys") or {}),
+            feature_specs={
+                k: v if isinstance(v, FeatureSpec) else FeatureSpec.from_dict(v)
+                for k, v in (d.get("feature_specs") or {}).items()
+            },
+            strategy=str(d["strategy"]),
+            schema_version=int(d.get("schema_version", 1)),
+            target_model_version=d.get("target_model_version"),
+            draft_weight_version=d.get("draft_weight_version"),
+            tokenizer_version=d.get("tokenizer_version"),
+            num_tokens=int(d.get("num_tokens", 0)),
+            estimated_bytes=int(d.get("estimated_bytes", 0)),
+            metadata=dict(d.get("metadata") or {}),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "SampleRef":
+        return cls.from_dict(json.loads(text))
+
+
+REF_FIELDS = tuple(f.name for f in dataclasses.fields(SampleRef))
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(FeatureSpec))
+
+
+def spec_to_dict(spec: Any) -> Dict[str, Any]:
+    """A FeatureSpec-like object (any type with the spec fields) as plain data."""
+    if isinstance(spec, Mapping):
+        return FeatureSpec.from_dict(spec).to_dict()
+    return {
+        "shape": [int(x) for x in getattr(spec, "shape")],
+        "dtype": str(getattr(spec, "dtype")),
+        "device_hint": getattr(spec, "device_hint", None),
+        "target_repr": getattr(spec, "target_repr", None),
+        "target_meta": dict(getattr(spec, "target_meta", None) or {}),
+    }
+
+
+def ref_to_dict(ref: Any) -> Dict[str, Any]:
+    """Any SampleRef-like object as plain JSON data, field by field.
+
+    Stores may return their own ref type; comparing `ref_to_dict(a) ==
+    ref_to_dict(b)` compares by field, never by type.
+    """
+    out = {name: getattr(ref, name) for name in REF_FIELDS}
+    out["feature_keys"] = dict(out["feature_keys"] or {})
+    out["feature_specs"] = {k: spec_to_dict(v) for k, v in (out["feature_specs"] or {}).items()}
+    out["metadata"] = _plain(out["metadata"] or {})
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _looks_like_tensor(obj: Any) -> bool:
+    root = type(obj).__module__.split(".", 1)[0]
+    if root in ("torch", "numpy") and not isinstance(obj, _SCALARS):
+        # torch.dtype / torch.Size are metadata, not data.
+        name = type(obj).__name__
+        return name not in ("dtype", "Size", "device")
+    return all(hasattr(obj, a) for a in ("dtype", "shape", "device"))
+
+
+def assert_no_tensors(obj: Any, path: str = "ref") -> None:
+    """Raise TypeError naming the path of the first tensor found inside `obj`."""
+    if isinstance(obj, _SCALARS):
+        return
+    if _looks_like_tensor(obj):
+        raise TypeError(
+            f"control-plane records carry no tensors: found {type(obj).__module__}."
+            f"{type(obj).__name__} at {path}"
+        )
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if not isinstance(v, _SCALARS):
+                assert_no_tensors(v, f"{path}.{f.name}")
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(v, _SCALARS):
+                assert_no_tensors(v, f"{path}[{k!r}]")
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for i, v in enumerate(obj):
+            if not isinstance(v, _SCALARS):
+                assert_no_tensors(v, f"{path}[{i}]")

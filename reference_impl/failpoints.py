@@ -1,0 +1,124 @@
+"""Named failpoints compiled into the reference implementation.
+
+A failpoint is a call `failpoints.hit("consumer.after_checkpoint_before_ack")`
+at a protocol boundary. When none is configured for the process, `hit` returns
+at once (one global lookup). The harness enables them per process through the
+environment variable `DFH_FAILPOINTS`, a JSON list of rules:
+
+    [{"point": "consumer.after_checkpoint_before_ack", "action": "crash", "hit": 3}]
+
+`hit` is 1-based: the rule fires on the N-th time the point is reached in this
+process, and on `times - 1` further hits after that (default 1). Actions:
+
+* `crash`  - SIGKILL this process (nothing after the point runs);
+* `pause`  - SIGSTOP this process; the harness sends SIGCONT later;
+* `eio`, `enospc` - raise OSError with that errno (an injected I/O error);
+* `raise`  - raise `FailpointCrash`, the simulation engine's "killed here".
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from typing import Callable, Dict, List, Optional
+
+ENV_VAR = "DFH_FAILPOINTS"
+
+#: Every failpoint compiled into reference_impl, with where it sits.
+POINTS: Dict[str, str] = {
+    "producer.after_features_before_commit": "features written, batch not yet committed",
+    "producer.after_commit_before_publish": "batch committed in the store, not yet in the channel",
+    "producer.mid_publish_batch": "some records of a publish batch appended, not all",
+    "consumer.after_read_before_train": "a window of refs read from the channel, not yet trained",
+    "consumer.after_train_before_checkpoint": "optimizer step taken in memory, no checkpoint yet",
+    "consumer.after_checkpoint_before_ack": "checkpoint durable, ack not yet recorded",
+    "consumer.after_ack_before_consumed": "ack durable, consumed count not yet published",
+    "consumer.after_ack_before_release": "ack durable, feature blobs not yet deleted",
+    "store.mid_ack_txn": "inside the ack transaction: ids written, marker not yet",
+    "channel.mid_append": "half of a channel record written (a torn record)",
+    "channel.before_fsync": "a channel record written, not yet fsynced",
+    "features.before_rename": "a feature blob written to its temp file, not yet renamed",
+}
+
+ACTIONS = ("crash", "pause", "eio", "enospc", "raise")
+
+
+class FailpointCrash(BaseException):
+    """Raised by the `raise` action: the simulated process dies at this point.
+
+    A BaseException so that protocol code's `except Exception` cannot swallow it.
+    """
+
+    def __init__(self, point: str):
+        super().__init__(point)
+        self.point = point
+
+
+_ACTIVE: Optional[Dict[str, List[dict]]] = None
+_COUNTS: Dict[str, int] = {}
+_ON_TRIGGER: Optional[Callable[[str, str], None]] = None
+
+
+def parse_rules(spec) -> List[dict]:
+    """Validate rules given as JSON text or a list of dicts."""
+    rules = json.loads(spec) if isinstance(spec, str) else list(spec or [])
+    out = []
+    for r in rules:
+        point, action = r.get("point"), r.get("action", "crash")
+        if point not in POINTS:
+            raise ValueError(f"unknown failpoint {point!r}; known: {', '.join(sorted(POINTS))}")
+        if action not in ACTIONS:
+            raise ValueError(f"unknown failpoint action {action!r}; allowed: {', '.join(ACTIONS)}")
+        hit, times = int(r.get("hit", 1)), int(r.get("times", 1))
+        if hit < 1 or times < 1:
+            raise ValueError(f"failpoint {point}: hit and times must be >= 1")
+        out.append({"point": point, "action": action, "hit": hit, "times": times})
+    return out
+
+
+def configure(rules=None, on_trigger: Optional[Callable[[str, str], None]] = None) -> None:
+    """Arm `rules` for this process (None or [] disarms everything)."""
+    global _ACTIVE, _ON_TRIGGER
+    parsed = parse_rules(rules) if rules else []
+    _COUNTS.clear()
+    _ON_TRIGGER = on_trigger
+    if not parsed:
+        _ACTIVE = None
+        return
+    active: Dict[str, List[dict]] = {}
+    for r in parsed:
+        active.setdefault(r["point"], []).append(r)
+    _ACTIVE = active
+
+
+def configure_from_env(on_trigger: Optional[Callable[[str, str], None]] = None) -> None:
+    configure(os.environ.get(ENV_VAR) or None, on_trigger)
+
+
+def hit(name: str) -> None:
+    if _ACTIVE is None:
+        return
+    rules = _ACTIVE.get(name)
+    if not rules:
+        return
+    n = _COUNTS[name] = _COUNTS.get(name, 0) + 1
+    for r in rules:
+        if r["hit"] <= n < r["hit"] + r["times"]:
+            _trigger(name, r["action"])
+
+
+def _trigger(name: str, action: str) -> None:
+    if _ON_TRIGGER is not None:
+        _ON_TRIGGER(name, action)
+    if action == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "pause":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    elif action == "eio":
+        raise OSError(errno.EIO, f"injected EIO at failpoint {name}")
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, f"injected ENOSPC at failpoint {name}")
+    elif action == "raise":
+        raise FailpointCrash(name)

@@ -1,0 +1,90 @@
+"""MetadataStore backends and `open_store`, which picks one from a run config."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from typing import Any
+
+from .base import MetadataStore, StoreUnavailable
+from .memory import InMemoryMetadataStore
+from .noop import NoOpMetadataStore
+from .sqlite import SQLiteMetadataStore
+
+BUILTIN_BACKENDS = ("sqlite", "inmemory", "private", "noop")
+
+__all__ = [
+    "MetadataStore",
+    "StoreUnavailable",
+    "InMemoryMetadataStore",
+    "NoOpMetadataStore",
+    "SQLiteMetadataStore",
+    "open_store",
+    "load_factory",
+    "BUILTIN_BACKENDS",
+]
+
+
+def load_factory(spec: str):
+    """Resolve `package.module:Attr` to the attribute; errors name the cause."""
+    if ":" not in spec:
+        raise ValueError(f"store factory {spec!r} is not of the form package.module:Attr")
+    mod_name, _, attr = spec.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"store factory {spec!r}: module {mod_name!r} not found ({e})") from e
+    obj = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"store factory {spec!r}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_from_factory(factory: Any, workdir: str) -> Any:
+    """Call a class or callable with a working directory, as certification does.
+
+    A class whose constructor takes no argument is called bare; one that takes
+    a path gets `<workdir>/store.db`; any other callable gets the directory.
+    """
+    if inspect.isclass(factory):
+        params = [
+            p
+            for p in inspect.signature(factory).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if not params:
+            return factory()
+        return factory(os.path.join(workdir, "store.db"))
+    return factory(workdir)
+
+
+def open_store(backend: str, workdir: str) -> MetadataStore:
+    """The store one process of a run opens.
+
+    * `sqlite`  - the shared WAL file `<workdir>/store.sqlite`;
+    * `inmemory` - the store server whose address is in `<workdir>/store.addr`;
+    * `private` - a fresh in-process InMemoryMetadataStore (the pre-O1.1 layout:
+      nothing is shared between processes or restarts; known bad);
+    * `noop`    - NoOpMetadataStore;
+    * `pkg.mod:Factory` - a third-party backend built on `<workdir>`.
+    """
+    if backend == "sqlite":
+        return SQLiteMetadataStore(os.path.join(workdir, "store.sqlite"))
+    if backend == "inmemory":
+        from .server import RemoteMetadataStore
+
+        return RemoteMetadataStore(os.path.join(workdir, "store.addr"))
+    if backend == "private":
+        return InMemoryMetadataStore()
+    if backend == "noop":
+        return NoOpMetadataStore()
+    if ":" in backend:
+        d = os.path.join(workdir, "store-backend")
+        os.makedirs(d, exist_ok=True)
+        return build_from_factory(load_factory(backend), d)
+    raise ValueError(
+        f"unknown store backend {backend!r}; allowed: {', '.join(BUILTIN_BACKENDS)} or package.module:Factory"
+    )
