@@ -1,0 +1,182 @@
+"""The append-only ref channel between producer and consumer.
+
+`channel.jsonl` holds one JSON record per line, `{"ref": {...}, "inc": k}`.
+The writer is the producer (one at a time); readers never parse a partial
+line: they advance their byte offset only over complete lines and re-read an
+unfinished tail on the next poll. A record torn by a crash (a last line with no
+newline) is cut off by the next writer before it appends, so the next record
+never glues onto it, and a reader that saw the fragment never consumed it.
+
+Beside the channel:
+* `channel.consumed`: the consumer's consumed count, replaced atomically;
+* sentinels `channel.closed`, `channel.failed`, `channel.consumer_done`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+from . import failpoints
+
+CHANNEL = "channel.jsonl"
+CONSUMED = "channel.consumed"
+CLOSED = "channel.closed"
+FAILED = "channel.failed"
+CONSUMER_DONE = "channel.consumer_done"
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Replace `path` with `obj` as JSON: temp file, fsync, rename, fsync dir."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def read_json(path: str) -> Optional[Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return None
+
+
+class ChannelWriter:
+    """Appends records; repairs a torn tail on open."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.path = os.path.join(workdir, CHANNEL)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.torn_bytes_repaired = 0
+        self.records, self.ids, size = self._scan()
+        self.size = size
+
+    def _scan(self) -> Tuple[int, List[str], int]:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        end = data.rfind(b"\n") + 1  # bytes of complete lines
+        if end < len(data):
+            # A record torn by a crash: cut it so the next append starts clean.
+            self.torn_bytes_repaired = len(data) - end
+            os.ftruncate(self._fd, end)
+            os.fsync(self._fd)
+        ids = []
+        for line in data[:end].splitlines():
+            if line.strip():
+                ids.append(json.loads(line)["ref"]["sample_id"])
+        return len(ids), ids, end
+
+    def append_one(self, ref_dict: Dict[str, Any], inc: int) -> int:
+        """Append one record (not yet fsynced); returns its position.
+
+        On an error the partial record is cut off again, so the file always
+        ends on a record boundary, and the error propagates.
+        """
+        line = (json.dumps({"ref": ref_dict, "inc": inc}, sort_keys=True, ensure_ascii=False) + "\n").encode()
+        start = self.size
+        try:
+            half = len(line) // 2
+            os.lseek(self._fd, start, os.SEEK_SET)
+            os.write(self._fd, line[:half])
+            failpoints.hit("channel.mid_append")
+            os.write(self._fd, line[half:])
+        except OSError:
+            os.ftruncate(self._fd, start)
+            raise
+        self.size = start + len(line)
+        self.records += 1
+        self.ids.append(ref_dict["sample_id"])
+        return self.records - 1
+
+    def sync(self) -> None:
+        failpoints.hit("channel.before_fsync")
+        os.fsync(self._fd)
+
+    def append(self, ref_dicts: List[Dict[str, Any]], inc: int) -> int:
+        """Append records and fsync once; returns the position of the first."""
+        first = self.records
+        for rd in ref_dicts:
+            self.append_one(rd, inc)
+        self.sync()
+        return first
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class ChannelReader:
+    """Yields `(position, record)` for each complete record, in order."""
+
+    def __init__(self, workdir: str) -> None:
+        self.path = os.path.join(workdir, CHANNEL)
+        self.offset = 0
+        self.position = 0
+        self.corrupt_lines = 0
+
+    def poll(self) -> List[Tuple[int, Dict[str, Any]]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        if end <= 0:
+            return []
+        out = []
+        for line in data[:end].split(b"\n")[:-1]:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                self.corrupt_lines += 1  # never written by a correct writer
+                continue
+            out.append((self.position, rec))
+            self.position += 1
+        self.offset += end
+        return out
+
+
+def count_records(workdir: str) -> int:
+    r = ChannelReader(workdir)
+    return len(r.poll())
+
+
+def channel_ids(workdir: str) -> List[str]:
+    return [rec["ref"]["sample_id"] for _, rec in ChannelReader(workdir).poll()]
+
+
+def read_consumed(workdir: str) -> int:
+    d = read_json(os.path.join(workdir, CONSUMED))
+    return int(d["consumed"]) if d else 0
+
+
+def write_consumed(workdir: str, consumed: int) -> None:
+    write_json_atomic(os.path.join(workdir, CONSUMED), {"consumed": int(consumed)})
+
+
+def sentinel(workdir: str, name: str) -> Optional[Dict[str, Any]]:
+    return read_json(os.path.join(workdir, name))
+
+
+def set_sentinel(workdir: str, name: str, payload: Dict[str, Any]) -> None:
+    write_json_atomic(os.path.join(workdir, name), payload)

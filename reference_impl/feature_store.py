@@ -1,0 +1,85 @@
+"""Feature store: one file per sample under `features/`, written atomically.
+
+`put` writes a temp file, fsyncs it and renames it into place, so a reader sees
+either no blob or a whole one. Blobs are deleted by the consumer only after the
+sample's durable ack (P7).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, List
+from urllib.parse import quote, unquote
+
+import torch
+
+from . import failpoints
+
+SUFFIX = ".pt"
+
+
+class FeatureStore:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+
+    @property
+    def uri(self) -> str:
+        return "file://" + os.path.abspath(self.root)
+
+    def _path(self, sample_id: str) -> str:
+        return os.path.join(self.root, quote(sample_id, safe="") + SUFFIX)
+
+    def put(self, sample_id: str, tensors: Dict[str, torch.Tensor]) -> Dict[str, str]:
+        path = self._path(sample_id)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save({k: v.detach().cpu() for k, v in tensors.items()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            failpoints.hit("features.before_rename")
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        return {k: f"{sample_id}/{k}" for k in tensors}
+
+    def get(self, sample_id: str) -> Dict[str, torch.Tensor]:
+        with open(self._path(sample_id), "rb") as f:
+            return torch.load(f, weights_only=True)
+
+    def exists(self, sample_id: str) -> bool:
+        return os.path.exists(self._path(sample_id))
+
+    def delete(self, sample_ids: Iterable[str]) -> List[str]:
+        gone = []
+        for sid in sample_ids:
+            try:
+                os.unlink(self._path(sid))
+                gone.append(sid)
+            except FileNotFoundError:
+                pass
+        return gone
+
+    def list_ids(self) -> List[str]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        return sorted(unquote(n[: -len(SUFFIX)]) for n in names if n.endswith(SUFFIX))
+
+    def remove_temp_files(self) -> int:
+        """Drop temp files left by a writer killed before its rename."""
+        n = 0
+        for name in os.listdir(self.root):
+            if ".tmp." in name:
+                try:
+                    os.unlink(os.path.join(self.root, name))
+                    n += 1
+                except FileNotFoundError:
+                    pass
+        return n

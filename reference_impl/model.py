@@ -1,0 +1,69 @@
+"""The tiny models: a frozen target that makes features, a draft head that trains.
+
+The draft model also holds the witness vector `w` (one slot per planned
+sample). Its loss term is `-scale * sum(w[i] for i in batch)` with
+`scale = world_size / witness_lr`; with plain SGD at `witness_lr` (a power of
+two) and data-parallel gradient averaging, training sample i adds exactly +1.0
+to w[i]. The final checkpoint's `w` is then an oracle independent of any log:
+1 everywhere is exactly-once, 2 a duplicate, 0 a loss.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+WITNESS_LR = 1.0
+
+
+def prompt_tokens(seed: int, index: int, seq_len: int, vocab: int) -> torch.Tensor:
+    """Deterministic synthetic prompt for sample `index` of a run seeded `seed`."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    return torch.randint(0, vocab, (seq_len,), generator=g)
+
+
+class TargetModel(nn.Module):
+    """Frozen: token ids -> hidden states and the target's next-token choice."""
+
+    def __init__(self, vocab: int, hidden: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.embed = nn.Parameter(torch.randn(vocab, hidden, generator=g) * 0.5, requires_grad=False)
+        self.proj = nn.Parameter(torch.randn(hidden, hidden, generator=g) * 0.5, requires_grad=False)
+        self.lm_head = nn.Parameter(torch.randn(hidden, vocab, generator=g) * 0.5, requires_grad=False)
+
+    @torch.no_grad()
+    def features(self, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+        h = torch.tanh(self.embed[tokens] @ self.proj)
+        return {"input_ids": tokens, "hidden_states": h, "target": (h @ self.lm_head).argmax(-1)}
+
+
+class DraftModel(nn.Module):
+    def __init__(self, vocab: int, hidden: int, num_samples: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed + 17)
+        self.head = nn.Linear(hidden, vocab)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(vocab, hidden, generator=g) * 0.1)
+            self.head.bias.zero_()
+        self.witness = nn.Parameter(torch.zeros(num_samples, dtype=torch.float32))
+
+    def loss(self, batch: List[Dict[str, torch.Tensor]], indices: List[int], world_size: int) -> torch.Tensor:
+        hidden = torch.cat([b["hidden_states"] for b in batch])
+        target = torch.cat([b["target"] for b in batch])
+        ce = nn.functional.cross_entropy(self.head(hidden), target, reduction="mean")
+        idx = torch.tensor(indices, dtype=torch.long, device=self.witness.device)
+        scale = world_size / WITNESS_LR
+        return ce - scale * self.witness[idx].sum()
+
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            [
+                {"params": list(self.head.parameters()), "lr": lr},
+                {"params": [self.witness], "lr": WITNESS_LR},
+            ],
+            momentum=0.0,
+            weight_decay=0.0,
+        )
