@@ -50,13 +50,19 @@ class DraftModel(nn.Module):
             self.head.bias.zero_()
         self.witness = nn.Parameter(torch.zeros(num_samples, dtype=torch.float32))
 
-    def loss(self, batch: List[Dict[str, torch.Tensor]], indices: List[int], world_size: int) -> torch.Tensor:
+    def ce_loss(self, batch: List[Dict[str, torch.Tensor]]) -> torch.Tensor:
         hidden = torch.cat([b["hidden_states"] for b in batch])
         target = torch.cat([b["target"] for b in batch])
-        ce = nn.functional.cross_entropy(self.head(hidden), target, reduction="mean")
+        return nn.functional.cross_entropy(self.head(hidden), target, reduction="mean")
+
+    def witness_loss(self, indices: List[int], world_size: int) -> torch.Tensor:
+        """Gradient -world_size/WITNESS_LR at each index: one SGD step adds exactly 1."""
         idx = torch.tensor(indices, dtype=torch.long, device=self.witness.device)
-        scale = world_size / WITNESS_LR
-        return ce - scale * self.witness[idx].sum()
+        return -(world_size / WITNESS_LR) * self.witness[idx].sum()
+
+    def loss(self, batch: List[Dict[str, torch.Tensor]], indices: List[int], world_size: int,
+             ce_weight: float = 1.0) -> torch.Tensor:
+        return self.ce_loss(batch) * ce_weight + self.witness_loss(indices, world_size)
 
     def optimizer(self, lr: float) -> torch.optim.Optimizer:
         return torch.optim.SGD(

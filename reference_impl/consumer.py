@@ -1,0 +1,369 @@
+"""The consumer (training side) as a steppable object, and its process main.
+
+One `step()` is one protocol action, by phase:
+
+1. `fill`       - poll the channel, take refs into the current optimizer window
+                  (skipping released samples and second copies);
+2. `train`      - one optimizer step over the window (`accumulation` micro-batches);
+3. `checkpoint` - every `checkpoint_every` steps (and at the end, or when starved
+                  of input with trained samples unacked): model, optimizer,
+                  `global_step` and the `unacked` ids, written atomically;
+4. `ack`        - `record_train_ack(unacked, global_step)`: the durable ack;
+5. `consumed`   - the channel's consumed count (the done-prefix) written;
+6. `release`    - feature blobs of the acked samples deleted.
+
+The checkpoint is written before the ack of the same step, so a crash between
+them leaves a checkpoint ahead of the ledger, which reconcile rolls forward (the
+samples are in the model: they must be released, not trained again). Features
+are deleted only after the ack is durable.
+
+On start the consumer loads the newest checkpoint and reconciles it with the
+store (`DataFlowController.reconcile`): released samples are skipped, the rest
+of the channel is trained. A lost ledger (store server restarted, ids gone)
+fails closed: exit 3 and the `channel.failed` sentinel, never silent retraining.
+
+    python -m reference_impl.consumer --config run/config.json [--resume] [--incarnation N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from . import failpoints
+from .channel import (CLOSED, CONSUMER_DONE, FAILED, ChannelReader, fsync_dir, read_consumed, sentinel,
+                      set_sentinel, write_consumed)
+from .config import EXIT_FAIL_CLOSED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig, load_config
+from .contracts import SampleRef
+from .controller import DataFlowController, LedgerLost
+from .devices import DeviceError, pick_device
+from .feature_store import FeatureStore
+from .history import HistoryWriter, NullHistory
+from .ref_queue import StreamingRefQueue
+from .stores import StoreUnavailable, open_store
+
+CHECKPOINT = os.path.join("checkpoint", "consumer.pt")
+
+
+class ConsumerFailClosed(RuntimeError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def checkpoint_path(cfg: RunConfig) -> str:
+    return cfg.path(CHECKPOINT)
+
+
+def load_checkpoint(cfg: RunConfig, map_location="cpu") -> Optional[Dict[str, Any]]:
+    import torch
+
+    try:
+        with open(checkpoint_path(cfg), "rb") as f:
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        return None
+
+
+def save_checkpoint(cfg: RunConfig, state: Dict[str, Any]) -> None:
+    """Atomic: temp file, fsync, rename, fsync the directory."""
+    import torch
+
+    path = checkpoint_path(cfg)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
+
+
+class Consumer:
+    def __init__(self, cfg: RunConfig, *, incarnation: int = 0, history=None, store=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        import torch
+
+        from .model import DraftModel
+
+        self.cfg = cfg
+        self.inc = incarnation
+        self.h = history or NullHistory()
+        self.clock = clock
+        self._torch = torch
+        self.device = pick_device(cfg.consumer_device, "consumer")
+        self.store = store if store is not None else open_store(cfg.backend, cfg.workdir)
+        self.ctl = DataFlowController(self.store)
+        self.features = FeatureStore(cfg.path("features"))
+        self.index_of = {cfg.sample_id(i): i for i in range(cfg.num_samples)}
+        self.model = DraftModel(cfg.vocab, cfg.hidden, cfg.num_samples, cfg.seed).to(self.device)
+        self.optim = self.model.optimizer(cfg.lr)
+        self.global_step = 0
+        self.acked_step = 0
+        self.unacked: List[str] = []  # trained since the last ack, in the model
+        self.window: List[SampleRef] = []
+        self.phase = "fill"
+        self.finished = False
+        self.last_progress = clock()
+        self.consumed_written = read_consumed(cfg.workdir)
+        self._final_window = False
+        self.ledger_id = None
+        self.queue = StreamingRefQueue(ChannelReader(cfg.workdir))
+        self._resume()
+
+    # -- start: checkpoint + reconcile ------------------------------------
+    def _resume(self) -> None:
+        cfg = self.cfg
+        ckpt = load_checkpoint(cfg, map_location=self.device)
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            self.optim.load_state_dict(ckpt["optim"])
+            self.global_step = self.acked_step = int(ckpt["global_step"])
+        if cfg.pre_o11:
+            # Pre-O1.1: a private store per process, nothing to reconcile with.
+            self.h.emit("reconcile", marker_step=None, checkpoint_step=self._ckpt_step(ckpt),
+                        checkpoint_inc=ckpt.get("writer_inc") if ckpt else None, released=[], requeued=[],
+                        rolled_forward=[], consumed_before=self.consumed_written, marker_acked_count=0,
+                        layout="private")
+            return
+        try:
+            rec = self.ctl.reconcile(ckpt)
+        except LedgerLost as e:
+            raise ConsumerFailClosed(e.reason, str(e)) from e
+        self.ledger_id = self.ctl.ledger_id()
+        if rec.rolled_forward or (ckpt is not None and rec.checkpoint_step and
+                                  rec.checkpoint_step > (rec.marker_step or 0)):
+            self.h.emit("ack", step=rec.checkpoint_step, ids=list(ckpt.get("unacked") or []), durable=True,
+                        roll_forward=True)
+        self.queue.skip_ids.update(rec.released)
+        self.h.emit("reconcile", marker_step=rec.marker_step, checkpoint_step=rec.checkpoint_step,
+                    checkpoint_inc=ckpt.get("writer_inc") if ckpt else None, released=rec.released,
+                    requeued=rec.requeued, rolled_forward=rec.rolled_forward,
+                    consumed_before=self.consumed_written, marker_acked_count=len(rec.released))
+        # Blobs of released samples that a crash left behind (acked, not yet deleted).
+        leftover = [sid for sid in rec.released if self.features.exists(sid)]
+        if leftover:
+            failpoints.hit("consumer.after_ack_before_release")
+            self.h.emit("release_features", ids=self.features.delete(leftover), gc=True)
+
+    @staticmethod
+    def _ckpt_step(ckpt) -> Optional[int]:
+        return int(ckpt["global_step"]) if ckpt is not None else None
+
+    # -- one protocol action per call -------------------------------------
+    def step(self) -> str:
+        """Returns "progress", "idle" (wait before calling again) or "done"."""
+        if self.finished:
+            return "done"
+        return getattr(self, "_step_" + self.phase)()
+
+    def _step_fill(self) -> str:
+        cfg = self.cfg
+        need = cfg.window
+        closed_before_poll = sentinel(cfg.workdir, CLOSED) is not None
+        got = self.queue.poll()
+        moved = got > 0
+        while len(self.window) < need:
+            d = self.queue.next()
+            if d is None:
+                break
+            kind, pos, ref = d
+            if kind == "take":
+                self.window.append(ref)
+                self.h.emit("read", pos=pos, id=ref.sample_id)
+            else:
+                self.h.emit("skip", pos=pos, id=ref.sample_id, reason=kind.split("-", 1)[1])
+        self._publish_consumed()
+        if len(self.window) >= need:
+            failpoints.hit("consumer.after_read_before_train")
+            self.phase = "train"
+            return "progress"
+        input_over = closed_before_poll and self.queue.buffered == 0 and got == 0
+        if input_over:
+            if self.window:
+                # The last, short window (single rank: a smaller optimizer step).
+                failpoints.hit("consumer.after_read_before_train")
+                self._final_window = True
+                self.phase = "train"
+                return "progress"
+            if self.unacked:
+                self.phase = "checkpoint"
+                return "progress"
+            return self._finish()
+        if self.unacked and self.clock() - self.last_progress > cfg.starve_checkpoint_s:
+            # Starved with trained samples unacked: make them durable so the
+            # consumed count (and the producer's backpressure) can move.
+            self.phase = "checkpoint"
+            return "progress"
+        if moved:
+            self.last_progress = self.clock()
+            return "progress"
+        return "idle"
+
+    def _step_train(self) -> str:
+        cfg = self.cfg
+        refs = self.window
+        batches, indices, trained = [], [], []
+        for ref in refs:
+            sid = ref.sample_id
+            try:
+                feats = self.features.get(sid)
+            except FileNotFoundError:
+                # Only a protocol bug gets here (blobs go only after a durable
+                # ack, and acked samples are skipped): say so loudly, the
+                # checkers then report the loss.
+                self.h.emit("missing_features", id=sid)
+                self.queue.mark_acked([sid])
+                continue
+            batches.append({k: v.to(self.device) for k, v in feats.items()})
+            indices.append(self.index_of[sid])
+            trained.append(sid)
+        self.window = []
+        if trained:
+            self.optim.zero_grad(set_to_none=True)
+            micro = max(1, -(-len(trained) // cfg.accumulation))
+            for lo in range(0, len(trained), micro):
+                # Cross-entropy weighted by the micro-batch's share of the step;
+                # the witness term unweighted, so each sample adds exactly 1.
+                share = len(indices[lo:lo + micro]) / len(trained)
+                self.model.loss(batches[lo:lo + micro], indices[lo:lo + micro], cfg.world_size,
+                                ce_weight=share).backward()
+            self.optim.step()
+            self.global_step += 1
+            self.unacked.extend(trained)
+            self.h.emit("train", step=self.global_step, ids=trained)
+            failpoints.hit("consumer.after_train_before_checkpoint")
+        self.last_progress = self.clock()
+        if cfg.consumer_step_delay_s:
+            time.sleep(cfg.consumer_step_delay_s)
+        due = self.global_step - self.acked_step >= cfg.checkpoint_every
+        self.phase = "checkpoint" if (self.unacked and (due or self._final_window)) else "fill"
+        self._final_window = False
+        return "progress"
+
+    def _step_checkpoint(self) -> str:
+        state = {
+            "global_step": self.global_step,
+            "writer_inc": self.inc,
+            "unacked": list(self.unacked),
+            "model": self.model.state_dict(),
+            "optim": self.optim.state_dict(),
+            "ledger_id": self.ledger_id,
+        }
+        save_checkpoint(self.cfg, state)
+        self.h.emit("checkpoint", step=self.global_step, unacked=list(self.unacked))
+        failpoints.hit("consumer.after_checkpoint_before_ack")
+        self.phase = "ack"
+        return "progress"
+
+    def _step_ack(self) -> str:
+        ids = list(self.unacked)
+        self.ctl.ack(ids, global_step=self.global_step, durable=True)
+        self.h.emit("ack", step=self.global_step, ids=ids, durable=True)
+        self.acked_step = self.global_step
+        self.unacked = []
+        self.queue.mark_acked(ids)
+        self._released_pending = ids
+        failpoints.hit("consumer.after_ack_before_consumed")
+        self.phase = "consumed"
+        return "progress"
+
+    def _step_consumed(self) -> str:
+        self._publish_consumed()
+        failpoints.hit("consumer.after_ack_before_release")
+        self.phase = "release"
+        return "progress"
+
+    def _step_release(self) -> str:
+        ids = getattr(self, "_released_pending", [])
+        self.h.emit("release_features", ids=self.features.delete(ids))
+        self._released_pending = []
+        self.last_progress = self.clock()
+        self.phase = "fill"
+        return "progress"
+
+    def _publish_consumed(self) -> None:
+        # Never written lower than what is there: a restarted consumer re-derives
+        # its frontier from the start of the channel and catches up.
+        if self.queue.consumed > self.consumed_written:
+            write_consumed(self.cfg.workdir, self.queue.consumed)
+            self.consumed_written = self.queue.consumed
+            self.h.emit("consumed", consumed=self.queue.consumed)
+
+    def _finish(self) -> str:
+        set_sentinel(self.cfg.workdir, CONSUMER_DONE,
+                     {"consumed": self.queue.consumed, "global_step": self.global_step})
+        self.h.emit("done", consumed=self.queue.consumed, step=self.global_step)
+        self.finished = True
+        return "done"
+
+    def close(self) -> None:
+        try:
+            self.store.close()
+        except Exception:
+            pass
+
+
+def run_consumer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> int:
+    c = None
+    try:
+        c = Consumer(cfg, incarnation=incarnation, history=history)
+        while True:
+            failed = sentinel(cfg.workdir, FAILED)
+            if failed is not None:
+                history.emit("exit", code=EXIT_FAIL_CLOSED if failed.get("fail_closed") else 4,
+                             outcome="peer_failed", reason=failed.get("reason"))
+                return EXIT_FAIL_CLOSED if failed.get("fail_closed") else 4
+            status = c.step()
+            if status == "done":
+                history.emit("exit", code=EXIT_OK, outcome="completed")
+                return EXIT_OK
+            if status == "idle":
+                time.sleep(cfg.poll_interval_s)
+    except ConsumerFailClosed as e:
+        return _fail_closed(cfg, history, e.reason, str(e))
+    except StoreUnavailable as e:
+        return _fail_closed(cfg, history, "store_unavailable", str(e))
+    finally:
+        if c is not None:
+            c.close()
+
+
+def _fail_closed(cfg: RunConfig, history: HistoryWriter, reason: str, detail: str) -> int:
+    history.emit("fail_closed", reason=reason, detail=detail)
+    set_sentinel(cfg.workdir, FAILED, {"proc": "consumer", "reason": f"{reason}: {detail}", "fail_closed": True})
+    print(f"consumer: fail closed ({reason}): {detail}", file=sys.stderr)
+    return EXIT_FAIL_CLOSED
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reference_impl.consumer",
+                                 description="Reference consumer: train the draft head on published refs.")
+    ap.add_argument("--config", required=True, help="run config JSON (see reference_impl/config.py)")
+    ap.add_argument("--resume", action="store_true", help="resume from the checkpoint and the store's ledger")
+    ap.add_argument("--incarnation", type=int, default=int(os.environ.get("DFH_INCARNATION", "0")))
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        failpoints.configure_from_env()
+        pick_device(cfg.consumer_device, "consumer")
+    except (ConfigError, ValueError, DeviceError) as e:
+        print(f"consumer: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.resume and os.path.exists(checkpoint_path(cfg)):
+        print(f"consumer: error: {checkpoint_path(cfg)} exists; pass --resume to continue that run "
+              f"or use a fresh workdir", file=sys.stderr)
+        return EXIT_USAGE
+    history = HistoryWriter(cfg.path("history", "consumer.jsonl"), "consumer", args.incarnation)
+    failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action))
+    history.emit("start", pid=os.getpid(), resume=args.resume, device=str(pick_device(cfg.consumer_device, "c")),
+                 backend=cfg.backend)
+    return run_consumer(cfg, args.incarnation, history)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
