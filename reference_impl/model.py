@@ -64,12 +64,36 @@ class DraftModel(nn.Module):
              ce_weight: float = 1.0) -> torch.Tensor:
         return self.ce_loss(batch) * ce_weight + self.witness_loss(indices, world_size)
 
-    def optimizer(self, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
-            [
-                {"params": list(self.head.parameters()), "lr": lr},
-                {"params": [self.witness], "lr": WITNESS_LR},
-            ],
-            momentum=0.0,
-            weight_decay=0.0,
-        )
+    def optimizer(self, lr: float) -> "PlainSGD":
+        return PlainSGD([(list(self.head.parameters()), lr), ([self.witness], WITNESS_LR)])
+
+
+class PlainSGD:
+    """SGD without momentum or weight decay: `p -= lr * grad`.
+
+    Not torch.optim.SGD: constructing any torch.optim optimizer imports
+    torch._dynamo, about 2 s per process start here, which a crash harness
+    pays on every restart. Plain SGD has no state to checkpoint.
+    """
+
+    def __init__(self, groups) -> None:
+        self.groups = [(list(params), float(lr)) for params, lr in groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for params, _ in self.groups:
+            for p in params:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for params, lr in self.groups:
+            for p in params:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-lr)
+
+    def state_dict(self) -> dict:
+        return {"kind": "plain_sgd", "lrs": [lr for _, lr in self.groups]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "plain_sgd":
+            raise ValueError(f"not a PlainSGD state: {state!r}")

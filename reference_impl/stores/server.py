@@ -145,6 +145,7 @@ class RemoteMetadataStore(MetadataStore):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reference_impl.stores.server")
     ap.add_argument("--address-file", required=True)
+    ap.add_argument("--incarnation", type=int, default=0, help="restart count (informational)")
     args = ap.parse_args(argv)
     serve(args.address_file)
     return 0

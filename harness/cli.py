@@ -1,0 +1,186 @@
+"""`python -m harness`: run, replay, campaign, shrink, report, list, certify, simulate, bench.
+
+Exit codes: 0 everything as expected; 1 an unexpected verdict (a violation, or
+a known-bad configuration that was not caught); 2 usage or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
+DEFAULT_SCENARIO = "kill-random"
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m harness",
+                                 description="Fault-injection harness for the DataFlow control plane.")
+    sub = ap.add_subparsers(dest="cmd")
+    r = sub.add_parser("run", help="run one scenario with one seed on real processes")
+    r.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO, help="scenario name or .toml path")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--backend", help="override the scenario's store backend (sqlite, inmemory, pkg.mod:Factory)")
+    r.add_argument("--reports", default="reports", help="reports directory (default: reports)")
+    r.add_argument("--keep-work", action="store_true", help="keep the run's work files even when as expected")
+    r.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("replay", help="rerun a report's scenario copy with its seed and schedule")
+    p.add_argument("report_dir")
+    p.add_argument("--reports", default="reports")
+    c = sub.add_parser("campaign", help="many seeds of one or more scenarios in parallel")
+    c.add_argument("scenarios", nargs="+")
+    c.add_argument("--seeds", default="0..9", help="A..B inclusive, A,B,C, or N (default 0..9)")
+    c.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
+    c.add_argument("--backend")
+    c.add_argument("--reports", default="reports")
+    c.add_argument("--keep-all", action="store_true", help="keep the reports of runs that were as expected too")
+    s = sub.add_parser("shrink", help="reduce a failing run to the fewest faults that still fail")
+    s.add_argument("report_dir")
+    s.add_argument("--tries", type=int, default=2)
+    s.add_argument("--out")
+    rp = sub.add_parser("report", help="re-render report.md, report.html and timeline.png of a run")
+    rp.add_argument("report_dir")
+    sub.add_parser("list", help="list the scenarios")
+    ce = sub.add_parser("certify", help="certify a MetadataStore backend (see --help)", add_help=False)
+    ce.add_argument("rest", nargs=argparse.REMAINDER)
+    si = sub.add_parser("simulate", help="simulation engine: many crash schedules in one process", add_help=False)
+    si.add_argument("rest", nargs=argparse.REMAINDER)
+    b = sub.add_parser("bench", help="performance figures", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    return ap
+
+
+def _need_report(d: str) -> str:
+    if not os.path.isfile(os.path.join(d, "result.json")):
+        raise UsageError(f"{d} is not a report directory (no result.json)")
+    return d
+
+
+def _print_result(r) -> None:
+    from .report import _verdict_line
+
+    with open(os.path.join(r.report_dir, "result.json")) as f:
+        result = json.load(f)
+    print(_verdict_line(result))
+    for prop, d in sorted(r.properties.items()):
+        mark = {True: "ok ", False: "VIOLATED", None: "n/a"}[d.get("valid")]
+        print(f"  {prop} {d.get('name', ''):28s} {mark}")
+        for a in (d.get("anomalies") or [])[:5]:
+            print(f"      {a['kind']}: {a['message']}")
+    print(f"report: {r.report_dir}/report.md")
+    print(f"replay: {r.replay_command}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = _parser()
+    if not argv:
+        argv = ["run"]
+    # Sub-tools with their own argument parsers.
+    if argv[0] == "certify":
+        from .certify.cli import main as certify_main
+
+        return certify_main(argv[1:])
+    if argv[0] == "simulate":
+        from .simulate.cli import main as simulate_main
+
+        return simulate_main(argv[1:])
+    if argv[0] == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    try:
+        return _dispatch(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:  # ScenarioError, ConfigError, bad seeds
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from .scenario import load_scenario, scenario_paths
+
+    if args.cmd == "list":
+        for p in scenario_paths():
+            sc = load_scenario(str(p))
+            exp = ("violates " + "/".join(sc.expect["violates"])) if sc.expect["violates"] else \
+                "expects " + "|".join(sc.expect["outcome"])
+            print(f"{sc.name:30s} {sc.backend:9s} {exp:22s} {sc.description}")
+        return EXIT_OK
+    if args.cmd == "run":
+        from .runner import run_scenario
+
+        sc = load_scenario(args.scenario)
+        if args.backend:
+            _check_backend(args.backend)
+        r = run_scenario(sc, args.seed, backend=args.backend, reports_dir=args.reports, quiet=args.quiet,
+                         keep_work=args.keep_work)
+        _print_result(r)
+        return EXIT_OK if r.as_expected else EXIT_UNEXPECTED
+    if args.cmd == "replay":
+        from .runner import run_scenario
+
+        d = _need_report(args.report_dir)
+        with open(os.path.join(d, "result.json")) as f:
+            result = json.load(f)
+        with open(os.path.join(d, "schedule.json")) as f:
+            schedule = json.load(f)
+        sc = load_scenario(os.path.join(d, "scenario.toml"))
+        print(f"replaying {sc.name} seed {result['seed']} ({len(schedule['faults'])} faults); "
+              f"original verdict: {'as expected' if result['verdict']['as_expected'] else 'UNEXPECTED'} "
+              f"({', '.join(result['verdict']['violated']) or result['outcome']})", file=sys.stderr)
+        r = run_scenario(sc, result["seed"], reports_dir=args.reports, schedule=schedule, quiet=False)
+        _print_result(r)
+        return EXIT_OK if r.as_expected else EXIT_UNEXPECTED
+    if args.cmd == "campaign":
+        from .campaign import parse_seeds, run_campaign, summary_table
+
+        for s in args.scenarios:
+            load_scenario(s)  # fail fast on a bad name or file
+        seeds = parse_seeds(args.seeds)
+        summary = run_campaign(args.scenarios, seeds, jobs=args.jobs, reports_dir=args.reports,
+                               backend=args.backend, keep_all=args.keep_all)
+        print(summary_table(summary))
+        print(f"{summary['runs']} runs, {summary['unexpected']} unexpected, {summary['wall_s']} s; "
+              f"summary and failing reports in {summary['campaign_dir']}")
+        return EXIT_OK if summary["unexpected"] == 0 else EXIT_UNEXPECTED
+    if args.cmd == "shrink":
+        from .shrink import shrink_report
+
+        try:
+            shrink_report(_need_report(args.report_dir), tries=args.tries, out=args.out)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
+    if args.cmd == "report":
+        from .report import render_report
+
+        render_report(_need_report(args.report_dir))
+        print(f"rendered {args.report_dir}/report.md, report.html, timeline.png")
+        return EXIT_OK
+    raise UsageError(f"unknown command {args.cmd!r}")
+
+
+def _check_backend(backend: str) -> None:
+    if backend in ("sqlite", "inmemory", "private", "noop"):
+        return
+    from reference_impl.stores import load_factory
+
+    load_factory(backend)  # ValueError naming the cause

@@ -1,0 +1,352 @@
+"""Run one scenario with one seed on real processes: the process engine.
+
+`run_scenario(scenario, seed)` builds the run directory, draws the schedule
+(nemesis), starts the store server (in-memory backend), the producer and the
+consumer under the supervisor, fires the faults, restarts what was killed with
+the next incarnation, and stops at completion, at a clean failure, or at the
+time limit. It then reads the final state, merges the history, runs the
+checkers P1-P8, judges the verdict and writes the report directory:
+
+    reports/<scenario>-<seed>-<time>/
+        scenario.toml schedule.json history.jsonl result.json report.md report.html timeline.png
+        work/   (the run's files: kept when the verdict is unexpected, else removed)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from reference_impl.channel import CHANNEL, CONSUMED, read_json
+from reference_impl.config import EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, RunConfig, write_config
+
+from . import nemesis
+from .scenario import Scenario, load_scenario
+from .supervisor import Supervisor
+from .verdict import judge
+
+POLL_S = 0.005
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    seed: int
+    outcome: str
+    valid: bool  # no property violated
+    as_expected: bool  # the verdict the scenario expects
+    report_dir: str
+    properties: Dict[str, Dict[str, Any]]
+    replay_command: str
+    wall_s: float
+    verdict: Dict[str, Any] = field(default_factory=dict)
+    faults_fired: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.as_expected else 1
+
+
+def config_for(scenario: Scenario, seed: int, workdir: str) -> RunConfig:
+    w, t = scenario.workload, scenario.topology
+    return RunConfig(
+        workdir=workdir, run_id=f"{scenario.name}-{seed}", seed=int(seed), backend=scenario.backend,
+        num_samples=w["samples"], publish_batch=w["publish_batch"], train_batch=w["train_batch"],
+        accumulation=w["accumulation"], checkpoint_every=w["checkpoint_every"],
+        high_watermark=w["high_watermark"], low_watermark=w["low_watermark"], world_size=t["consumer_ranks"],
+        producer_device=t["producer_device"], consumer_device=t["consumer_device"],
+        producer_delay_s=w["producer_delay_s"], consumer_step_delay_s=w["consumer_step_delay_s"],
+        starve_checkpoint_s=w["starve_checkpoint_s"], io_retries=w["io_retries"],
+    ).validate(scenario.path or scenario.name)
+
+
+class _Progress:
+    """Published and consumed counts, read incrementally from the run's files."""
+
+    def __init__(self, workdir: str) -> None:
+        self.channel = os.path.join(workdir, CHANNEL)
+        self.consumed_path = os.path.join(workdir, CONSUMED)
+        self.offset = 0
+        self.published = 0
+        self.consumed = 0
+
+    def update(self) -> None:
+        try:
+            with open(self.channel, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        end = data.rfind(b"\n") + 1
+        if end:
+            self.published += data[:end].count(b"\n")
+            self.offset += end
+        d = read_json(self.consumed_path)
+        if d:
+            self.consumed = int(d["consumed"])
+
+
+def _report_dir(reports_dir: str, scenario: str, seed: int) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    d = os.path.join(reports_dir, f"{scenario}-{seed}-{stamp}")
+    os.makedirs(d)
+    return d
+
+
+def replay_command(report_dir: str) -> str:
+    return f"python -m harness replay {shlex.quote(report_dir)}"
+
+
+def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional[str] = None,
+                 reports_dir: str = "reports", quiet: bool = True, keep_work: bool = False,
+                 history: bool = True, schedule: Optional[Dict[str, Any]] = None,
+                 on_event: Optional[Callable[[str], None]] = None, render: bool = True) -> RunResult:
+    sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
+    if backend:
+        sc = sc.with_backend(backend)
+    seed = int(seed)
+    schedule = schedule or nemesis.make_schedule(sc, seed)
+    rdir = _report_dir(reports_dir, sc.name, seed)
+    work = os.path.join(rdir, "work")
+    os.makedirs(os.path.join(work, "history"))
+    cfg = config_for(sc, seed, work)
+    if not history:
+        cfg.extra["history"] = False
+    write_config(cfg)
+    with open(os.path.join(rdir, "scenario.toml"), "w") as f:
+        f.write(sc.to_toml())
+    nemesis.write_schedule(schedule, os.path.join(rdir, "schedule.json"))
+    say = (lambda m: None) if quiet else (on_event or (lambda m: print(m, file=sys.stderr, flush=True)))
+    t0 = time.monotonic()
+    sup = Supervisor(work)
+    outcome, reason, fired = "timeout", None, 0
+    try:
+        outcome, reason, fired = _drive(sc, cfg, schedule, sup, say)
+        final = _final_state(sc, cfg, outcome, reason, sup)
+    finally:
+        sup.shutdown()
+    wall = time.monotonic() - t0
+    return _finish(sc, seed, cfg, rdir, work, schedule, final, wall, fired, keep_work, render, say)
+
+
+def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say) -> tuple:
+    config_path = cfg.path("config.json")
+    expect = sc.expect
+    t0 = time.monotonic()
+    deadline = t0 + float(expect["timeout_s"])
+    prog = _Progress(cfg.workdir)
+    server_killed = False
+
+    def start(name: str) -> None:
+        inc = sup.incarnations.get(name, -1) + 1
+        rules = nemesis.failpoint_rules(schedule, name, inc)
+        if name == "store_server":
+            addr = cfg.path("store.addr")
+            if os.path.exists(addr):
+                os.unlink(addr)
+            sup.spawn(name, "reference_impl.stores.server", ["--address-file", addr])
+            limit = time.monotonic() + 30
+            while not os.path.exists(addr):
+                if time.monotonic() > limit or sup.procs[name].poll() is not None:
+                    raise RuntimeError(f"store server did not start: {sup.procs[name].stderr_tail()}")
+                time.sleep(0.01)
+            return
+        module = "reference_impl.producer" if name == "producer" else "reference_impl.consumer"
+        args = ["--config", config_path] + (["--resume"] if name == "consumer" and inc > 0 else [])
+        p = sup.spawn(name, module, args, failpoints=rules)
+        say(f"  spawn {name}#{inc} pid {p.pid}" + (f" failpoints {rules}" if rules else ""))
+
+    if cfg.backend == "inmemory":
+        start("store_server")
+    start("producer")
+    start("consumer")
+    status = {"producer": "running", "consumer": "running"}
+    pending = sorted(nemesis.timed_faults(schedule), key=lambda f: f["id"])
+    fp_pause_s = {(f["target"], f["incarnation"]): f.get("duration_s", 0.3)
+                  for f in schedule["faults"] if f["kind"] == "failpoint" and f["action"] == "pause"}
+    resume_at: List[tuple] = []  # (time, name, inc, fault id)
+    stopped_seen = set()
+    fired = 0
+    outcome, reason = None, None
+    while True:
+        now = time.monotonic()
+        if now > deadline:
+            sup.h.emit("timeout", bound_s=float(expect["timeout_s"]), state={
+                "status": status, "published": prog.published, "consumed": prog.consumed})
+            return "timeout", f"no completion within {expect['timeout_s']} s", fired
+        for p in sup.reap():
+            code = p.code
+            if p.name == "store_server":
+                if status.get("producer") == "running" or status.get("consumer") == "running":
+                    start("store_server")
+                continue
+            if code == EXIT_OK:
+                status[p.name] = "done"
+            elif code == EXIT_FAIL_CLOSED:
+                status[p.name] = "fail_closed"
+            elif code == EXIT_FAILED:
+                status[p.name] = "failed"
+            elif code < 0 or code == 128 + signal.SIGKILL:
+                say(f"  {p.name}#{p.inc} killed ({code}); restarting")
+                start(p.name)
+            else:
+                status[p.name] = "error"
+                reason = f"{p.name}#{p.inc} exited {code}: {p.stderr_tail(1500).strip()}"
+        vals = set(status.values())
+        if "running" not in vals or ({"fail_closed", "failed", "error"} & vals and _peers_settled(sup, now)):
+            if "error" in vals:
+                outcome = "error"
+            elif "fail_closed" in vals:
+                outcome = "fail_closed"
+            elif "failed" in vals:
+                outcome = "failed"
+            else:
+                outcome = "completed"
+            if outcome != "completed" and reason is None:
+                failed = read_json(cfg.path("channel.failed")) or {}
+                reason = failed.get("reason")
+            return outcome, reason, fired
+        prog.update()
+        for f in list(pending):
+            if not _trigger_holds(f, prog, now - t0):
+                continue
+            pending.remove(f)
+            target = f["target"]
+            if target == "store_server" and cfg.backend != "inmemory":
+                continue
+            if target != "store_server" and status.get(target) != "running":
+                continue
+            fired += 1
+            if f["kind"] == "kill":
+                server_killed |= target == "store_server"
+                sup.kill(target, fault=f["id"])
+            else:
+                if sup.pause(target, fault=f["id"]):
+                    resume_at.append((now + f["duration_s"], target, sup.procs[target].inc, f["id"]))
+        for name in ("producer", "consumer"):
+            p = sup.procs.get(name)
+            if p and (name, p.inc) in fp_pause_s and (name, p.inc) not in stopped_seen and p.is_stopped():
+                stopped_seen.add((name, p.inc))
+                fired += 1
+                resume_at.append((now + fp_pause_s[(name, p.inc)], name, p.inc, None))
+        for item in list(resume_at):
+            if item[0] <= now:
+                resume_at.remove(item)
+                p = sup.procs.get(item[1])
+                if p and p.inc == item[2]:
+                    sup.cont(item[1], fault=item[3])
+        time.sleep(POLL_S)
+
+
+def _peers_settled(sup: Supervisor, now: float, grace_s: float = 10.0) -> bool:
+    """After a clean failure, give the peer time to see the sentinel and exit."""
+    live = [p for n, p in sup.procs.items() if n != "store_server" and p.poll() is None]
+    if not live:
+        return True
+    if not hasattr(sup, "_settle_since"):
+        sup._settle_since = now
+    if now - sup._settle_since > grace_s:
+        for p in live:
+            sup.kill(p.name)
+        return True
+    return False
+
+
+def _trigger_holds(f: Dict[str, Any], prog: _Progress, elapsed: float) -> bool:
+    if "at_published" in f:
+        return prog.published >= f["at_published"]
+    if "at_consumed" in f:
+        return prog.consumed >= f["at_consumed"]
+    return elapsed >= f.get("at_s", 0)
+
+
+def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
+    from .final_state import read_final_state
+
+    server_restarted = sup.incarnations.get("store_server", 0) > 0
+    durable = cfg.backend == "sqlite" or ":" in cfg.backend or (cfg.backend == "inmemory" and not server_restarted)
+    # Stop pipeline processes before reading the store; keep the store server up.
+    for name, p in sup.procs.items():
+        if name != "store_server" and p.poll() is None:
+            sup.kill(name)
+            try:
+                p.popen.wait(timeout=10)
+            except Exception:
+                pass
+    final = read_final_state(cfg, outcome=outcome, durable_store=durable, bound_s=float(sc.expect["bound_s"]),
+                             fail_closed_reason=reason if outcome == "fail_closed" else None)
+    final["reason"] = reason
+    final["store_server_restarts"] = sup.incarnations.get("store_server", 0)
+    return final
+
+
+def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, fired, keep_work, render, say) -> RunResult:
+    from .checkers import check_all
+    from .history import load_history, write_merged
+
+    events = load_history(work)
+    write_merged(events, os.path.join(rdir, "history.jsonl"))
+    results = check_all(events, final)
+    props = {r.prop: r.to_dict() for r in results}
+    outcome = final["outcome"]
+    verdict = judge(props, outcome, sc.expect)
+    valid = not any(r.get("valid") is False for r in props.values())
+    result = {
+        "scenario": sc.name,
+        "scenario_path": sc.path,
+        "seed": seed,
+        "backend": cfg.backend,
+        "outcome": outcome,
+        "reason": final.get("reason"),
+        "valid": valid,
+        "verdict": verdict,
+        "properties": props,
+        "wall_s": round(wall, 3),
+        "faults": len(schedule["faults"]),
+        "faults_fired": fired,
+        "incarnations": _incarnations(events),
+        "final": {k: v for k, v in final.items() if k not in ("witness", "planned_ids", "channel_ids")},
+        "witness_summary": _witness_summary(final),
+        "replay_command": replay_command(rdir),
+        "report_dir": rdir,
+        "created": datetime.now().isoformat(timespec="seconds"),
+    }
+    with open(os.path.join(rdir, "result.json"), "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True, default=str)
+    if render:
+        from .report import render_report
+
+        render_report(rdir)
+    if verdict["as_expected"] and not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"{sc.name} seed {seed}: {outcome}, {'as expected' if verdict['as_expected'] else 'UNEXPECTED'} "
+        f"({wall:.1f} s) -> {rdir}")
+    return RunResult(sc.name, seed, outcome, valid, verdict["as_expected"], rdir, props, replay_command(rdir),
+                     wall, verdict, fired)
+
+
+def _incarnations(events: List[Dict[str, Any]]) -> Dict[str, int]:
+    out: Dict[str, int] = {}
+    for e in events:
+        if e.get("ev") == "spawn":
+            out[e["target"]] = max(out.get(e["target"], 0), e["target_inc"] + 1)
+    return out
+
+
+def _witness_summary(final: Dict[str, Any]) -> Optional[Dict[str, int]]:
+    w = final.get("witness")
+    if w is None:
+        return None
+    out: Dict[str, int] = {}
+    for v in w:
+        k = str(int(round(v)))
+        out[k] = out.get(k, 0) + 1
+    return out

@@ -1,0 +1,278 @@
+"""Scenario files: `scenarios/<name>.toml`, loaded and validated.
+
+A scenario names a topology, a store backend, a workload, faults (explicit and
+seeded-random) and the expected verdict. Every error names the file, the key,
+the value and what is allowed; unknown keys are errors (a typo must not
+silently turn a fault off).
+
+    name = "kill-random"
+    description = "random SIGKILLs of the producer and the consumer"
+    [topology]   consumer_ranks, producer_device, consumer_device
+    [store]      backend = "sqlite" | "inmemory" | "private" | "pkg.mod:Factory"
+    [workload]   samples, publish_batch, train_batch, accumulation, checkpoint_every,
+                 high_watermark, low_watermark, producer_delay_s, consumer_step_delay_s
+    [[faults.explicit]]  kind = "kill"|"pause"|"failpoint", target, trigger, ...
+    [faults.random]      count, kinds, targets, points, actions, ...
+    [expect]     outcome = ["completed"], violates = [] | ["P1", "P2"], bound_s
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from reference_impl.failpoints import ACTIONS, POINTS
+
+SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+
+TARGETS = ("producer", "consumer", "store_server")
+FAULT_KINDS = ("kill", "pause", "failpoint")
+OUTCOMES = ("completed", "fail_closed", "failed", "timeout")
+PROPS = tuple(f"P{i}" for i in range(1, 9))
+DEVICES = ("cpu", "cuda", "auto")
+
+TOPOLOGY_KEYS = {"consumer_ranks": 1, "producer_device": "cpu", "consumer_device": "cpu"}
+STORE_KEYS = {"backend": "sqlite"}
+WORKLOAD_KEYS = {
+    "samples": 300, "publish_batch": 8, "train_batch": 4, "accumulation": 2, "checkpoint_every": 1,
+    "high_watermark": 64, "low_watermark": 32, "producer_delay_s": 0.0, "consumer_step_delay_s": 0.0,
+    "starve_checkpoint_s": 0.5, "io_retries": 3,
+}
+# A fault fires when its trigger holds: `at_published` (records in the channel),
+# `at_consumed` (the consumer's consumed count), `at_s` (seconds after start).
+FAULT_KEYS = {"kind", "target", "at_published", "at_consumed", "at_s", "duration_s", "point", "action",
+              "hit", "times", "incarnation", "signal"}
+RANDOM_KEYS = {"count": 0, "kinds": ["kill"], "targets": ["producer", "consumer"], "points": [],
+               "actions": ["crash"], "pause_s": [0.05, 0.5], "max_hit": 6, "progress": [0.05, 0.9]}
+EXPECT_KEYS = {"outcome": ["completed"], "violates": [], "bound_s": 60.0, "timeout_s": 120.0}
+TOP_KEYS = {"name", "description", "topology", "store", "workload", "faults", "expect", "tags"}
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    path: Optional[str]
+    topology: Dict[str, Any]
+    store: Dict[str, Any]
+    workload: Dict[str, Any]
+    explicit_faults: List[Dict[str, Any]]
+    random_faults: Dict[str, Any]
+    expect: Dict[str, Any]
+    tags: List[str] = field(default_factory=list)
+
+    @property
+    def backend(self) -> str:
+        return self.store["backend"]
+
+    def with_backend(self, backend: str) -> "Scenario":
+        s = copy.deepcopy(self)
+        s.store["backend"] = backend
+        return s
+
+    def to_toml(self) -> str:
+        """Serialise back to a scenario file (used by `shrink`)."""
+        out = [f"name = {_toml(self.name)}", f"description = {_toml(self.description)}"]
+        if self.tags:
+            out.append(f"tags = {_toml(self.tags)}")
+        for table, d in (("topology", self.topology), ("store", self.store), ("workload", self.workload)):
+            out.append(f"\n[{table}]")
+            out += [f"{k} = {_toml(v)}" for k, v in d.items()]
+        for f in self.explicit_faults:
+            out.append("\n[[faults.explicit]]")
+            out += [f"{k} = {_toml(v)}" for k, v in f.items()]
+        if self.random_faults.get("count"):
+            out.append("\n[faults.random]")
+            out += [f"{k} = {_toml(v)}" for k, v in self.random_faults.items()]
+        out.append("\n[expect]")
+        out += [f"{k} = {_toml(v)}" for k, v in self.expect.items()]
+        return "\n".join(out) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def scenario_paths() -> List[Path]:
+    return sorted(SCENARIO_DIR.glob("*.toml"))
+
+
+def find_scenario(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or os.sep in name_or_path:
+        if not p.exists():
+            raise ScenarioError(f"scenario file {name_or_path} does not exist")
+        return p
+    cand = SCENARIO_DIR / f"{name_or_path}.toml"
+    if cand.exists():
+        return cand
+    known = ", ".join(x.stem for x in scenario_paths())
+    raise ScenarioError(f"unknown scenario {name_or_path!r}; known: {known} (or a path to a .toml file)")
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    path = find_scenario(name_or_path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    return scenario_from_dict(data, str(path))
+
+
+def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenario:
+    def err(key: str, value: Any, allowed: str) -> ScenarioError:
+        return ScenarioError(f"{source}: key {key!r} has value {value!r}; allowed: {allowed}")
+
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise err(k, data[k], "one of the keys " + ", ".join(sorted(TOP_KEYS)))
+    name = data.get("name")
+    if not isinstance(name, str) or not name or any(c in name for c in "/ \\"):
+        raise err("name", name, "a non-empty string without spaces or slashes")
+    desc = data.get("description", "")
+    if not isinstance(desc, str):
+        raise err("description", desc, "a string")
+
+    def table(key: str, defaults: Dict[str, Any]) -> Dict[str, Any]:
+        raw = data.get(key, {})
+        if not isinstance(raw, dict):
+            raise err(key, raw, "a table")
+        for k, v in raw.items():
+            if k not in defaults:
+                raise err(f"{key}.{k}", v, "one of " + ", ".join(defaults))
+            dv = defaults[k]
+            if isinstance(dv, bool) != isinstance(v, bool) or (
+                    isinstance(dv, (int, float)) and not isinstance(v, (int, float))) or (
+                    isinstance(dv, str) and not isinstance(v, str)) or (
+                    isinstance(dv, list) and not isinstance(v, list)):
+                raise err(f"{key}.{k}", v, f"a {type(dv).__name__}")
+            if isinstance(dv, int) and not isinstance(dv, bool) and not isinstance(v, int):
+                raise err(f"{key}.{k}", v, "an integer")
+        return {**copy.deepcopy(defaults), **raw}
+
+    topology = table("topology", TOPOLOGY_KEYS)
+    if topology["consumer_ranks"] < 1:
+        raise err("topology.consumer_ranks", topology["consumer_ranks"], "an integer >= 1")
+    for k in ("producer_device", "consumer_device"):
+        if topology[k] not in DEVICES:
+            raise err(f"topology.{k}", topology[k], " | ".join(DEVICES))
+    store = table("store", STORE_KEYS)
+    b = store["backend"]
+    if b not in ("sqlite", "inmemory", "private", "noop") and ":" not in b:
+        raise err("store.backend", b, "sqlite | inmemory | private | noop | package.module:Factory")
+    workload = table("workload", WORKLOAD_KEYS)
+    for k in ("samples", "publish_batch", "train_batch", "accumulation", "checkpoint_every", "high_watermark"):
+        if workload[k] < 1:
+            raise err(f"workload.{k}", workload[k], "an integer >= 1")
+    if not 0 <= workload["low_watermark"] < workload["high_watermark"]:
+        raise err("workload.low_watermark", workload["low_watermark"],
+                  f"0 <= low_watermark < high_watermark ({workload['high_watermark']})")
+    need = workload["train_batch"] * workload["accumulation"] * topology["consumer_ranks"] * workload[
+        "checkpoint_every"]
+    if workload["high_watermark"] < need:
+        raise err("workload.high_watermark", workload["high_watermark"],
+                  f">= train_batch*accumulation*consumer_ranks*checkpoint_every = {need}")
+
+    faults = data.get("faults", {})
+    if not isinstance(faults, dict) or set(faults) - {"explicit", "random"}:
+        raise err("faults", faults, "a table with 'explicit' (array of tables) and/or 'random' (a table)")
+    explicit = faults.get("explicit", [])
+    if not isinstance(explicit, list):
+        raise err("faults.explicit", explicit, "an array of tables [[faults.explicit]]")
+    explicit = [_check_fault(f, f"{source}: faults.explicit[{i}]") for i, f in enumerate(explicit)]
+    rnd_raw = faults.get("random", {})
+    if not isinstance(rnd_raw, dict):
+        raise err("faults.random", rnd_raw, "a table")
+    rnd = {**copy.deepcopy(RANDOM_KEYS)}
+    for k, v in rnd_raw.items():
+        if k not in RANDOM_KEYS:
+            raise err(f"faults.random.{k}", v, "one of " + ", ".join(RANDOM_KEYS))
+        rnd[k] = v
+    if not isinstance(rnd["count"], int) or rnd["count"] < 0:
+        raise err("faults.random.count", rnd["count"], "an integer >= 0")
+    for k, allowed in (("kinds", FAULT_KINDS), ("targets", TARGETS), ("actions", ACTIONS)):
+        if not isinstance(rnd[k], list) or any(x not in allowed for x in rnd[k]):
+            raise err(f"faults.random.{k}", rnd[k], "a list drawn from " + ", ".join(allowed))
+    for p in rnd["points"]:
+        if p not in POINTS and not p.endswith("*"):
+            raise err("faults.random.points", p, "failpoint names (or prefixes ending in *): " + ", ".join(POINTS))
+    if "failpoint" in rnd["kinds"] and not rnd["points"]:
+        raise err("faults.random.points", rnd["points"], "a non-empty list when kinds has 'failpoint'")
+    for k in ("pause_s", "progress"):
+        v = rnd[k]
+        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and v[0] <= v[1]):
+            raise err(f"faults.random.{k}", v, "[low, high] numbers with low <= high")
+
+    expect = table("expect", EXPECT_KEYS)
+    for o in expect["outcome"]:
+        if o not in OUTCOMES:
+            raise err("expect.outcome", expect["outcome"], "a list drawn from " + ", ".join(OUTCOMES))
+    for p in expect["violates"]:
+        if p not in PROPS:
+            raise err("expect.violates", expect["violates"], "a list drawn from " + ", ".join(PROPS))
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise err("tags", tags, "a list of strings")
+    return Scenario(name, desc, source, topology, store, workload, explicit, rnd, expect, tags)
+
+
+def _check_fault(f: Any, where: str) -> Dict[str, Any]:
+    def err(key, value, allowed):
+        return ScenarioError(f"{where}: key {key!r} has value {value!r}; allowed: {allowed}")
+
+    if not isinstance(f, dict):
+        raise err("(fault)", f, "a table")
+    for k in f:
+        if k not in FAULT_KEYS:
+            raise err(k, f[k], "one of " + ", ".join(sorted(FAULT_KEYS)))
+    kind = f.get("kind")
+    if kind not in FAULT_KINDS:
+        raise err("kind", kind, " | ".join(FAULT_KINDS))
+    target = f.get("target")
+    if target not in TARGETS:
+        raise err("target", target, " | ".join(TARGETS))
+    out = dict(f)
+    if kind == "failpoint":
+        if f.get("point") not in POINTS:
+            raise err("point", f.get("point"), ", ".join(POINTS))
+        if f.get("action", "crash") not in ACTIONS:
+            raise err("action", f.get("action"), ", ".join(ACTIONS))
+        out.setdefault("action", "crash")
+        out.setdefault("hit", 1)
+        out.setdefault("times", 1)
+        out.setdefault("incarnation", 0)
+        for k in ("hit", "times", "incarnation"):
+            if not isinstance(out[k], int) or out[k] < 0 or (k != "incarnation" and out[k] < 1):
+                raise err(k, out[k], "an integer >= 1 (incarnation >= 0)")
+        if out["action"] == "pause":
+            out.setdefault("duration_s", 0.3)
+    else:
+        triggers = [k for k in ("at_published", "at_consumed", "at_s") if k in f]
+        if len(triggers) != 1:
+            raise err("trigger", triggers, "exactly one of at_published, at_consumed, at_s")
+        v = f[triggers[0]]
+        if not isinstance(v, (int, float)) or v < 0:
+            raise err(triggers[0], v, "a number >= 0")
+        if kind == "pause":
+            out.setdefault("duration_s", 0.3)
+            if not isinstance(out["duration_s"], (int, float)) or out["duration_s"] <= 0:
+                raise err("duration_s", out["duration_s"], "a number > 0")
+    return out

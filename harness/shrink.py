@@ -1,0 +1,78 @@
+"""Shrink a failing run: the fewest faults that still give the unexpected verdict.
+
+Greedy delta debugging over the run's schedule: try removing halves, then
+single faults; keep a removal when a rerun with the smaller schedule is still
+unexpected (a real-process run is not perfectly repeatable, so a candidate
+counts as failing if any of `tries` reruns fails). The result is written as a
+scenario file with explicit faults only, which `python -m harness run FILE
+--seed N` replays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Callable, Dict, List, Optional
+
+from .scenario import FAULT_KEYS, load_scenario
+
+
+def _still_fails(sc, seed, faults, reports_dir, tries, say) -> bool:
+    from .runner import run_scenario
+
+    schedule = {"scenario": sc.name, "seed": seed, "faults": faults}
+    for _ in range(tries):
+        r = run_scenario(sc, seed, reports_dir=reports_dir, schedule=schedule, quiet=True, render=False)
+        shutil.rmtree(r.report_dir, ignore_errors=True)
+        if not r.as_expected:
+            say(f"  {len(faults)} faults: still unexpected ({', '.join(r.verdict['violated']) or r.outcome})")
+            return True
+    say(f"  {len(faults)} faults: passes")
+    return False
+
+
+def shrink_report(report_dir: str, *, tries: int = 2, out: Optional[str] = None,
+                  say: Callable[[str], None] = print) -> Dict[str, Any]:
+    with open(os.path.join(report_dir, "result.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(report_dir, "schedule.json")) as f:
+        schedule = json.load(f)
+    sc = load_scenario(os.path.join(report_dir, "scenario.toml"))
+    seed = int(result["seed"])
+    scratch = os.path.join(report_dir, "shrink-runs")
+    os.makedirs(scratch, exist_ok=True)
+    faults: List[Dict[str, Any]] = list(schedule["faults"])
+    say(f"shrinking {sc.name} seed {seed}: {len(faults)} faults")
+    if not _still_fails(sc, seed, faults, scratch, tries, say):
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise RuntimeError("the run does not fail again with its full schedule; nothing to shrink "
+                           f"(tried {tries} times)")
+    n = 2
+    while len(faults) >= 1:
+        chunk = max(1, len(faults) // n)
+        reduced = False
+        for start in range(0, len(faults), chunk):
+            cand = faults[:start] + faults[start + chunk:]
+            if _still_fails(sc, seed, cand, scratch, tries, say):
+                faults, reduced = cand, True
+                n = max(n - 1, 2)
+                break
+        if not reduced:
+            if chunk == 1:
+                break
+            n = min(len(faults), n * 2)
+        if not faults:
+            break
+    shutil.rmtree(scratch, ignore_errors=True)
+    shrunk = load_scenario(os.path.join(report_dir, "scenario.toml"))
+    shrunk.name = f"{sc.name}-shrunk-{seed}"
+    shrunk.description = (f"Shrunk from {report_dir}: {len(faults)} of {len(schedule['faults'])} faults "
+                          f"still give an unexpected verdict. {sc.description}")
+    shrunk.explicit_faults = [{k: v for k, v in f.items() if k in FAULT_KEYS} for f in faults]
+    shrunk.random_faults = dict(shrunk.random_faults, count=0)
+    out = out or os.path.join(report_dir, f"{shrunk.name}.toml")
+    with open(out, "w") as f:
+        f.write(shrunk.to_toml())
+    say(f"shrunk to {len(faults)} fault(s): {out}\nreplay: python -m harness run {out} --seed {seed}")
+    return {"path": out, "faults": faults, "original": len(schedule["faults"]), "seed": seed}

@@ -1,0 +1,172 @@
+"""The supervisor: spawns, signals, restarts and reaps the run's processes.
+
+Every child gets its own process group (so a signal reaches it and anything
+it starts) and a parent-death signal (`PR_SET_PDEATHSIG` = SIGKILL), so no
+child outlives the harness, even when the harness itself is SIGKILLed.
+Every wait has a timeout. Each action is logged as a `supervisor` event.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+from reference_impl.failpoints import ENV_VAR
+from reference_impl.history import HistoryWriter
+
+PR_SET_PDEATHSIG = 1
+_libc = None
+
+
+def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def child_preexec() -> None:
+    os.setsid()
+    _set_parent_death_signal()
+
+
+class Proc:
+    def __init__(self, name: str, inc: int, popen: subprocess.Popen, log_path: str) -> None:
+        self.name = name
+        self.inc = inc
+        self.popen = popen
+        self.log_path = log_path
+        self.started = time.monotonic()
+        self.code: Optional[int] = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> Optional[int]:
+        if self.code is None:
+            self.code = self.popen.poll()
+        return self.code
+
+    def is_stopped(self) -> bool:
+        """True while the process is stopped (SIGSTOP, e.g. a `pause` failpoint)."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "T"
+        except (FileNotFoundError, IndexError, ProcessLookupError):
+            return False
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stderr_tail(self, n: int = 2000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, 2)
+                size = f.tell()
+                f.seek(max(0, size - n))
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class Supervisor:
+    def __init__(self, workdir: str, *, python: str = sys.executable, extra_env: Optional[Dict[str, str]] = None):
+        self.workdir = workdir
+        self.python = python
+        self.extra_env = dict(extra_env or {})
+        self.logs = os.path.join(workdir, "logs")
+        os.makedirs(self.logs, exist_ok=True)
+        self.h = HistoryWriter(os.path.join(workdir, "history", "supervisor.jsonl"), "supervisor", 0)
+        self.procs: Dict[str, Proc] = {}
+        self.incarnations: Dict[str, int] = {}
+        self.all_procs: List[Proc] = []
+
+    def spawn(self, name: str, module: str, args: List[str], *, failpoints: Optional[list] = None,
+              env: Optional[Dict[str, str]] = None) -> Proc:
+        inc = self.incarnations.get(name, -1) + 1
+        self.incarnations[name] = inc
+        e = dict(os.environ)
+        e.update(self.extra_env)
+        e.update(env or {})
+        e["DFH_INCARNATION"] = str(inc)
+        e["PYTHONUNBUFFERED"] = "1"
+        if failpoints:
+            import json
+
+            e[ENV_VAR] = json.dumps(failpoints)
+        else:
+            e.pop(ENV_VAR, None)
+        log_path = os.path.join(self.logs, f"{name}.{inc}.log")
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen([self.python, "-m", module, *args, "--incarnation", str(inc)],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                     env=e, preexec_fn=child_preexec, close_fds=True)
+        p = Proc(name, inc, popen, log_path)
+        self.procs[name] = p
+        self.all_procs.append(p)
+        self.h.emit("spawn", target=name, target_inc=inc, pid=p.pid, failpoints=failpoints or [])
+        return p
+
+    def kill(self, name: str, fault: Optional[int] = None, sig: int = signal.SIGKILL) -> bool:
+        p = self.procs.get(name)
+        if p is None or p.poll() is not None:
+            return False
+        self.h.emit("kill", target=name, target_inc=p.inc, signal=int(sig), fault=fault)
+        p.signal_group(sig)
+        return True
+
+    def pause(self, name: str, fault: Optional[int] = None) -> bool:
+        p = self.procs.get(name)
+        if p is None or p.poll() is not None:
+            return False
+        self.h.emit("pause", target=name, target_inc=p.inc, fault=fault)
+        p.signal_group(signal.SIGSTOP)
+        return True
+
+    def cont(self, name: str, fault: Optional[int] = None) -> bool:
+        p = self.procs.get(name)
+        if p is None or p.poll() is not None:
+            return False
+        p.signal_group(signal.SIGCONT)
+        self.h.emit("cont", target=name, target_inc=p.inc, fault=fault)
+        return True
+
+    def reap(self) -> List[Proc]:
+        """Processes that ended since the last call (each reported once)."""
+        ended = []
+        for p in list(self.procs.values()):
+            if p.code is None and p.poll() is not None:
+                self.h.emit("exited", target=p.name, target_inc=p.inc, code=p.code)
+                ended.append(p)
+        return ended
+
+    def shutdown(self, grace_s: float = 2.0) -> None:
+        """Stop everything still running: SIGCONT + SIGTERM, then SIGKILL; reap all."""
+        live = [p for p in self.all_procs if p.poll() is None]
+        for p in live:
+            p.signal_group(signal.SIGCONT)
+            p.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for p in live:
+            try:
+                p.popen.wait(timeout=max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.signal_group(signal.SIGKILL)
+                try:
+                    p.popen.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            p.poll()
+        # Anything a child left in its group dies with it.
+        for p in self.all_procs:
+            p.signal_group(signal.SIGKILL)
+        self.h.close()
