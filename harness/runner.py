@@ -34,6 +34,7 @@ from .supervisor import Supervisor
 from .verdict import judge
 
 POLL_S = 0.005
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -126,7 +127,14 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     nemesis.write_schedule(schedule, os.path.join(rdir, "schedule.json"))
     say = (lambda m: None) if quiet else (on_event or (lambda m: print(m, file=sys.stderr, flush=True)))
     t0 = time.monotonic()
-    sup = Supervisor(work)
+    env = {}
+    if sc.topology.get("variant"):
+        from reference_impl.variant import ENV_VAR as VARIANT_VAR
+
+        env[VARIANT_VAR] = sc.topology["variant"]
+        # Variants live outside the installed packages (the bug zoo in tests/).
+        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), _REPO_ROOT, os.environ.get("PYTHONPATH", "")])
+    sup = Supervisor(work, extra_env=env)
     outcome, reason, fired = "timeout", None, 0
     try:
         outcome, reason, fired = _drive(sc, cfg, schedule, sup, say)

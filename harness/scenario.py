@@ -35,7 +35,9 @@ OUTCOMES = ("completed", "fail_closed", "failed", "timeout")
 PROPS = tuple(f"P{i}" for i in range(1, 9))
 DEVICES = ("cpu", "cuda", "auto")
 
-TOPOLOGY_KEYS = {"consumer_ranks": 1, "producer_device": "cpu", "consumer_device": "cpu"}
+TOPOLOGY_KEYS = {"consumer_ranks": 1, "producer_device": "cpu", "consumer_device": "cpu",
+                 # a protocol variant (bug-zoo member) applied in every process, "" for the reference
+                 "variant": ""}
 STORE_KEYS = {"backend": "sqlite"}
 WORKLOAD_KEYS = {
     "samples": 300, "publish_batch": 8, "train_batch": 4, "accumulation": 2, "checkpoint_every": 1,

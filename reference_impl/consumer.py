@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import failpoints
+from .variant import apply_from_env
 from .channel import (CLOSED, CONSUMER_DONE, FAILED, ChannelReader, fsync_dir, read_consumed, sentinel,
                       set_sentinel, write_consumed)
 from .config import EXIT_FAIL_CLOSED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig, load_config
@@ -350,6 +351,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config)
         failpoints.configure_from_env()
+        apply_from_env()
         pick_device(cfg.consumer_device, "consumer")
     except (ConfigError, ValueError, DeviceError) as e:
         print(f"consumer: error: {e}", file=sys.stderr)
@@ -358,7 +360,8 @@ def main(argv=None) -> int:
         print(f"consumer: error: {checkpoint_path(cfg)} exists; pass --resume to continue that run "
               f"or use a fresh workdir", file=sys.stderr)
         return EXIT_USAGE
-    history = HistoryWriter(cfg.path("history", "consumer.jsonl"), "consumer", args.incarnation)
+    history = (HistoryWriter(cfg.path("history", "consumer.jsonl"), "consumer", args.incarnation)
+               if cfg.extra.get("history", True) else NullHistory())
     failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action))
     history.emit("start", pid=os.getpid(), resume=args.resume, device=str(pick_device(cfg.consumer_device, "c")),
                  backend=cfg.backend)
@@ -366,4 +369,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the canonical module's main, not this __main__ copy, so that
+    # variants patching reference_impl.consumer reach the classes in use.
+    from reference_impl.consumer import main as _main
+
+    sys.exit(_main())

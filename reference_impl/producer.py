@@ -25,6 +25,7 @@ import time
 from typing import Callable, List, Optional
 
 from . import failpoints
+from .variant import apply_from_env
 from .channel import CLOSED, FAILED, ChannelWriter, read_consumed, sentinel, set_sentinel
 from .config import (EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig,
                      load_config)
@@ -259,15 +260,21 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config)
         failpoints.configure_from_env()
+        apply_from_env()
         pick_device(cfg.producer_device, "producer")
     except (ConfigError, ValueError, DeviceError) as e:
         print(f"producer: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    history = HistoryWriter(cfg.path("history", "producer.jsonl"), "producer", args.incarnation)
+    history = (HistoryWriter(cfg.path("history", "producer.jsonl"), "producer", args.incarnation)
+               if cfg.extra.get("history", True) else NullHistory())
     failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action))
     history.emit("start", pid=os.getpid(), resume=args.incarnation > 0, backend=cfg.backend)
     return run_producer(cfg, args.incarnation, history)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the canonical module's main, not this __main__ copy, so that
+    # variants patching reference_impl.producer reach the classes in use.
+    from reference_impl.producer import main as _main
+
+    sys.exit(_main())
