@@ -251,6 +251,7 @@ class Consumer:
             "global_step": self.global_step,
             "writer_inc": self.inc,
             "unacked": list(self.unacked),
+            "acked_step": self.acked_step,  # the ledger must be at least here on resume
             "model": self.model.state_dict(),
             "optim": self.optim.state_dict(),
             "ledger_id": self.ledger_id,

@@ -3,9 +3,9 @@
 Reconcile on restart (consumer side) combines the durable ledger with the
 consumer's checkpoint, which is written *before* the ack of the same step:
 
-1. ledger lost: the checkpoint is past step 0 but the marker has no step, or
-   the store's ledger identity changed -> fail closed (retraining from an empty
-   ledger would duplicate every sample in the checkpoint);
+1. ledger lost: the store's marker is behind the last ack the checkpoint saw
+   (`acked_step`), or the store's ledger identity changed -> fail closed
+   (retraining from an emptied ledger would duplicate samples in the checkpoint);
 2. ledger ahead of the checkpoint (marker step > checkpoint step): the
    checkpoint that holds acked samples is gone -> fail closed;
 3. checkpoint ahead of the ledger (crash between checkpoint and ack): roll the
@@ -63,8 +63,13 @@ class DataFlowController:
             current = self.ledger_id()
             if known and current and known != current:
                 raise LedgerLost("ledger_lost", f"store ledger {current} is not the ledger {known} of the checkpoint")
-            if ckpt_step > 0 and marker_step is None:
-                raise LedgerLost("ledger_lost", f"checkpoint at step {ckpt_step} but the store has no ack at all")
+            # The checkpoint records the last step it knew was acked; a ledger
+            # behind that has lost acks. (Not "step > 0 and no ack": a crash
+            # between the first checkpoint and the first ack is legitimate.)
+            known_acked = int(checkpoint.get("acked_step") or 0)
+            if known_acked > (marker_step or 0):
+                raise LedgerLost("ledger_lost", f"the checkpoint saw step {known_acked} acked but the store's "
+                                                f"marker is at step {marker_step}")
         if (marker_step or 0) > ckpt_step:
             raise LedgerLost(
                 "checkpoint_behind_ledger",

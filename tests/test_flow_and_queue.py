@@ -1,0 +1,31 @@
+from reference_impl.channel import ChannelReader, ChannelWriter
+from reference_impl.flow_control import Backpressure
+from reference_impl.ref_queue import StreamingRefQueue
+
+
+def test_backpressure_hysteresis():
+    bp = Backpressure(high=10, low=4)
+    assert bp.observe(9, 0) is None and bp.may_publish()
+    assert bp.observe(10, 0) == "pause" and not bp.may_publish()
+    assert bp.observe(12, 5) is None  # 7 in flight: still above low
+    assert bp.observe(12, 8) == "resume" and bp.may_publish()
+
+
+def _ref(i):
+    return {"sample_id": f"s{i}", "run_id": "r", "source_task_id": "t", "feature_store_uri": "u",
+            "feature_keys": {}, "feature_specs": {}, "strategy": "eagle3", "target_model_version": "v",
+            "num_tokens": 1, "estimated_bytes": 1, "metadata": {}}
+
+
+def test_queue_skips_released_and_duplicates_and_counts_exactly(tmp_path):
+    w = ChannelWriter(str(tmp_path))
+    w.append([_ref(0), _ref(1), _ref(2), _ref(1), _ref(3)], inc=0)
+    q = StreamingRefQueue(ChannelReader(str(tmp_path)), skip_ids={"s0"})
+    q.poll()
+    kinds = [q.next()[0] for _ in range(5)]
+    assert kinds == ["skip-released", "take", "take", "skip-duplicate", "take"]
+    assert q.next() is None
+    assert q.consumed == 1  # only the released s0 is done
+    assert q.mark_acked(["s2"]) == 1  # s1 at position 1 still blocks the frontier
+    assert q.mark_acked(["s1"]) == 4  # s1, s2 and the second copy of s1
+    assert q.mark_acked(["s3"]) == 5
