@@ -53,6 +53,7 @@ class ConsumerFailClosed(RuntimeError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+        self.detail = detail
 
 
 def checkpoint_path(cfg: RunConfig) -> str:
@@ -134,17 +135,18 @@ class Consumer:
         try:
             rec = self.ctl.reconcile(ckpt)
         except LedgerLost as e:
-            raise ConsumerFailClosed(e.reason, str(e)) from e
+            raise ConsumerFailClosed(e.reason, e.detail) from e
         self.ledger_id = self.ctl.ledger_id()
-        if rec.rolled_forward or (ckpt is not None and rec.checkpoint_step and
-                                  rec.checkpoint_step > (rec.marker_step or 0)):
-            self.h.emit("ack", step=rec.checkpoint_step, ids=list(ckpt.get("unacked") or []), durable=True,
-                        roll_forward=True)
         self.queue.skip_ids.update(rec.released)
+        # `marker_step` is what reconcile read first; a roll-forward ack came after it.
         self.h.emit("reconcile", marker_step=rec.marker_step, checkpoint_step=rec.checkpoint_step,
                     checkpoint_inc=ckpt.get("writer_inc") if ckpt else None, released=rec.released,
                     requeued=rec.requeued, rolled_forward=rec.rolled_forward,
-                    consumed_before=self.consumed_written, marker_acked_count=len(rec.released))
+                    consumed_before=self.consumed_written,
+                    marker_acked_count=len(rec.released) - len(rec.rolled_forward))
+        if ckpt is not None and rec.checkpoint_step and rec.checkpoint_step > (rec.marker_step or 0):
+            self.h.emit("ack", step=rec.checkpoint_step, ids=list(ckpt.get("unacked") or []), durable=True,
+                        roll_forward=True)
         # Blobs of released samples that a crash left behind (acked, not yet deleted).
         leftover = [sid for sid in rec.released if self.features.exists(sid)]
         if leftover:
@@ -327,7 +329,7 @@ def run_consumer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> in
             if status == "idle":
                 time.sleep(cfg.poll_interval_s)
     except ConsumerFailClosed as e:
-        return _fail_closed(cfg, history, e.reason, str(e))
+        return _fail_closed(cfg, history, e.reason, e.detail)
     except StoreUnavailable as e:
         return _fail_closed(cfg, history, "store_unavailable", str(e))
     finally:
