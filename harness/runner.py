@@ -29,7 +29,7 @@ from reference_impl.channel import CHANNEL, CONSUMED, read_json
 from reference_impl.config import EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, RunConfig, write_config
 
 from . import nemesis
-from .scenario import Scenario, load_scenario
+from .scenario import RANK_TARGET, Scenario, load_scenario
 from .supervisor import Supervisor
 from .verdict import judge
 
@@ -167,7 +167,10 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say) -> tupl
                     raise RuntimeError(f"store server did not start: {sup.procs[name].stderr_tail()}")
                 time.sleep(0.01)
             return
-        module = "reference_impl.producer" if name == "producer" else "reference_impl.consumer"
+        if name == "producer":
+            module = "reference_impl.producer"
+        else:  # several data-parallel ranks run under one group process
+            module = "reference_impl.consumer" if cfg.world_size == 1 else "reference_impl.dp_consumer"
         args = ["--config", config_path] + (["--resume"] if name == "consumer" and inc > 0 else [])
         p = sup.spawn(name, module, args, failpoints=rules)
         say(f"  spawn {name}#{inc} pid {p.pid}" + (f" failpoints {rules}" if rules else ""))
@@ -230,6 +233,15 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say) -> tupl
             target = f["target"]
             if target == "store_server" and cfg.backend != "inmemory":
                 continue
+            rank = RANK_TARGET.match(target)
+            if rank:
+                if status.get("consumer") != "running":
+                    continue
+                n = _signal_rank(sup, cfg, int(rank.group(1)), f, now, resume_at)
+                if not n:
+                    pending.append(f)  # the group has not published its rank pids yet
+                fired += n
+                continue
             if target != "store_server" and status.get(target) != "running":
                 continue
             fired += 1
@@ -248,10 +260,42 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say) -> tupl
         for item in list(resume_at):
             if item[0] <= now:
                 resume_at.remove(item)
+                if len(item) > 4:  # one rank: SIGCONT by pid
+                    _signal_pid(item[4], signal.SIGCONT)
+                    sup.h.emit("cont", target=item[1], target_inc=item[2], fault=item[3])
+                    continue
                 p = sup.procs.get(item[1])
                 if p and p.inc == item[2]:
                     sup.cont(item[1], fault=item[3])
         time.sleep(POLL_S)
+
+
+RANKS_FILE = "consumer.ranks.json"  # {"inc": N, "pids": {"0": pid, ...}} written by the group process
+
+
+def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], now: float, resume_at) -> int:
+    """Kill or pause one rank of the consumer group by its pid; 1 if it fired."""
+    info = read_json(cfg.path(RANKS_FILE)) or {}
+    group = sup.procs.get("consumer")
+    pid = (info.get("pids") or {}).get(str(rank))
+    if pid is None or group is None or info.get("inc") != group.inc:
+        return 0
+    target = f"consumer.rank{rank}"
+    if f["kind"] == "kill":
+        sup.h.emit("kill", target=target, target_inc=group.inc, signal=int(signal.SIGKILL), fault=f["id"])
+        _signal_pid(pid, signal.SIGKILL)
+    else:
+        sup.h.emit("pause", target=target, target_inc=group.inc, fault=f["id"])
+        _signal_pid(pid, signal.SIGSTOP)
+        resume_at.append((now + f["duration_s"], target, group.inc, f["id"], pid))
+    return 1
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(int(pid), sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _peers_settled(sup: Supervisor, now: float, grace_s: float = 10.0) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -33,6 +34,12 @@ from reference_impl.failpoints import ACTIONS, POINTS
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
 TARGETS = ("producer", "consumer", "store_server")
+# One rank of a data-parallel consumer group ("consumer.rank1"): kill/pause only.
+RANK_TARGET = re.compile(r"^consumer\.rank(\d+)$")
+
+
+def valid_target(t: Any, kind: str = "kill") -> bool:
+    return t in TARGETS or (isinstance(t, str) and kind != "failpoint" and RANK_TARGET.match(t) is not None)
 FAULT_KINDS = ("kill", "pause", "failpoint")
 OUTCOMES = ("completed", "fail_closed", "failed", "timeout")
 PROPS = tuple(f"P{i}" for i in range(1, 9))
@@ -214,8 +221,10 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     if not isinstance(rnd["count"], int) or rnd["count"] < 0:
         raise err("faults.random.count", rnd["count"], "an integer >= 0")
     for k, allowed in (("kinds", FAULT_KINDS), ("targets", TARGETS), ("actions", ACTIONS)):
-        if not isinstance(rnd[k], list) or any(x not in allowed for x in rnd[k]):
-            raise err(f"faults.random.{k}", rnd[k], "a list drawn from " + ", ".join(allowed))
+        ok = (lambda x: valid_target(x)) if k == "targets" else (lambda x, a=allowed: x in a)
+        if not isinstance(rnd[k], list) or not all(ok(x) for x in rnd[k]):
+            raise err(f"faults.random.{k}", rnd[k], "a list drawn from " + ", ".join(allowed) +
+                      (" (or consumer.rank<N>)" if k == "targets" else ""))
     for p in rnd["points"]:
         if p not in POINTS and not p.endswith("*"):
             raise err("faults.random.points", p, "failpoint names (or prefixes ending in *): " + ", ".join(POINTS))
@@ -252,8 +261,8 @@ def _check_fault(f: Any, where: str) -> Dict[str, Any]:
     if kind not in FAULT_KINDS:
         raise err("kind", kind, " | ".join(FAULT_KINDS))
     target = f.get("target")
-    if target not in TARGETS:
-        raise err("target", target, " | ".join(TARGETS))
+    if not valid_target(target, kind):
+        raise err("target", target, " | ".join(TARGETS) + " | consumer.rank<N> (kill and pause only)")
     out = dict(f)
     if kind == "failpoint":
         if f.get("point") not in POINTS:

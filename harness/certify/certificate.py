@@ -1,0 +1,220 @@
+"""Results of a certification: tiers, counterexamples, the certificate files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+PASSED = "passed"
+FAILED = "failed"
+NOT_APPLICABLE = "not applicable"
+NOT_RUN = "not run"  # applicable but could not run: counts as a failure
+NOT_SELECTED = "not selected"  # left out with --tiers: neither pass nor fail
+
+TIER_NAMES = {1: "contract", 2: "concurrency", 3: "crash", 4: "end-to-end"}
+
+
+@dataclass
+class Budget:
+    name: str
+    t1_examples: int
+    t1_steps: int
+    t2_scale: float
+    t3_crashes: int
+    t4_seeds: int
+
+    def scaled(self, n: int, minimum: int = 1) -> int:
+        return max(minimum, int(round(n * self.t2_scale)))
+
+
+BUDGETS = {
+    "quick": Budget("quick", t1_examples=80, t1_steps=30, t2_scale=1.0, t3_crashes=30, t4_seeds=1),
+    "standard": Budget("standard", t1_examples=200, t1_steps=40, t2_scale=2.0, t3_crashes=80, t4_seeds=2),
+    "thorough": Budget("thorough", t1_examples=600, t1_steps=60, t2_scale=4.0, t3_crashes=300, t4_seeds=4),
+}
+
+
+@dataclass
+class Counterexample:
+    tier: int
+    property: str
+    message: str
+    steps: List[str] = field(default_factory=list)  # minimal step list / the events that show it
+    reproduce: Optional[str] = None
+    detail: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TierResult:
+    tier: int
+    status: str
+    reason: str = ""
+    properties: List[str] = field(default_factory=list)
+    counters: Dict[str, Any] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    counterexamples: List[Counterexample] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return TIER_NAMES[self.tier]
+
+    @property
+    def failing(self) -> bool:
+        return self.status in (FAILED, NOT_RUN)
+
+    def failed_properties(self) -> List[str]:
+        return sorted({c.property for c in self.counterexamples})
+
+
+@dataclass
+class Certificate:
+    backend: str
+    spec: Optional[str]
+    profile: str
+    profile_source: str
+    adapter: Optional[str]
+    factory_call: str
+    budget: str
+    seed: int
+    command: str
+    tiers: List[TierResult] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    started_at: str = ""
+    duration_s: float = 0.0
+    report_dir: Optional[str] = None
+
+    def tier(self, n: int) -> TierResult:
+        for t in self.tiers:
+            if t.tier == n:
+                return t
+        raise KeyError(n)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if any(t.failing for t in self.tiers) else 0
+
+    @property
+    def verdict(self) -> str:
+        if any(t.failing for t in self.tiers):
+            bad = ", ".join(f"tier {t.tier} {t.name} {t.status}" for t in self.tiers if t.failing)
+            return f"REJECTED ({bad})"
+        skipped = [t for t in self.tiers if t.status == NOT_SELECTED]
+        if skipped:
+            return "PASSED the selected tiers (not a full certificate: tier(s) " + ", ".join(
+                str(t.tier) for t in skipped
+            ) + " not selected)"
+        return f"CERTIFIED ({self.profile} profile)"
+
+    def to_json(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["verdict"] = self.verdict
+        d["exit_code"] = self.exit_code
+        for t, td in zip(self.tiers, d["tiers"]):
+            td["name"] = t.name
+        d["environment"] = {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        }
+        return d
+
+
+def render_md(cert: Certificate) -> str:
+    L: List[str] = []
+    L.append(f"# MetadataStore certificate: `{cert.backend}`")
+    L.append("")
+    L.append(f"**Verdict: {cert.verdict}**")
+    L.append("")
+    L.append("| | |")
+    L.append("|---|---|")
+    L.append(f"| backend | `{cert.spec or cert.backend}` |")
+    L.append(f"| factory | {cert.factory_call} |")
+    L.append(f"| profile | {cert.profile} ({cert.profile_source}) |")
+    L.append(f"| adapter | {cert.adapter or 'none (the store has commit_samples)'} |")
+    L.append(f"| budget | {cert.budget} |")
+    L.append(f"| seed | {cert.seed} |")
+    L.append(f"| started | {cert.started_at} |")
+    L.append(f"| duration | {cert.duration_s:.1f} s |")
+    L.append(f"| command | `{cert.command}` |")
+    L.append("")
+    L.append("## Tiers")
+    L.append("")
+    L.append("| tier | status | time | tried | properties |")
+    L.append("|---|---|---|---|---|")
+    for t in cert.tiers:
+        tried = ", ".join(f"{k}={v}" for k, v in t.counters.items() if not isinstance(v, (dict, list)))
+        status = t.status + (f": {t.reason}" if t.reason else "")
+        L.append(
+            f"| {t.tier} {t.name} | {status} | {t.duration_s:.1f} s | {tried or '-'} | "
+            f"{', '.join(t.properties) or '-'} |"
+        )
+    L.append("")
+    all_warn = list(cert.warnings) + [f"tier {t.tier}: {w}" for t in cert.tiers for w in t.warnings]
+    if all_warn:
+        L.append("## Warnings")
+        L.append("")
+        for w in all_warn:
+            L.append(f"- {w}")
+        L.append("")
+    notes = [f"tier {t.tier}: {n}" for t in cert.tiers for n in t.notes]
+    if notes:
+        L.append("## Notes")
+        L.append("")
+        for n in notes:
+            L.append(f"- {n}")
+        L.append("")
+    cex = [c for t in cert.tiers for c in t.counterexamples]
+    if cex:
+        L.append("## Counterexamples")
+        L.append("")
+        for i, c in enumerate(cex, 1):
+            L.append(f"### {i}. tier {c.tier} ({TIER_NAMES[c.tier]}), property `{c.property}`")
+            L.append("")
+            L.append(c.message)
+            L.append("")
+            if c.steps:
+                L.append("Minimal steps:")
+                L.append("")
+                L.append("```")
+                L.extend(c.steps)
+                L.append("```")
+                L.append("")
+            if c.reproduce:
+                L.append(f"Reproduce: `{c.reproduce}`")
+                L.append("")
+    return "\n".join(L) + "\n"
+
+
+def write(cert: Certificate, report_dir: str) -> None:
+    os.makedirs(report_dir, exist_ok=True)
+    cert.report_dir = report_dir
+    tmp = os.path.join(report_dir, "certificate.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(cert.to_json(), f, indent=2, sort_keys=False, default=repr, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, os.path.join(report_dir, "certificate.json"))
+    with open(os.path.join(report_dir, "certificate.md"), "w") as f:
+        f.write(render_md(cert))
+
+
+def make_report_dir(reports_dir: str, label: str) -> str:
+    from .loader import sanitise
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(reports_dir, f"certify-{sanitise(label)}-{stamp}")
+    os.makedirs(reports_dir, exist_ok=True)
+    path, n = base, 1
+    while True:
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}-{n}"

@@ -1,0 +1,273 @@
+"""Resolve `module:attr` to a store factory and open stores from it.
+
+`attr` is a MetadataStore class or any callable taking a working directory:
+
+* a class whose constructor needs a positional argument gets a fresh file
+  `<workdir>/store.db` (the same convention `reference_impl.stores.open_store`
+  uses for third-party backends, so tier 4 opens the store the same way);
+* a class whose constructor needs nothing is called bare;
+* any other callable is called with the working directory.
+
+Every failure is a `LoadError` whose message names the cause; the CLI turns it
+into exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import shutil
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Optional
+
+#: Methods every store must have (commit_sample or commit_samples aside).
+READ_METHODS = (
+    "is_committed",
+    "get_committed",
+    "committed_count",
+    "all_committed_ids",
+    "record_train_ack",
+    "durable_marker",
+)
+
+PROFILES = ("durable", "volatile")
+
+
+class LoadError(Exception):
+    """Bad input: the factory cannot be resolved, built, or is not a store."""
+
+
+class OneByOneAdapter:
+    """Drives an older store that has only `commit_sample` through the batch API.
+
+    `commit_samples` becomes one `commit_sample` call per ref, in order (so a
+    repeated id inside a batch is fresh once if the store is correct). Every
+    other attribute is the store's own.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def commit_samples(self, refs):
+        return [self._inner.commit_sample(r) for r in list(refs)]
+
+    def close(self) -> None:
+        fn = getattr(self._inner, "close", None)
+        if callable(fn):
+            fn()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def sanitise(text: str) -> str:
+    """A file-name-safe label for a backend spec."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return out[:80] or "backend"
+
+
+def _required_positional(cls: Any) -> int:
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return 0
+    return sum(
+        1
+        for p in sig.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )
+
+
+@dataclass
+class StoreTarget:
+    """A resolved store factory plus how to call it."""
+
+    factory: Any
+    label: str
+    spec: Optional[str] = None  # module:attr when the factory has one
+    kind: str = "callable-dir"  # class-path | class-bare | callable-dir
+    adapter: Optional[str] = None  # description of the adapter, if one is used
+    declared_profile: Optional[str] = None
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def takes_path(self) -> bool:
+        return self.kind in ("class-path", "callable-dir")
+
+    def default_profile(self) -> (str, str):
+        """(profile, where the choice came from)."""
+        if self.declared_profile in PROFILES:
+            return self.declared_profile, "declared by the store (profile attribute)"
+        if self.takes_path:
+            return "durable", "default: the factory takes a path"
+        return "volatile", "default: the factory takes no path"
+
+    def open_raw(self, workdir: str) -> Any:
+        os.makedirs(workdir, exist_ok=True)
+        if self.kind == "class-path":
+            return self.factory(os.path.join(workdir, "store.db"))
+        if self.kind == "class-bare":
+            return self.factory()
+        return self.factory(workdir)
+
+    def open(self, workdir: str) -> Any:
+        store = self.open_raw(workdir)
+        if self.adapter is not None and not callable(getattr(store, "commit_samples", None)):
+            store = OneByOneAdapter(store)
+        return store
+
+
+def close_store(store: Any) -> None:
+    fn = getattr(store, "close", None)
+    if callable(fn):
+        fn()
+
+
+def resolve(spec: str) -> Any:
+    """`module:attr` (attr may be dotted) to the object; LoadError names the cause."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise LoadError(
+            f"store factory {spec!r} is not of the form module:attr "
+            "(for example reference_impl.stores.sqlite:SQLiteMetadataStore)"
+        )
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise LoadError(f"store factory {spec!r} is not of the form module:attr")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == mod_name or mod_name.startswith(e.name + ".")):
+            raise LoadError(f"store factory {spec!r}: module {mod_name!r} not found") from e
+        raise LoadError(
+            f"store factory {spec!r}: importing module {mod_name!r} failed: "
+            f"it needs module {e.name!r}, which is not installed"
+        ) from e
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - a module raising at import is bad input
+        raise LoadError(
+            f"store factory {spec!r}: importing module {mod_name!r} raised "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    obj: Any = mod
+    walked = mod_name
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise LoadError(
+                f"store factory {spec!r}: attribute {attr!r} missing "
+                f"({walked!r} has no attribute {part!r})"
+            )
+        obj = getattr(obj, part)
+        walked = f"{walked}.{part}"
+    return obj
+
+
+def missing_methods(store: Any) -> List[str]:
+    missing = [m for m in READ_METHODS if not callable(getattr(store, m, None))]
+    if not callable(getattr(store, "commit_sample", None)):
+        missing.insert(0, "commit_sample")
+    return missing
+
+
+def from_factory(
+    factory: Any,
+    *,
+    spec: Optional[str] = None,
+    label: Optional[str] = None,
+    probe_dir: Optional[str] = None,
+) -> StoreTarget:
+    """Classify a factory, build one store to check it is one, and close it."""
+    if spec is None:
+        spec = importable_spec(factory)
+    name = label or spec or getattr(factory, "__qualname__", None) or repr(factory)
+    if not callable(factory):
+        raise LoadError(
+            f"store factory {name!r}: not a store: {type(factory).__name__} object is neither "
+            "a MetadataStore class nor a callable taking a working directory"
+        )
+    if inspect.isclass(factory):
+        kind = "class-path" if _required_positional(factory) >= 1 else "class-bare"
+    else:
+        kind = "callable-dir"
+    target = StoreTarget(factory=factory, label=name, spec=spec, kind=kind)
+    declared = getattr(factory, "profile", None) if inspect.isclass(factory) else None
+
+    own_dir = probe_dir is None
+    d = probe_dir or tempfile.mkdtemp(prefix="certify-probe-")
+    try:
+        try:
+            store = target.open_raw(os.path.join(d, "probe"))
+        except (Exception, SystemExit) as e:  # noqa: BLE001
+            how = {
+                "class-path": f"{name}(<workdir>/store.db)",
+                "class-bare": f"{name}()",
+                "callable-dir": f"{name}(<workdir>)",
+            }[kind]
+            tb = traceback.format_exception_only(type(e), e)[-1].strip()
+            raise LoadError(f"store factory {name!r}: constructor failed: {how} raised {tb}") from e
+        try:
+            if store is None:
+                raise LoadError(f"store factory {name!r}: not a store: the factory returned None")
+            missing = missing_methods(store)
+            if missing:
+                has_batch = callable(getattr(store, "commit_samples", None))
+                if missing == ["commit_sample"] and has_batch:
+                    raise LoadError(
+                        f"store factory {name!r}: not a store: {type(store).__name__} has "
+                        "commit_samples but no commit_sample (the contract requires commit_sample)"
+                    )
+                raise LoadError(
+                    f"store factory {name!r}: not a store: {type(store).__name__} is missing "
+                    f"{', '.join(missing)} (see DESIGN section 2 for the MetadataStore contract)"
+                )
+            if not callable(getattr(store, "commit_samples", None)):
+                target.adapter = (
+                    "one-by-one adapter: the store has only commit_sample (older contract); "
+                    "commit_samples was driven as one commit_sample call per ref"
+                )
+            if declared is None:
+                declared = getattr(store, "profile", None)
+        finally:
+            try:
+                close_store(store)
+            except Exception:  # noqa: BLE001
+                pass
+    finally:
+        if own_dir:
+            shutil.rmtree(d, ignore_errors=True)
+    if isinstance(declared, str) and declared in PROFILES:
+        target.declared_profile = declared
+    return target
+
+
+def load(spec: str, probe_dir: Optional[str] = None) -> StoreTarget:
+    return from_factory(resolve(spec), spec=spec, probe_dir=probe_dir)
+
+
+def importable_spec(obj: Any) -> Optional[str]:
+    """`module:qualname` when that name imports back to `obj`, else None."""
+    mod = getattr(obj, "__module__", None)
+    qual = getattr(obj, "__qualname__", None)
+    if not mod or not qual or "<" in qual or mod == "__main__":
+        return None
+    try:
+        found = resolve(f"{mod}:{qual}")
+    except LoadError:
+        return None
+    return f"{mod}:{qual}" if found is obj else None
+
+
+def describe_call(target: StoreTarget) -> str:
+    return {
+        "class-path": "class called with a fresh file <workdir>/store.db",
+        "class-bare": "class called with no arguments",
+        "callable-dir": "callable called with a working directory",
+    }[target.kind]
+
+
+Factory = Callable[[str], Any]

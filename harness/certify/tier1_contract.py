@@ -1,0 +1,420 @@
+"""Tier 1, contract: Hypothesis stateful testing of one store against the pure model.
+
+A `RuleBasedStateMachine` drives one store instance (and, for the durable
+profile, closes and reopens it on the same path) with commits, batches, acks
+and lookups; after every step the store's observable state must equal the
+model's. A failure is shrunk by Hypothesis to the fewest, simplest steps and
+recorded as that step list.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from typing import Any, Dict, List, Optional
+
+import hypothesis
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.reporting import with_reporter
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+from reference_impl.contracts import FeatureSpec, SampleRef
+
+from .certificate import FAILED, PASSED, Counterexample, TierResult
+from .common import Context, safe_close
+from .model import ContractModel, Violation, canon_ref, diff_refs, marker_diff, normalise_marker, short
+
+PROPERTIES = [
+    "freshness (P4)",
+    "round-trip",
+    "is_committed",
+    "committed_count",
+    "all_committed_ids order",
+    "durable_marker",
+    "global_step",
+    "optimizer_durable",
+    "reopen (P6)",
+]
+
+# Ids chosen to collide and to break naive storage: case, trailing space,
+# quotes, newline, unicode, two long ids sharing a 300-character prefix.
+ID_POOL = [
+    "s0",
+    "s1",
+    "s2",
+    "S0",
+    "s0 ",
+    "ü-样本-🙂",
+    "a'b\"c;--",
+    "line\nbreak",
+    "L" * 300 + "-a",
+    "L" * 300 + "-b",
+    "0",
+    "s3",
+]
+
+_text = st.text(
+    alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12
+)
+_opt_text = st.none() | _text
+_ids = st.sampled_from(ID_POOL) | _text.filter(bool)
+_json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False),
+    _text,
+)
+_json = st.recursive(
+    _json_leaf, lambda ch: st.lists(ch, max_size=3) | st.dictionaries(_text, ch, max_size=3), max_leaves=8
+)
+_specs = st.builds(
+    FeatureSpec,
+    shape=st.lists(st.integers(0, 2**20), max_size=4).map(tuple),
+    dtype=st.sampled_from(["float32", "bfloat16", "int64", "float16"]),
+    device_hint=_opt_text,
+    target_repr=_opt_text,
+    target_meta=st.dictionaries(_text, _json, max_size=3),
+)
+REFS = st.builds(
+    SampleRef,
+    sample_id=_ids,
+    run_id=_text,
+    source_task_id=_opt_text,
+    feature_store_uri=_text,
+    feature_keys=st.dictionaries(_text, _text, max_size=3),
+    feature_specs=st.dictionaries(_text, _specs, max_size=3),
+    strategy=_text,
+    schema_version=st.integers(0, 2**31),
+    target_model_version=_opt_text,
+    draft_weight_version=_opt_text,
+    tokenizer_version=_opt_text,
+    num_tokens=st.integers(0, 2**40),
+    estimated_bytes=st.integers(0, 2**40),
+    metadata=st.dictionaries(_text, _json, max_size=3),
+)
+STEPS = st.one_of(st.none(), st.integers(0, 3), st.integers(0, 2**40))
+
+_MINIMAL = {
+    "run_id": "",
+    "source_task_id": None,
+    "feature_store_uri": "",
+    "feature_keys": {},
+    "feature_specs": {},
+    "strategy": "",
+    "schema_version": 0,
+    "target_model_version": None,
+    "draft_weight_version": None,
+    "tokenizer_version": None,
+    "num_tokens": 0,
+    "estimated_bytes": 0,
+    "metadata": {},
+}
+
+
+def _sid(s: str) -> str:
+    return repr(s) if len(s) <= 60 else repr(s[:20]) + f"+...({len(s)} chars)...+" + repr(s[-6:])
+
+
+def fmt_ref(ref: SampleRef) -> str:
+    parts = [f"sample_id={_sid(ref.sample_id)}"]
+    for k, v in _MINIMAL.items():
+        val = getattr(ref, k)
+        if val != v:
+            parts.append(f"{k}={val!r}")
+    return "SampleRef(" + ", ".join(parts) + ")"
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.examples = 0
+        self.steps = 0
+        self.reopens = 0
+        self.last_steps: List[str] = []
+
+
+def build_machine(ctx: Context, stats: _Stats, workroot: str):
+    target = ctx.target
+    durable = ctx.profile == "durable"
+    progress = ctx.progress
+    every = max(10, ctx.budget.t1_examples // 4)
+
+    class StoreContract(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            stats.examples += 1
+            if stats.examples % every == 0:
+                progress(f"tier 1 contract: {stats.examples} examples, {stats.steps} steps")
+            self.dir = tempfile.mkdtemp(prefix="t1-", dir=workroot)
+            self.model = ContractModel()
+            self.log: List[str] = []
+            stats.last_steps = self.log
+            self.store = None
+            self.log.append("store = open(fresh working directory)")
+            try:
+                self.store = target.open(self.dir)
+            except Exception as e:  # noqa: BLE001
+                raise Violation("open", f"constructing the store raised {type(e).__name__}: {e}") from e
+
+        # -- helpers ---------------------------------------------------------------
+        def _call(self, name: str, *args, **kw):
+            stats.steps += 1
+            try:
+                return getattr(self.store, name)(*args, **kw)
+            except Violation:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise Violation(
+                    "exception", f"{name} raised {type(e).__name__}: {e}"
+                ) from e
+
+        def _check_refs(self, ids) -> None:
+            for sid in dict.fromkeys(ids):
+                if not self._call("is_committed", sid):
+                    raise Violation("is_committed", f"is_committed({_sid(sid)}) is False after it was committed")
+                got = self._call("get_committed", sid)
+                if got is None:
+                    raise Violation("round-trip", f"get_committed({_sid(sid)}) returned None after it was committed")
+                d = diff_refs(self.model.refs[sid], canon_ref(got))
+                if d:
+                    raise Violation("round-trip", f"get_committed({_sid(sid)}) differs from the first commit: {d}")
+
+        # -- rules -----------------------------------------------------------------
+        @rule(ref=REFS)
+        def commit_sample(self, ref):
+            self.log.append(f"store.commit_sample({fmt_ref(ref)})")
+            expected = self.model.commit([ref])[0]
+            got = self._call("commit_sample", ref)
+            if bool(got) != expected:
+                raise Violation(
+                    "freshness",
+                    f"commit_sample({_sid(ref.sample_id)}) returned {got!r}, expected {expected!r} "
+                    + ("(the id was committed before)" if not expected else "(the id was never committed)"),
+                )
+            self._check_refs([ref.sample_id])
+
+        @rule(refs=st.lists(REFS, max_size=6))
+        def commit_samples(self, refs):
+            self.log.append("store.commit_samples([" + ", ".join(fmt_ref(r) for r in refs) + "])")
+            before = set(self.model.refs)
+            expected = self.model.commit(refs)
+            got = self._call("commit_samples", list(refs))
+            try:
+                got = [bool(x) for x in got]
+            except TypeError:
+                raise Violation("freshness", f"commit_samples returned {got!r}, not a list of flags")
+            if len(got) != len(expected):
+                raise Violation(
+                    "freshness", f"commit_samples of {len(refs)} refs returned {len(got)} flags: {got!r}"
+                )
+            if got != expected:
+                i = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+                sid = refs[i].sample_id
+                if expected[i]:
+                    why = "the id was never committed"
+                elif sid in before:
+                    why = "the id was committed before"
+                else:
+                    why = "the id appears earlier in the same batch (a repeated id is fresh once)"
+                raise Violation(
+                    "freshness",
+                    f"commit_samples returned {got!r}, expected {expected!r}: flag {i} for "
+                    f"{_sid(sid)} is {got[i]!r} but {why}",
+                )
+            self._check_refs([r.sample_id for r in refs])
+
+        @rule(
+            picks=st.lists(st.integers(0, 10**6), max_size=5),
+            global_step=STEPS,
+            optimizer_durable=st.booleans(),
+        )
+        def record_train_ack(self, picks, global_step, optimizer_durable):
+            order = self.model.order
+            ids = sorted({order[p % len(order)] for p in picks}) if order else []
+            self.log.append(
+                f"store.record_train_ack([{', '.join(_sid(i) for i in ids)}], global_step={global_step!r}, "
+                f"optimizer_durable={optimizer_durable!r})"
+            )
+            self.model.ack(ids, global_step, optimizer_durable)
+            self._call("record_train_ack", list(ids), global_step=global_step, optimizer_durable=optimizer_durable)
+
+        @rule(sid=_ids)
+        def lookup(self, sid):
+            self.log.append(f"store.is_committed({_sid(sid)}); store.get_committed({_sid(sid)})")
+            if sid in self.model.refs:
+                self._check_refs([sid])
+                return
+            if self._call("is_committed", sid):
+                raise Violation("is_committed", f"is_committed({_sid(sid)}) is True but it was never committed")
+            got = self._call("get_committed", sid)
+            if got is not None:
+                raise Violation("round-trip", f"get_committed({_sid(sid)}) returned {got!r} but it was never committed")
+
+        @precondition(lambda self: durable)
+        @rule()
+        def reopen(self):
+            self.log.append("store.close(); store = open(same working directory)")
+            stats.reopens += 1
+            try:
+                closer = getattr(self.store, "close", None)
+                if callable(closer):
+                    closer()
+            except Exception as e:  # noqa: BLE001
+                raise Violation("exception", f"close raised {type(e).__name__}: {e}") from e
+            self.store = None
+            try:
+                self.store = target.open(self.dir)
+            except Exception as e:  # noqa: BLE001
+                raise Violation("reopen", f"reopening the store raised {type(e).__name__}: {e}") from e
+            count = self._call("committed_count")
+            if count != len(self.model.order):
+                raise Violation(
+                    "reopen",
+                    f"after reopen committed_count() is {count!r}, expected {len(self.model.order)} "
+                    "(commits that returned were lost)",
+                )
+            m = normalise_marker(self._call("durable_marker"))
+            d = marker_diff(self.model.marker(), m)
+            if d:
+                raise Violation("reopen", f"after reopen {d[1]} (acks that returned were lost)")
+            self._check_refs(self.model.order)
+
+        # -- after every step ------------------------------------------------------
+        @invariant()
+        def observable_state(self):
+            if self.store is None:
+                return
+            count = self._call("committed_count")
+            if count != len(self.model.order):
+                raise Violation("committed_count", f"committed_count() is {count!r}, expected {len(self.model.order)}")
+            ids = self._call("all_committed_ids")
+            try:
+                ids = [str(i) for i in ids]
+            except TypeError:
+                raise Violation("all_committed_ids order", f"all_committed_ids() returned {ids!r}")
+            if ids != self.model.order:
+                if sorted(ids) == sorted(self.model.order):
+                    msg = "not in first-commit order"
+                else:
+                    msg = f"holds {short(set(ids) ^ set(self.model.order))} wrongly"
+                raise Violation(
+                    "all_committed_ids order",
+                    f"all_committed_ids() is {[_sid(i) for i in ids]}, expected "
+                    f"{[_sid(i) for i in self.model.order]} ({msg})",
+                )
+            m = normalise_marker(self._call("durable_marker"))
+            d = marker_diff(self.model.marker(), m)
+            if d:
+                prop = {"marker": "durable_marker"}.get(d[0], d[0])
+                raise Violation(prop, d[1])
+
+        def teardown(self):
+            if self.store is not None:
+                safe_close(self.store)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    StoreContract.__name__ = "StoreContract"
+    StoreContract.__qualname__ = "StoreContract"
+    return StoreContract
+
+
+def _tensor_check(ctx: Context, workroot: str) -> Optional[str]:
+    """DESIGN section 2: committing a ref with a tensor inside is a TypeError. A warning if not."""
+    try:
+        import torch
+    except Exception:  # noqa: BLE001
+        return None
+    d = tempfile.mkdtemp(prefix="t1-tensor-", dir=workroot)
+    store = None
+    try:
+        store = ctx.target.open(d)
+        ref = SampleRef(
+            sample_id="tensor-ref",
+            run_id="r",
+            source_task_id=None,
+            feature_store_uri="",
+            feature_keys={},
+            feature_specs={},
+            strategy="s",
+            metadata={"t": torch.zeros(2)},
+        )
+        try:
+            store.commit_samples([ref])
+        except TypeError:
+            return None
+        except Exception as e:  # noqa: BLE001
+            return (
+                f"committing a ref with a tensor in metadata raised {type(e).__name__}, not TypeError "
+                "(DESIGN section 2)"
+            )
+        return "the store accepted a ref with a torch tensor in metadata (DESIGN section 2 asks for TypeError)"
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        if store is not None:
+            safe_close(store)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run(ctx: Context) -> TierResult:
+    t0 = time.monotonic()
+    res = TierResult(tier=1, status=PASSED, properties=list(PROPERTIES))
+    if ctx.profile != "durable":
+        res.properties.remove("reopen (P6)")
+        res.notes.append("volatile profile: reopen (close and open on the same path) not exercised")
+    examples = int(ctx.overrides.get("examples") or ctx.budget.t1_examples)
+    workroot = ctx.subdir("tier1")
+    stats = _Stats()
+    machine = build_machine(ctx, stats, workroot)
+    hypothesis.seed(ctx.seed)(machine)
+    cfg = settings(
+        max_examples=examples,
+        stateful_step_count=ctx.budget.t1_steps,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+        print_blob=True,
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    )
+    report: List[str] = []
+    ctx.progress(f"tier 1 contract: up to {examples} examples of up to {ctx.budget.t1_steps} steps")
+    try:
+        with with_reporter(report.append):
+            run_state_machine_as_test(machine, settings=cfg)
+    except Exception as e:  # noqa: BLE001
+        res.status = FAILED
+        prop = getattr(e, "prop", None) or "exception"
+        msg = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+        if not isinstance(e, Violation):
+            tb = traceback.format_exception(type(e), e, e.__traceback__)
+            msg = f"{type(e).__name__}: {e} (in the harness or the store; {tb[-2].strip() if len(tb) > 1 else ''})"
+        steps = list(stats.last_steps)
+        lines = list(report) + [n for n in getattr(e, "__notes__", []) or [] if isinstance(n, str)]
+        lines = [ln for chunk in lines for ln in str(chunk).splitlines()]
+        blob = [line for line in lines if "reproduce_failure" in line]
+        res.counterexamples.append(
+            Counterexample(
+                tier=1,
+                property=prop,
+                message=msg,
+                steps=steps,
+                reproduce=ctx.reproduce(1, f"--examples {examples}"),
+                detail={
+                    "hypothesis_program": [line for line in lines if "reproduce_failure" not in line],
+                    "hypothesis_blob": blob,
+                },
+            )
+        )
+    res.counters = {"examples": stats.examples, "steps": stats.steps, "reopens": stats.reopens}
+    if res.status == PASSED:
+        w = _tensor_check(ctx, workroot)
+        if w:
+            res.warnings.append(w)
+    shutil.rmtree(workroot, ignore_errors=True)
+    res.duration_s = time.monotonic() - t0
+    return res

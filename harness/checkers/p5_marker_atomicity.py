@@ -1,0 +1,164 @@
+"""P5 ack atomicity: nobody ever sees part of one ack transaction.
+
+Model
+-----
+The durable marker is `{acked: set, global_step, optimizer_durable}`;
+`record_train_ack(ids, global_step=s)` is one transaction
+`acked |= ids; global_step = s`: applied whole or not at all, never in part
+(ids without the step, the step without the ids, or some ids only). The
+transactions the history knows:
+
+* a returned ack: an `ack` event (`step`, `ids`); applied before its line. A
+  restarted consumer's roll-forward is an `ack` event too, emitted by the new
+  incarnation just before its `reconcile`; it belongs to that reconcile;
+* an interrupted ack: a consumer `checkpoint` event at step s with a non-empty
+  `unacked` list T whose incarnation wrote no `ack` at step s after it. The
+  consumer acks exactly T at step s right after the checkpoint, so a crash
+  leaves that transaction applied whole or not at all.
+
+Readers of the marker in the history are each restart's `reconcile` (the
+marker as read is `released` minus `rolled_forward`, with `marker_step`) and
+the final state (`final["marker"]`). The checks, precisely:
+
+1. final marker M, returned ack with ids S: `S ∩ M` is empty or all of S
+   (S lost entirely is a durability failure, P6, not a torn ack);
+2. final marker M, interrupted ack T: with R = T minus the ids any returned
+   ack (roll-forwards included) also acked, `R ∩ M` is empty or all of R;
+3. reconcile reading (A, m): every ack returned since the previous reconcile,
+   ids S: `S ∩ A` is empty or all of S;
+4. reconcile reading (A, m), each interrupted ack T at step s of an earlier
+   incarnation, R as in 2 (acks returned before the reconcile): if m == s the
+   transaction applied, so R ⊆ A; if m < s (or None) it did not, so R ∩ A is
+   empty. A reconcile resolves the interrupted acks of its own process.
+
+With a volatile store (`final["durable_store"]` False) a supervisor kill of a
+`store*` target starts an empty ledger: the sweep for 3 and 4 restarts empty.
+
+Operations read
+---------------
+* consumer `ack` (step, ids), `checkpoint` (step, unacked), `reconcile`
+  (marker_step, released, rolled_forward);
+* supervisor `kill` of the store server; final `marker`, `durable_store`.
+
+Anomalies
+---------
+1. `torn_ack`: a marker (the final one, or one read by a reconcile) holding
+   part of one ack transaction; names the transaction's ids (present, then
+   missing), its step, incarnation and line, and the reader.
+"""
+
+from __future__ import annotations
+
+from . import Anomaly, by_line, context, finish, fmt_items, incarnation
+
+PROP = "P5"
+NAME = "ack_atomicity"
+
+
+def check(history, final, ctx=None):
+    ctx = context(history, final, ctx)
+    final = ctx.final
+    durable = bool(final.get("durable_store", True))
+    acks = ctx.events("consumer", "ack")
+    ckpts = ctx.events("consumer", "checkpoint")
+    recs = ctx.events("consumer", "reconcile")
+    anomalies = []
+
+    ack_steps = {}
+    for a in acks:
+        ack_steps.setdefault((a.get("proc"), a.get("inc")), set()).add(a.get("step"))
+    interrupted = [c for c in ckpts
+                   if c.get("unacked") and c.get("step") not in ack_steps.get((c.get("proc"), c.get("inc")), ())]
+    covered = set()
+    for a in acks:
+        covered.update(a.get("ids") or ())
+
+    # -- final marker (checks 1, 2) -----------------------------------------
+    marker = final.get("marker")
+    if marker is not None:
+        m = set(marker.get("acked") or ())
+        reader = f"the final marker (global_step {marker.get('global_step')})"
+        for a in acks:
+            s = a.get("ids") or []
+            if m.issuperset(s):
+                continue
+            present = [x for x in s if x in m]
+            if present:
+                anomalies.append(_torn(a, present, [x for x in s if x not in m], reader))
+        for c in interrupted:
+            r = [x for x in c.get("unacked") if x not in covered]
+            present = [x for x in r if x in m]
+            if present and len(present) < len(r):
+                anomalies.append(_torn(c, present, [x for x in r if x not in m], reader, interrupted=True))
+
+    # -- reconcile readers (checks 3, 4) --------------------------------------
+    kills = [e for e in ctx.events("supervisor", "kill") if not durable
+             and str(e.get("target", "")).startswith("store")]
+    stream = sorted(acks + recs + interrupted + kills, key=by_line)
+    reconciled = set()  # (proc, inc) whose reconcile has been seen
+    prelude = {}  # (proc, inc) -> acks emitted before its reconcile (roll-forward)
+    acked_ev = set()  # ids of returned acks so far (current ledger)
+    since_last = []  # acks returned since the previous reconcile
+    open_txns = []  # interrupted acks (checkpoint events) not yet resolved
+    n_readers = 0
+    for e in stream:
+        ev = e.get("ev")
+        key = (e.get("proc"), e.get("inc"))
+        if ev == "ack":
+            if key in reconciled:
+                acked_ev.update(e.get("ids") or ())
+                since_last.append(e)
+            else:
+                prelude.setdefault(key, []).append(e)
+        elif ev == "checkpoint":
+            open_txns.append(e)
+        elif ev == "kill":
+            acked_ev, since_last, open_txns = set(), [], []
+        else:  # reconcile
+            released = e.get("released")
+            if released is not None:
+                n_readers += 1
+                seen = set(released).difference(e.get("rolled_forward") or ())
+                ms = e.get("marker_step")
+                ms = None if ms is None else int(ms)
+                rd = f"the marker read by the reconcile of {incarnation(e)} at line {e.get('line')} (step {ms})"
+                for a in since_last:
+                    s = a.get("ids") or []
+                    if seen.issuperset(s):
+                        continue
+                    present = [x for x in s if x in seen]
+                    if present:
+                        anomalies.append(_torn(a, present, [x for x in s if x not in seen], rd, reader_event=e))
+                for c in open_txns:
+                    if (c.get("proc"), c.get("inc")) == key:
+                        continue
+                    s_step = int(c.get("step", 0))
+                    r = [x for x in c.get("unacked") if x not in acked_ev]
+                    present = [x for x in r if x in seen]
+                    if ms is not None and ms == s_step and len(present) < len(r):
+                        anomalies.append(_torn(c, present, [x for x in r if x not in seen], rd, reader_event=e,
+                                               interrupted=True, why=f"its step {s_step} without all its ids"))
+                    elif (ms is None or ms < s_step) and present:
+                        anomalies.append(_torn(c, present, [x for x in r if x not in seen], rd, reader_event=e,
+                                               interrupted=True, why=f"some of its ids without its step {s_step}"))
+            open_txns = [c for c in open_txns if c.get("proc") != key[0] or c.get("inc") == key[1]]
+            since_last = []
+            reconciled.add(key)
+            for a in prelude.pop(key, ()):
+                acked_ev.update(a.get("ids") or ())
+    counts = {"returned_acks": len(acks), "interrupted_acks": len(interrupted), "reconcile_readers": n_readers,
+              "final_marker": marker is not None}
+    return finish(PROP, NAME, anomalies, counts)
+
+
+def _torn(txn, present, missing, reader, reader_event=None, interrupted=False, why=None):
+    what = (f"interrupted ack at step {txn.get('step')} (checkpoint by {incarnation(txn)} line {txn.get('line')})"
+            if interrupted else f"ack at step {txn.get('step')} by {incarnation(txn)} line {txn.get('line')}")
+    incs = [incarnation(txn)] + ([incarnation(reader_event)] if reader_event else [])
+    lines = [txn.get("line", 0)] + ([reader_event.get("line", 0)] if reader_event else [])
+    return Anomaly(
+        "torn_ack",
+        f"{reader} holds {why or 'part of it'} of the {what}: present {fmt_items(present)}; "
+        f"missing {fmt_items(missing)}",
+        sample_ids=list(present) + list(missing), steps=[int(txn.get("step", 0))],
+        incarnations=list(dict.fromkeys(incs)), lines=lines)

@@ -1,0 +1,141 @@
+"""P6 durability: what returned before a crash is there after the restart.
+
+Model
+-----
+A durable store (`final["durable_store"]` True) keeps every transaction that
+returned: a `commit` event's ids are in the store's committed set for ever;
+an `ack` event's ids are in the marker's `acked` set for ever and the marker's
+`global_step` is never below the step of a returned ack. A reconcile that rolls
+a checkpoint's unacked tail forward (`rolled_forward`, at the reconcile's
+`checkpoint_step` above its `marker_step`) is a returned ack too. Every later
+reader sees them: each restart's `reconcile` (`marker_step`,
+`marker_acked_count`) and the final state (`committed_ids`, `marker`).
+
+Not applicable (valid None) to a volatile store, or when the final store
+could not be read (`committed_ids` None).
+
+Operations read
+---------------
+* producer `commit` (ids); consumer `ack` (step, ids), `reconcile`
+  (marker_step, checkpoint_step, marker_acked_count, rolled_forward);
+* final `committed_ids`, `marker`, `durable_store`.
+
+Anomalies
+---------
+1. `lost_commit`: ids of a returned commit missing from the final committed
+   set; one anomaly per commit event.
+2. `lost_ack`: ids of a returned ack (or roll-forward) missing from the final
+   marker's acked set; one anomaly per ack event.
+3. `step_regressed`: the final marker's global_step is lower than the step of
+   a returned ack (names the ack with the highest step).
+4. `lost_ack_at_restart`: a reconcile read a marker_step lower than a
+   previously returned ack's step, or fewer acked ids than the acks returned
+   before it.
+"""
+
+from __future__ import annotations
+
+from . import Anomaly, context, finish, fmt_items, incarnation
+
+PROP = "P6"
+NAME = "durability"
+
+
+def check(history, final, ctx=None):
+    ctx = context(history, final, ctx)
+    final = ctx.final
+    committed = final.get("committed_ids")
+    if not final.get("durable_store", True) or committed is None:
+        return finish(PROP, NAME, [], {"durable_store": final.get("durable_store"),
+                                       "store_readable": committed is not None}, applicable=False)
+    anomalies = []
+    committed = set(committed)
+    commits = ctx.events("producer", "commit")
+    for e in commits:
+        if committed.issuperset(e.get("ids") or ()):
+            continue
+        missing = [x for x in (e.get("ids") or ()) if x not in committed]
+        if missing:
+            anomalies.append(Anomaly(
+                "lost_commit",
+                f"commit by {incarnation(e)} at line {e.get('line')} returned, but the final store lacks "
+                f"{len(missing)} of its ids: {fmt_items(missing)}",
+                sample_ids=missing, incarnations=[incarnation(e)], lines=[e.get("line", 0)]))
+
+    acks = ctx.events("consumer", "ack")
+    recs = ctx.events("consumer", "reconcile")
+    marker = final.get("marker")
+    if marker is not None:
+        m = set(marker.get("acked") or ())
+        for e in acks:
+            if m.issuperset(e.get("ids") or ()):
+                continue
+            missing = [x for x in (e.get("ids") or ()) if x not in m]
+            if missing:
+                anomalies.append(Anomaly(
+                    "lost_ack",
+                    f"ack at step {e.get('step')} by {incarnation(e)} at line {e.get('line')} returned, but the "
+                    f"final marker lacks {len(missing)} of its ids: {fmt_items(missing)}",
+                    sample_ids=missing, steps=[int(e.get("step", 0))], incarnations=[incarnation(e)],
+                    lines=[e.get("line", 0)]))
+        for e in recs:
+            missing = [x for x in (e.get("rolled_forward") or ()) if x not in m]
+            if missing:
+                anomalies.append(Anomaly(
+                    "lost_ack",
+                    f"reconcile by {incarnation(e)} at line {e.get('line')} rolled forward checkpoint step "
+                    f"{e.get('checkpoint_step')}, but the final marker lacks {fmt_items(missing)}",
+                    sample_ids=missing, steps=[int(e.get("checkpoint_step") or 0)], incarnations=[incarnation(e)],
+                    lines=[e.get("line", 0)]))
+
+    # -- steps: sweep acks and reconciles in order --------------------------
+    best = None  # (step, event) of the returned ack with the highest step
+    acked = set()
+    for e in sorted(acks + recs, key=lambda e: e.get("line", 0)):
+        if e.get("ev") == "ack":
+            step = int(e.get("step") or 0)
+            if best is None or step > best[0]:
+                best = (step, e)
+            acked.update(e.get("ids") or ())
+            continue
+        ms = e.get("marker_step")
+        n = e.get("marker_acked_count")
+        where = f"reconcile by {incarnation(e)} at line {e.get('line')}"
+        if best is not None and (ms is None or int(ms) < best[0]):
+            b = best[1]
+            anomalies.append(Anomaly(
+                "lost_ack_at_restart",
+                f"{where} read marker_step {ms}, but the ack at step {best[0]} by {incarnation(b)} had returned "
+                f"at line {b.get('line')} (ids {fmt_items(b.get('ids') or ())})",
+                sample_ids=list(b.get("ids") or ()), steps=[best[0]] + ([int(ms)] if ms is not None else []),
+                incarnations=list(dict.fromkeys([incarnation(b), incarnation(e)])),
+                lines=[b.get("line", 0), e.get("line", 0)]))
+        elif n is not None and int(n) < len(acked):
+            anomalies.append(Anomaly(
+                "lost_ack_at_restart",
+                f"{where} read {n} acked ids, but returned acks before it hold {len(acked)} ids "
+                f"(last returned ack step {best[0] if best else None} at line "
+                f"{best[1].get('line') if best else None})",
+                steps=[best[0]] if best else [],
+                incarnations=list(dict.fromkeys(([incarnation(best[1])] if best else []) + [incarnation(e)])),
+                lines=([best[1].get("line", 0)] if best else []) + [e.get("line", 0)]))
+        cs = e.get("checkpoint_step")
+        if cs is not None and int(cs) > int(ms or 0):  # rolled forward: a returned ack at the checkpoint step
+            if best is None or int(cs) > best[0]:
+                best = (int(cs), e)
+            acked.update(e.get("rolled_forward") or ())
+    if marker is not None and best is not None:
+        gs = marker.get("global_step")
+        if gs is None or int(gs) < best[0]:
+            b = best[1]
+            anomalies.append(Anomaly(
+                "step_regressed",
+                f"final marker global_step {gs} is below step {best[0]} of the ack by {incarnation(b)} "
+                f"that returned at line {b.get('line')}",
+                sample_ids=list(b.get("ids") or b.get("rolled_forward") or ()),
+                steps=[best[0]] + ([int(gs)] if gs is not None else []),
+                incarnations=[incarnation(b)], lines=[b.get("line", 0)]))
+    counts = {"commit_events": len(commits), "ack_events": len(acks), "reconciles": len(recs),
+              "committed": len(committed), "final_marker": marker is not None,
+              "max_returned_step": best[0] if best else None}
+    return finish(PROP, NAME, anomalies, counts)
