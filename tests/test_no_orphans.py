@@ -1,0 +1,60 @@
+"""The harness never leaves processes behind, even when it is SIGKILLed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def _children():
+    kids = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(pid))
+    return kids
+
+
+def _descendants(root):
+    kids, out, todo = _children(), [], [root]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigkilled_harness_leaves_no_children(tmp_path):
+    reports = tmp_path / "reports"
+    h = subprocess.Popen([sys.executable, "-m", "harness", "run", "slow-consumer", "--seed", "1",
+                          "--reports", str(reports), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Wait until the pipeline is running: the channel has records.
+    deadline = time.monotonic() + 120
+    seen = []
+    while time.monotonic() < deadline:
+        seen = _descendants(h.pid)
+        chans = list(reports.glob("*/work/channel.jsonl"))
+        if len(seen) >= 2 and chans and chans[0].stat().st_size > 0:
+            break
+        time.sleep(0.1)
+    assert len(seen) >= 2, "the run never started its processes"
+    h.send_signal(signal.SIGKILL)
+    h.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in seen):
+        time.sleep(0.1)
+    assert [p for p in seen if _alive(p)] == [], "processes outlived the harness"
