@@ -81,7 +81,8 @@ def check(history, final, ctx=None):
         where = f"{ev} by {incarnation(e)} at line {e.get('line')}"
         if con is not None and pub is not None and (con < 0 or con > pub):
             add("consumed_exceeds_published",
-                f"{where} observed consumed={con} with published={pub}", e, ids=e.get("ids") or ())
+                f"{where} observed consumed={con} with published={pub}"
+                + (f" (ids {_ids(e.get('ids'))})" if e.get("ids") else ""), e, ids=e.get("ids") or ())
         if con is not None:
             if last_seen is not None and con < last_seen[0]:
                 p = last_seen[1]

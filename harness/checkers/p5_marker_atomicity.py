@@ -137,10 +137,10 @@ def check(history, final, ctx=None):
                     present = [x for x in r if x in seen]
                     if ms is not None and ms == s_step and len(present) < len(r):
                         anomalies.append(_torn(c, present, [x for x in r if x not in seen], rd, reader_event=e,
-                                               interrupted=True, why=f"its step {s_step} without all its ids"))
+                                               interrupted=True, why=f"step {s_step} without all its ids"))
                     elif (ms is None or ms < s_step) and present:
                         anomalies.append(_torn(c, present, [x for x in r if x not in seen], rd, reader_event=e,
-                                               interrupted=True, why=f"some of its ids without its step {s_step}"))
+                                               interrupted=True, why=f"ids without step {s_step}"))
             open_txns = [c for c in open_txns if c.get("proc") != key[0] or c.get("inc") == key[1]]
             since_last = []
             reconciled.add(key)
@@ -158,7 +158,7 @@ def _torn(txn, present, missing, reader, reader_event=None, interrupted=False, w
     lines = [txn.get("line", 0)] + ([reader_event.get("line", 0)] if reader_event else [])
     return Anomaly(
         "torn_ack",
-        f"{reader} holds {why or 'part of it'} of the {what}: present {fmt_items(present)}; "
+        f"{reader} holds part of the {what}{' (' + why + ')' if why else ''}: present {fmt_items(present)}; "
         f"missing {fmt_items(missing)}",
         sample_ids=list(present) + list(missing), steps=[int(txn.get("step", 0))],
         incarnations=list(dict.fromkeys(incs)), lines=lines)

@@ -6,8 +6,9 @@ A durable store (`final["durable_store"]` True) keeps every transaction that
 returned: a `commit` event's ids are in the store's committed set for ever;
 an `ack` event's ids are in the marker's `acked` set for ever and the marker's
 `global_step` is never below the step of a returned ack. A reconcile that rolls
-a checkpoint's unacked tail forward (`rolled_forward`, at the reconcile's
-`checkpoint_step` above its `marker_step`) is a returned ack too. Every later
+a checkpoint's unacked tail forward writes an `ack` event (`roll_forward`)
+just before its `reconcile`: a returned ack for every later reader, not for
+that reconcile, which read the marker before rolling forward. Every later
 reader sees them: each restart's `reconcile` (`marker_step`,
 `marker_acked_count`) and the final state (`committed_ids`, `marker`).
 
@@ -24,18 +25,19 @@ Anomalies
 ---------
 1. `lost_commit`: ids of a returned commit missing from the final committed
    set; one anomaly per commit event.
-2. `lost_ack`: ids of a returned ack (or roll-forward) missing from the final
-   marker's acked set; one anomaly per ack event.
+2. `lost_ack`: ids of a returned ack (or a reconcile's `rolled_forward`)
+   missing from the final marker's acked set; one anomaly per event.
 3. `step_regressed`: the final marker's global_step is lower than the step of
    a returned ack (names the ack with the highest step).
 4. `lost_ack_at_restart`: a reconcile read a marker_step lower than a
-   previously returned ack's step, or fewer acked ids than the acks returned
-   before it.
+   previously returned ack's step, or fewer acked ids (`released` minus
+   `rolled_forward`, else `marker_acked_count`) than the acks returned before
+   it hold.
 """
 
 from __future__ import annotations
 
-from . import Anomaly, context, finish, fmt_items, incarnation
+from . import Anomaly, by_line, context, finish, fmt_items, incarnation
 
 PROP = "P6"
 NAME = "durability"
@@ -89,17 +91,24 @@ def check(history, final, ctx=None):
                     lines=[e.get("line", 0)]))
 
     # -- steps: sweep acks and reconciles in order --------------------------
+    # A restarted consumer's roll-forward ack is emitted just before its own
+    # reconcile: it belongs to that reconcile, not to what the reconcile read.
     best = None  # (step, event) of the returned ack with the highest step
     acked = set()
-    for e in sorted(acks + recs, key=lambda e: e.get("line", 0)):
+    reconciled = set()
+    prelude = {}
+    for e in sorted(acks + recs, key=by_line):
+        key = (e.get("proc"), e.get("inc"))
         if e.get("ev") == "ack":
-            step = int(e.get("step") or 0)
-            if best is None or step > best[0]:
-                best = (step, e)
-            acked.update(e.get("ids") or ())
+            if key in reconciled:
+                best = _take(best, e, acked)
+            else:
+                prelude.setdefault(key, []).append(e)
             continue
         ms = e.get("marker_step")
         n = e.get("marker_acked_count")
+        released = e.get("released")
+        n_read = len(set(released).difference(e.get("rolled_forward") or ())) if released is not None else n
         where = f"reconcile by {incarnation(e)} at line {e.get('line')}"
         if best is not None and (ms is None or int(ms) < best[0]):
             b = best[1]
@@ -110,20 +119,23 @@ def check(history, final, ctx=None):
                 sample_ids=list(b.get("ids") or ()), steps=[best[0]] + ([int(ms)] if ms is not None else []),
                 incarnations=list(dict.fromkeys([incarnation(b), incarnation(e)])),
                 lines=[b.get("line", 0), e.get("line", 0)]))
-        elif n is not None and int(n) < len(acked):
+        elif n_read is not None and int(n_read) < len(acked):
+            missing = sorted(acked.difference(released)) if released is not None else []
             anomalies.append(Anomaly(
                 "lost_ack_at_restart",
-                f"{where} read {n} acked ids, but returned acks before it hold {len(acked)} ids "
-                f"(last returned ack step {best[0] if best else None} at line "
-                f"{best[1].get('line') if best else None})",
-                steps=[best[0]] if best else [],
+                f"{where} read {n_read} acked ids, but returned acks before it hold {len(acked)} ids "
+                f"(last returned ack step {best[0] if best else None} by "
+                f"{incarnation(best[1]) if best else None} at line {best[1].get('line') if best else None}); "
+                f"missing {fmt_items(missing)}",
+                sample_ids=missing, steps=[best[0]] if best else [],
                 incarnations=list(dict.fromkeys(([incarnation(best[1])] if best else []) + [incarnation(e)])),
                 lines=([best[1].get("line", 0)] if best else []) + [e.get("line", 0)]))
-        cs = e.get("checkpoint_step")
-        if cs is not None and int(cs) > int(ms or 0):  # rolled forward: a returned ack at the checkpoint step
-            if best is None or int(cs) > best[0]:
-                best = (int(cs), e)
-            acked.update(e.get("rolled_forward") or ())
+        reconciled.add(key)
+        for a in prelude.pop(key, ()):
+            best = _take(best, a, acked)
+    for pre in prelude.values():  # acks of an incarnation that never reconciled
+        for a in pre:
+            best = _take(best, a, acked)
     if marker is not None and best is not None:
         gs = marker.get("global_step")
         if gs is None or int(gs) < best[0]:
@@ -139,3 +151,9 @@ def check(history, final, ctx=None):
               "committed": len(committed), "final_marker": marker is not None,
               "max_returned_step": best[0] if best else None}
     return finish(PROP, NAME, anomalies, counts)
+
+
+def _take(best, a, acked):
+    acked.update(a.get("ids") or ())
+    step = int(a.get("step") or 0)
+    return (step, a) if best is None or step > best[0] else best

@@ -66,7 +66,7 @@ def check(history, final, ctx=None):
                 bad.append((e, early))
     ack_line = _ack_lines(acks) if bad or final.get("features_left") else {}
     for e, early in bad:
-        later = [ack_line[s] for s in early if s in ack_line]
+        later = list(dict.fromkeys(ack_line[s] for s in early if s in ack_line))
         nd = [s for s in early if s in nondurable and nondurable[s] < e.get("line", 0)]
         note = f"; only a non-durable ack covered {fmt_items(nd)}" if nd else ""
         anomalies.append(Anomaly(
@@ -84,7 +84,7 @@ def check(history, final, ctx=None):
         leaked = [s for s in left if s in m or s in durable_acked or s in nondurable
                   or _reconciled(s, recs_seen, rec_sets)]
         if leaked:
-            info = [ack_line[s] for s in leaked if s in ack_line]
+            info = list(dict.fromkeys(ack_line[s] for s in leaked if s in ack_line))
             anomalies.append(Anomaly(
                 "features_leaked",
                 f"run completed with {len(leaked)} feature blobs of acked samples left: {fmt_items(leaked)}; "

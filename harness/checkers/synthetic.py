@@ -111,18 +111,20 @@ class _Sim:
         inc = self.c_inc
         self.sup("spawn", target="consumer", target_inc=inc, pid=20000 + inc, failpoints=[])
         self.emit("consumer", inc, "start", pid=20000 + inc, resume=inc > 0, device="cpu", backend="sqlite")
-        marker_count = len(self.acked)
         marker_step = self.marker_step
         rolled: List[str] = []
         ck = self.ckpt_step or 0
         if self.ckpt_step is not None and ck > (marker_step or 0):
+            # roll forward: the checkpoint holds samples the marker lacks; ack them now
             rolled = sorted(set(self.ckpt_unacked) - self.acked)
             self.acked.update(self.ckpt_unacked)
             self.marker_step = ck
+            self.emit("consumer", inc, "ack", step=ck, ids=list(self.ckpt_unacked), durable=True,
+                      roll_forward=True)
         requeued = [s for s in self.committed if s not in self.acked]
         rec = self.emit("consumer", inc, "reconcile", marker_step=marker_step, checkpoint_step=self.ckpt_step,
                         checkpoint_inc=None, released=sorted(self.acked), requeued=requeued,
-                        rolled_forward=rolled, consumed_before=self.sidecar, marker_acked_count=marker_count)
+                        rolled_forward=rolled, consumed_before=self.sidecar, marker_acked_count=len(self.acked))
         if self.pending_torn:
             self.torn_target = rec
             self.pending_torn = None
@@ -378,10 +380,11 @@ def _inject(bug: str, events: List[Dict[str, Any]], final: Dict[str, Any], sim: 
         i = middle("commit", "producer", lambda e: all(e["fresh"]))
         events[i]["fresh"] = [False] + events[i]["fresh"][1:]
     elif bug == "torn_ack":
+        # the restart read one id of the interrupted ack already in the marker, without its step
         rec = sim.torn_target
-        if rec is None:
+        if rec is None or len(rec["rolled_forward"]) < 2:
             raise ValueError("no reconcile after an interrupted ack to inject torn_ack")
-        rec["marker_acked_count"] += 1
+        rec["rolled_forward"] = rec["rolled_forward"][1:]
     elif bug == "lost_ack":
         e = events[middle("ack", "consumer")]
         gone = set(e["ids"])
