@@ -81,8 +81,19 @@ def run_campaign(scenarios: Sequence[str], seeds: Sequence[int], *, jobs: int = 
     return summary
 
 
+_LAST = {"n": -1}
+
+
 def _bar(n: int, total: int, rows, elapsed: float) -> None:
     bad = sum(1 for r in rows if not r["as_expected"])
+    if not sys.stderr.isatty():  # a log file: one line per finished run, no redraws
+        if n != _LAST["n"]:
+            _LAST["n"] = n
+            last = rows[-1] if rows else None
+            tail = (f" last: {last['scenario']} seed {last['seed']} {last['outcome']}"
+                    f"{'' if last['as_expected'] else ' UNEXPECTED'}") if last else ""
+            sys.stderr.write(f"{n}/{total} runs, {bad} unexpected, {elapsed:.0f} s{tail}\n")
+        return
     width = 30
     fill = int(width * n / max(1, total))
     eta = (elapsed / n * (total - n)) if n else 0
