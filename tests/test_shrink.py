@@ -1,0 +1,32 @@
+import os
+
+from harness.runner import run_scenario
+from harness.scenario import load_scenario, scenario_from_dict
+from harness.shrink import shrink_report
+
+
+def test_shrink_keeps_only_the_fault_that_matters(tmp_path):
+    # A buggy variant run as if it were correct: the run is unexpected (P1),
+    # but only the crash between checkpoint and ack exposes the bug.
+    sc = scenario_from_dict({
+        "name": "shrink-me",
+        "topology": {"variant": "tests.pipeline_zoo:no_roll_forward"},
+        "workload": {"samples": 96},
+        "faults": {"explicit": [
+            {"kind": "kill", "target": "producer", "at_published": 24},
+            {"kind": "failpoint", "target": "consumer", "point": "consumer.after_checkpoint_before_ack",
+             "action": "crash", "hit": 3},
+            {"kind": "pause", "target": "producer", "at_published": 56, "duration_s": 0.2},
+        ]},
+    })
+    r = run_scenario(sc, 0, reports_dir=str(tmp_path), render=False)
+    assert not r.as_expected and "P1" in r.verdict["violated"]
+    out = shrink_report(r.report_dir, tries=1, say=lambda m: None)
+    assert len(out["faults"]) == 1
+    assert out["faults"][0]["point"] == "consumer.after_checkpoint_before_ack"
+    shrunk = load_scenario(out["path"])
+    assert [f.get("point") for f in shrunk.explicit_faults] == ["consumer.after_checkpoint_before_ack"]
+    assert shrunk.topology["variant"] == "tests.pipeline_zoo:no_roll_forward"
+    again = run_scenario(shrunk, out["seed"], reports_dir=str(tmp_path), render=False)
+    assert "P1" in again.verdict["violated"]
+    assert not os.path.exists(os.path.join(r.report_dir, "shrink-runs"))
