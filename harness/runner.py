@@ -69,6 +69,21 @@ def config_for(scenario: Scenario, seed: int, workdir: str) -> RunConfig:
     ).validate(scenario.path or scenario.name)
 
 
+def check_devices(sc: Scenario) -> None:
+    """A scenario that demands CUDA where there is none is bad input, said before anything starts."""
+    wants = [k for k in ("producer_device", "consumer_device") if sc.topology[k] == "cuda"]
+    if not wants:
+        return
+    from reference_impl.devices import DeviceError, pick_device
+
+    try:
+        pick_device("cuda", "harness")
+    except DeviceError as e:
+        from .scenario import ScenarioError
+
+        raise ScenarioError(f"{sc.path or sc.name}: topology.{wants[0]} = 'cuda' but {e}") from None
+
+
 class _Progress:
     """Published and consumed counts, read incrementally from the run's files."""
 
@@ -114,6 +129,7 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     if backend:
         sc = sc.with_backend(backend)
     seed = int(seed)
+    check_devices(sc)
     schedule = schedule or nemesis.make_schedule(sc, seed)
     rdir = _report_dir(reports_dir, sc.name, seed)
     work = os.path.join(rdir, "work")
