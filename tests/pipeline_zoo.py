@@ -200,6 +200,32 @@ def ack_every_step_checkpoint_every_k():
             _reconcile_trusting_ledger()]
 
 
+def republish_and_forget_skips():
+    """A producer that republishes everything after a restart (at-least-once:
+    duplicates in the channel) meets a consumer that forgets a released id
+    once it has skipped it: the second copy of a released sample is trained
+    again (P1). Hazard (e) of the pipeline issue.
+    """
+    P = producer_mod.Producer
+    orig_init = P.__init__
+
+    def __init__(self, *a, **kw):
+        orig_init(self, *a, **kw)
+        self.published_ids = set()  # forget what the channel already holds
+
+    from reference_impl.ref_queue import StreamingRefQueue
+
+    orig_next = StreamingRefQueue.next
+
+    def next_(self):
+        d = orig_next(self)
+        if d is not None and d[0] == "skip-released":
+            self.skip_ids.discard(d[2].sample_id)
+        return d
+
+    return [(P, "__init__", __init__), (StreamingRefQueue, "next", next_)]
+
+
 def fp(point: str, target: str = "consumer", hit: int = 3, inc: int = 0) -> Dict[str, Any]:
     return {"kind": "failpoint", "target": target, "point": point, "action": "crash", "hit": hit,
             "incarnation": inc}
@@ -219,6 +245,10 @@ ZOO: Dict[str, ZooMember] = {m.name: m for m in [
               [], {"consumer_step_delay_s": 0.01, "high_watermark": 16, "low_watermark": 8, "samples": 200}),
     ZooMember("skip_all_committed", "P2", "unacked samples are skipped after a restart instead of requeued",
               [fp("consumer.after_read_before_train", hit=5)]),
+    ZooMember("republish_and_forget_skips", "P1",
+              "a republished copy of a released sample is trained again",
+              [{"kind": "kill", "target": "consumer", "at_consumed": 16},
+               {"kind": "kill", "target": "producer", "at_published": 48}]),
     ZooMember("ack_every_step_checkpoint_every_k", "P2",
               "with K > 1, steps acked between checkpoints are lost by a crash",
               [fp("consumer.after_train_before_checkpoint", hit=6)], {"checkpoint_every": 4}),

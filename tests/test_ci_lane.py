@@ -76,6 +76,8 @@ def test_crash_at_every_failpoint_is_recovered(point, tmp_path):
     restarts = [e for e in _events(r) if e.get("ev") == "spawn" and e["target"] == target and e["target_inc"] == 1]
     assert restarts, f"{target} was not restarted after the crash at {point}"
     assert r.as_expected and r.outcome == "completed", r.verdict["reasons"]
+    with open(os.path.join(r.report_dir, "result.json")) as f:
+        assert json.load(f)["witness_summary"] == {"1": 96}  # every sample trained exactly once
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))
