@@ -23,8 +23,11 @@ from reference_impl.failpoints import POINTS
 
 from .scenario import Scenario
 
-# Which process reaches each failpoint.
-POINT_OWNER = {p: ("consumer" if p.startswith(("consumer.", "store.")) else "producer") for p in POINTS}
+# Which process reaches each failpoint ("rank." / "rank0." points: a rank of the
+# data-parallel consumer group, which the supervisor knows as "consumer").
+POINT_OWNER = {p: ("consumer" if p.startswith(("consumer.", "store.", "rank.", "rank0.")) else "producer")
+               for p in POINTS}
+RANK_POINT_PREFIXES = ("rank.", "rank0.")
 
 
 def points_matching(patterns: List[str]) -> List[str]:
@@ -40,6 +43,9 @@ def make_schedule(scenario: Scenario, seed: int) -> Dict[str, Any]:
     rnd = scenario.random_faults
     samples = scenario.workload["samples"]
     points = points_matching(rnd["points"])
+    ranks = int(scenario.topology.get("consumer_ranks", 1))
+    if ranks == 1:  # no rank reaches a rank point: keep single-rank schedules as they were
+        points = [p for p in points if not p.startswith(RANK_POINT_PREFIXES)] or points
     next_inc = {t: 0 for t in ("producer", "consumer", "store_server")}
     for f in scenario.explicit_faults:
         if f["kind"] == "failpoint":
@@ -54,6 +60,8 @@ def make_schedule(scenario: Scenario, seed: int) -> Dict[str, Any]:
                  "hit": rng.randint(1, rnd["max_hit"]), "times": 1, "incarnation": next_inc[target]}
             if f["action"] == "pause":
                 f["duration_s"] = round(rng.uniform(*rnd["pause_s"]), 3)
+            if point.startswith("rank.") and ranks > 1:
+                f["rank"] = rng.randrange(ranks)  # armed in that rank only
             if f["action"] in ("crash", "pause"):
                 next_inc[target] += 1 if f["action"] == "crash" else 0
         else:
@@ -73,7 +81,8 @@ def make_schedule(scenario: Scenario, seed: int) -> Dict[str, Any]:
 def failpoint_rules(schedule: Dict[str, Any], target: str, incarnation: int) -> List[Dict[str, Any]]:
     """The DFH_FAILPOINTS rules for one incarnation of one process."""
     return [
-        {"point": f["point"], "action": f["action"], "hit": f["hit"], "times": f.get("times", 1)}
+        dict({"point": f["point"], "action": f["action"], "hit": f["hit"], "times": f.get("times", 1)},
+             **({"rank": f["rank"]} if f.get("rank") is not None else {}))
         for f in schedule["faults"]
         if f["kind"] == "failpoint" and f["target"] == target and f["incarnation"] == incarnation
     ]

@@ -269,10 +269,21 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say) -> tupl
                     resume_at.append((now + f["duration_s"], target, sup.procs[target].inc, f["id"]))
         for name in ("producer", "consumer"):
             p = sup.procs.get(name)
-            if p and (name, p.inc) in fp_pause_s and (name, p.inc) not in stopped_seen and p.is_stopped():
+            if not p or (name, p.inc) not in fp_pause_s or (name, p.inc) in stopped_seen:
+                continue
+            if p.is_stopped():
                 stopped_seen.add((name, p.inc))
                 fired += 1
                 resume_at.append((now + fp_pause_s[(name, p.inc)], name, p.inc, None))
+            elif name == "consumer" and cfg.world_size > 1:
+                # A `pause` failpoint inside one rank stops that rank, not the group.
+                info = read_json(cfg.path(RANKS_FILE)) or {}
+                for rank, pid in sorted((info.get("pids") or {}).items()):
+                    if info.get("inc") == p.inc and _pid_stopped(pid):
+                        stopped_seen.add((name, p.inc))
+                        fired += 1
+                        resume_at.append((now + fp_pause_s[(name, p.inc)], f"consumer.rank{rank}", p.inc, None,
+                                          pid))
         for item in list(resume_at):
             if item[0] <= now:
                 resume_at.remove(item)
@@ -305,6 +316,14 @@ def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], 
         _signal_pid(pid, signal.SIGSTOP)
         resume_at.append((now + f["duration_s"], target, group.inc, f["id"], pid))
     return 1
+
+
+def _pid_stopped(pid) -> bool:
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _signal_pid(pid: int, sig: int) -> None:

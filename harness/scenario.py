@@ -57,7 +57,8 @@ WORKLOAD_KEYS = {
 # A fault fires when its trigger holds: `at_published` (records in the channel),
 # `at_consumed` (the consumer's consumed count), `at_s` (seconds after start).
 FAULT_KEYS = {"kind", "target", "at_published", "at_consumed", "at_s", "duration_s", "point", "action",
-              "hit", "times", "incarnation", "signal"}
+              "hit", "times", "incarnation", "signal",
+              "rank"}  # rank: a failpoint of a data-parallel consumer fires only in that rank
 RANDOM_KEYS = {"count": 0, "kinds": ["kill"], "targets": ["producer", "consumer"], "points": [],
                "actions": ["crash"], "pause_s": [0.05, 0.5], "max_hit": 6, "progress": [0.05, 0.9]}
 EXPECT_KEYS = {"outcome": ["completed"], "violates": [], "bound_s": 60.0, "timeout_s": 120.0}
@@ -278,7 +279,11 @@ def _check_fault(f: Any, where: str) -> Dict[str, Any]:
                 raise err(k, out[k], "an integer >= 1 (incarnation >= 0)")
         if out["action"] == "pause":
             out.setdefault("duration_s", 0.3)
+        if "rank" in out and (not isinstance(out["rank"], int) or out["rank"] < 0):
+            raise err("rank", out["rank"], "an integer >= 0 (a rank of the consumer group)")
     else:
+        if "rank" in f:
+            raise err("rank", f["rank"], "only on failpoint faults; aim kills and pauses at consumer.rank<N>")
         triggers = [k for k in ("at_published", "at_consumed", "at_s") if k in f]
         if len(triggers) != 1:
             raise err("trigger", triggers, "exactly one of at_published, at_consumed, at_s")

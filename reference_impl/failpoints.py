@@ -8,7 +8,10 @@ environment variable `DFH_FAILPOINTS`, a JSON list of rules:
     [{"point": "consumer.after_checkpoint_before_ack", "action": "crash", "hit": 3}]
 
 `hit` is 1-based: the rule fires on the N-th time the point is reached in this
-process, and on `times - 1` further hits after that (default 1). Actions:
+process, and on `times - 1` further hits after that (default 1). An optional
+`"rank": N` arms the rule only in rank N of a data-parallel consumer group
+(`configure(..., rank=N)`); without it, every rank that loads the rules arms it.
+Actions:
 
 * `crash`  - SIGKILL this process (nothing after the point runs);
 * `pause`  - SIGSTOP this process; the harness sends SIGCONT later;
@@ -40,6 +43,11 @@ POINTS: Dict[str, str] = {
     "channel.mid_append": "half of a channel record written (a torn record)",
     "channel.before_fsync": "a channel record written, not yet fsynced",
     "features.before_rename": "a feature blob written to its temp file, not yet renamed",
+    # data-parallel consumer (reference_impl.dp_consumer): "rank." points are reached
+    # by every rank (a rule's optional "rank" field arms it in one rank only)
+    "rank.mid_inbox_read": "a rank has read part of its inbox (its share of the window), not all",
+    "rank.after_allreduce_before_ack": "gradients all-reduced and optimizer step taken on a rank, ids not yet gathered",
+    "rank0.after_gather_before_ack": "rank 0 gathered every rank's trained ids, no checkpoint or ack yet",
 }
 
 ACTIONS = ("crash", "pause", "eio", "enospc", "raise")
@@ -74,14 +82,27 @@ def parse_rules(spec) -> List[dict]:
         hit, times = int(r.get("hit", 1)), int(r.get("times", 1))
         if hit < 1 or times < 1:
             raise ValueError(f"failpoint {point}: hit and times must be >= 1")
-        out.append({"point": point, "action": action, "hit": hit, "times": times})
+        rule = {"point": point, "action": action, "hit": hit, "times": times}
+        if r.get("rank") is not None:
+            rank = r["rank"]
+            if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+                raise ValueError(f"failpoint {point}: rank must be an integer >= 0, got {rank!r}")
+            rule["rank"] = rank
+        out.append(rule)
     return out
 
 
-def configure(rules=None, on_trigger: Optional[Callable[[str, str], None]] = None) -> None:
-    """Arm `rules` for this process (None or [] disarms everything)."""
+def configure(rules=None, on_trigger: Optional[Callable[[str, str], None]] = None,
+              rank: Optional[int] = None) -> None:
+    """Arm `rules` for this process (None or [] disarms everything).
+
+    `rank`: this process is that rank of a data-parallel group; rules naming
+    another rank are dropped. Rules naming a rank are dropped in a process
+    that is no rank (`rank` None).
+    """
     global _ACTIVE, _ON_TRIGGER
     parsed = parse_rules(rules) if rules else []
+    parsed = [r for r in parsed if r.get("rank") is None or r["rank"] == rank]
     _COUNTS.clear()
     _ON_TRIGGER = on_trigger
     if not parsed:
@@ -93,8 +114,9 @@ def configure(rules=None, on_trigger: Optional[Callable[[str, str], None]] = Non
     _ACTIVE = active
 
 
-def configure_from_env(on_trigger: Optional[Callable[[str, str], None]] = None) -> None:
-    configure(os.environ.get(ENV_VAR) or None, on_trigger)
+def configure_from_env(on_trigger: Optional[Callable[[str, str], None]] = None,
+                       rank: Optional[int] = None) -> None:
+    configure(os.environ.get(ENV_VAR) or None, on_trigger, rank=rank)
 
 
 def hit(name: str) -> None:
