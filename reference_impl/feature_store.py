@@ -7,7 +7,9 @@ sample's durable ack (P7).
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from typing import Dict, Iterable, List
 from urllib.parse import quote, unquote
 
@@ -15,7 +17,39 @@ import torch
 
 from . import failpoints
 
-SUFFIX = ".pt"
+SUFFIX = ".blob"
+
+
+# Blob format: 4-byte little-endian header length, a JSON header
+# [[key, dtype, shape, nbytes], ...], then each tensor's raw bytes in order.
+# Not torch.save/torch.load: about 10x slower per blob (200-450 us), which
+# the simulation engine pays thousands of times a minute.
+def encode_blob(tensors: Dict[str, torch.Tensor]) -> bytes:
+    parts, header = [], []
+    for k, v in tensors.items():
+        t = v.detach().to("cpu").contiguous()
+        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header.append([k, str(t.dtype).replace("torch.", ""), list(t.shape), len(raw)])
+        parts.append(raw)
+    h = json.dumps(header).encode()
+    return struct.pack("<I", len(h)) + h + b"".join(parts)
+
+
+def decode_blob(data: bytes) -> Dict[str, torch.Tensor]:
+    (n,) = struct.unpack_from("<I", data, 0)
+    header = json.loads(data[4:4 + n])
+    out, off = {}, 4 + n
+    for k, dtype, shape, nbytes in header:
+        dt = getattr(torch, dtype)
+        if nbytes:
+            t = torch.frombuffer(bytearray(data[off:off + nbytes]), dtype=dt).reshape(shape)
+        else:
+            t = torch.empty(shape, dtype=dt)
+        out[k] = t
+        off += nbytes
+    if off != len(data):
+        raise ValueError(f"feature blob: {len(data) - off} trailing bytes (corrupt or truncated)")
+    return out
 
 
 class FeatureStore:
@@ -35,7 +69,7 @@ class FeatureStore:
         tmp = f"{path}.tmp.{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
-                torch.save({k: v.detach().cpu() for k, v in tensors.items()}, f)
+                f.write(encode_blob(tensors))
                 f.flush()
                 os.fsync(f.fileno())
             failpoints.hit("features.before_rename")
@@ -50,7 +84,7 @@ class FeatureStore:
 
     def get(self, sample_id: str) -> Dict[str, torch.Tensor]:
         with open(self._path(sample_id), "rb") as f:
-            return torch.load(f, weights_only=True)
+            return decode_blob(f.read())
 
     def exists(self, sample_id: str) -> bool:
         return os.path.exists(self._path(sample_id))

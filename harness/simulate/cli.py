@@ -1,0 +1,315 @@
+"""`python -m harness simulate`: many crash schedules in one process, each failure shrunk.
+
+    python -m harness simulate [SCENARIO] --examples N [--seed S] [--json FILE]
+                               [--variant pkg.mod:name] [--expect-violation P]
+                               [--backend sqlite|inmemory] [--store-kills] [--jobs J] [--samples N]
+                               [--out FILE] [--no-shrink] [--shrink-budget S]
+    python -m harness simulate --schedule FILE.json      (rerun one saved schedule)
+
+SCENARIO (a name in scenarios/ or a .toml path) gives the workload, the
+backend, the variant and the expectation; without it the simulation's small
+default workload runs on SQLite. Each schedule runs to completion; the
+invariants (P3 bounds, P4, P5) are checked at every step and P1-P8 at the end
+with the process engine's checkers. The rate is printed; on a failure the
+shrunk schedule is printed and written as a scenario file, which
+`python -m harness run FILE --seed 0` replays in the process engine.
+
+Exit codes: 0 nothing unexpected (with --expect-violation: the violation was
+found); 1 an unexpected failure (or the expected violation was not found);
+2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+PROPS = tuple(f"P{i}" for i in range(1, 9))
+BACKENDS = ("sqlite", "inmemory", "private")
+
+
+class _Usage(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m harness simulate",
+                                 description="Simulation engine: crash schedules of the reference pipeline in one "
+                                             "process, driven and shrunk by Hypothesis.")
+    ap.add_argument("scenario", nargs="?", help="scenario name or .toml path: its workload, backend, variant, "
+                                                "expectation (default: the simulation's small workload on SQLite)")
+    ap.add_argument("--examples", type=int, default=200, help="schedules to draw (default 200)")
+    ap.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
+    ap.add_argument("--json", help="write the figures (schedules_per_min, failures, ...) to this file")
+    ap.add_argument("--variant", help="protocol variant pkg.mod:name (e.g. tests.pipeline_zoo:no_roll_forward)")
+    ap.add_argument("--expect-violation", action="append", default=None, metavar="P",
+                    help="the variant must violate P (P1..P8; repeatable): exit 0 when found")
+    ap.add_argument("--backend", help="store backend: sqlite | inmemory | private | pkg.mod:Factory")
+    ap.add_argument("--jobs", type=int, help="worker processes (default: one per CPU for 50+ examples)")
+    ap.add_argument("--store-kills", action="store_true",
+                    help="also kill the in-memory store server (its ledger is lost; the run must fail closed)")
+    ap.add_argument("--samples", type=int, help="override the workload's number of samples")
+    ap.add_argument("--max-ops", type=int, help="longest schedule before the drain (default 24)")
+    ap.add_argument("--out", help="where to write the counterexample scenario (default reports/sim-....toml)")
+    ap.add_argument("--no-shrink", action="store_true", help="report the first failing schedule as found")
+    ap.add_argument("--shrink-budget", type=float, default=60.0, help="seconds of shrinking at most (default 60)")
+    ap.add_argument("--schedule", help="run the schedule of a JSON file (a list of ops, or a --json output) once")
+    ap.add_argument("--quiet", action="store_true")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    try:
+        setup = _setup(args)
+    except _Usage as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:  # ScenarioError, ConfigError, bad variant
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.schedule:
+            return _run_one(args, setup)
+        return _search(args, setup)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _setup(args) -> Dict[str, Any]:
+    from .engine import DEFAULT_WORKLOAD, config_for
+    from .search import MAX_OPS, SimSpec
+
+    if args.examples < 1:
+        raise _Usage(f"--examples must be >= 1, got {args.examples}")
+    if args.jobs is not None and args.jobs < 1:
+        raise _Usage(f"--jobs must be >= 1, got {args.jobs}")
+    workload = dict(DEFAULT_WORKLOAD)
+    backend, variant, expect, outcomes, label = "sqlite", None, None, ["completed"], "default"
+    store_kills = bool(args.store_kills)
+    if args.scenario:
+        from harness.scenario import load_scenario
+
+        sc = load_scenario(args.scenario)
+        if sc.topology.get("consumer_ranks", 1) != 1:
+            raise _Usage(f"scenario {sc.name}: the simulation runs one consumer rank "
+                         f"(consumer_ranks = {sc.topology['consumer_ranks']})")
+        workload.update(sc.workload)
+        backend = sc.backend
+        variant = sc.topology.get("variant") or None
+        expect = list(sc.expect.get("violates") or []) or None
+        outcomes = list(sc.expect.get("outcome") or ["completed"])
+        label = sc.name
+        rnd = sc.random_faults
+        store_kills |= bool(rnd.get("count")) and "store_server" in rnd.get("targets", []) or any(
+            f.get("target") == "store_server" for f in sc.explicit_faults)
+    if args.backend:
+        backend = args.backend
+    if backend not in BACKENDS and ":" not in backend:
+        raise _Usage(f"--backend {backend!r}: allowed {' | '.join(BACKENDS)} | pkg.mod:Factory")
+    if ":" in backend:
+        from reference_impl.stores import load_factory
+
+        load_factory(backend)
+    if args.variant:
+        variant = args.variant
+    if variant:
+        from reference_impl.variant import load_variant
+
+        load_variant(variant)  # ValueError naming the cause
+    if args.expect_violation:
+        bad = [p for p in args.expect_violation if p not in PROPS]
+        if bad:
+            raise _Usage(f"--expect-violation {bad[0]!r}: allowed {', '.join(PROPS)}")
+        expect = list(args.expect_violation)
+    if args.samples is not None:
+        if args.samples < 1:
+            raise _Usage(f"--samples must be >= 1, got {args.samples}")
+        workload["samples"] = args.samples
+    max_ops = args.max_ops if args.max_ops is not None else MAX_OPS
+    if max_ops < 0:
+        raise _Usage(f"--max-ops must be >= 0, got {max_ops}")
+    if store_kills and backend != "inmemory":
+        raise _Usage(f"--store-kills: only the in-memory backend has a store server (backend {backend})")
+    config_for("/nonexistent", workload, backend)  # ConfigError (a ValueError) on a bad workload
+    targets = ("producer", "consumer") + (("store_server",) if store_kills else ())
+    spec = SimSpec(workload=workload, backend=backend, variant=variant, expect=expect, outcomes=outcomes,
+                   targets=targets, max_ops=max_ops, shrink=not args.no_shrink, shrink_budget_s=args.shrink_budget)
+    return {"spec": spec, "label": label}
+
+
+def _say(args, msg: str) -> None:
+    if not args.quiet:
+        print(msg, flush=True)
+
+
+def _describe(spec) -> str:
+    w = spec.workload
+    return (f"{w['samples']} samples, publish_batch {w['publish_batch']}, window "
+            f"{w['train_batch'] * w['accumulation']}, checkpoint_every {w['checkpoint_every']}, "
+            f"watermarks {w['high_watermark']}/{w['low_watermark']}, backend {spec.backend}"
+            + (", store-server kills" if "store_server" in spec.targets else "")
+            + (f", variant {spec.variant}" if spec.variant else ""))
+
+
+def _search(args, setup) -> int:
+    from .search import search_parallel
+
+    spec, label = setup["spec"], setup["label"]
+    jobs = args.jobs or (min(os.cpu_count() or 1, 8) if args.examples >= 50 else 1)
+    expect_txt = (f"; expecting a violation of {' or '.join(spec.expect)}" if spec.expect else "")
+    _say(args, f"simulate {label}: {args.examples} schedules, seed {args.seed}, {jobs} job(s); "
+               f"{_describe(spec)}{expect_txt}")
+    r = search_parallel(spec, args.examples, seed=args.seed, jobs=jobs)
+    for err in r["errors"]:
+        print(f"error: {err}", file=sys.stderr)
+    fired = ", ".join(f"{v} {k}" for k, v in sorted(r["faults_fired"].items())) or "none"
+    _say(args, f"{r['schedules']} schedules in {r['search_s']:.1f} s: {r['schedules_per_min']:.0f} schedules/min "
+               f"({r['ms_per_schedule_cpu'] or 0:.1f} ms CPU per schedule, {r['schedules_per_cpu_min']:.0f} per "
+               f"CPU-minute, {r['jobs']} job(s)); faults fired: {fired}")
+    found = r["failure"]
+    scenario_path = None
+    summary = None
+    if found is not None:
+        found, scenario_path = _report_failure(args, setup, r)
+        summary = found.summary()
+        summary["scenario"] = scenario_path
+        summary["replay"] = f"python -m harness run {scenario_path} --seed 0" if scenario_path else None
+    if args.json:
+        out = {k: v for k, v in r.items() if k not in ("failure", "outcome")}
+        best = r["outcome"]
+        out.update({
+            "scenario": label, "backend": spec.backend, "workload": spec.workload, "variant": spec.variant,
+            "expect_violation": spec.expect, "found": found is not None,
+            "time_to_find_s": round(best.time_to_find_s, 3) if best and best.time_to_find_s is not None else None,
+            "schedules_to_find": best.schedules_to_find if best else None,
+            "shrink_runs": best.shrink_runs if best else None,
+            "shrink_s": round(best.shrink_s, 3) if best else None,
+            "counterexamples": [summary] if summary else [],
+        })
+        d = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(d, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2, sort_keys=True, default=str)
+    if r["errors"]:
+        return EXIT_FOUND
+    if spec.expect:
+        if found is None:
+            print(f"NOT FOUND: no schedule of {r['schedules']} violated {' or '.join(spec.expect)}")
+            return EXIT_FOUND
+        return EXIT_OK
+    return EXIT_FOUND if found is not None else EXIT_OK
+
+
+def _report_failure(args, setup, r):
+    from .engine import Simulation, format_op, normalize
+    from .translate import to_scenario
+
+    spec, label = setup["spec"], setup["label"]
+    best = r["outcome"]
+    res = best.failure
+    # Consecutive steps of one target merged: same behaviour, shorter to read; rerun to be sure.
+    norm = normalize(res.ops)
+    if norm != list(res.ops):
+        undo = _apply_variant(spec.variant)
+        try:
+            again = Simulation(spec.workload, spec.backend, workdir_root=spec.workdir_root).run(norm)
+        finally:
+            if undo:
+                undo()
+        if again.failed(spec.expect, spec.outcomes):
+            res = again
+    head = "FOUND" if spec.expect else "FAILURE"
+    print(f"{head}: {', '.join(res.violated) or res.outcome} (outcome {res.outcome}) after "
+          f"{best.schedules_to_find} schedules in {best.time_to_find_s:.2f} s; shrunk in {best.shrink_runs} runs "
+          f"({best.shrink_s:.1f} s) from {len(best.first_failure.ops)} to {len(res.ops)} ops")
+    print("schedule (then: drain both sides to completion without faults):")
+    for i, op in enumerate(res.ops):
+        print(f"  {i:2d}. {format_op(op)}")
+    if not res.ops:
+        print("  (none: the drain alone)")
+    for t in res.trace:
+        print(f"  fault: {t}")
+    shown = 0
+    for v in res.violations:
+        if spec.expect and v.prop not in spec.expect and shown:
+            continue
+        print(f"  {v.prop} {v.kind}: {v.message[:300]}")
+        shown += 1
+        if shown >= 6:
+            break
+    if res.error:
+        print(res.error)
+    name = f"sim-{label}-{args.seed}".replace("/", "-").replace(" ", "-")
+    if spec.variant:
+        name += "-" + spec.variant.rsplit(":", 1)[-1]
+    sc = to_scenario(res, name=name, workload=spec.workload, backend=spec.backend, variant=spec.variant,
+                     expect=spec.expect, outcomes=spec.outcomes, seed=args.seed, source=label)
+    path = args.out or os.path.join("reports", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.toml")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(sc.to_toml())
+    print(f"process-engine faults: {json.dumps(sc.explicit_faults)}")
+    print(f"scenario: {path}")
+    print(f"replay: python -m harness run {path} --seed 0")
+    return res, path
+
+
+def _apply_variant(variant):
+    if not variant:
+        return None
+    from reference_impl.variant import apply_variant
+
+    return apply_variant(variant)
+
+
+def _run_one(args, setup) -> int:
+    from .engine import Simulation, check_ops, format_op
+    from .search import _prepare_process
+
+    spec = setup["spec"]
+    try:
+        with open(args.schedule) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"error: --schedule {args.schedule}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(data, dict):  # a --json output: its first counterexample
+        ces = data.get("counterexamples") or []
+        data = ces[0]["ops"] if ces else data.get("ops")
+    try:
+        ops = check_ops(data or [], spec.backend)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    _prepare_process()
+    undo = _apply_variant(spec.variant)
+    try:
+        res = Simulation(spec.workload, spec.backend).run(ops)
+    finally:
+        if undo:
+            undo()
+    print(f"schedule of {len(ops)} ops: outcome {res.outcome}, violated {', '.join(res.violated) or 'nothing'} "
+          f"({res.steps} steps, {res.events} events)")
+    for i, op in enumerate(ops):
+        print(f"  {i:2d}. {format_op(op)}")
+    for t in res.trace:
+        print(f"  fault: {t}")
+    for v in res.violations[:8]:
+        print(f"  {v.prop} {v.kind}: {v.message[:300]}")
+    if res.error:
+        print(res.error)
+    failed = res.failed(spec.expect, spec.outcomes)
+    if spec.expect:
+        return EXIT_OK if failed else EXIT_FOUND
+    return EXIT_FOUND if failed else EXIT_OK

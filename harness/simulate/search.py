@@ -1,0 +1,322 @@
+"""Hypothesis drives the simulation: schedules are drawn, run, and a failure is shrunk.
+
+`search(spec, examples, seed)` draws up to `examples` schedules (lists of
+engine operations) from a Hypothesis strategy, runs each in a
+`engine.Simulation`, and stops at the first failing one, which Hypothesis then
+shrinks to a minimal schedule: fewer operations, then simpler ones (a fault
+shrinks towards a plain step). Results are memoised by schedule, so the
+shrinker never reruns a schedule and the final replay of the minimal example
+is exact. Shrinking has a time budget: past it, schedules not yet seen count
+as passing, which ends the shrink at the smallest failure found so far.
+
+`search_parallel` runs one search per worker process (forked, one CPU each)
+with disjoint seeds and adds up the rate; the first failure stops the others.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from .engine import TARGETS, Simulation, SimResult, points_for
+
+#: Default schedule length bound (operations before the drain).
+MAX_OPS = 24
+
+
+@dataclass
+class SimSpec:
+    """Everything a worker needs to build its Simulation (picklable)."""
+
+    workload: Dict[str, Any] = field(default_factory=dict)
+    backend: str = "sqlite"
+    variant: Optional[str] = None
+    expect: Optional[Sequence[str]] = None  # properties whose violation counts as found (None: any failure)
+    outcomes: Sequence[str] = ("completed",)
+    targets: Sequence[str] = TARGETS  # fault targets; add "store_server" (in-memory backend) for server kills
+    max_ops: int = MAX_OPS
+    workdir_root: Optional[str] = None
+    shrink: bool = True
+    shrink_budget_s: float = 60.0
+
+
+@dataclass
+class SearchOutcome:
+    schedules: int  # schedules run while searching (not shrinking)
+    search_s: float  # wall seconds of the search phase
+    cpu_s: float  # CPU seconds of the search phase
+    failure: Optional[SimResult] = None
+    first_failure: Optional[SimResult] = None  # before shrinking
+    time_to_find_s: Optional[float] = None
+    cpu_to_find_s: Optional[float] = None
+    schedules_to_find: Optional[int] = None
+    shrink_runs: int = 0
+    shrink_s: float = 0.0
+    seed: int = 0
+    faults_fired: Dict[str, int] = field(default_factory=dict)  # by kind, over the searched schedules
+
+    @property
+    def per_min(self) -> float:
+        return 60.0 * self.schedules / self.search_s if self.search_s > 0 else 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "schedules": self.schedules, "search_s": round(self.search_s, 3), "cpu_s": round(self.cpu_s, 3),
+            "schedules_per_min": round(self.per_min, 1), "seed": self.seed,
+            "time_to_find_s": None if self.time_to_find_s is None else round(self.time_to_find_s, 3),
+            "cpu_to_find_s": None if self.cpu_to_find_s is None else round(self.cpu_to_find_s, 3),
+            "schedules_to_find": self.schedules_to_find, "shrink_runs": self.shrink_runs,
+            "shrink_s": round(self.shrink_s, 3), "faults_fired": dict(self.faults_fired),
+            "failure": self.failure.summary() if self.failure else None,
+            "first_failure_ops": len(self.first_failure.ops) if self.first_failure else None,
+        }
+
+
+def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS, max_ops: int = MAX_OPS):
+    """Hypothesis strategy for a schedule: a list of engine operations.
+
+    Each operation is drawn as four small integers (kind, target, count,
+    point), each shrinking towards 0: a fault shrinks into a plain step of the
+    producer, a count towards 1, and the list shrinks by dropping operations.
+    Kinds by weight: step 4, kill 2, fail 3, pause 1 (of 10).
+    """
+    from hypothesis import strategies as st
+
+    fault_targets = [t for t in TARGETS if t in targets]
+    kill_targets = fault_targets + (["store_server"] if "store_server" in targets and backend == "inmemory" else [])
+    points = {t: points_for(t, backend) for t in TARGETS}
+    kinds = ["step"] * 4 + ["kill"] * 2 + ["fail"] * 3 + ["pause"]
+    if not fault_targets:
+        kinds = ["step"] * 4 + (["kill"] if kill_targets else [])
+    n_points = max(len(p) for p in points.values())
+
+    def decode(raw):
+        k, t, n, pt = raw
+        kind = kinds[k % len(kinds)]
+        if kind == "step":
+            return ("step", TARGETS[t % 2], 1 + n % 8)
+        if kind == "kill":
+            return ("kill", kill_targets[t % len(kill_targets)])
+        target = fault_targets[t % len(fault_targets)]
+        if kind == "fail":
+            pts = points[target]
+            return ("fail", target, pts[pt % len(pts)])
+        return ("pause", target, 1 + n)
+
+    op = st.tuples(st.integers(0, len(kinds) - 1), st.integers(0, 5), st.integers(0, 31),
+                   st.integers(0, n_points - 1)).map(decode)
+    return st.lists(op, max_size=max_ops)
+
+
+class _Found(Exception):
+    pass
+
+
+class _shrink_deadline:
+    """Hypothesis stops shrinking after MAX_SHRINKING_SECONDS (300 s); use our budget."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __enter__(self):
+        try:
+            from hypothesis.internal.conjecture import engine as hengine
+        except ImportError:  # pragma: no cover - a Hypothesis without that module
+            self.mod = None
+            return self
+        self.mod = hengine
+        self.saved = getattr(hengine, "MAX_SHRINKING_SECONDS", None)
+        if self.saved is not None:
+            hengine.MAX_SHRINKING_SECONDS = min(self.saved, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.mod is not None and self.saved is not None:
+            self.mod.MAX_SHRINKING_SECONDS = self.saved
+        return False
+
+
+def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progress=None,
+           warmup: bool = True) -> SearchOutcome:
+    """Draw up to `examples` schedules; stop at the first failure and shrink it."""
+    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+    from hypothesis import seed as hseed
+
+    sim = Simulation(spec.workload, spec.backend, workdir_root=spec.workdir_root)
+    if warmup:
+        sim.run([])  # lazy imports and torch's first-call costs, outside the measured time
+    memo: Dict[tuple, Optional[SimResult]] = {}
+    fired: Dict[str, int] = {}
+    st = {"n": 0, "found_t": None, "first": None, "last": None, "shrink_runs": 0, "t_end": None,
+          "cpu_end": None}
+    t0 = time.monotonic()
+    c0 = time.process_time()
+
+    def fails(r: SimResult) -> bool:
+        return r.failed(spec.expect, spec.outcomes)
+
+    @settings(max_examples=max(1, examples), database=None, deadline=None, derandomize=False,
+              suppress_health_check=list(HealthCheck), report_multiple_bugs=False, verbosity=Verbosity.quiet,
+              phases=[Phase.generate, Phase.shrink] if spec.shrink else [Phase.generate])
+    @given(schedule_strategy(spec.backend, spec.targets, spec.max_ops))
+    def test(ops):
+        key = tuple(ops)
+        if key in memo:
+            r = memo[key]
+        else:
+            found = st["found_t"] is not None
+            if found and time.monotonic() - st["found_t"] > spec.shrink_budget_s:
+                return  # shrink budget spent: unseen schedules count as passing
+            if not found and stop is not None and stop.is_set():
+                return
+            r = sim.run(ops)
+            if found:
+                st["shrink_runs"] += 1
+            else:
+                st["n"] += 1
+                for f in r.faults:
+                    fired[f["kind"]] = fired.get(f["kind"], 0) + 1
+                if on_progress is not None:
+                    on_progress(st["n"])
+            r = r if fails(r) else None
+            memo[key] = r
+            if r is not None and not found:
+                st["found_t"] = time.monotonic()
+                st["t_end"], st["cpu_end"] = st["found_t"], time.process_time()
+                st["first"] = r
+                if stop is not None:
+                    stop.set()
+        if r is not None:
+            st["last"] = r
+            raise _Found()
+
+    test = hseed(seed)(test)
+    with _shrink_deadline(spec.shrink_budget_s + 1.0):
+        try:
+            test()
+        except _Found:
+            pass
+    t_end = st["t_end"] or time.monotonic()
+    cpu_end = st["cpu_end"] or time.process_time()
+    out = SearchOutcome(schedules=st["n"], search_s=t_end - t0, cpu_s=cpu_end - c0, seed=seed, faults_fired=fired)
+    if st["first"] is not None:
+        out.first_failure = st["first"]
+        out.failure = st["last"] or st["first"]
+        out.time_to_find_s = st["found_t"] - t0
+        out.cpu_to_find_s = st["cpu_end"] - c0
+        out.schedules_to_find = st["n"]
+        out.shrink_runs = st["shrink_runs"]
+        out.shrink_s = time.monotonic() - st["found_t"]
+    return out
+
+
+# -- several worker processes --------------------------------------------------
+
+def _worker(spec: SimSpec, examples: int, seed: int, stop, queue) -> None:
+    try:
+        _prepare_process()
+        undo = None
+        if spec.variant:
+            from reference_impl.variant import apply_variant
+
+            undo = apply_variant(spec.variant)
+        try:
+            out = search(spec, examples, seed, stop=stop)
+        finally:
+            if undo:
+                undo()
+        queue.put(("ok", out))
+    except BaseException as e:  # report, never hang the parent
+        import traceback
+
+        queue.put(("error", f"worker seed {seed}: {type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def _prepare_process() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1) -> Dict[str, Any]:
+    """`jobs` searches in parallel (jobs 1: in this process); the combined figures."""
+    jobs = max(1, min(int(jobs), int(examples) or 1))
+    t0 = time.monotonic()
+    outs: List[SearchOutcome] = []
+    errors: List[str] = []
+    shares = [examples // jobs + (1 if i < examples % jobs else 0) for i in range(jobs)]
+    seeds = [seed * 1000 + i for i in range(jobs)]
+    if jobs == 1:
+        _prepare_process()
+        undo = None
+        if spec.variant:
+            from reference_impl.variant import apply_variant
+
+            undo = apply_variant(spec.variant)
+        try:
+            outs.append(search(spec, examples, seeds[0]))
+        finally:
+            if undo:
+                undo()
+    else:
+        import multiprocessing as mp
+
+        # Import the pipeline (torch included) once here: forked workers share it.
+        import reference_impl.consumer  # noqa: F401
+        import reference_impl.producer  # noqa: F401
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
+        stop = ctx.Event()
+        queue = ctx.Queue()
+        procs = [ctx.Process(target=_worker, args=(spec, shares[i], seeds[i], stop, queue), daemon=True)
+                 for i in range(jobs)]
+        for p in procs:
+            p.start()
+        pending = jobs
+        while pending:
+            try:
+                kind, payload = queue.get(timeout=5.0)
+            except Exception:
+                if not any(p.is_alive() for p in procs):
+                    errors.append("a worker died without reporting")
+                    break
+                continue
+            pending -= 1
+            if kind == "ok":
+                outs.append(payload)
+            else:
+                errors.append(payload)
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    wall = time.monotonic() - t0
+    schedules = sum(o.schedules for o in outs)
+    search_wall = max((o.search_s for o in outs), default=0.0)
+    cpu = sum(o.cpu_s for o in outs)
+    failures = [o for o in outs if o.failure is not None]
+    failures.sort(key=lambda o: (o.time_to_find_s or 0.0))
+    best = failures[0] if failures else None
+    fired: Dict[str, int] = {}
+    for o in outs:
+        for k, v in o.faults_fired.items():
+            fired[k] = fired.get(k, 0) + v
+    return {
+        "jobs": jobs,
+        "examples": examples,
+        "seed": seed,
+        "schedules": schedules,
+        "wall_s": round(wall, 3),
+        "search_s": round(search_wall, 3),
+        "cpu_s": round(cpu, 3),
+        "schedules_per_min": round(60.0 * schedules / search_wall, 1) if search_wall > 0 else 0.0,
+        "schedules_per_cpu_min": round(60.0 * schedules / cpu, 1) if cpu > 0 else 0.0,
+        "ms_per_schedule_cpu": round(1000.0 * cpu / schedules, 2) if schedules else None,
+        "faults_fired": fired,
+        "failures": len(failures),
+        "failure": best.failure if best else None,
+        "outcome": best,
+        "workers": [o.to_dict() for o in outs],
+        "errors": errors,
+    }
