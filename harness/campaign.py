@@ -43,7 +43,13 @@ def _one(args) -> Dict[str, Any]:
 
     t = time.monotonic()
     try:
-        r = run_scenario(scenario, seed, reports_dir=reports, backend=backend, quiet=True)
+        # Rendering (matplotlib) costs more CPU than checking a trial; render
+        # only the reports that are kept.
+        r = run_scenario(scenario, seed, reports_dir=reports, backend=backend, quiet=True, render=False)
+        if keep_all or not r.as_expected:
+            from .report import render_report
+
+            render_report(r.report_dir)
     except Exception as e:  # a harness error is a failing seed, reported, not a lost campaign
         return {"scenario": scenario, "seed": seed, "as_expected": False, "outcome": "harness_error",
                 "violated": [], "wall_s": time.monotonic() - t, "report_dir": None, "error": repr(e)}

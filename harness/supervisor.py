@@ -4,6 +4,15 @@ Every child gets its own process group (so a signal reaches it and anything
 it starts) and a parent-death signal (`PR_SET_PDEATHSIG` = SIGKILL), so no
 child outlives the harness, even when the harness itself is SIGKILLed.
 Every wait has a timeout. Each action is logged as a `supervisor` event.
+
+Launchers: `spawn` starts each child as `python -m MODULE` (Popen); `zygote`
+forks the producer and the consumer from a fork server that has torch and
+reference_impl imported already (`harness.zygote`), so a restart takes tens of
+milliseconds instead of seconds. Other modules (the store server) are always
+spawned. The default comes from the environment variable `DFH_LAUNCHER`
+(`zygote`, `spawn`, or unset: the zygote, falling back to spawn with a warning
+if it cannot start). Both give the same `Proc` behaviour: pid, process group,
+exit status (negative signal number when killed), signals and logs.
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ from reference_impl.history import HistoryWriter
 
 PR_SET_PDEATHSIG = 1
 _libc = None
+LAUNCHER_ENV = "DFH_LAUNCHER"
+LAUNCHERS = ("zygote", "spawn")
+_zygote_warned = False
 
 
 def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
@@ -30,17 +42,27 @@ def _set_parent_death_signal() -> None:  # runs in the child between fork and ex
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _warn_once(msg: str) -> None:
+    global _zygote_warned
+    if not _zygote_warned:
+        _zygote_warned = True
+        print(f"harness: {msg}", file=sys.stderr)
+
+
 def child_preexec() -> None:
     os.setsid()
     _set_parent_death_signal()
 
 
 class Proc:
-    def __init__(self, name: str, inc: int, popen: subprocess.Popen, log_path: str) -> None:
+    """One process incarnation; `popen` is a subprocess.Popen or a zygote.ZygoteChild."""
+
+    def __init__(self, name: str, inc: int, popen, log_path: str, launcher: str = "spawn") -> None:
         self.name = name
         self.inc = inc
         self.popen = popen
         self.log_path = log_path
+        self.launcher = launcher
         self.started = time.monotonic()
         self.code: Optional[int] = None
 
@@ -79,7 +101,12 @@ class Proc:
 
 
 class Supervisor:
-    def __init__(self, workdir: str, *, python: str = sys.executable, extra_env: Optional[Dict[str, str]] = None):
+    def __init__(self, workdir: str, *, python: str = sys.executable, extra_env: Optional[Dict[str, str]] = None,
+                 launcher: Optional[str] = None):
+        launcher = launcher or os.environ.get(LAUNCHER_ENV) or "auto"
+        if launcher not in LAUNCHERS + ("auto",):
+            raise ValueError(f"launcher {launcher!r}: allowed {', '.join(LAUNCHERS)} (env {LAUNCHER_ENV})")
+        self.launcher = launcher
         self.workdir = workdir
         self.python = python
         self.extra_env = dict(extra_env or {})
@@ -106,15 +133,43 @@ class Supervisor:
         else:
             e.pop(ENV_VAR, None)
         log_path = os.path.join(self.logs, f"{name}.{inc}.log")
+        argv = [*args, "--incarnation", str(inc)]
+        zygote = self._zygote(module)
         with open(log_path, "wb") as log:
-            popen = subprocess.Popen([self.python, "-m", module, *args, "--incarnation", str(inc)],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     env=e, preexec_fn=child_preexec, close_fds=True)
-        p = Proc(name, inc, popen, log_path)
+            popen = None
+            if zygote is not None:
+                try:
+                    popen = zygote.spawn(module, argv, env=e, log_path=log_path)
+                except Exception as exc:  # the zygote died meanwhile: spawn this one
+                    if self.launcher == "zygote":
+                        raise
+                    _warn_once(f"zygote spawn failed ({exc}); spawning {module} instead")
+                    zygote = None
+            if popen is None:
+                popen = subprocess.Popen([self.python, "-m", module, *argv],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=e, preexec_fn=child_preexec, close_fds=True)
+        p = Proc(name, inc, popen, log_path, "zygote" if zygote is not None else "spawn")
         self.procs[name] = p
         self.all_procs.append(p)
         self.h.emit("spawn", target=name, target_inc=inc, pid=p.pid, failpoints=failpoints or [])
         return p
+
+    def _zygote(self, module: str):
+        """The zygote client to launch `module` with, or None to spawn it."""
+        from . import zygote
+
+        if self.launcher == "spawn" or module not in zygote.ZYGOTE_MODULES:
+            return None
+        try:
+            client = zygote.get_client(self.python)
+            return client if module in client.modules else None
+        except Exception as exc:
+            if self.launcher == "zygote":
+                raise
+            _warn_once(f"zygote launcher unavailable ({exc}); spawning processes instead")
+            self.launcher = "spawn"
+            return None
 
     def kill(self, name: str, fault: Optional[int] = None, sig: int = signal.SIGKILL) -> bool:
         p = self.procs.get(name)
