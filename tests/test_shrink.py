@@ -21,6 +21,10 @@ def test_shrink_keeps_only_the_fault_that_matters(tmp_path):
     })
     r = run_scenario(sc, 0, reports_dir=str(tmp_path), render=False)
     assert not r.as_expected and "P1" in r.verdict["violated"]
+    # `replay` reproduces the failing run: same schedule, unexpected again (exit 1).
+    from harness.cli import main
+
+    assert main(["replay", r.report_dir, "--reports", str(tmp_path / "replays")]) == 1
     out = shrink_report(r.report_dir, tries=1, say=lambda m: None)
     assert len(out["faults"]) == 1
     assert out["faults"][0]["point"] == "consumer.after_checkpoint_before_ack"
