@@ -381,6 +381,9 @@ def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, fired, keep_work, 
 
     events = load_history(work)
     write_merged(events, os.path.join(rdir, "history.jsonl"))
+    # Timed faults and failpoint pauses are counted as they fire; the other
+    # failpoint actions are seen only in the processes' own histories.
+    fired += sum(1 for e in events if e.get("ev") == "failpoint" and e.get("action") != "pause")
     results = check_all(events, final)
     props = {r.prop: r.to_dict() for r in results}
     outcome = final["outcome"]
