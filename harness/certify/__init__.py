@@ -1,0 +1,193 @@
+"""Certification of a MetadataStore backend (DESIGN section 6).
+
+    python -m harness certify package.module:Factory [--profile durable|volatile]
+                              [--quick | --thorough] [--tiers 1,2,3,4] [--seed N]
+                              [--reports-dir DIR]
+
+Four tiers, each reported separately: 1 contract (Hypothesis stateful testing
+against a pure model), 2 concurrency (processes and threads), 3 crash (SIGKILL
+inside transactions, then reopen), 4 end-to-end (the reference pipeline through
+the harness's crash scenarios). The result is `certificate.json` and
+`certificate.md` in `<reports-dir>/certify-<backend>-<time>/`.
+
+From Python: `certify("pkg.mod:Factory", budget="quick")` returns a
+`Certificate`; from pytest: subclass `harness.certify.suite.MetadataStoreSuite`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, Callable, Dict, Iterable, Optional, Union
+
+from . import certificate as _cert
+from .certificate import (
+    BUDGETS,
+    FAILED,
+    NOT_APPLICABLE,
+    NOT_RUN,
+    NOT_SELECTED,
+    PASSED,
+    Budget,
+    Certificate,
+    Counterexample,
+    TierResult,
+)
+from .common import Context
+from .loader import PROFILES, LoadError, StoreTarget, describe_call, from_factory, load
+
+__all__ = [
+    "certify",
+    "Certificate",
+    "TierResult",
+    "Counterexample",
+    "LoadError",
+    "BUDGETS",
+    "PASSED",
+    "FAILED",
+    "NOT_APPLICABLE",
+    "NOT_RUN",
+    "NOT_SELECTED",
+]
+
+
+def _stderr_progress(msg: str) -> None:
+    print(f"[certify] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_target(factory: Union[str, Any], spec: Optional[str] = None) -> StoreTarget:
+    if isinstance(factory, str):
+        return load(factory)
+    if isinstance(factory, StoreTarget):
+        return factory
+    return from_factory(factory, spec=spec)
+
+
+def certify(
+    factory: Union[str, Any],
+    *,
+    profile: Optional[str] = None,
+    budget: Union[str, Budget] = "standard",
+    tiers: Iterable[int] = (1, 2, 3, 4),
+    seed: Optional[int] = None,
+    reports_dir: Optional[str] = "reports",
+    progress: Optional[Callable[[str], None]] = _stderr_progress,
+    overrides: Optional[Dict[str, Any]] = None,
+    command: Optional[str] = None,
+    spec: Optional[str] = None,
+    repro_prefix: Optional[str] = None,
+) -> Certificate:
+    """Run the selected tiers; write the certificate when `reports_dir` is given.
+
+    Raises LoadError (bad input) before any tier runs.
+    """
+    t_start = time.monotonic()
+    progress = progress or (lambda m: None)
+    target = resolve_target(factory, spec)
+    if profile is not None and profile not in PROFILES:
+        raise LoadError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    if profile is None:
+        profile, source = target.default_profile()
+    else:
+        source = "chosen with --profile"
+        if target.declared_profile and target.declared_profile != profile:
+            source += f" (the store declares {target.declared_profile!r})"
+    b = BUDGETS[budget] if isinstance(budget, str) else budget
+    if seed is None:
+        seed = random.SystemRandom().randrange(1, 1 << 31)
+    selected = sorted(set(int(t) for t in tiers))
+    bad = [t for t in selected if t not in (1, 2, 3, 4)]
+    if bad:
+        raise LoadError(f"unknown tier(s) {bad}; tiers are 1, 2, 3, 4")
+    if repro_prefix is None and target.spec:
+        repro_prefix = f"python -m harness certify {target.spec} --profile {profile}"
+    report_dir = None
+    if reports_dir is not None:
+        try:
+            report_dir = _cert.make_report_dir(reports_dir, target.label)
+        except OSError as e:
+            raise LoadError(f"cannot create the report folder under {reports_dir!r}: {e}") from e
+    workroot = tempfile.mkdtemp(prefix="certify-work-")
+    ctx = Context(
+        target=target,
+        profile=profile,
+        budget=b,
+        seed=seed,
+        workroot=workroot,
+        progress=progress,
+        repro_prefix=repro_prefix,
+        overrides=dict(overrides or {}),
+    )
+    cert = Certificate(
+        backend=target.label,
+        spec=target.spec,
+        profile=profile,
+        profile_source=source,
+        adapter=target.adapter,
+        factory_call=describe_call(target),
+        budget=b.name,
+        seed=seed,
+        command=command or (f"{repro_prefix} --{b.name} --seed {seed} --tiers {','.join(map(str, selected))}" if repro_prefix else ""),
+        started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    if target.adapter:
+        cert.warnings.append(target.adapter)
+    progress(f"certifying {target.label}: profile {profile} ({source}), budget {b.name}, seed {seed}")
+    try:
+        for n in (1, 2, 3, 4):
+            cert.tiers.append(_run_tier(n, ctx, selected, report_dir))
+            t = cert.tiers[-1]
+            progress(
+                f"tier {n} {t.name}: {t.status}" + (f" ({t.reason})" if t.reason else "")
+                + (f" in {t.duration_s:.1f}s" if t.status in (PASSED, FAILED) else "")
+                + (f"; violated: {', '.join(t.failed_properties())}" if t.counterexamples else "")
+            )
+    finally:
+        shutil.rmtree(workroot, ignore_errors=True)
+    cert.duration_s = time.monotonic() - t_start
+    if report_dir is not None:
+        _cert.write(cert, report_dir)
+    return cert
+
+
+def _run_tier(n: int, ctx: Context, selected, report_dir: Optional[str]) -> TierResult:
+    if ctx.profile == "volatile" and n in (3, 4):
+        why = {
+            3: "volatile profile: nothing is expected to survive a crash",
+            4: "volatile profile: the crash scenarios restart processes, which a volatile store does not survive",
+        }[n]
+        return TierResult(tier=n, status=NOT_APPLICABLE, reason=why)
+    if n not in selected:
+        return TierResult(tier=n, status=NOT_SELECTED, reason="left out with --tiers")
+    ctx.progress(f"tier {n} {_cert.TIER_NAMES[n]}: running")
+    t0 = time.monotonic()
+    try:
+        if n == 1:
+            from . import tier1_contract as mod
+
+            return mod.run(ctx)
+        if n == 2:
+            from . import tier2_concurrency as mod
+
+            return mod.run(ctx)
+        if n == 3:
+            from . import tier3_crash as mod
+
+            return mod.run(ctx)
+        from . import tier4_end_to_end as mod
+
+        return mod.run(ctx, reports_dir=os.path.join(report_dir, "tier4") if report_dir else None)
+    except Exception as e:  # noqa: BLE001 - a harness fault must never read as a pass
+        tb = traceback.format_exc()
+        return TierResult(
+            tier=n,
+            status=NOT_RUN,
+            reason=f"internal error in the certifier: {type(e).__name__}: {e}",
+            notes=tb.splitlines()[-8:],
+            duration_s=time.monotonic() - t0,
+        )

@@ -27,15 +27,16 @@ class Budget:
     t2_scale: float
     t3_crashes: int
     t4_seeds: int
+    t1_shrink_s: float = 20.0
 
     def scaled(self, n: int, minimum: int = 1) -> int:
         return max(minimum, int(round(n * self.t2_scale)))
 
 
 BUDGETS = {
-    "quick": Budget("quick", t1_examples=80, t1_steps=30, t2_scale=1.0, t3_crashes=30, t4_seeds=1),
-    "standard": Budget("standard", t1_examples=200, t1_steps=40, t2_scale=2.0, t3_crashes=80, t4_seeds=2),
-    "thorough": Budget("thorough", t1_examples=600, t1_steps=60, t2_scale=4.0, t3_crashes=300, t4_seeds=4),
+    "quick": Budget("quick", t1_examples=100, t1_steps=30, t2_scale=1.0, t3_crashes=100, t4_seeds=1, t1_shrink_s=20),
+    "standard": Budget("standard", t1_examples=300, t1_steps=40, t2_scale=2.0, t3_crashes=400, t4_seeds=2, t1_shrink_s=60),
+    "thorough": Budget("thorough", t1_examples=1000, t1_steps=60, t2_scale=5.0, t3_crashes=1500, t4_seeds=4, t1_shrink_s=180),
 }
 
 
@@ -180,7 +181,12 @@ def render_md(cert: Certificate) -> str:
             L.append(c.message)
             L.append("")
             if c.steps:
-                L.append("Minimal steps:")
+                L.append({
+                    1: "Minimal steps (shrunk by Hypothesis, then 1-minimal):",
+                    2: "What the readers and the final check saw:",
+                    3: "The trial (the operations that show it):",
+                    4: "Anomalies:",
+                }[c.tier])
                 L.append("")
                 L.append("```")
                 L.extend(c.steps)

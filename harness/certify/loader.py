@@ -25,6 +25,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
+from reference_impl.stores.base import MetadataStore
+
 #: Methods every store must have (commit_sample or commit_samples aside).
 READ_METHODS = (
     "is_committed",
@@ -42,19 +44,41 @@ class LoadError(Exception):
     """Bad input: the factory cannot be resolved, built, or is not a store."""
 
 
-class OneByOneAdapter:
+class OneByOneAdapter(MetadataStore):
     """Drives an older store that has only `commit_sample` through the batch API.
 
     `commit_samples` becomes one `commit_sample` call per ref, in order (so a
     repeated id inside a batch is fresh once if the store is correct). Every
-    other attribute is the store's own.
+    other call goes to the store unchanged.
     """
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        self.profile = getattr(inner, "profile", None)
+
+    def commit_sample(self, ref):
+        return self._inner.commit_sample(ref)
 
     def commit_samples(self, refs):
         return [self._inner.commit_sample(r) for r in list(refs)]
+
+    def is_committed(self, sample_id):
+        return self._inner.is_committed(sample_id)
+
+    def get_committed(self, sample_id):
+        return self._inner.get_committed(sample_id)
+
+    def committed_count(self):
+        return self._inner.committed_count()
+
+    def all_committed_ids(self):
+        return self._inner.all_committed_ids()
+
+    def record_train_ack(self, sample_ids, *, global_step, optimizer_durable):
+        return self._inner.record_train_ack(sample_ids, global_step=global_step, optimizer_durable=optimizer_durable)
+
+    def durable_marker(self):
+        return self._inner.durable_marker()
 
     def close(self) -> None:
         fn = getattr(self._inner, "close", None)
@@ -62,6 +86,8 @@ class OneByOneAdapter:
             fn()
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_inner":
+            raise AttributeError(name)
         return getattr(self._inner, name)
 
 
@@ -172,6 +198,15 @@ def missing_methods(store: Any) -> List[str]:
     if not callable(getattr(store, "commit_sample", None)):
         missing.insert(0, "commit_sample")
     return missing
+
+
+def classify(factory: Any, spec: Optional[str] = None) -> StoreTarget:
+    """A StoreTarget for a factory without building a store (no checks)."""
+    if inspect.isclass(factory):
+        kind = "class-path" if _required_positional(factory) >= 1 else "class-bare"
+    else:
+        kind = "callable-dir"
+    return StoreTarget(factory=factory, label=spec or repr(factory), spec=spec, kind=kind)
 
 
 def from_factory(

@@ -106,6 +106,9 @@ def normalise_marker(m: Any) -> Dict[str, Any]:
     acked = m["acked"]
     if isinstance(acked, (str, bytes)) or not hasattr(acked, "__iter__"):
         raise Violation("marker", f"durable_marker()['acked'] is {type(acked).__name__}, not a set of ids")
+    acked = set(acked)
+    if set(map(type, acked)) - {str}:  # C-speed type check; readers call this in tight loops
+        acked = {str(i) for i in acked}
     step = m["global_step"]
     if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
         try:
@@ -115,7 +118,7 @@ def normalise_marker(m: Any) -> Dict[str, Any]:
                 raise TypeError
         except TypeError:
             raise Violation("marker", f"durable_marker()['global_step'] is {step!r}, not an int or None")
-    return {"acked": {str(i) for i in acked}, "global_step": step, "optimizer_durable": bool(m["optimizer_durable"])}
+    return {"acked": acked, "global_step": step, "optimizer_durable": bool(m["optimizer_durable"])}
 
 
 def short(ids: Iterable[str], n: int = 6) -> str:

@@ -277,7 +277,7 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
     new_present: Dict[str, List[str]] = {}
     inflight_ack = None
     done_acks = []
-    context: List[str] = []
+    context: Dict[Tuple[str, int], str] = {}
 
     for who, ops in trial.workers.items():
         lg = logs[who]
@@ -288,7 +288,7 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
         for k, op in enumerate(ops):
             began, done = k in lg["began"], k in lg["done"]
             state = "returned" if done else ("in flight at the kill" if began else "never began")
-            context.append(_fmt_op(who, k, op) + f"  [{state}]")
+            context[(who, k)] = _fmt_op(who, k, op) + f"  [{state}]"
             if op[0] == "commit":
                 refs = op[1]
                 expected = []
@@ -302,11 +302,11 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
                         i = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), 0)
                         prop = "P4 dedup" if (i < len(got) and got[i]) else "freshness"
                         bad.append((prop, f"worker {who} op {k}: commit_samples returned {got}, expected {expected} "
-                                    f"(flag {i}, {refs[i].sample_id!r}; ids committed before this trial are not fresh)", []))
+                                    f"(flag {i}, {refs[i].sample_id!r}; ids committed before this trial are not fresh)", [(who, k)]))
                     missing = [s for s in new_ids if s not in committed_now]
                     if missing:
                         bad.append(("P6 durability", f"worker {who} op {k}: commit_samples returned {got} before the crash, "
-                                    f"but after reopening {short(missing)} are not committed", []))
+                                    f"but after reopening {short(missing)} are not committed", [(who, k)]))
                     new_present.setdefault(who, []).extend(new_ids)
                 elif began:
                     present = [s for s in new_ids if s in committed_now]
@@ -323,7 +323,7 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
                 else:
                     ghost = [s for s in new_ids if s in committed_now]
                     if ghost:
-                        bad.append(("P4 dedup", f"worker {who} op {k} never began, yet {short(ghost)} are committed", []))
+                        bad.append(("P4 dedup", f"worker {who} op {k} never began, yet {short(ghost)} are committed", [(who, k)]))
             else:
                 if done:
                     done_acks.append(op)
@@ -350,6 +350,9 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
         seq = [pos[s] for s in ids if s in pos]
         if any(a > b for a, b in zip(seq, seq[1:])):
             bad.append(("all_committed_ids order", f"worker {who}'s commits are not in first-commit order in all_committed_ids", []))
+    wrong = [sid for sid, c in snap.get("committed", {}).items() if c != (sid in committed_now)]
+    if wrong:
+        bad.append(("is_committed", f"after reopen is_committed() disagrees with all_committed_ids() for {short(wrong)}", []))
     # refs round-trip (new ones and the sampled old ones)
     for sid, got in snap["refs"].items():
         want = model.refs.get(sid)
@@ -393,7 +396,13 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
     elif inflight_ack is not None and got == candidates[-1] and len(candidates) == 2:
         counters["inflight_acks_applied"] = counters.get("inflight_acks_applied", 0) + 1
     if bad:
-        return [(p, t, context) for p, t, _ in bad]
+        ack_keys = [key for key, line in context.items() if "record_train_ack" in line and "never began" not in line]
+        out = []
+        for p, t, keys in bad:
+            if not keys and p in ("P5 ack atomicity", "P6 durability") and ("ack" in t or "marker" in t):
+                keys = ack_keys
+            out.append((p, t, [context[k] for k in keys] if keys else list(context.values())))
+        return out
     # accept the new state
     refs_now = trial_refs(trial)
     for s in snap["all_ids"][n:]:
@@ -452,29 +461,44 @@ def _calibrate(ctx: Context, d: str, seed: int):
     return max(0.002, t1 - t0), max(0.0005, (t2 - t1) / len(ops)), model
 
 
+#: Trials on one store before a fresh one (keeps each store, and the model, small).
+TRIALS_PER_STORE = 100
+
+
+def _fresh_store(ctx: Context, seed: int):
+    """A new store directory, its calibration, and the model of what calibration left."""
+    d = ctx.subdir("tier3")
+    open_time, op_time, model = _calibrate(ctx, d, seed)
+    snap = in_child(_snapshot, ctx.target, d, list(model.order), workdir=d, timeout=120, name="calibrate-read")
+    if not snap["ok"]:
+        raise Violation(snap.get("prop") or "reopenable", snap["error"])
+    s = snap["value"]
+    if s["all_ids"] != model.order or s["marker"] != model.marker():
+        raise Violation(
+            "P6 durability",
+            "without any crash, a new process does not see what a finished worker committed and acked "
+            f"({len(s['all_ids'])} of {len(model.order)} ids; marker acked {len(s['marker']['acked'])} of "
+            f"{len(model.acked)} ids, global_step {s['marker']['global_step']!r}, expected {model.step!r})",
+        )
+    return d, open_time, op_time, model
+
+
 def run(ctx: Context) -> TierResult:
     t0 = time.monotonic()
     res = TierResult(tier=3, status=PASSED, properties=list(PROPERTIES))
     crashes = int(ctx.overrides.get("crashes") or ctx.budget.t3_crashes)
     rng = random.Random(ctx.seed * 31 + 3)
     seed = rng.randrange(1 << 30)
-    d = ctx.subdir("tier3")
-    counters: Dict[str, int] = {"trials": 0, "kills": 0, "kills_during_open": 0, "kills_inside_op": 0}
+    counters: Dict[str, int] = {"trials": 0, "kills": 0, "kills_during_open": 0, "kills_inside_op": 0, "stores": 0}
     ctx.progress(f"tier 3 crash: {crashes} trials of SIGKILL inside commits and acks")
+    d = None
     try:
-        open_time, op_time, model = _calibrate(ctx, d, seed)
-        snap = in_child(_snapshot, ctx.target, d, list(model.order), workdir=d, timeout=120, name="calibrate-read")
-        if not snap["ok"]:
-            raise Violation(snap.get("prop") or "reopenable", snap["error"])
-        s = snap["value"]
-        if s["all_ids"] != model.order or s["marker"] != model.marker():
-            raise Violation(
-                "P6 durability",
-                "without any crash, a new process does not see what a finished worker committed and acked "
-                f"({len(s['all_ids'])} of {len(model.order)} ids; marker acked {len(s['marker']['acked'])} of "
-                f"{len(model.acked)} ids, global_step {s['marker']['global_step']!r}, expected {model.step!r})",
-            )
         for no in range(crashes):
+            if no % TRIALS_PER_STORE == 0:
+                if d is not None:
+                    shutil.rmtree(d, ignore_errors=True)
+                d, open_time, op_time, model = _fresh_store(ctx, seed + no)
+                counters["stores"] += 1
             trial = Trial(no, rng, model, seed, ops_per_worker=rng.randint(2, 8))
             logs = _run_trial(ctx, d, trial, rng, op_time, open_time)
             counters["trials"] += 1
@@ -487,7 +511,8 @@ def run(ctx: Context) -> TierResult:
                         counters["kills_inside_op"] += 1
             ids = sorted(set(trial_refs(trial)))
             old = [s for s in model.order if s in model.refs]
-            sample = rng.sample(old, min(len(old), 20)) if (no + 1) % 10 else old
+            last_on_store = (no + 1) % TRIALS_PER_STORE == 0 or no + 1 == crashes
+            sample = old if last_on_store else rng.sample(old, min(len(old), 20))
             snap = in_child(_snapshot, ctx.target, d, ids + sample, workdir=d, timeout=120, name="reopen")
             if not snap["ok"]:
                 prop = snap.get("prop") or "reopenable"
@@ -500,7 +525,8 @@ def run(ctx: Context) -> TierResult:
                             tier=3,
                             property=prop,
                             message=f"trial {no}: {text}",
-                            steps=[f"{len(model.order)} ids committed and verified in earlier trials"] + context
+                            steps=[f"{len(model.order)} ids committed and verified in earlier trials on this store"]
+                            + context
                             + ["SIGKILL " + ", ".join(f"worker {w}" for w, lg in logs.items() if lg["killed"]),
                                "reopen in a new process and read the state"],
                             reproduce=ctx.reproduce(3, f"--crashes {no + 1}") + "  (kill timing varies between runs)",
@@ -519,6 +545,7 @@ def run(ctx: Context) -> TierResult:
     res.counters = counters
     if counters.get("torn_batches", 0) > 3:
         res.warnings.append(f"{counters['torn_batches']} commit batches in all were torn by crashes")
-    shutil.rmtree(d, ignore_errors=True)
+    if d is not None:
+        shutil.rmtree(d, ignore_errors=True)
     res.duration_s = time.monotonic() - t0
     return res

@@ -1,0 +1,109 @@
+"""The certification tiers as a pytest base class, for a backend's own test suite.
+
+    # tests/test_my_store.py in the backend's repository
+    from harness.certify.suite import MetadataStoreSuite
+    from my_backend import MyStore
+
+    class TestMyStore(MetadataStoreSuite):
+        store_factory = MyStore            # a class, or staticmethod(fn) taking a working directory
+        store_spec = "my_backend:MyStore"  # optional: lets tier 4 start the pipeline on it
+        profile = "durable"                # optional: default from the store
+        budget = "quick"                   # quick | standard | thorough | a Budget
+        tiers = (1, 2, 3, 4)
+
+Each tier is one test (`test_tier1_contract` ... `test_tier4_end_to_end`). A
+failing tier fails its test with the counterexamples and how to reproduce
+them; a tier that does not apply to the profile, or that is not in `tiers`, is
+skipped with the reason (never passed). Set `reports_dir` to also keep a
+certificate per tier.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+from .certificate import NOT_APPLICABLE, Budget, TierResult
+
+
+def _class_attr(cls: type, name: str) -> Any:
+    """The attribute as written on the class (a plain function is not turned into a method)."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            v = vars(klass)[name]
+            if isinstance(v, (staticmethod, classmethod)):
+                return v.__func__
+            return v
+    return None
+
+
+def format_tier(t: TierResult) -> str:
+    lines = [f"tier {t.tier} {t.name}: {t.status}" + (f" ({t.reason})" if t.reason else "")]
+    for c in t.counterexamples:
+        lines.append(f"  [{c.property}] {c.message}")
+        for s in c.steps[:20]:
+            lines.append(f"      {s}")
+        if c.reproduce:
+            lines.append(f"    reproduce: {c.reproduce}")
+    for w in t.warnings:
+        lines.append(f"  warning: {w}")
+    for n in t.notes:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+class MetadataStoreSuite:
+    """Subclass in a test module and set `store_factory`; pytest collects the tier tests."""
+
+    store_factory: Any = None
+    store_spec: Optional[str] = None
+    profile: Optional[str] = None
+    budget: Union[str, Budget] = "quick"
+    tiers: Sequence[int] = (1, 2, 3, 4)
+    seed: Optional[int] = None
+    reports_dir: Optional[str] = None
+    overrides: Optional[dict] = None
+
+    def run_tier(self, n: int) -> TierResult:
+        import pytest
+
+        from . import LoadError, certify
+
+        cls = type(self)
+        factory = _class_attr(cls, "store_factory")
+        if factory is None:
+            pytest.fail(f"{cls.__name__}: set store_factory to the store class or a callable taking a working directory",
+                        pytrace=False)
+        if n not in tuple(self.tiers):
+            pytest.skip(f"tier {n} not in {cls.__name__}.tiers")
+        try:
+            cert = certify(
+                factory,
+                spec=self.store_spec,
+                profile=self.profile,
+                budget=self.budget,
+                tiers=[n],
+                seed=self.seed,
+                reports_dir=self.reports_dir,
+                progress=None,
+                overrides=self.overrides,
+            )
+        except LoadError as e:
+            pytest.fail(f"cannot certify {cls.__name__}.store_factory: {e}", pytrace=False)
+        t = cert.tier(n)
+        if t.status == NOT_APPLICABLE:
+            pytest.skip(f"tier {n} {t.name} not applicable: {t.reason}")
+        if t.failing:
+            pytest.fail(format_tier(t) + f"\n(profile {cert.profile}, seed {cert.seed})", pytrace=False)
+        return t
+
+    def test_tier1_contract(self):
+        self.run_tier(1)
+
+    def test_tier2_concurrency(self):
+        self.run_tier(2)
+
+    def test_tier3_crash(self):
+        self.run_tier(3)
+
+    def test_tier4_end_to_end(self):
+        self.run_tier(4)

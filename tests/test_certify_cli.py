@@ -1,0 +1,127 @@
+"""`python -m harness certify` end to end: exit codes, certificates, loader errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.certify import NOT_RUN, certify
+from harness.certify.certificate import Budget
+from harness.certify.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(args, tmp_path, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "harness.certify", *args, "--reports-dir", str(tmp_path / "reports")],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout,
+    )
+
+
+def _certificate(tmp_path):
+    (d,) = os.listdir(tmp_path / "reports")
+    assert d.startswith("certify-")
+    with open(tmp_path / "reports" / d / "certificate.json") as f:
+        cert = json.load(f)
+    md = (tmp_path / "reports" / d / "certificate.md").read_text()
+    return cert, md
+
+
+def test_sqlite_store_passes_tiers_1_to_3_quick(tmp_path):
+    r = _run(["reference_impl.stores.sqlite:SQLiteMetadataStore", "--quick", "--tiers", "1,2,3", "--seed", "7"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "[certify] tier 3 crash: passed" in r.stderr  # progress lines on stderr
+    cert, md = _certificate(tmp_path)
+    status = {t["tier"]: t["status"] for t in cert["tiers"]}
+    assert status == {1: "passed", 2: "passed", 3: "passed", 4: "not selected"}
+    assert cert["profile"] == "durable" and cert["seed"] == 7 and cert["budget"] == "quick"
+    assert cert["tiers"][2]["counters"]["kills"] > 0
+    assert "PASSED the selected tiers" in md and "| 3 crash | passed" in md
+
+
+def test_inmemory_store_passes_1_and_2_and_3_4_are_not_applicable(tmp_path):
+    r = _run(["reference_impl.stores.memory:InMemoryMetadataStore", "--quick", "--examples", "30", "--seed", "3"], tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cert, md = _certificate(tmp_path)
+    status = {t["tier"]: t["status"] for t in cert["tiers"]}
+    assert status == {1: "passed", 2: "passed", 3: "not applicable", 4: "not applicable"}
+    assert cert["profile"] == "volatile"
+    assert "CERTIFIED (volatile profile)" in cert["verdict"]
+
+
+def test_noop_store_fails_tier_1_with_a_minimal_counterexample(tmp_path):
+    r = _run(["reference_impl.stores.noop:NoOpMetadataStore", "--quick", "--tiers", "1", "--seed", "5"], tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    cert, md = _certificate(tmp_path)
+    t1 = cert["tiers"][0]
+    assert t1["status"] == "failed"
+    (cex,) = t1["counterexamples"]
+    calls = [s for s in cex["steps"] if s.startswith("store.")]
+    assert len(calls) == 1 and calls[0].startswith("store.commit_sample"), cex["steps"]
+    assert cex["reproduce"].startswith("python -m harness certify reference_impl.stores.noop:NoOpMetadataStore")
+    assert "--seed 5" in cex["reproduce"]
+    assert "Counterexamples" in md and "Reproduce:" in md
+    assert "REJECTED" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "spec, cause",
+    [
+        ("no_such_module_xyz:Store", "module 'no_such_module_xyz' not found"),
+        ("reference_impl.stores.sqlite:NoSuchStore", "attribute 'NoSuchStore' missing"),
+        ("tests.store_zoo:NOT_A_STORE", "not a store"),
+        ("tests.store_zoo:MissingMethodsStore", "not a store: MissingMethodsStore is missing is_committed"),
+        ("tests.store_zoo:FailingConstructorStore", "constructor failed"),
+        ("tests.store_zoo:failing_constructor", "cannot connect to backend"),
+        ("reference_impl.stores.sqlite", "not of the form module:attr"),
+    ],
+)
+def test_bad_factory_exits_2_naming_the_cause(spec, cause, tmp_path, capsys):
+    assert main([spec, "--reports-dir", str(tmp_path), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert cause in err, err
+    assert not os.listdir(tmp_path)  # no certificate for bad input
+
+
+def test_bad_options_exit_2(tmp_path, capsys):
+    spec = "reference_impl.stores.memory:InMemoryMetadataStore"
+    assert main([spec, "--tiers", "5", "--reports-dir", str(tmp_path)]) == 2
+    assert "not a tier" in capsys.readouterr().err
+    assert main([spec, "--profile", "eventual", "--reports-dir", str(tmp_path)]) == 2
+    assert main([spec, "--quick", "--thorough"]) == 2
+
+
+def test_callable_taking_a_working_directory_is_accepted(tmp_path):
+    cert = certify("tests.store_zoo:factory_in_dir", budget=Budget("t", 10, 15, 0.5, 10, 1, 5), tiers=[1],
+                   reports_dir=None, progress=None, seed=1)
+    assert cert.profile == "durable" and cert.factory_call.startswith("callable")
+    assert cert.exit_code == 0, cert.tier(1).counterexamples
+
+
+def test_tier4_without_the_runner_is_not_run_and_fails_certification(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "harness.runner", None)  # import fails
+    cert = certify("reference_impl.stores.sqlite:SQLiteMetadataStore", tiers=[4], reports_dir=str(tmp_path),
+                   progress=None, seed=1)
+    t4 = cert.tier(4)
+    assert t4.status == NOT_RUN and t4.reason == "not run (harness runner unavailable)"
+    assert cert.exit_code == 1 and "REJECTED" in cert.verdict
+
+
+def test_volatile_profile_never_reports_crash_tiers_as_passed(tmp_path):
+    cert = certify("reference_impl.stores.sqlite:SQLiteMetadataStore", profile="volatile", tiers=[3, 4],
+                   reports_dir=None, progress=None, seed=1)
+    assert [t.status for t in cert.tiers if t.tier in (3, 4)] == ["not applicable", "not applicable"]
+    assert "passed" not in [t.status for t in cert.tiers]
+
+
+def test_tier4_runs_the_reference_pipeline_on_the_backend(tmp_path):
+    cert = certify("reference_impl.stores.sqlite:SQLiteMetadataStore", tiers=[4], reports_dir=str(tmp_path),
+                   budget=Budget("t4", 10, 10, 0.5, 10, 1, 5), progress=None, seed=3)
+    t4 = cert.tier(4)
+    assert t4.status == "passed", (t4.reason, t4.counterexamples, t4.notes)
+    assert t4.counters == {"runs": 3, "valid": 3}
+    assert os.path.isdir(os.path.join(cert.report_dir, "tier4"))
