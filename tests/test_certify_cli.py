@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 from harness.certify import NOT_RUN, certify
 from harness.certify.certificate import Budget
 from harness.certify.cli import main
+from reference_impl.stores.memory import InMemoryMetadataStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,3 +127,19 @@ def test_tier4_runs_the_reference_pipeline_on_the_backend(tmp_path):
     assert t4.status == "passed", (t4.reason, t4.counterexamples, t4.notes)
     assert t4.counters == {"runs": 3, "valid": 3}
     assert os.path.isdir(os.path.join(cert.report_dir, "tier4"))
+
+
+class _SegfaultingStore(InMemoryMetadataStore):
+    """Its process dies abruptly (as with a crash in a C extension) on the third commit."""
+
+    def commit_samples(self, refs):
+        if len(self._order) > 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().commit_samples(refs)
+
+
+def test_a_store_that_crashes_the_process_is_rejected_not_passed():
+    cert = certify(_SegfaultingStore, budget=Budget("t", 20, 10, 0.5, 5, 1, 5), tiers=[1, 2], reports_dir=None,
+                   progress=None, seed=1)
+    assert [cert.tier(n).status for n in (1, 2)] == ["failed", "failed"]
+    assert "exit code -9" in cert.tier(1).counterexamples[0].message

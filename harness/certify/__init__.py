@@ -155,6 +155,25 @@ def certify(
     return cert
 
 
+def _tier1_in_child(ctx: Context) -> TierResult:
+    """Tier 1 in a forked process: a store that crashes the interpreter (or Hypothesis's
+    memory) stays out of the certifier, and later forks stay small."""
+    from . import tier1_contract as mod
+    from .common import in_child
+
+    r = in_child(mod.run, ctx, workdir=ctx.workroot, timeout=6 * 3600, name="tier1")
+    if r["ok"]:
+        return r["value"]
+    if r.get("hung"):
+        return TierResult(tier=1, status=FAILED, reason="the contract tier did not finish (a store call hangs?)",
+                          counterexamples=[Counterexample(1, "liveness", r["error"], reproduce=ctx.reproduce(1))])
+    if "died without a result" in r["error"]:
+        return TierResult(tier=1, status=FAILED, reason="the process running the store died",
+                          counterexamples=[Counterexample(1, "exception", r["error"] + " (a crash inside the store?)",
+                                                          reproduce=ctx.reproduce(1))])
+    raise RuntimeError(r["error"] + "\n" + r.get("traceback", ""))
+
+
 def _run_tier(n: int, ctx: Context, selected, report_dir: Optional[str]) -> TierResult:
     if ctx.profile == "volatile" and n in (3, 4):
         why = {
@@ -168,9 +187,7 @@ def _run_tier(n: int, ctx: Context, selected, report_dir: Optional[str]) -> Tier
     t0 = time.monotonic()
     try:
         if n == 1:
-            from . import tier1_contract as mod
-
-            return mod.run(ctx)
+            return _tier1_in_child(ctx)
         if n == 2:
             from . import tier2_concurrency as mod
 

@@ -140,7 +140,7 @@ class Child:
     def __init__(self, name: str, fn: Callable, args: tuple, workdir: str) -> None:
         self.name = name
         self.result_path = os.path.join(workdir, f"result-{name}-{os.getpid()}-{id(self)}.pkl")
-        self.proc = mp_context().Process(target=_child_main, args=(fn, args, self.result_path), daemon=True)
+        self.proc = mp_context().Process(target=_child_main, args=(fn, args, self.result_path), daemon=False)
 
     def start(self) -> "Child":
         self.proc.start()

@@ -53,7 +53,7 @@ def _worker(target, d: str, ops: List[Tuple], log_path: str, ready_w: int) -> No
 
     try:
         store = Retrier(60).call(target.open, d)
-        log("ready")
+        log(f"ready {time.monotonic():.6f}")
         try:
             os.write(ready_w, b"r")
         except OSError:
@@ -68,6 +68,7 @@ def _worker(target, d: str, ops: List[Tuple], log_path: str, ready_w: int) -> No
                 _, ids, step, flag = op
                 Retrier(60).call(store.record_train_ack, list(ids), global_step=step, optimizer_durable=flag)
                 log(f"d {k} null")
+        log(f"ops_done {time.monotonic():.6f}")
         safe_close(store)
         log("end")
     except BaseException as e:  # noqa: BLE001
@@ -78,7 +79,8 @@ def _worker(target, d: str, ops: List[Tuple], log_path: str, ready_w: int) -> No
 
 def _parse_log(path: str) -> Dict[str, Any]:
     """Which ops began, which returned (and what), whether the worker got ready/ended."""
-    out: Dict[str, Any] = {"ready": False, "end": False, "began": set(), "done": {}, "error": None}
+    out: Dict[str, Any] = {"ready": False, "end": False, "began": set(), "done": {}, "error": None,
+                           "t_ready": None, "t_ops_done": None}
     try:
         with open(path, "rb") as f:
             data = f.read().decode("utf-8", "replace")
@@ -88,8 +90,11 @@ def _parse_log(path: str) -> Dict[str, Any]:
     if lines and lines[-1] != "":
         lines = lines[:-1]  # a line cut by the kill: as if never written
     for ln in lines:
-        if ln == "ready":
+        if ln == "ready" or ln.startswith("ready "):
             out["ready"] = True
+            out["t_ready"] = float(ln[6:]) if ln.startswith("ready ") else None
+        elif ln.startswith("ops_done "):
+            out["t_ops_done"] = float(ln[9:])
         elif ln == "end":
             out["end"] = True
         elif ln.startswith("b "):
@@ -222,7 +227,7 @@ def _run_trial(ctx: Context, d: str, trial: Trial, rng: random.Random, op_time: 
         log = os.path.join(d, f"log-{trial.no}-{who}")
         r, w = os.pipe()
         t_spawn = time.monotonic()
-        p = mp.Process(target=_worker, args=(ctx.target, d, ops, log, w), daemon=True)
+        p = mp.Process(target=_worker, args=(ctx.target, d, ops, log, w), daemon=False)
         p.start()
         os.close(w)
         during_open = rng.random() < 0.1
@@ -436,7 +441,7 @@ def _calibrate(ctx: Context, d: str, seed: int):
     log = os.path.join(d, "log-calibrate")
     r, w = os.pipe()
     t0 = time.monotonic()
-    p = mp_context().Process(target=_worker, args=(ctx.target, d, ops, log, w), daemon=True)
+    p = mp_context().Process(target=_worker, args=(ctx.target, d, ops, log, w), daemon=False)
     p.start()
     os.close(w)
     select.select([r], [], [], 120)
@@ -449,6 +454,9 @@ def _calibrate(ctx: Context, d: str, seed: int):
         raise Violation("exception", f"a worker without any crash failed: the store raised {lg['error']}")
     if not lg["end"]:
         raise Violation("liveness", "a worker without any crash did not finish in 300 s")
+    if lg["t_ready"] is not None and lg["t_ops_done"] is not None:
+        # the worker's own clock: process start-up and exit do not count as operation time
+        t1, t2 = lg["t_ready"], lg["t_ops_done"]
     model = CrashModel()
     for op in ops:
         if op[0] == "commit":
