@@ -14,15 +14,12 @@ from reference_impl.config import RunConfig
 from reference_impl.feature_store import FeatureStore
 
 
-def read_witness(workdir: str):
+def read_witness(cfg: RunConfig):
     """(witness list, global_step) from the final checkpoint, or (None, None)."""
-    import torch
+    from reference_impl.consumer import load_checkpoint
 
-    path = os.path.join(workdir, "checkpoint", "consumer.pt")
-    try:
-        with open(path, "rb") as f:
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
+    ckpt = load_checkpoint(cfg)
+    if ckpt is None:
         return None, None
     return ckpt["model"]["witness"].tolist(), int(ckpt["global_step"])
 
@@ -54,7 +51,7 @@ def read_store(cfg: RunConfig):
 def read_final_state(cfg: RunConfig, *, outcome: str, durable_store: bool, bound_s: float,
                      fail_closed_reason: Optional[str] = None) -> Dict[str, Any]:
     workdir = cfg.workdir
-    witness, step = read_witness(workdir)
+    witness, step = read_witness(cfg)
     marker, committed = read_store(cfg)
     consumed = read_json(os.path.join(workdir, CONSUMED))
     failed = read_json(os.path.join(workdir, FAILED))

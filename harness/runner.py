@@ -30,7 +30,7 @@ from reference_impl.config import EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, RunCon
 
 from . import nemesis
 from .scenario import RANK_TARGET, Scenario, load_scenario
-from .supervisor import Supervisor
+from .supervisor import Supervisor, pid_stopped
 from .verdict import judge
 
 POLL_S = 0.005
@@ -279,7 +279,7 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say) -> tupl
                 # A `pause` failpoint inside one rank stops that rank, not the group.
                 info = read_json(cfg.path(RANKS_FILE)) or {}
                 for rank, pid in sorted((info.get("pids") or {}).items()):
-                    if info.get("inc") == p.inc and _pid_stopped(pid):
+                    if info.get("inc") == p.inc and pid_stopped(pid):
                         stopped_seen.add((name, p.inc))
                         fired += 1
                         resume_at.append((now + fp_pause_s[(name, p.inc)], f"consumer.rank{rank}", p.inc, None,
@@ -316,14 +316,6 @@ def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], 
         _signal_pid(pid, signal.SIGSTOP)
         resume_at.append((now + f["duration_s"], target, group.inc, f["id"], pid))
     return 1
-
-
-def _pid_stopped(pid) -> bool:
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError, ValueError):
-        return False
 
 
 def _signal_pid(pid: int, sig: int) -> None:

@@ -35,11 +35,22 @@ LAUNCHERS = ("zygote", "spawn")
 _zygote_warned = False
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """PR_SET_PDEATHSIG for the calling process (used between fork and exec too)."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def pid_stopped(pid: int) -> bool:
+    """True while the process is stopped (SIGSTOP, e.g. a `pause` failpoint)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 def _warn_once(msg: str) -> None:
@@ -51,7 +62,7 @@ def _warn_once(msg: str) -> None:
 
 def child_preexec() -> None:
     os.setsid()
-    _set_parent_death_signal()
+    set_parent_death_signal()
 
 
 class Proc:
@@ -76,12 +87,7 @@ class Proc:
         return self.code
 
     def is_stopped(self) -> bool:
-        """True while the process is stopped (SIGSTOP, e.g. a `pause` failpoint)."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] == "T"
-        except (FileNotFoundError, IndexError, ProcessLookupError):
-            return False
+        return pid_stopped(self.pid)
 
     def signal_group(self, sig: int) -> None:
         try:

@@ -49,7 +49,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-PR_SET_PDEATHSIG = 1
+from .supervisor import set_parent_death_signal
+
 #: Modules whose `main(argv)` a zygote may run: the ones it has preloaded.
 ZYGOTE_MODULES = ("reference_impl.producer", "reference_impl.consumer", "reference_impl.dp_consumer")
 PRELOAD = ("reference_impl.failpoints", "reference_impl.variant", "reference_impl.model",
@@ -60,12 +61,6 @@ PRELOAD = ("reference_impl.failpoints", "reference_impl.variant", "reference_imp
 CMDLINE_ROOM = 4096
 START_TIMEOUT_S = 120.0
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _prctl_pdeathsig(sig: int = signal.SIGKILL) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 # --------------------------------------------------------------------------
@@ -144,7 +139,7 @@ def _child(req: Dict[str, Any], zygote_pid: int, own_fds: List[int], base_path: 
     code = 1
     try:
         os.setsid()
-        _prctl_pdeathsig(signal.SIGKILL)
+        set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != zygote_pid:  # the zygote died before prctl took effect
             os._exit(137)
         signal.set_wakeup_fd(-1)
@@ -249,7 +244,7 @@ def _exit_code(rc: Any) -> int:
 
 def serve(sock_fd: int, parent_pid: int, base_path: List[str]) -> None:
     os.setsid()  # out of the harness's terminal group: Ctrl-C reaches the harness only
-    _prctl_pdeathsig(signal.SIGKILL)
+    set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(0)
     sock = socket.socket(fileno=sock_fd)
@@ -432,7 +427,7 @@ class ZygoteClient:
             return subprocess.Popen([python, "-c", code, str(theirs.fileno()), str(parent), " " * CMDLINE_ROOM],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
                                     pass_fds=(theirs.fileno(),), close_fds=True,
-                                    preexec_fn=lambda: _prctl_pdeathsig(signal.SIGKILL))
+                                    preexec_fn=lambda: set_parent_death_signal(signal.SIGKILL))
 
         try:
             self.proc = _keeper().call(start)

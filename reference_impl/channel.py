@@ -16,44 +16,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+import sys
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import failpoints
+from .fileio import read_json, write_json_atomic  # noqa: F401 (read_json re-exported)
 
 CHANNEL = "channel.jsonl"
 CONSUMED = "channel.consumed"
 CLOSED = "channel.closed"
 FAILED = "channel.failed"
 CONSUMER_DONE = "channel.consumer_done"
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Replace `path` with `obj` as JSON: temp file, fsync, rename, fsync dir."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def read_json(path: str) -> Optional[Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:
-        return None
 
 
 class ChannelWriter:
@@ -180,3 +153,11 @@ def sentinel(workdir: str, name: str) -> Optional[Dict[str, Any]]:
 
 def set_sentinel(workdir: str, name: str, payload: Dict[str, Any]) -> None:
     write_json_atomic(os.path.join(workdir, name), payload)
+
+
+def fail_closed(workdir: str, history, proc: str, reason: str, detail: str) -> None:
+    """Stop rather than risk wrong training: the `fail_closed` event, the
+    `channel.failed` sentinel (so the peer stops too) and a line on stderr."""
+    history.emit("fail_closed", reason=reason, detail=detail)
+    set_sentinel(workdir, FAILED, {"proc": proc, "reason": f"{reason}: {detail}", "fail_closed": True})
+    print(f"{proc}: fail closed ({reason}): {detail}", file=sys.stderr, flush=True)

@@ -35,13 +35,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import failpoints
 from .variant import apply_from_env
-from .channel import (CLOSED, CONSUMER_DONE, FAILED, ChannelReader, fsync_dir, read_consumed, sentinel,
+from .channel import (CLOSED, CONSUMER_DONE, FAILED, ChannelReader, fail_closed, read_consumed, sentinel,
                       set_sentinel, write_consumed)
 from .config import EXIT_FAIL_CLOSED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig, load_config
 from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
 from .devices import DeviceError, pick_device
 from .feature_store import FeatureStore
+from .fileio import fsync_dir
 from .history import HistoryWriter, NullHistory
 from .ref_queue import StreamingRefQueue
 from .stores import StoreUnavailable, open_store
@@ -337,10 +338,8 @@ def run_consumer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> in
             c.close()
 
 
-def _fail_closed(cfg: RunConfig, history: HistoryWriter, reason: str, detail: str) -> int:
-    history.emit("fail_closed", reason=reason, detail=detail)
-    set_sentinel(cfg.workdir, FAILED, {"proc": "consumer", "reason": f"{reason}: {detail}", "fail_closed": True})
-    print(f"consumer: fail closed ({reason}): {detail}", file=sys.stderr)
+def _fail_closed(cfg: RunConfig, history, reason: str, detail: str) -> int:
+    fail_closed(cfg.workdir, history, "consumer", reason, detail)
     return EXIT_FAIL_CLOSED
 
 
@@ -353,9 +352,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        failpoints.configure_from_env()
+        failpoints.parse_rules(os.environ.get(failpoints.ENV_VAR) or None)  # bad rules: usage error
         apply_from_env()
-        pick_device(cfg.consumer_device, "consumer")
+        device = pick_device(cfg.consumer_device, "consumer")
     except (ConfigError, ValueError, DeviceError) as e:
         print(f"consumer: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -366,7 +365,7 @@ def main(argv=None) -> int:
     history = (HistoryWriter(cfg.path("history", "consumer.jsonl"), "consumer", args.incarnation)
                if cfg.extra.get("history", True) else NullHistory())
     failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action))
-    history.emit("start", pid=os.getpid(), resume=args.resume, device=str(pick_device(cfg.consumer_device, "c")),
+    history.emit("start", pid=os.getpid(), resume=args.resume, device=str(device),
                  backend=cfg.backend)
     return run_consumer(cfg, args.incarnation, history)
 

@@ -68,7 +68,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import failpoints
-from .channel import FAILED, read_json, sentinel, set_sentinel, write_json_atomic
+from .channel import FAILED, fail_closed, read_json, sentinel, write_json_atomic
 from .config import (EXIT_ERROR, EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig,
                      load_config)
 from .devices import DeviceError
@@ -386,10 +386,7 @@ def _rank0_class():
 
 
 def _fail_closed(cfg: RunConfig, history, reason: str, detail: str) -> int:
-    history.emit("fail_closed", reason=reason, detail=detail)
-    set_sentinel(cfg.workdir, FAILED, {"proc": "consumer.rank0", "reason": f"{reason}: {detail}",
-                                       "fail_closed": True})
-    print(f"consumer.rank0: fail closed ({reason}): {detail}", file=sys.stderr, flush=True)
+    fail_closed(cfg.workdir, history, "consumer.rank0", reason, detail)
     return EXIT_FAIL_CLOSED
 
 

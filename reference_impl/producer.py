@@ -26,7 +26,7 @@ from typing import Callable, List, Optional
 
 from . import failpoints
 from .variant import apply_from_env
-from .channel import CLOSED, FAILED, ChannelWriter, read_consumed, sentinel, set_sentinel
+from .channel import CLOSED, FAILED, ChannelWriter, fail_closed, read_consumed, sentinel, set_sentinel
 from .config import (EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig,
                      load_config)
 from .contracts import FeatureSpec, SampleRef, ref_to_dict
@@ -244,10 +244,8 @@ def run_producer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> in
         p.close()
 
 
-def _fail_closed(cfg: RunConfig, history: HistoryWriter, reason: str, detail: str) -> int:
-    history.emit("fail_closed", reason=reason, detail=detail)
-    set_sentinel(cfg.workdir, FAILED, {"proc": "producer", "reason": f"{reason}: {detail}", "fail_closed": True})
-    print(f"producer: fail closed ({reason}): {detail}", file=sys.stderr)
+def _fail_closed(cfg: RunConfig, history, reason: str, detail: str) -> int:
+    fail_closed(cfg.workdir, history, "producer", reason, detail)
     return EXIT_FAIL_CLOSED
 
 
@@ -259,7 +257,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        failpoints.configure_from_env()
+        failpoints.parse_rules(os.environ.get(failpoints.ENV_VAR) or None)  # bad rules: usage error
         apply_from_env()
         pick_device(cfg.producer_device, "producer")
     except (ConfigError, ValueError, DeviceError) as e:

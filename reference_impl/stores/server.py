@@ -20,6 +20,7 @@ from multiprocessing.managers import BaseManager
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ..contracts import SampleRef
+from ..fileio import write_json_atomic
 from .base import MetadataStore, StoreUnavailable
 from .memory import InMemoryMetadataStore
 
@@ -54,15 +55,6 @@ class _ClientManager(BaseManager):
 
 
 _ClientManager.register("store", exposed=_EXPOSED)
-
-
-def write_json_atomic(path: str, obj: Dict[str, Any]) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def serve(address_file: str) -> None:
