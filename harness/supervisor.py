@@ -44,13 +44,18 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
-def pid_stopped(pid: int) -> bool:
-    """True while the process is stopped (SIGSTOP, e.g. a `pause` failpoint)."""
+def pid_state(pid: int) -> Optional[str]:
+    """The state letter of /proc/PID/stat (R, S, D, T, Z, ...), or None when there is no such process."""
     try:
         with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+            return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError, ValueError):
-        return False
+        return None
+
+
+def pid_stopped(pid: int) -> bool:
+    """True while the process is stopped (SIGSTOP, e.g. a `pause` failpoint)."""
+    return pid_state(pid) == "T"
 
 
 def _warn_once(msg: str) -> None:
@@ -76,6 +81,7 @@ class Proc:
         self.launcher = launcher
         self.started = time.monotonic()
         self.code: Optional[int] = None
+        self.last_signal_error: Optional[str] = None
 
     @property
     def pid(self) -> int:
@@ -89,11 +95,21 @@ class Proc:
     def is_stopped(self) -> bool:
         return pid_stopped(self.pid)
 
-    def signal_group(self, sig: int) -> None:
+    def signal_group(self, sig: int) -> bool:
+        """Signal the process group; False when no such group exists (ESRCH) or it is not ours (EPERM).
+
+        The caller decides what a failed delivery means (a fault retried or
+        recorded as missed, a cleanup that had nothing left to stop).
+        """
         try:
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+            return True
+        except ProcessLookupError:
+            self.last_signal_error = f"no process group {self.pid} (ESRCH)"
+            return False
+        except PermissionError:
+            self.last_signal_error = f"process group {self.pid} not ours (EPERM)"
+            return False
 
     def stderr_tail(self, n: int = 2000) -> str:
         try:
@@ -178,28 +194,36 @@ class Supervisor:
             return None
 
     def kill(self, name: str, fault: Optional[int] = None, sig: int = signal.SIGKILL) -> bool:
+        """Signal `name`'s group; True when the signal was delivered (not yet that it landed)."""
         p = self.procs.get(name)
         if p is None or p.poll() is not None:
             return False
+        if not p.signal_group(sig):
+            self.h.emit("signal_failed", target=name, target_inc=p.inc, signal=int(sig), fault=fault,
+                        error=p.last_signal_error)
+            return False
         self.h.emit("kill", target=name, target_inc=p.inc, signal=int(sig), fault=fault)
-        p.signal_group(sig)
         return True
 
     def pause(self, name: str, fault: Optional[int] = None) -> bool:
         p = self.procs.get(name)
         if p is None or p.poll() is not None:
             return False
+        if not p.signal_group(signal.SIGSTOP):
+            self.h.emit("signal_failed", target=name, target_inc=p.inc, signal=int(signal.SIGSTOP), fault=fault,
+                        error=p.last_signal_error)
+            return False
         self.h.emit("pause", target=name, target_inc=p.inc, fault=fault)
-        p.signal_group(signal.SIGSTOP)
         return True
 
     def cont(self, name: str, fault: Optional[int] = None) -> bool:
         p = self.procs.get(name)
         if p is None or p.poll() is not None:
             return False
-        p.signal_group(signal.SIGCONT)
-        self.h.emit("cont", target=name, target_inc=p.inc, fault=fault)
-        return True
+        ok = p.signal_group(signal.SIGCONT)
+        self.h.emit("cont", target=name, target_inc=p.inc, fault=fault,
+                    **({} if ok else {"error": p.last_signal_error}))
+        return ok
 
     def reap(self) -> List[Proc]:
         """Processes that ended since the last call (each reported once)."""

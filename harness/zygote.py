@@ -134,14 +134,23 @@ def _send(sock: socket.socket, msg: Dict[str, Any]) -> None:
         os._exit(0)  # the harness is gone: its end of the socket is closed
 
 
-def _child(req: Dict[str, Any], zygote_pid: int, own_fds: List[int], base_path: List[str]) -> None:
-    """In the forked child: become `python -m MODULE ARGS` and never return."""
+def _child(req: Dict[str, Any], zygote_pid: int, own_fds: List[int], base_path: List[str],
+           in_session_fd: int = -1) -> None:
+    """In the forked child: become `python -m MODULE ARGS` and never return.
+
+    Once the child leads its own session (and so its own process group) it
+    writes one byte to `in_session_fd`; the zygote answers "spawned" only
+    after reading it, so a signal sent to the group right after a spawn lands.
+    """
     code = 1
     try:
         os.setsid()
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != zygote_pid:  # the zygote died before prctl took effect
             os._exit(137)
+        if in_session_fd >= 0:
+            os.write(in_session_fd, b"s")
+            os.close(in_session_fd)
         signal.set_wakeup_fd(-1)
         for fd in own_fds:
             try:
@@ -289,15 +298,40 @@ def serve(sock_fd: int, parent_pid: int, base_path: List[str]) -> None:
                     continue
                 for s in (sys.stdout, sys.stderr):
                     s.flush()
+                in_session_r, in_session_w = os.pipe()
                 try:
                     pid = os.fork()
                 except OSError as e:
+                    os.close(in_session_r)
+                    os.close(in_session_w)
                     _send(sock, {"ev": "error", "id": req.get("id"), "error": f"fork failed: {e}"})
                     continue
                 if pid == 0:
-                    _child(req, me, own_fds, base_path)  # never returns
+                    os.close(in_session_r)
+                    _child(req, me, own_fds, base_path, in_session_w)  # never returns
                     os._exit(127)
-                _send(sock, {"ev": "spawned", "id": req["id"], "pid": pid})
+                os.close(in_session_w)
+                in_session = _await_session(in_session_r)
+                os.close(in_session_r)
+                _send(sock, {"ev": "spawned", "id": req["id"], "pid": pid, "in_session": in_session})
+
+
+def _await_session(fd: int, timeout_s: float = 30.0) -> bool:
+    """Wait for a new child's byte saying it has called setsid(); False at EOF (it died first)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            r, _, _ = select.select([fd], [], [], left)
+        except InterruptedError:
+            continue
+        if r:
+            try:
+                return os.read(fd, 1) == b"s"
+            except InterruptedError:
+                continue
 
 
 def _reap(sock: socket.socket) -> None:
