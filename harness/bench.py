@@ -553,7 +553,20 @@ def _goal_met(key: str, value: Optional[float]) -> Optional[bool]:
     return value <= lim if op == "<=" else value >= lim
 
 
+BENCH_SECTIONS = ("restart", "trials", "check", "sqlite", "memory", "overhead")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Exit codes (harness/exit_codes.py): 0 done, 2 bad options or --json path, 3 the bench could not finish."""
+    from .exit_codes import guarded
+
+    return guarded(_main, argv)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
+    from .exit_codes import UsageError
+    from .paths import check_output_file
+
     ap = argparse.ArgumentParser(prog="python -m harness bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (about 2 minutes instead of 8)")
@@ -567,6 +580,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:
         return 2 if e.code else 0
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in BENCH_SECTIONS]
+    if unknown or not sections:
+        what = f"unknown section {unknown[0]!r}" if unknown else "no section"
+        raise UsageError(f"--only {args.only!r}: {what}; allowed: {', '.join(BENCH_SECTIONS)}")
+    if args.trials is not None and args.trials < 1:
+        raise UsageError(f"--trials {args.trials}: allowed an integer >= 1")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: allowed an integer >= 1")
+    if args.json:
+        check_output_file(args.json, "--json")
     q = args.quick
     base = tempfile.mkdtemp(prefix="dfh-bench-")
     out: Dict[str, Any] = {"mode": "quick" if q else "full", "cpus": os.cpu_count(),

@@ -76,6 +76,9 @@ def _need_report(d: str) -> str:
                          else f"{d} is not a directory (a report directory was expected)")
     if not os.path.isfile(os.path.join(d, "result.json")):
         raise UsageError(f"{d} is not a report directory (no result.json)")
+    result = read_json_file(os.path.join(d, "result.json"), "result")
+    if not isinstance(result, dict) or "verdict" not in result or "seed" not in result:
+        raise UsageError(f"{os.path.join(d, 'result.json')}: not a run's result (no 'verdict' or 'seed')")
     return d
 
 

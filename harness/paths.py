@@ -25,21 +25,22 @@ def _nearest_existing(path: str) -> str:
     return p
 
 
-def check_output_dir(path: str, option: str) -> None:
-    """`path` is a writable directory, or can be created as one."""
+def check_output_dir(path: str, option: str, named: str = "") -> None:
+    """`path` is a writable directory, or can be created as one (`named`: the path the user gave)."""
+    named = named or path
     if not path:
         raise UsageError(f"{option}: an empty path")
     if os.path.exists(path):
         if not os.path.isdir(path):
-            raise UsageError(f"{option} {path}: exists and is not a directory")
+            raise UsageError(f"{option} {named}: {path} exists and is not a directory")
         if not os.access(path, os.W_OK | os.X_OK):
-            raise UsageError(f"{option} {path}: directory not writable")
+            raise UsageError(f"{option} {named}: directory {path} is not writable")
         return
     anc = _nearest_existing(path)
     if not os.path.isdir(anc):
-        raise UsageError(f"{option} {path}: cannot be created: {anc} is not a directory")
+        raise UsageError(f"{option} {named}: cannot be created: {anc} is not a directory")
     if not os.access(anc, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: cannot be created: {anc} is not writable")
+        raise UsageError(f"{option} {named}: cannot be created: {anc} is not writable")
 
 
 def check_output_file(path: str, option: str) -> None:
@@ -52,7 +53,7 @@ def check_output_file(path: str, option: str) -> None:
         if not os.access(path, os.W_OK):
             raise UsageError(f"{option} {path}: file not writable")
         return
-    check_output_dir(os.path.dirname(os.path.abspath(path)), option)
+    check_output_dir(os.path.dirname(os.path.abspath(path)), option, named=path)
 
 
 def read_json_file(path: str, what: str = "JSON") -> Any:

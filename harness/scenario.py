@@ -145,6 +145,8 @@ def find_scenario(name_or_path: str) -> Path:
     if p.suffix == ".toml" or os.sep in name_or_path:
         if not p.exists():
             raise ScenarioError(f"scenario file {name_or_path} does not exist")
+        if p.is_dir():
+            raise ScenarioError(f"scenario file {name_or_path} is a directory (a .toml file was expected)")
         return p
     cand = SCENARIO_DIR / f"{name_or_path}.toml"
     if cand.exists():
@@ -160,6 +162,8 @@ def load_scenario(name_or_path: str) -> Scenario:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not UTF-8 text ({e})") from None
     return scenario_from_dict(data, str(path))
 
 
