@@ -76,6 +76,10 @@ class FaultLedger:
             a["phase"] = "cont"
             a["since"] = time.monotonic()
 
+    def in_flight(self, name: str, inc: int) -> bool:
+        """A kill or pause aimed at this incarnation is not settled yet: another fault must wait for the next."""
+        return any(a["name"] == name and a["inc"] == inc for a in self.awaiting.values())
+
     def stopped_seen(self, fid: int) -> bool:
         a = self.awaiting.get(fid)
         return a is not None and a["kind"] == "pause" and a["phase"] in ("stopped", "cont")

@@ -14,6 +14,7 @@ checkers P1-P8, judges the verdict and writes the report directory:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -182,6 +183,17 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
                            f"removed the half-written {rdir}") from e
 
 
+@contextlib.contextmanager
+def _naming(path: str):
+    """An OSError raised while writing `path` names it (a write() failing with ENOSPC names nothing)."""
+    try:
+        yield path
+    except OSError as e:
+        if e.filename is None:
+            e.filename = path
+        raise
+
+
 def _discard(rdir: str) -> None:
     shutil.rmtree(rdir, ignore_errors=True)
 
@@ -232,7 +244,8 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
         why = (f"the run ended ({outcome_now}) before the trigger held "
                f"(published {prog.published}, consumed {prog.consumed})")
         for f in pending:
-            ledger.miss(f["id"], why)
+            ledger.miss(f["id"], f"the run ended ({outcome_now}) before {f['target']} could take it"
+                        if f["id"] in first_try else why)
         for p in sup.reap():
             ledger.on_exit(p.name, p.inc, p.code)
 
@@ -325,7 +338,7 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
         time.sleep(POLL_S)
 
 
-DELIVERY_RETRY_S = 10.0  # a target that exists but cannot be signalled for this long: the fault is missed
+DELIVERY_RETRY_S = 30.0  # a target that exists but cannot be signalled for this long: the fault is missed
 
 
 def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[str, str], now: float,
@@ -341,6 +354,9 @@ def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[st
             return f"no such rank: {target} with consumer_ranks = {cfg.world_size}"
         if status.get("consumer") != "running":
             return f"target exited already: consumer is {status.get('consumer')}"
+        group = sup.procs.get("consumer")
+        if group is None or group.poll() is not None or ledger.in_flight(target, group.inc):
+            return "retry"
         return "sent" if _signal_rank(sup, cfg, n, f, now, resume_at, ledger) else "retry"
     if target not in ("producer", "consumer", "store_server"):
         return f"target not in topology: {target!r}"
@@ -349,6 +365,8 @@ def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[st
     p = sup.procs.get(target)
     if p is None or p.poll() is not None:
         return "retry"  # being restarted: the next incarnation takes it
+    if ledger.in_flight(target, p.inc):
+        return "retry"  # one fault at a time per incarnation: a second kill of a dying process proves nothing
     if f["kind"] == "kill":
         if not sup.kill(target, fault=f["id"]):
             return "retry"
@@ -443,7 +461,8 @@ def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work,
     from .history import load_history, write_merged
 
     events = load_history(work)
-    write_merged(events, os.path.join(rdir, "history.jsonl"))
+    with _naming(os.path.join(rdir, "history.jsonl")) as path:
+        write_merged(events, path)
     # Failpoints are seen only in the processes' own histories.
     ledger.finish(events, f"the run ended ({final['outcome']})")
     faults = ledger.summary()
@@ -471,7 +490,7 @@ def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work,
         "report_dir": rdir,
         "created": datetime.now().isoformat(timespec="seconds"),
     }
-    with open(os.path.join(rdir, "result.json"), "w") as f:
+    with _naming(os.path.join(rdir, "result.json")) as path, open(path, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True, default=str)
     if render:
         from .report import render_report
