@@ -233,10 +233,14 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
     start("consumer")
     status = {"producer": "running", "consumer": "running"}
     pending = sorted(nemesis.timed_faults(schedule), key=lambda f: f["id"])
-    fp_pause_s = {(f["target"], f["incarnation"]): f.get("duration_s", 0.3)
-                  for f in schedule["faults"] if f["kind"] == "failpoint" and f["action"] == "pause"}
+    # `pause` failpoints: each stop they cause is resumed after its duration (in
+    # schedule order when one incarnation has several).
+    fp_pause_s: Dict[tuple, List[float]] = {}
+    for f in schedule["faults"]:
+        if f["kind"] == "failpoint" and f["action"] == "pause":
+            fp_pause_s.setdefault((f["target"], f["incarnation"]), []).append(f.get("duration_s", 0.3))
+    fp_stops: Dict[tuple, int] = {}  # (name, inc) -> stops seen so far
     resume_at: List[tuple] = []  # (time, name, inc, fault id[, pid])
-    stopped_seen = set()
     first_try: Dict[int, float] = {}  # fault id -> when its delivery first failed
     outcome, reason = None, None
 
@@ -310,19 +314,23 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
             sup.h.emit("fault_landed_stop", fault=fid)
         for name in ("producer", "consumer"):
             p = sup.procs.get(name)
-            if not p or (name, p.inc) not in fp_pause_s or (name, p.inc) in stopped_seen:
-                continue
+            key = (name, p.inc) if p else None
+            if not p or key not in fp_pause_s or ledger.in_flight(name, p.inc):
+                continue  # (a timed pause in flight is resumed by its own fault)
+            if any(it[1].startswith(name) and it[2] == p.inc for it in resume_at):
+                continue  # this stop's resume is scheduled already
+            durations = fp_pause_s[key]
             if p.is_stopped():
-                stopped_seen.add((name, p.inc))
-                resume_at.append((now + fp_pause_s[(name, p.inc)], name, p.inc, None))
+                n = fp_stops[key] = fp_stops.get(key, 0) + 1
+                resume_at.append((now + durations[min(n, len(durations)) - 1], name, p.inc, None))
             elif name == "consumer" and cfg.world_size > 1:
                 # A `pause` failpoint inside one rank stops that rank, not the group.
                 info = read_json(cfg.path(RANKS_FILE)) or {}
                 for rank, pid in sorted((info.get("pids") or {}).items()):
                     if info.get("inc") == p.inc and pid_stopped(pid):
-                        stopped_seen.add((name, p.inc))
-                        resume_at.append((now + fp_pause_s[(name, p.inc)], f"consumer.rank{rank}", p.inc, None,
-                                          pid))
+                        n = fp_stops[key] = fp_stops.get(key, 0) + 1
+                        resume_at.append((now + durations[min(n, len(durations)) - 1], f"consumer.rank{rank}",
+                                          p.inc, None, pid))
         for item in list(resume_at):
             if item[0] <= now:
                 resume_at.remove(item)
