@@ -116,3 +116,20 @@ def test_a_fault_that_cannot_land_is_inconclusive_exit_3(tmp_path, capsys):
     assert "before the trigger held" in result["faults"]["missed"][0]["reason"]
     sc.write_text(body + "[expect]\nallow_missed_faults = true\n")
     assert main(["run", str(sc), "--reports", str(tmp_path / "r2"), "--quiet"]) == 0
+
+
+def test_planned_ids_are_not_materialised():
+    """After a timeout the final state used to build a list of every planned id (1e9 samples: GBs)."""
+    import tracemalloc
+
+    from harness.final_state import PlannedIds
+
+    cfg = RunConfig(num_samples=10 ** 9)
+    tracemalloc.start()
+    ids = PlannedIds(cfg)
+    assert len(ids) == 10 ** 9 and ids[0] == cfg.sample_id(0) and ids[-1] == cfg.sample_id(10 ** 9 - 1)
+    assert ids[5:7] == [cfg.sample_id(5), cfg.sample_id(6)]
+    assert list(zip(ids, [1.0, 0.0])) == [(cfg.sample_id(0), 1.0), (cfg.sample_id(1), 0.0)]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1 << 20, peak
