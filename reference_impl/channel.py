@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import failpoints
 from .fileio import read_json, write_json_atomic  # noqa: F401 (read_json re-exported)
@@ -155,9 +155,15 @@ def set_sentinel(workdir: str, name: str, payload: Dict[str, Any]) -> None:
     write_json_atomic(os.path.join(workdir, name), payload)
 
 
-def fail_closed(workdir: str, history, proc: str, reason: str, detail: str) -> None:
+def fail_closed(workdir: str, history, proc: str, reason: str, detail: str,
+                say: Optional[Callable[[str], None]] = None) -> None:
     """Stop rather than risk wrong training: the `fail_closed` event, the
-    `channel.failed` sentinel (so the peer stops too) and a line on stderr."""
+    `channel.failed` sentinel (so the peer stops too) and a line on stderr
+    (or to `say`)."""
     history.emit("fail_closed", reason=reason, detail=detail)
     set_sentinel(workdir, FAILED, {"proc": proc, "reason": f"{reason}: {detail}", "fail_closed": True})
-    print(f"{proc}: fail closed ({reason}): {detail}", file=sys.stderr, flush=True)
+    line = f"{proc}: fail closed ({reason}): {detail}"
+    if say is None:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        say(line)

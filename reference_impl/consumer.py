@@ -35,26 +35,24 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import failpoints
 from .variant import apply_from_env
-from .channel import (CLOSED, CONSUMER_DONE, FAILED, ChannelReader, fail_closed, read_consumed, sentinel,
+from .channel import (CLOSED, CONSUMER_DONE, ChannelReader, read_consumed, sentinel,
                       set_sentinel, write_consumed)
-from .config import EXIT_FAIL_CLOSED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig, load_config
+from .config import EXIT_USAGE, ConfigError, RunConfig, load_config
 from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
 from .devices import DeviceError, pick_device
 from .feature_store import FeatureStore
 from .fileio import fsync_dir
 from .history import HistoryWriter, NullHistory
+from .process_loop import FailClosed, ProcessLoop
 from .ref_queue import StreamingRefQueue
-from .stores import StoreUnavailable, open_store
+from .stores import open_store
 
 CHECKPOINT = os.path.join("checkpoint", "consumer.pt")
 
 
-class ConsumerFailClosed(RuntimeError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class ConsumerFailClosed(FailClosed):
+    """The consumer stops rather than risk wrong training (`reason`, `detail`)."""
 
 
 def checkpoint_path(cfg: RunConfig) -> str:
@@ -314,33 +312,10 @@ class Consumer:
 
 
 def run_consumer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> int:
-    c = None
-    try:
-        c = Consumer(cfg, incarnation=incarnation, history=history)
-        while True:
-            failed = sentinel(cfg.workdir, FAILED)
-            if failed is not None:
-                history.emit("exit", code=EXIT_FAIL_CLOSED if failed.get("fail_closed") else 4,
-                             outcome="peer_failed", reason=failed.get("reason"))
-                return EXIT_FAIL_CLOSED if failed.get("fail_closed") else 4
-            status = c.step()
-            if status == "done":
-                history.emit("exit", code=EXIT_OK, outcome="completed")
-                return EXIT_OK
-            if status == "idle":
-                time.sleep(cfg.poll_interval_s)
-    except ConsumerFailClosed as e:
-        return _fail_closed(cfg, history, e.reason, e.detail)
-    except StoreUnavailable as e:
-        return _fail_closed(cfg, history, "store_unavailable", str(e))
-    finally:
-        if c is not None:
-            c.close()
-
-
-def _fail_closed(cfg: RunConfig, history, reason: str, detail: str) -> int:
-    fail_closed(cfg.workdir, history, "consumer", reason, detail)
-    return EXIT_FAIL_CLOSED
+    """The consumer process: the process loop around `Consumer` (see `process_loop`)."""
+    loop = ProcessLoop("consumer", cfg, history)
+    ended = loop.start(lambda: Consumer(cfg, incarnation=incarnation, history=history))
+    return int((ended or loop.run()).code)
 
 
 def main(argv=None) -> int:

@@ -68,11 +68,12 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import failpoints
-from .channel import FAILED, fail_closed, read_json, sentinel, write_json_atomic
+from .channel import read_json, write_json_atomic
 from .config import (EXIT_ERROR, EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig,
                      load_config)
 from .devices import DeviceError
 from .history import HistoryWriter, NullHistory
+from .process_loop import IDLE, Exit, ProcessLoop
 from .variant import apply_from_env
 
 CHECKPOINT = os.path.join("checkpoint", "consumer.pt")  # = reference_impl.consumer.CHECKPOINT
@@ -385,11 +386,6 @@ def _rank0_class():
     return Rank0Consumer, ConsumerFailClosed
 
 
-def _fail_closed(cfg: RunConfig, history, reason: str, detail: str) -> int:
-    fail_closed(cfg.workdir, history, "consumer.rank0", reason, detail)
-    return EXIT_FAIL_CLOSED
-
-
 def _barrier(store, rank: int, world_size: int, hb: Heartbeat, inc: int) -> None:
     """Wait until every rank reached the rendezvous (a slow start is not a collective timeout)."""
     key = f"arrived.{inc}"
@@ -468,40 +464,24 @@ def rank_main(args, cfg: RunConfig) -> int:
 
 
 def _run_rank0(cfg, inc, history, comm: Comm, c, init_error, hb: Heartbeat) -> int:
-    from .consumer import ConsumerFailClosed
-    from .stores import StoreUnavailable
-
+    """Rank 0: the process loop (`process_loop.ProcessLoop`) around the consumer, telling the
+    other ranks what to do; how the loop ends is sent to them as the `stop` command."""
+    loop = ProcessLoop("consumer.rank0", cfg, history, c)
     if init_error is not None:
-        code = _fail_closed(cfg, history, *init_error)
-        comm.stop(code, "fail_closed")
-        return code
+        ended = loop.fail_closed(*init_error)
+        comm.stop(int(ended.code), ended.outcome)
+        return int(ended.code)
     comm.command({"op": "init", "step": c.global_step})
     comm.sync_state(c.model)
     c.comm = comm
     c.trainer = ShareTrainer(cfg, 0, inc, c.device, c.model, c.optim, comm, history)
     while True:
-        failed = sentinel(cfg.workdir, FAILED)
-        if failed is not None:
-            code = EXIT_FAIL_CLOSED if failed.get("fail_closed") else EXIT_FAILED
-            history.emit("exit", code=code, outcome="peer_failed", reason=failed.get("reason"))
-            comm.stop(code, "peer_failed")
-            return code
-        try:
-            status = c.step()
-        except ConsumerFailClosed as e:
-            code = _fail_closed(cfg, history, e.reason, e.detail)
-            comm.stop(code, "fail_closed")
-            return code
-        except StoreUnavailable as e:
-            code = _fail_closed(cfg, history, "store_unavailable", str(e))
-            comm.stop(code, "fail_closed")
-            return code
+        r = loop.step()
+        if isinstance(r, Exit):
+            comm.stop(int(r.code), r.outcome)
+            return int(r.code)
         hb.beat()
-        if status == "done":
-            history.emit("exit", code=EXIT_OK, outcome="completed")
-            comm.stop(EXIT_OK, "completed")
-            return EXIT_OK
-        if status == "idle":
+        if r == IDLE:
             time.sleep(cfg.poll_interval_s)
         comm.keepalive()
 

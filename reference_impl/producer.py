@@ -26,8 +26,8 @@ from typing import Callable, List, Optional
 
 from . import failpoints
 from .variant import apply_from_env
-from .channel import CLOSED, FAILED, ChannelWriter, fail_closed, read_consumed, sentinel, set_sentinel
-from .config import (EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig,
+from .channel import CLOSED, ChannelWriter, read_consumed, sentinel, set_sentinel
+from .config import (EXIT_USAGE, ConfigError, RunConfig,
                      load_config)
 from .contracts import FeatureSpec, SampleRef, ref_to_dict
 from .controller import DataFlowController
@@ -35,12 +35,13 @@ from .devices import DeviceError, pick_device
 from .feature_store import FeatureStore
 from .flow_control import Backpressure
 from .history import HistoryWriter, NullHistory
+from .process_loop import Failed, ProcessLoop
 from .stores import StoreUnavailable, open_store
 
 IO_ERRNOS = (errno.EIO, errno.ENOSPC)
 
 
-class ProducerFailed(RuntimeError):
+class ProducerFailed(Failed):
     """A clean, reported failure (I/O past the retry budget)."""
 
 
@@ -218,35 +219,10 @@ class Producer:
 
 
 def run_producer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> int:
-    try:
-        p = Producer(cfg, incarnation=incarnation, history=history)
-    except StoreUnavailable as e:
-        return _fail_closed(cfg, history, "store_unavailable", str(e))
-    try:
-        while True:
-            if sentinel(cfg.workdir, FAILED) is not None:
-                history.emit("exit", code=EXIT_FAILED, outcome="peer_failed")
-                return EXIT_FAILED
-            status = p.step()
-            if status == "done":
-                history.emit("exit", code=EXIT_OK, outcome="completed")
-                return EXIT_OK
-            if status == "idle":
-                time.sleep(cfg.poll_interval_s)
-    except StoreUnavailable as e:
-        return _fail_closed(cfg, history, "store_unavailable", str(e))
-    except ProducerFailed as e:
-        set_sentinel(cfg.workdir, FAILED, {"proc": "producer", "reason": str(e)})
-        history.emit("exit", code=EXIT_FAILED, outcome="failed", reason=str(e))
-        print(f"producer: failed cleanly: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        p.close()
-
-
-def _fail_closed(cfg: RunConfig, history, reason: str, detail: str) -> int:
-    fail_closed(cfg.workdir, history, "producer", reason, detail)
-    return EXIT_FAIL_CLOSED
+    """The producer process: the process loop around `Producer` (see `process_loop`)."""
+    loop = ProcessLoop("producer", cfg, history)
+    ended = loop.start(lambda: Producer(cfg, incarnation=incarnation, history=history))
+    return int((ended or loop.run()).code)
 
 
 def main(argv=None) -> int:

@@ -58,9 +58,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from reference_impl import failpoints
-from reference_impl.channel import CHANNEL, CONSUMED, FAILED, set_sentinel
+from reference_impl.channel import CHANNEL, CONSUMED
 from reference_impl.config import RunConfig
 from reference_impl.failpoints import POINTS, FailpointCrash
+from reference_impl.process_loop import Exit, ProcessLoop
 
 TARGETS = ("producer", "consumer")
 OP_KINDS = ("step", "kill", "fail", "pause")
@@ -473,13 +474,18 @@ class _Proc:
     def __init__(self, name: str) -> None:
         self.name = name
         self.inc = -1
-        self.obj = None
+        self.loop: Optional[ProcessLoop] = None  # the process loop around the steppable object
         self.store = None
         self.h: Optional[SimHistory] = None
         self.status = "down"  # down | running | done | fail_closed | failed | peer_failed | error
         self.counts: Dict[str, int] = {}
         self.last_hit: Optional[Tuple[str, int, int]] = None  # (point, hit, events so far) in the current step
         self.tail_hit: Optional[Tuple[str, int]] = None  # the last step ended right at this failpoint hit
+
+    @property
+    def obj(self):
+        """The steppable object (Producer or Consumer) while the process lives."""
+        return self.loop.obj if self.loop is not None else None
 
     @property
     def terminal(self) -> bool:
@@ -591,7 +597,6 @@ class Simulation:
         self.fired: Optional[Dict[str, Any]] = None
         self.vtime = 0.0
         self.steps = 0
-        self.failed_sentinel = False
         self.faults: List[Dict[str, Any]] = []
         self.trace: List[str] = []
         self.error: Optional[str] = None
@@ -659,13 +664,13 @@ class Simulation:
 
     # -- process lifecycle ----------------------------------------------------
     def _spawn(self, p: _Proc) -> None:
-        from reference_impl.consumer import Consumer, ConsumerFailClosed
+        """Start `p` (next incarnation) under the process loop the real mains use."""
+        from reference_impl.consumer import Consumer
         from reference_impl.producer import Producer
-        from reference_impl.stores import StoreUnavailable
 
         p.inc += 1
         p.counts = {}
-        p.obj = None
+        p.loop = None
         p.tail_hit = None
         self.sup.emit("spawn", target=p.name, target_inc=p.inc, pid=0, failpoints=[])
         h = p.h = self.log.writer(p.name, p.inc)
@@ -673,18 +678,23 @@ class Simulation:
             h.emit("start", pid=0, resume=p.inc > 0, backend=self.backend)
         else:
             h.emit("start", pid=0, resume=p.inc > 0, device="cpu", backend=self.backend)
-        self.current = p
-        try:
+
+        def make():
             p.store = self._open_store()
             if p.name == "producer":
-                p.obj = Producer(self.cfg, incarnation=p.inc, history=h, store=p.store, sleep=_no_sleep)
+                return Producer(self.cfg, incarnation=p.inc, history=h, store=p.store, sleep=_no_sleep)
+            return Consumer(self.cfg, incarnation=p.inc, history=h, store=p.store, clock=self._clock)
+
+        self.current = p
+        p.loop = ProcessLoop(p.name, self.cfg, h, say=_quiet)
+        try:
+            ended = p.loop.start(make)
+            if ended is not None:
+                self._ended(p, ended)
             else:
-                p.obj = Consumer(self.cfg, incarnation=p.inc, history=h, store=p.store, clock=self._clock)
-            p.status = "running"
+                p.status = "running"
         except FailpointCrash:
             self._drop(p, killed=True)
-        except (ConsumerFailClosed, StoreUnavailable) as e:
-            self._fail_closed(p, getattr(e, "reason", "store_unavailable"), str(e))
         except Exception:
             self._exception(p)
         finally:
@@ -696,10 +706,6 @@ class Simulation:
 
     def _step(self, p: _Proc) -> str:
         """One step of `p` (restarting it first if it is down); returns the step's status or p.status."""
-        from reference_impl.consumer import ConsumerFailClosed
-        from reference_impl.producer import ProducerFailed
-        from reference_impl.stores import StoreUnavailable
-
         if p.status == "down":
             self._spawn(p)
             if not self.error:
@@ -707,44 +713,41 @@ class Simulation:
             return "progress" if p.status == "running" else p.status
         if p.status != "running":
             return p.status
-        if self.failed_sentinel:
-            p.h.emit("exit", code=4, outcome="peer_failed")
-            self._drop(p, killed=False, status="peer_failed", code=4)
+        ended = p.loop.check_peer()
+        if ended is not None:
+            self._ended(p, ended)
             return p.status
         self.current = p
         self.steps += 1
         p.last_hit = p.tail_hit = None
         r = "crashed"
         try:
-            r = p.obj.step()
-            if p.last_hit is not None and p.last_hit[2] == len(self.log.events):
+            r = p.loop.advance()
+            if isinstance(r, Exit):
+                self._ended(p, r)
+                r = p.status
+            elif p.last_hit is not None and p.last_hit[2] == len(self.log.events):
                 p.tail_hit = p.last_hit[:2]  # nothing was recorded after the step's last failpoint
         except FailpointCrash:
             self._drop(p, killed=True)
-        except ProducerFailed as e:
-            self._set_failed(p, str(e), fail_closed=False)
-            p.h.emit("exit", code=4, outcome="failed", reason=str(e))
-            self._drop(p, killed=False, status="failed", code=4)
-        except (ConsumerFailClosed, StoreUnavailable) as e:
-            self._fail_closed(p, getattr(e, "reason", "store_unavailable"), str(e))
         except Exception:
             self._exception(p)
         finally:
             self.current = None
             self.vtime += STEP_DT
-        if r == "done" and p.status == "running":
-            p.h.emit("exit", code=0, outcome="completed")
-            self._drop(p, killed=False, status="done", code=0)
         if not self.error:
             self.inv.after_step(len(self.log.events))
         return r if p.status == "running" or r == "done" else p.status
 
-    def _drop(self, p: _Proc, *, killed: bool, status: str = "down", code: int = -9) -> None:
-        """The process ends: its object and memory go; files and store rows stay."""
+    def _ended(self, p: _Proc, ended: Exit) -> None:
+        """The process loop ended (completed, failed, fail-closed, peer failed): the process exits."""
+        self._drop(p, killed=False, status=ended.status, code=int(ended.code))
+
+    def _release(self, p: _Proc) -> None:
+        """Drop `p`'s object and close what it held (its channel, its own store connection)."""
         obj, store = p.obj, p.store
-        p.obj = None
+        p.loop = None
         p.store = None
-        p.status = status
         if obj is not None and p.name == "producer":
             try:
                 obj.channel.close()
@@ -755,20 +758,12 @@ class Simulation:
                 store.close()  # SQLite: closes without commit; an open transaction is rolled back
             except Exception:
                 pass
+
+    def _drop(self, p: _Proc, *, killed: bool, status: str = "down", code: int = -9) -> None:
+        """The process ends: its object and memory go; files and store rows stay."""
+        self._release(p)
+        p.status = status
         self.sup.emit("exited", target=p.name, target_inc=p.inc, code=code)
-
-    def _set_failed(self, p: _Proc, reason: str, *, fail_closed: bool) -> None:
-        payload = {"proc": p.name, "reason": reason}
-        if fail_closed:
-            payload["fail_closed"] = True
-        set_sentinel(self.cfg.workdir, FAILED, payload)
-        self.failed_sentinel = True
-
-    def _fail_closed(self, p: _Proc, reason: str, detail: str) -> None:
-        if p.h is not None:
-            p.h.emit("fail_closed", reason=reason, detail=detail)
-        self._set_failed(p, f"{reason}: {detail}", fail_closed=True)
-        self._drop(p, killed=False, status="fail_closed", code=3)
 
     def _exception(self, p: _Proc) -> None:
         tb = traceback.format_exc()
@@ -778,18 +773,7 @@ class Simulation:
     def _close_all(self) -> None:
         for p in getattr(self, "procs", {}).values():
             if p.obj is not None or p.store is not None:
-                obj, store = p.obj, p.store
-                p.obj = p.store = None
-                if obj is not None and p.name == "producer":
-                    try:
-                        obj.channel.close()
-                    except Exception:
-                        pass
-                if store is not None and store is not self.shared_store:
-                    try:
-                        store.close()
-                    except Exception:
-                        pass
+                self._release(p)
         obs = getattr(self, "observer", None)
         if obs is not None and obs is not getattr(self, "shared_store", None):
             try:
@@ -970,3 +954,7 @@ def _fmt_trig(trig: Dict[str, int]) -> str:
 
 def _no_sleep(_s: float) -> None:
     return None
+
+
+def _quiet(_line: str) -> None:
+    """The simulated processes' stderr lines (fail closed, failed cleanly) are not printed."""
