@@ -95,6 +95,10 @@ class ChannelWriter:
             self._fd = None
 
 
+class ChannelShrank(RuntimeError):
+    """The channel file is shorter than the complete records a reader already passed."""
+
+
 class ChannelReader:
     """Yields `(position, record)` for each complete record, in order."""
 
@@ -127,6 +131,27 @@ class ChannelReader:
             self.position += 1
         self.offset += end
         return out
+
+    def skip(self) -> int:
+        """Pass over the new complete records without parsing them; returns how many
+        (one per complete line, as a correct writer writes them). The file is read
+        only when its size changed; one cut below `offset` raises ChannelShrank."""
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+        if size == self.offset:
+            return 0
+        if size < self.offset:
+            raise ChannelShrank(f"channel shrank to {size} bytes below {self.offset} bytes of complete records")
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        n = data.count(b"\n", 0, end)
+        self.offset += end
+        self.position += n
+        return n
 
 
 def count_records(workdir: str) -> int:
