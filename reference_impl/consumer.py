@@ -34,9 +34,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import failpoints
-from .variant import apply_from_env
-from .channel import (CLOSED, CONSUMER_DONE, ChannelReader, read_consumed, sentinel,
-                      set_sentinel, write_consumed)
+from .channel import CLOSED, CONSUMER_DONE, ChannelReader, read_consumed, sentinel, set_sentinel, write_consumed
 from .config import EXIT_USAGE, ConfigError, RunConfig, load_config
 from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
@@ -47,6 +45,7 @@ from .history import HistoryWriter, NullHistory
 from .process_loop import FailClosed, ProcessLoop
 from .ref_queue import StreamingRefQueue
 from .stores import open_store
+from .variant import apply_from_env
 
 CHECKPOINT = os.path.join("checkpoint", "consumer.pt")
 

@@ -25,10 +25,8 @@ import time
 from typing import Callable, List, Optional
 
 from . import failpoints
-from .variant import apply_from_env
 from .channel import CLOSED, ChannelWriter, read_consumed, sentinel, set_sentinel
-from .config import (EXIT_USAGE, ConfigError, RunConfig,
-                     load_config)
+from .config import EXIT_USAGE, ConfigError, RunConfig, load_config
 from .contracts import FeatureSpec, SampleRef, ref_to_dict
 from .controller import DataFlowController
 from .devices import DeviceError, pick_device
@@ -37,6 +35,7 @@ from .flow_control import Backpressure
 from .history import HistoryWriter, NullHistory
 from .process_loop import Failed, ProcessLoop
 from .stores import StoreUnavailable, open_store
+from .variant import apply_from_env
 
 IO_ERRNOS = (errno.EIO, errno.ENOSPC)
 

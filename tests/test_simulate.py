@@ -14,11 +14,19 @@ import os
 
 import pytest
 
+from harness.checkers import p3_backpressure as p3
+from harness.checkers import p4_exactly_one_fresh as p4
 from harness.scenario import load_scenario
 from harness.simulate.cli import main as simulate_main
-from harness.checkers import p3_backpressure as p3, p4_exactly_one_fresh as p4
-from harness.simulate.engine import (DEFAULT_WORKLOAD, EventLog, Invariants, Simulation, config_for, normalize,
-                                     points_for)
+from harness.simulate.engine import (
+    DEFAULT_WORKLOAD,
+    EventLog,
+    Invariants,
+    Simulation,
+    config_for,
+    normalize,
+    points_for,
+)
 from harness.simulate.search import SimSpec, _prepare_process, search
 from harness.simulate.translate import to_scenario
 from reference_impl.variant import apply_variant

@@ -10,7 +10,6 @@ import os
 import statistics
 from typing import Any, Dict, List, Optional
 
-
 from reference_impl.procutil import CSTIME, CUTIME, STIME, UTIME, stat_fields
 
 _CLK = os.sysconf("SC_CLK_TCK")

@@ -13,7 +13,6 @@ from typing import Any, Dict, List
 from .procfs import in_fresh_process, median, read_events
 from .registry import DEFAULT_SCENARIO, BenchRun, goal, section
 
-
 KILLS_PER_RUN = 5
 
 

@@ -64,8 +64,8 @@ from reference_impl.process_loop import Exit, ProcessLoop
 
 from ..run_plumbing import durable_store, roll_up, simulation_config, verdict
 from .observation import EventLog, Invariants, SimHistory, Violation
-from .state import RunState, ServerStore, SimProc
 from .schedule import OP_KINDS, TARGETS, Op, check_ops, format_op, normalize, points_for
+from .state import RunState, ServerStore, SimProc
 
 __all__ = ["ARM_STEPS", "DEFAULT_WORKLOAD", "OP_KINDS", "STEP_DT", "TARGETS", "EventLog", "Invariants", "Op",
            "ServerStore", "SimHistory", "SimResult", "Simulation", "Violation", "check_ops", "config_for",

@@ -13,8 +13,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from .. import failpoints
-from ..config import (RunConfig)
-
+from ..config import RunConfig
 
 CHECKPOINT = os.path.join("checkpoint", "consumer.pt")  # = reference_impl.consumer.CHECKPOINT
 RANKS_FILE = "consumer.ranks.json"  # read by harness.runner for rank-targeted faults

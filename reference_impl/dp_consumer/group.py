@@ -14,13 +14,20 @@ import time
 from typing import Dict, List, Optional
 
 from ..channel import read_json, write_json_atomic
-from ..config import (EXIT_ERROR, EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunConfig)
+from ..config import EXIT_ERROR, EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunConfig
 from ..history import HistoryWriter, NullHistory
 from ..procutil import libc, proc_state, set_parent_death_signal
-from .comm import (EXIT_KILLED, EXIT_PEER_LOST, HANG_MARGIN_S, INBOX_DIR, MASTER_ADDR, RANKS_FILE, STOP_GRACE_S,
-                   collective_timeout_s)
+from .comm import (
+    EXIT_KILLED,
+    EXIT_PEER_LOST,
+    HANG_MARGIN_S,
+    INBOX_DIR,
+    MASTER_ADDR,
+    RANKS_FILE,
+    STOP_GRACE_S,
+    collective_timeout_s,
+)
 from .rank import rank_main
-
 
 # ---------------------------------------------------------------------------
 # the group process

@@ -9,11 +9,10 @@ import sys
 import time
 
 from .. import failpoints
-from ..config import (EXIT_OK, EXIT_USAGE, RunConfig)
+from ..config import EXIT_OK, EXIT_USAGE, RunConfig
 from ..devices import DeviceError
 from ..history import HistoryWriter, NullHistory
-from .comm import (EXIT_PEER_LOST, MASTER_ADDR, Comm, Heartbeat, PeerLost, collective_timeout_s,
-                   rendezvous_timeout_s)
+from .comm import EXIT_PEER_LOST, MASTER_ADDR, Comm, Heartbeat, PeerLost, collective_timeout_s, rendezvous_timeout_s
 from .rank0 import rank0_class, run_rank0
 from .share import ShareTrainer, rank_device
 

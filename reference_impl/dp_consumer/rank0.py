@@ -13,7 +13,6 @@ from ..process_loop import IDLE, Exit, ProcessLoop
 from .comm import Comm, Heartbeat, write_inbox
 from .share import ShareTrainer
 
-
 # ---------------------------------------------------------------------------
 # rank 0: the reference consumer's phases with a distributed train phase
 # ---------------------------------------------------------------------------

@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from .. import failpoints
-from ..config import (RunConfig)
+from ..config import RunConfig
 from ..devices import DeviceError
 from .comm import Comm, inbox_path, read_inbox
-
 
 # ---------------------------------------------------------------------------
 # devices and backends

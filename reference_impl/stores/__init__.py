@@ -6,11 +6,11 @@ import inspect
 import os
 from typing import Any
 
+from ..resolve import resolve
 from .base import MetadataStore, StoreUnavailable
 from .memory import InMemoryMetadataStore
 from .noop import NoOpMetadataStore
 from .sqlite import SQLiteMetadataStore
-from ..resolve import resolve
 
 BUILTIN_BACKENDS = ("sqlite", "inmemory", "private", "noop")
 
