@@ -27,7 +27,6 @@ fails closed: exit 3 and the `channel.failed` sentinel, never silent retraining.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -35,17 +34,16 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import failpoints
 from .channel import CLOSED, CONSUMER_DONE, ChannelReader, read_consumed, sentinel, set_sentinel, write_consumed
-from .config import EXIT_USAGE, ConfigError, RunConfig, load_config
+from .config import EXIT_USAGE, RunConfig
 from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
-from .devices import DeviceError, pick_device
+from .devices import pick_device
 from .feature_store import FeatureStore
 from .fileio import fsync_dir
 from .history import HistoryWriter, NullHistory
-from .process_loop import FailClosed, ProcessLoop
+from .process_loop import FailClosed, load_process, open_history, process_args, run_process
 from .ref_queue import StreamingRefQueue
 from .stores import open_store
-from .variant import apply_from_env
 
 CHECKPOINT = os.path.join("checkpoint", "consumer.pt")
 
@@ -312,35 +310,22 @@ class Consumer:
 
 def run_consumer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> int:
     """The consumer process: the process loop around `Consumer` (see `process_loop`)."""
-    loop = ProcessLoop("consumer", cfg, history)
-    ended = loop.start(lambda: Consumer(cfg, incarnation=incarnation, history=history))
-    return int((ended or loop.run()).code)
+    return run_process("consumer", cfg, history, lambda: Consumer(cfg, incarnation=incarnation, history=history))
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reference_impl.consumer",
-                                 description="Reference consumer: train the draft head on published refs.")
-    ap.add_argument("--config", required=True, help="run config JSON (see reference_impl/config.py)")
-    ap.add_argument("--resume", action="store_true", help="resume from the checkpoint and the store's ledger")
-    ap.add_argument("--incarnation", type=int, default=int(os.environ.get("DFH_INCARNATION", "0")))
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        failpoints.parse_rules(os.environ.get(failpoints.ENV_VAR) or None)  # bad rules: usage error
-        apply_from_env()
-        device = pick_device(cfg.consumer_device, "consumer")
-    except (ConfigError, ValueError, DeviceError) as e:
-        print(f"consumer: error: {e}", file=sys.stderr)
+    args = process_args("python -m reference_impl.consumer",
+                        "Reference consumer: train the draft head on published refs.", argv, resume=True)
+    loaded = load_process("consumer", args.config, device="consumer_device")
+    if loaded is None:
         return EXIT_USAGE
+    cfg, device = loaded
     if not args.resume and os.path.exists(checkpoint_path(cfg)):
         print(f"consumer: error: {checkpoint_path(cfg)} exists; pass --resume to continue that run "
               f"or use a fresh workdir", file=sys.stderr)
         return EXIT_USAGE
-    history = (HistoryWriter(cfg.path("history", "consumer.jsonl"), "consumer", args.incarnation)
-               if cfg.extra.get("history", True) else NullHistory())
-    failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action))
-    history.emit("start", pid=os.getpid(), resume=args.resume, device=str(device),
-                 backend=cfg.backend)
+    history = open_history(cfg, "consumer", args.incarnation)
+    history.emit("start", pid=os.getpid(), resume=args.resume, device=str(device), backend=cfg.backend)
     return run_consumer(cfg, args.incarnation, history)
 
 

@@ -12,23 +12,31 @@ them, written once:
   `exit` event, exit 4);
 * "done" is the `exit` event with code 0.
 
-The process mains (`run_producer`, `run_consumer`, rank 0 of the
-data-parallel consumer) call `run()`, a thin loop; the simulation engine calls
-`check_peer()` and `advance()` itself, one step at a time, under its scheduler.
-Any other exception (a `FailpointCrash`, a bug) propagates to the caller.
+The process mains (`run_producer`, `run_consumer`: `run_process`; rank 0 of
+the data-parallel consumer) call `run()`, a thin loop; the simulation engine
+calls `check_peer()` and `advance()` itself, one step at a time, under its
+scheduler. Any other exception (a `FailpointCrash`, a bug) propagates to the
+caller. The mains' common start (`process_args`, `load_process`,
+`open_history`) is here too.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
+from . import failpoints
 from .channel import FAILED, fail_closed, sentinel, set_sentinel
-from .config import EXIT_ERROR, EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .config import EXIT_ERROR, EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig, load_config
+from .devices import DeviceError, pick_device
+from .history import HistoryWriter, NullHistory
 from .stores import StoreUnavailable
+from .variant import apply_from_env
 
 IDLE, PROGRESS, DONE = "idle", "progress", "done"
 
@@ -165,3 +173,47 @@ class ProcessLoop:
     def close(self) -> None:
         if self.obj is not None:
             self.obj.close()
+
+
+def run_process(proc: str, cfg: RunConfig, history, make: Callable[[], Any]) -> int:
+    """A process's whole life: build the object with `make`, run the loop; the exit code."""
+    loop = ProcessLoop(proc, cfg, history)
+    ended = loop.start(make)
+    return int((ended or loop.run()).code)
+
+
+# -- the mains' common start ------------------------------------------------------
+
+
+def process_args(prog: str, description: str, argv, *, resume: bool) -> argparse.Namespace:
+    """--config, --incarnation (default $DFH_INCARNATION) and, for a consumer, --resume."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--config", required=True, help="run config JSON (see reference_impl/config.py)")
+    if resume:
+        ap.add_argument("--resume", action="store_true", help="resume from the checkpoint and the store's ledger")
+    ap.add_argument("--incarnation", type=int, default=int(os.environ.get("DFH_INCARNATION", "0")))
+    return ap.parse_args(argv)
+
+
+def load_process(proc: str, config_path: str, device: Optional[str] = None) -> Optional[Tuple[RunConfig, Any]]:
+    """Load the config, check the failpoint rules, apply the variant and pick the `device`
+    request (None: no device): `(cfg, device)`, or None after printing why it is bad input."""
+    try:
+        cfg = load_config(config_path)
+        failpoints.parse_rules(os.environ.get(failpoints.ENV_VAR) or None)  # bad rules: usage error
+        apply_from_env()
+        dev = pick_device(getattr(cfg, device), proc) if device else None
+    except (ConfigError, ValueError, DeviceError) as e:
+        print(f"{proc}: error: {e}", file=sys.stderr)
+        return None
+    return cfg, dev
+
+
+def open_history(cfg: RunConfig, proc: str, incarnation: int, **failpoint_kw: Any):
+    """The process's history writer (a null one when the run turned history off), with its
+    failpoints armed from the environment and reported into it."""
+    history = (HistoryWriter(cfg.path("history", f"{proc}.jsonl"), proc, incarnation)
+               if cfg.extra.get("history", True) else NullHistory())
+    failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action),
+                                  **failpoint_kw)
+    return history

@@ -17,7 +17,6 @@ the published count from the channel's complete records.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import sys
@@ -26,16 +25,15 @@ from typing import Callable, List, Optional
 
 from . import failpoints
 from .channel import CLOSED, ChannelWriter, read_consumed, sentinel, set_sentinel
-from .config import EXIT_USAGE, ConfigError, RunConfig, load_config
+from .config import EXIT_USAGE, RunConfig
 from .contracts import FeatureSpec, SampleRef, ref_to_dict
 from .controller import DataFlowController
-from .devices import DeviceError, pick_device
+from .devices import pick_device
 from .feature_store import FeatureStore
 from .flow_control import Backpressure
 from .history import HistoryWriter, NullHistory
-from .process_loop import Failed, ProcessLoop
+from .process_loop import Failed, load_process, open_history, process_args, run_process
 from .stores import StoreUnavailable, open_store
-from .variant import apply_from_env
 
 IO_ERRNOS = (errno.EIO, errno.ENOSPC)
 
@@ -219,28 +217,17 @@ class Producer:
 
 def run_producer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> int:
     """The producer process: the process loop around `Producer` (see `process_loop`)."""
-    loop = ProcessLoop("producer", cfg, history)
-    ended = loop.start(lambda: Producer(cfg, incarnation=incarnation, history=history))
-    return int((ended or loop.run()).code)
+    return run_process("producer", cfg, history, lambda: Producer(cfg, incarnation=incarnation, history=history))
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reference_impl.producer",
-                                 description="Reference producer: commit and publish sample refs.")
-    ap.add_argument("--config", required=True, help="run config JSON (see reference_impl/config.py)")
-    ap.add_argument("--incarnation", type=int, default=int(os.environ.get("DFH_INCARNATION", "0")))
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        failpoints.parse_rules(os.environ.get(failpoints.ENV_VAR) or None)  # bad rules: usage error
-        apply_from_env()
-        pick_device(cfg.producer_device, "producer")
-    except (ConfigError, ValueError, DeviceError) as e:
-        print(f"producer: error: {e}", file=sys.stderr)
+    args = process_args("python -m reference_impl.producer", "Reference producer: commit and publish sample refs.",
+                        argv, resume=False)
+    loaded = load_process("producer", args.config, device="producer_device")
+    if loaded is None:
         return EXIT_USAGE
-    history = (HistoryWriter(cfg.path("history", "producer.jsonl"), "producer", args.incarnation)
-               if cfg.extra.get("history", True) else NullHistory())
-    failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action))
+    cfg, _ = loaded
+    history = open_history(cfg, "producer", args.incarnation)
     history.emit("start", pid=os.getpid(), resume=args.incarnation > 0, backend=cfg.backend)
     return run_producer(cfg, args.incarnation, history)
 

@@ -61,13 +61,11 @@ with ranks sharing the GPUs round-robin. Each rank's `start` event says which
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from .. import failpoints
-from ..config import EXIT_USAGE, ConfigError, load_config
-from ..variant import apply_from_env
+from ..config import EXIT_USAGE
+from ..process_loop import load_process, process_args
 from .comm import CHECKPOINT, RANKS_FILE, Comm, Heartbeat, PeerLost
 from .group import group_main
 from .share import ShareTrainer, rank_device
@@ -77,19 +75,12 @@ __all__ = ["CHECKPOINT", "RANKS_FILE", "Comm", "Heartbeat", "PeerLost", "ShareTr
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reference_impl.dp_consumer",
-                                 description="Data-parallel consumer: a group of world_size ranks (torch.distributed).")
-    ap.add_argument("--config", required=True, help="run config JSON (see reference_impl/config.py)")
-    ap.add_argument("--resume", action="store_true", help="resume from the checkpoint and the store's ledger")
-    ap.add_argument("--incarnation", type=int, default=int(os.environ.get("DFH_INCARNATION", "0")))
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        failpoints.parse_rules(os.environ.get(failpoints.ENV_VAR) or None)
-        apply_from_env()
-    except (ConfigError, ValueError) as e:
-        print(f"consumer: error: {e}", file=sys.stderr)
+    args = process_args("python -m reference_impl.dp_consumer",
+                        "Data-parallel consumer: a group of world_size ranks (torch.distributed).", argv, resume=True)
+    loaded = load_process("consumer", args.config)  # no device: the group does not import torch
+    if loaded is None:
         return EXIT_USAGE
+    cfg, _ = loaded
     ckpt = cfg.path(CHECKPOINT)  # not consumer.checkpoint_path: the group does not import torch
     if not args.resume and os.path.exists(ckpt):
         print(f"consumer: error: {ckpt} exists; pass --resume to continue that run "

@@ -8,10 +8,9 @@ import os
 import sys
 import time
 
-from .. import failpoints
 from ..config import EXIT_OK, EXIT_USAGE, RunConfig
 from ..devices import DeviceError
-from ..history import HistoryWriter, NullHistory
+from ..process_loop import open_history
 from .comm import EXIT_PEER_LOST, MASTER_ADDR, Comm, Heartbeat, PeerLost, collective_timeout_s, rendezvous_timeout_s
 from .rank0 import rank0_class, run_rank0
 from .share import ShareTrainer, rank_device
@@ -33,10 +32,7 @@ def _barrier(store, rank: int, world_size: int, hb: Heartbeat, inc: int) -> None
 def rank_main(args, cfg: RunConfig) -> int:
     rank, world = args.rank, cfg.world_size
     proc = f"consumer.rank{rank}"
-    history = (HistoryWriter(cfg.path("history", f"{proc}.jsonl"), proc, args.incarnation)
-               if cfg.extra.get("history", True) else NullHistory())
-    failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action),
-                                  rank=rank)
+    history = open_history(cfg, proc, args.incarnation, rank=rank)
     hb = Heartbeat(args.heartbeat_fd)  # the group's hang watch starts at the first beat
     try:
         device, backend = rank_device(cfg.consumer_device, rank, world)
