@@ -54,8 +54,9 @@ import os
 import shutil
 import tempfile
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from reference_impl import failpoints
 from reference_impl.config import RunConfig
@@ -281,14 +282,21 @@ class Simulation:
                 return Producer(self.st.cfg, incarnation=p.inc, history=h, store=p.store, sleep=_no_sleep)
             return Consumer(self.st.cfg, incarnation=p.inc, history=h, store=p.store, clock=self._clock)
 
-        self.st.current = p
         p.loop = ProcessLoop(p.name, self.st.cfg, h, say=_quiet)
-        try:
+        with self._running(p):
             ended = p.loop.start(make)
             if ended is not None:
                 self._ended(p, ended)
             else:
                 p.status = "running"
+
+    @contextmanager
+    def _running(self, p: SimProc) -> Iterator[None]:
+        """`p` runs (failpoint hits are its own) for one call, one tick of virtual time: a
+        FailpointCrash drops it (a SIGKILL there), any other exception is an error."""
+        self.st.current = p
+        try:
+            yield
         except FailpointCrash:
             self._drop(p, killed=True)
         except Exception:
@@ -313,24 +321,16 @@ class Simulation:
         if ended is not None:
             self._ended(p, ended)
             return p.status
-        self.st.current = p
         self.st.steps += 1
         p.last_hit = p.tail_hit = None
         r = "crashed"
-        try:
+        with self._running(p):
             r = p.loop.advance()
             if isinstance(r, Exit):
                 self._ended(p, r)
                 r = p.status
             elif p.last_hit is not None and p.last_hit[2] == len(self.st.log.events):
                 p.tail_hit = p.last_hit[:2]  # nothing was recorded after the step's last failpoint
-        except FailpointCrash:
-            self._drop(p, killed=True)
-        except Exception:
-            self._exception(p)
-        finally:
-            self.st.current = None
-            self.st.vtime += STEP_DT
         if not self.st.error:
             self.st.inv.after_step(len(self.st.log.events))
         return r if p.status == "running" or r == "done" else p.status

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from reference_impl.config import RunConfig
 from reference_impl.process_loop import ProcessLoop
+from reference_impl.stores.base import CONTRACT_METHODS
 
 from .observation import EventLog, Invariants, SimHistory
 
@@ -26,8 +27,7 @@ class ServerStore:
     ledger (a new ledger_id).
     """
 
-    _METHODS = ("commit_sample", "commit_samples", "is_committed", "get_committed", "committed_count",
-                "all_committed_ids", "record_train_ack", "durable_marker", "ledger_id")
+    _METHODS = CONTRACT_METHODS
 
     def __init__(self, store) -> None:
         self._store = store
