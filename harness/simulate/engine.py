@@ -1,7 +1,9 @@
 """The simulation engine: one crash schedule of the reference pipeline, in one process.
 
 The producer and the consumer are the reference's steppable objects
-(`reference_impl.producer.Producer`, `reference_impl.consumer.Consumer`). A
+(`reference_impl.producer.Producer`, `reference_impl.consumer.Consumer`), each
+under the process loop the real processes run (`reference_impl.process_loop`:
+peer sentinel, fail-closed, exit codes). A
 deterministic scheduler steps them over a temporary run directory that holds
 the real SQLite file (or one shared `InMemoryMetadataStore`, the store server),
 the real channel, feature blobs and checkpoint. A schedule is a list of
@@ -25,10 +27,14 @@ next call) and an empty server takes over; the run must then stop fail-closed
 (or complete), never train twice. After the schedule the run is drained:
 whatever is down is restarted and both sides are stepped without faults until
 both are done, so the end-of-run properties (P2 above all) apply to every
-schedule. Invariants are checked at every step (P3's bounds and watermarks,
-P4 fresh-once, P5 whole marker); the end of the run reads the final state
+schedule. What only the state between steps shows is checked at every step
+(`observation.Invariants`: the consumed sidecar against the channel, P5's
+whole marker); the end of the run reads the final state
 (`harness.final_state.read_final_state`, the checkpoint's witness included)
-and runs the same checkers as the process engine (`harness.checkers.check_all`).
+and runs the same checkers as the process engine (`harness.checkers.check_all`),
+which judge everything the history shows. The schedule's operations are in
+`schedule`, the run's state in `state` (`RunState`), what both engines share
+in `harness.run_plumbing`.
 
 A crash in the simulation is what SIGKILL leaves: the crashed object's SQLite
 connection is closed without a commit (a transaction that a `FailpointCrash`
