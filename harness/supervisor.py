@@ -17,7 +17,6 @@ exit status (negative signal number when killed), signals and logs.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -27,35 +26,11 @@ from typing import Dict, List, Optional
 
 from reference_impl.failpoints import ENV_VAR
 from reference_impl.history import HistoryWriter
+from reference_impl.procutil import pid_stopped, set_parent_death_signal
 
-PR_SET_PDEATHSIG = 1
-_libc = None
 LAUNCHER_ENV = "DFH_LAUNCHER"
 LAUNCHERS = ("zygote", "spawn")
 _zygote_warned = False
-
-
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
-    """PR_SET_PDEATHSIG for the calling process (used between fork and exec too)."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-
-
-def pid_state(pid: int) -> Optional[str]:
-    """The state letter of /proc/PID/stat (R, S, D, T, Z, ...), or None when there is no such process."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def pid_stopped(pid: int) -> bool:
-    """True while the process is stopped (SIGSTOP, e.g. a `pause` failpoint)."""
-    return pid_state(pid) == "T"
 
 
 def _warn_once(msg: str) -> None:

@@ -49,7 +49,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from .supervisor import set_parent_death_signal
+from reference_impl.procutil import ARG_END, ARG_START, set_parent_death_signal, stat_fields
 
 #: Modules whose `main(argv)` a zygote may run: the ones it has preloaded.
 ZYGOTE_MODULES = ("reference_impl.producer", "reference_impl.consumer", "reference_impl.dp_consumer")
@@ -111,12 +111,10 @@ def _set_cmdline(argv: List[str]) -> None:
     The zygote was started with CMDLINE_ROOM bytes of padding in its argv, so
     the area fits a child's command line; a longer one is cut.
     """
+    fields = stat_fields("self")
     try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        # arg_start, arg_end: fields 48 and 49 of stat (1-based), after "pid (comm)".
-        start, end = int(fields[45]), int(fields[46])
-    except (OSError, IndexError, ValueError):
+        start, end = int(fields[ARG_START]), int(fields[ARG_END])
+    except (TypeError, IndexError, ValueError):
         return
     size = end - start
     if size <= 1:

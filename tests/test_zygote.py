@@ -12,6 +12,7 @@ import pytest
 
 from harness.supervisor import Supervisor
 from reference_impl.config import RunConfig, write_config
+from reference_impl.procutil import pid_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server with prctl: Linux only")
 
@@ -41,11 +42,7 @@ def _wait_for(pred, timeout=10.0, what="condition"):
 
 
 def _dead(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return True
+    return pid_gone(pid)
 
 
 def _consumer(sup, cfg, **kw):
