@@ -1,0 +1,650 @@
+/* dataflow-harness durability tracer: an LD_PRELOAD library.
+ *
+ * Model. Every process of a run loads this library. When DFH_TRACE_ROOT and
+ * DFH_TRACE_JOURNAL are set, each mutating file operation and each durability
+ * call on a path under the (realpath'd) root is appended to the journal as one
+ * binary record with ONE writev() on an O_APPEND descriptor, so the records of
+ * all processes form one total order. Without the variables every call passes
+ * straight through.
+ *
+ * Rules (numbered as in journal.py):
+ *  1. A record is written after the call succeeded (failed calls leave none),
+ *     so a write's record precedes anything that happens after the write
+ *     returned, in any process that learns of it.
+ *  2. Files are named by (st_dev, st_ino); namespace records also carry paths
+ *     (absolute, parent directory resolved with realpath).
+ *  3. The write offset of write()/writev() is the file position after the
+ *     call minus the bytes written (right for O_APPEND too).
+ *  4. A descriptor's file is looked up at open (or lazily via fstat and
+ *     /proc/self/fd on first use) and cached per fd; close/dup2/dup3 reset or
+ *     copy the cache. A mutex guards the cache; fork holds it (pthread_atfork).
+ *  5. Each record = header, path1, path2, data, then an 8-byte trailer equal to
+ *     the header's nonce, so a reader can tell a torn record.
+ *
+ * Not seen: writes through mmap and stdio (glibc-internal calls), and io_uring.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define MAGIC 0x4a484644u /* "DFHJ" */
+enum {
+    OP_HELLO = 1, OP_CREATE = 2, OP_WRITE = 3, OP_TRUNCATE = 4, OP_FALLOCATE = 5,
+    OP_RENAME = 6, OP_UNLINK = 7, OP_RMDIR = 8, OP_LINK = 9, OP_MKDIR = 10,
+    OP_FSYNC = 11, OP_FDATASYNC = 12, OP_SYNC_FILE_RANGE = 13, OP_SYNCFS = 14, OP_SYNC = 15
+};
+#define F_ISDIR 1
+
+struct rec {
+    uint32_t magic;
+    uint16_t op;
+    uint16_t flags;
+    uint32_t total;
+    uint32_t pid;
+    int32_t fd;
+    uint32_t len1, len2, pad;
+    uint64_t nonce, dev, ino, a, b, c, dlen;
+} __attribute__((packed));
+
+#define NFD 65536
+enum { FD_UNKNOWN = 0, FD_UNTRACED = 1, FD_TRACED = 2 };
+struct fdent { uint8_t state, isdir; uint64_t dev, ino; char *path; };
+
+static struct fdent fdt[NFD];
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static int enabled = 0;
+static int jfd = -1;
+static char root[PATH_MAX];
+static size_t rootlen = 0;
+static char root_raw[PATH_MAX];
+static size_t root_rawlen = 0;
+static uint64_t counter = 0;
+
+#define REAL(ret, name, args) \
+    static ret(*real_##name) args = NULL; \
+    if (!real_##name) real_##name = (ret(*) args)dlsym(RTLD_NEXT, #name)
+
+/* -- the journal ------------------------------------------------------------ */
+
+static ssize_t raw_writev(int fd, const struct iovec *iov, int n) {
+    REAL(ssize_t, writev, (int, const struct iovec *, int));
+    return real_writev(fd, iov, n);
+}
+
+static void emit(uint16_t op, uint16_t flags, int fd, uint64_t dev, uint64_t ino, uint64_t a, uint64_t b,
+                 uint64_t c, const char *p1, const char *p2, const struct iovec *data, int ndata) {
+    if (!enabled || jfd < 0) return;
+    struct rec h;
+    memset(&h, 0, sizeof h);
+    size_t l1 = p1 ? strlen(p1) : 0, l2 = p2 ? strlen(p2) : 0, dl = 0;
+    for (int i = 0; i < ndata; i++) dl += data[i].iov_len;
+    uint64_t pid = (uint64_t)getpid();
+    h.magic = MAGIC; h.op = op; h.flags = flags; h.pid = (uint32_t)pid; h.fd = fd;
+    h.len1 = (uint32_t)l1; h.len2 = (uint32_t)l2;
+    h.nonce = (pid << 32) ^ (__atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED) & 0xffffffffu) ^ 0x5a5a000000000000ull;
+    h.dev = dev; h.ino = ino; h.a = a; h.b = b; h.c = c; h.dlen = dl;
+    size_t total = sizeof h + l1 + l2 + dl + 8;
+    if (total > 0xffffffffu) return; /* a single write over 4 GiB: not journaled */
+    h.total = (uint32_t)total;
+    uint64_t trailer = h.nonce;
+    int saved = errno;
+    if (ndata + 4 <= 1024) {
+        struct iovec v[1024];
+        int n = 0;
+        v[n].iov_base = &h; v[n++].iov_len = sizeof h;
+        if (l1) { v[n].iov_base = (void *)p1; v[n++].iov_len = l1; }
+        if (l2) { v[n].iov_base = (void *)p2; v[n++].iov_len = l2; }
+        for (int i = 0; i < ndata; i++)
+            if (data[i].iov_len) v[n++] = data[i];
+        v[n].iov_base = &trailer; v[n++].iov_len = 8;
+        raw_writev(jfd, v, n);
+    } else {
+        char *buf = malloc(total);
+        if (buf) {
+            size_t o = 0;
+            memcpy(buf, &h, sizeof h); o += sizeof h;
+            memcpy(buf + o, p1, l1); o += l1;
+            memcpy(buf + o, p2, l2); o += l2;
+            for (int i = 0; i < ndata; i++) { memcpy(buf + o, data[i].iov_base, data[i].iov_len); o += data[i].iov_len; }
+            memcpy(buf + o, &trailer, 8);
+            struct iovec v = {buf, total};
+            raw_writev(jfd, &v, 1);
+            free(buf);
+        }
+    }
+    errno = saved;
+}
+
+/* -- paths and the fd table ------------------------------------------------------ */
+
+static int under_root(const char *p) {
+    return strncmp(p, root, rootlen) == 0 && (p[rootlen] == '/' || p[rootlen] == 0);
+}
+
+/* Could `path` (as given, relative to dirfd) name something under the root? */
+static int maybe_under(const char *path) {
+    if (!enabled || !path) return 0;
+    if (path[0] != '/') return 1;
+    if (strncmp(path, root, rootlen) == 0) return 1;
+    if (root_rawlen && strncmp(path, root_raw, root_rawlen) == 0) return 1;
+    return 0;
+}
+
+static int fd_path(int fd, char *out) {
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, out, PATH_MAX - 1);
+    if (n <= 0) return -1;
+    out[n] = 0;
+    return 0;
+}
+
+/* Absolute path of (dirfd, path), the parent resolved with realpath and the
+ * last component kept (it may not exist). 0 if resolved and under the root. */
+static int resolve(int dirfd, const char *path, char *out) {
+    if (!maybe_under(path)) return -1;
+    char full[PATH_MAX * 2], parent[PATH_MAX];
+    if (path[0] == '/') {
+        snprintf(full, sizeof full, "%s", path);
+    } else {
+        char base[PATH_MAX];
+        if (dirfd == AT_FDCWD) {
+            if (!getcwd(base, sizeof base)) return -1;
+        } else if (fd_path(dirfd, base) < 0) {
+            return -1;
+        }
+        snprintf(full, sizeof full, "%s/%s", base, path);
+    }
+    size_t n = strlen(full);
+    while (n > 1 && full[n - 1] == '/') full[--n] = 0;
+    char *slash = strrchr(full, '/');
+    if (!slash) return -1;
+    const char *last = slash + 1;
+    if (strcmp(last, ".") == 0 || strcmp(last, "..") == 0 || *last == 0) {
+        if (!realpath(full, out)) return -1;
+        return under_root(out) ? 0 : -1;
+    }
+    if (slash == full) snprintf(parent, sizeof parent, "/");
+    else { *slash = 0; if (!realpath(full, parent)) return -1; }
+    if (strlen(parent) + strlen(last) + 2 > PATH_MAX) return -1;
+    if (strcmp(parent, "/") == 0) snprintf(out, PATH_MAX, "/%s", last);
+    else snprintf(out, PATH_MAX, "%s/%s", parent, last);
+    return under_root(out) ? 0 : -1;
+}
+
+static void fd_set_entry(int fd, uint8_t state, uint8_t isdir, uint64_t dev, uint64_t ino, const char *path) {
+    if (fd < 0 || fd >= NFD) return;
+    pthread_mutex_lock(&mu);
+    free(fdt[fd].path);
+    fdt[fd].state = state; fdt[fd].isdir = isdir; fdt[fd].dev = dev; fdt[fd].ino = ino;
+    fdt[fd].path = (path && isdir) ? strdup(path) : NULL;
+    pthread_mutex_unlock(&mu);
+}
+
+static void fd_forget(int fd) { if (fd >= 0 && fd < NFD) fd_set_entry(fd, FD_UNKNOWN, 0, 0, 0, NULL); }
+
+/* Look fd up; resolve lazily. Returns 1 (and fills e, path for dirs) if traced. */
+static int fd_lookup(int fd, struct fdent *e, char *dirpath) {
+    if (!enabled || fd < 0 || fd == jfd) return 0;
+    if (fd < NFD) {
+        pthread_mutex_lock(&mu);
+        *e = fdt[fd];
+        if (e->state == FD_TRACED && e->isdir && dirpath && fdt[fd].path) snprintf(dirpath, PATH_MAX, "%s", fdt[fd].path);
+        pthread_mutex_unlock(&mu);
+        if (e->state == FD_TRACED) return 1;
+        if (e->state == FD_UNTRACED) return 0;
+    }
+    int saved = errno;
+    struct stat st;
+    char p[PATH_MAX];
+    int traced = 0;
+    if (fstat(fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) && fd_path(fd, p) == 0 && under_root(p))
+        traced = 1;
+    if (traced) {
+        e->state = FD_TRACED; e->isdir = S_ISDIR(st.st_mode); e->dev = st.st_dev; e->ino = st.st_ino;
+        if (dirpath) snprintf(dirpath, PATH_MAX, "%s", p);
+        fd_set_entry(fd, FD_TRACED, e->isdir, e->dev, e->ino, p);
+    } else {
+        fd_set_entry(fd, FD_UNTRACED, 0, 0, 0, NULL);
+    }
+    errno = saved;
+    return traced;
+}
+
+/* After a successful open of `path` (as given) returning fd. */
+static void after_open(int fd, const char *path, int flags) {
+    if (fd < 0 || !enabled) return;
+    int saved = errno;
+    char p[PATH_MAX];
+    struct stat st;
+    if (!maybe_under(path) || fd_path(fd, p) < 0 || !under_root(p) || fstat(fd, &st) != 0 ||
+        !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
+        fd_set_entry(fd, FD_UNTRACED, 0, 0, 0, NULL);
+        errno = saved;
+        return;
+    }
+    int isdir = S_ISDIR(st.st_mode);
+    fd_set_entry(fd, FD_TRACED, isdir, st.st_dev, st.st_ino, p);
+    if (!isdir && (flags & (O_CREAT | O_TRUNC)))
+        emit(OP_CREATE, 0, fd, st.st_dev, st.st_ino, 0, 0, (uint64_t)flags, p, NULL, NULL, 0);
+    errno = saved;
+}
+
+static void after_write(int fd, ssize_t n, const struct iovec *iov, int niov, long long off) {
+    if (n <= 0 || !enabled) return;
+    struct fdent e;
+    if (!fd_lookup(fd, &e, NULL) || e.isdir) return;
+    int saved = errno;
+    if (off < 0) {
+        off_t pos = lseek(fd, 0, SEEK_CUR);
+        if (pos < 0) { errno = saved; return; }
+        off = (long long)pos - n;
+    }
+    /* only the bytes actually written */
+    struct iovec v[1024];
+    int k = 0;
+    size_t left = (size_t)n;
+    struct iovec *heap = NULL, *dst = v;
+    if (niov > 1024) { heap = malloc(sizeof(struct iovec) * niov); if (!heap) { errno = saved; return; } dst = heap; }
+    for (int i = 0; i < niov && left; i++) {
+        size_t take = iov[i].iov_len < left ? iov[i].iov_len : left;
+        dst[k].iov_base = iov[i].iov_base; dst[k++].iov_len = take;
+        left -= take;
+    }
+    emit(OP_WRITE, 0, fd, e.dev, e.ino, (uint64_t)off, (uint64_t)n, 0, NULL, NULL, dst, k);
+    free(heap);
+    errno = saved;
+}
+
+static void after_sync(uint16_t op, int fd, uint64_t a, uint64_t b, uint64_t c) {
+    if (!enabled) return;
+    struct fdent e;
+    char dp[PATH_MAX];
+    dp[0] = 0;
+    if (!fd_lookup(fd, &e, dp)) return;
+    emit(op, e.isdir ? F_ISDIR : 0, fd, e.dev, e.ino, a, b, c, e.isdir ? dp : NULL, NULL, NULL, 0);
+}
+
+static void emit_path(uint16_t op, const char *p1, const char *p2, uint64_t c, int follow) {
+    int saved = errno;
+    struct stat st;
+    memset(&st, 0, sizeof st);
+    const char *target = p2 ? p2 : p1;
+    if (target && op != OP_UNLINK && op != OP_RMDIR) (follow ? stat : lstat)(target, &st);
+    emit(op, S_ISDIR(st.st_mode) ? F_ISDIR : 0, -1, st.st_dev, st.st_ino, 0, 0, c, p1, p2, NULL, 0);
+    errno = saved;
+}
+
+/* -- init, fork ------------------------------------------------------------------- */
+
+static void atfork_prepare(void) { pthread_mutex_lock(&mu); }
+static void atfork_release(void) { pthread_mutex_unlock(&mu); }
+
+__attribute__((constructor)) static void dfh_init(void) {
+    const char *r = getenv("DFH_TRACE_ROOT"), *j = getenv("DFH_TRACE_JOURNAL");
+    if (!r || !*r || !j || !*j) return;
+    if (!realpath(r, root)) { fprintf(stderr, "dfh-tracer: trace root %s: %s; not tracing\n", r, strerror(errno)); return; }
+    rootlen = strlen(root);
+    snprintf(root_raw, sizeof root_raw, "%s", r);
+    root_rawlen = strlen(root_raw);
+    while (root_rawlen > 1 && root_raw[root_rawlen - 1] == '/') root_raw[--root_rawlen] = 0;
+    REAL(int, open, (const char *, int, ...));
+    int fd = real_open(j, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) { fprintf(stderr, "dfh-tracer: journal %s: %s; not tracing\n", j, strerror(errno)); return; }
+    char jp[PATH_MAX];
+    if (fd_path(fd, jp) == 0 && under_root(jp)) {
+        fprintf(stderr, "dfh-tracer: journal %s is inside the traced root %s; not tracing\n", jp, root);
+        close(fd);
+        return;
+    }
+    int hi = fcntl(fd, F_DUPFD_CLOEXEC, 1000);
+    if (hi >= 0) { REAL(int, close, (int)); real_close(fd); fd = hi; }
+    jfd = fd;
+    pthread_atfork(atfork_prepare, atfork_release, atfork_release);
+    enabled = 1;
+    emit(OP_HELLO, 0, -1, 0, 0, 0, 0, 0, root, NULL, NULL, 0);
+}
+
+/* -- opens ------------------------------------------------------------------------ */
+
+#define MODE_ARG(flags) mode_t mode = 0; \
+    if ((flags) & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, int); va_end(ap); }
+
+int open(const char *path, int flags, ...) {
+    MODE_ARG(flags);
+    REAL(int, open, (const char *, int, ...));
+    int fd = real_open(path, flags, mode);
+    after_open(fd, path, flags);
+    return fd;
+}
+int open64(const char *path, int flags, ...) {
+    MODE_ARG(flags);
+    REAL(int, open64, (const char *, int, ...));
+    int fd = real_open64(path, flags, mode);
+    after_open(fd, path, flags);
+    return fd;
+}
+int __open_2(const char *path, int flags) { return open(path, flags); }
+int __open64_2(const char *path, int flags) { return open64(path, flags); }
+int openat(int dirfd, const char *path, int flags, ...) {
+    MODE_ARG(flags);
+    REAL(int, openat, (int, const char *, int, ...));
+    int fd = real_openat(dirfd, path, flags, mode);
+    after_open(fd, (path && path[0] != '/' && dirfd != AT_FDCWD) ? "" : path, flags);
+    return fd;
+}
+int openat64(int dirfd, const char *path, int flags, ...) {
+    MODE_ARG(flags);
+    REAL(int, openat64, (int, const char *, int, ...));
+    int fd = real_openat64(dirfd, path, flags, mode);
+    after_open(fd, (path && path[0] != '/' && dirfd != AT_FDCWD) ? "" : path, flags);
+    return fd;
+}
+int __openat_2(int dirfd, const char *path, int flags) { return openat(dirfd, path, flags); }
+int __openat64_2(int dirfd, const char *path, int flags) { return openat64(dirfd, path, flags); }
+int creat(const char *path, mode_t mode) { return open(path, O_CREAT | O_WRONLY | O_TRUNC, mode); }
+int creat64(const char *path, mode_t mode) { return open64(path, O_CREAT | O_WRONLY | O_TRUNC, mode); }
+
+/* -- fds ------------------------------------------------------------------------ */
+
+int close(int fd) {
+    REAL(int, close, (int));
+    if (enabled && fd == jfd) return 0; /* keep the journal open (it is O_CLOEXEC) */
+    int r = real_close(fd);
+    if (enabled) { int saved = errno; fd_forget(fd); errno = saved; }
+    return r;
+}
+
+static void copy_entry(int from, int to) {
+    if (!enabled || to < 0 || to >= NFD) return;
+    int saved = errno;
+    struct fdent e;
+    char dp[PATH_MAX];
+    dp[0] = 0;
+    if (fd_lookup(from, &e, dp)) fd_set_entry(to, FD_TRACED, e.isdir, e.dev, e.ino, dp);
+    else fd_forget(to);
+    errno = saved;
+}
+int dup(int fd) {
+    REAL(int, dup, (int));
+    int r = real_dup(fd);
+    if (r >= 0) copy_entry(fd, r);
+    return r;
+}
+int dup2(int fd, int fd2) {
+    REAL(int, dup2, (int, int));
+    if (enabled && fd2 == jfd) { errno = EBADF; return -1; }
+    int r = real_dup2(fd, fd2);
+    if (r >= 0) copy_entry(fd, r);
+    return r;
+}
+int dup3(int fd, int fd2, int flags) {
+    REAL(int, dup3, (int, int, int));
+    if (enabled && fd2 == jfd) { errno = EBADF; return -1; }
+    int r = real_dup3(fd, fd2, flags);
+    if (r >= 0) copy_entry(fd, r);
+    return r;
+}
+
+/* -- writes ------------------------------------------------------------------------ */
+
+ssize_t write(int fd, const void *buf, size_t n) {
+    REAL(ssize_t, write, (int, const void *, size_t));
+    ssize_t r = real_write(fd, buf, n);
+    if (r > 0 && enabled) { struct iovec v = {(void *)buf, (size_t)r}; after_write(fd, r, &v, 1, -1); }
+    return r;
+}
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
+    REAL(ssize_t, pwrite, (int, const void *, size_t, off_t));
+    ssize_t r = real_pwrite(fd, buf, n, off);
+    if (r > 0 && enabled) { struct iovec v = {(void *)buf, (size_t)r}; after_write(fd, r, &v, 1, off); }
+    return r;
+}
+ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) {
+    REAL(ssize_t, pwrite64, (int, const void *, size_t, off_t));
+    ssize_t r = real_pwrite64(fd, buf, n, off);
+    if (r > 0 && enabled) { struct iovec v = {(void *)buf, (size_t)r}; after_write(fd, r, &v, 1, off); }
+    return r;
+}
+ssize_t writev(int fd, const struct iovec *iov, int cnt) {
+    REAL(ssize_t, writev, (int, const struct iovec *, int));
+    ssize_t r = real_writev(fd, iov, cnt);
+    if (r > 0 && enabled && fd != jfd) after_write(fd, r, iov, cnt, -1);
+    return r;
+}
+ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
+    REAL(ssize_t, pwritev, (int, const struct iovec *, int, off_t));
+    ssize_t r = real_pwritev(fd, iov, cnt, off);
+    if (r > 0 && enabled) after_write(fd, r, iov, cnt, off);
+    return r;
+}
+ssize_t pwritev64(int fd, const struct iovec *iov, int cnt, off_t off) {
+    REAL(ssize_t, pwritev64, (int, const struct iovec *, int, off_t));
+    ssize_t r = real_pwritev64(fd, iov, cnt, off);
+    if (r > 0 && enabled) after_write(fd, r, iov, cnt, off);
+    return r;
+}
+ssize_t pwritev2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
+    REAL(ssize_t, pwritev2, (int, const struct iovec *, int, off_t, int));
+    ssize_t r = real_pwritev2(fd, iov, cnt, off, flags);
+    if (r > 0 && enabled) after_write(fd, r, iov, cnt, off);
+    return r;
+}
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
+    REAL(ssize_t, pwritev64v2, (int, const struct iovec *, int, off_t, int));
+    ssize_t r = real_pwritev64v2(fd, iov, cnt, off, flags);
+    if (r > 0 && enabled) after_write(fd, r, iov, cnt, off);
+    return r;
+}
+
+/* copy_file_range / sendfile: the bytes written are read back from the target. */
+static void after_copy(int out_fd, ssize_t n, long long off_after) {
+    if (n <= 0 || !enabled) return;
+    struct fdent e;
+    if (!fd_lookup(out_fd, &e, NULL) || e.isdir) return;
+    int saved = errno;
+    long long start = off_after >= 0 ? off_after - n : (long long)lseek(out_fd, 0, SEEK_CUR) - n;
+    char *buf = malloc((size_t)n);
+    if (buf && start >= 0 && pread(out_fd, buf, (size_t)n, start) == n) {
+        struct iovec v = {buf, (size_t)n};
+        emit(OP_WRITE, 0, out_fd, e.dev, e.ino, (uint64_t)start, (uint64_t)n, 1, NULL, NULL, &v, 1);
+    }
+    free(buf);
+    errno = saved;
+}
+ssize_t copy_file_range(int in, loff_t *inoff, int out, loff_t *outoff, size_t n, unsigned int flags) {
+    REAL(ssize_t, copy_file_range, (int, loff_t *, int, loff_t *, size_t, unsigned int));
+    ssize_t r = real_copy_file_range(in, inoff, out, outoff, n, flags);
+    after_copy(out, r, outoff ? (long long)*outoff : -1);
+    return r;
+}
+ssize_t sendfile(int out, int in, off_t *off, size_t n) {
+    REAL(ssize_t, sendfile, (int, int, off_t *, size_t));
+    ssize_t r = real_sendfile(out, in, off, n);
+    after_copy(out, r, -1);
+    return r;
+}
+ssize_t sendfile64(int out, int in, off_t *off, size_t n) {
+    REAL(ssize_t, sendfile64, (int, int, off_t *, size_t));
+    ssize_t r = real_sendfile64(out, in, off, n);
+    after_copy(out, r, -1);
+    return r;
+}
+
+/* -- sizes ------------------------------------------------------------------------ */
+
+static void after_ftruncate(int fd, off_t len) {
+    struct fdent e;
+    if (enabled && fd_lookup(fd, &e, NULL) && !e.isdir)
+        emit(OP_TRUNCATE, 0, fd, e.dev, e.ino, (uint64_t)len, 0, 0, NULL, NULL, NULL, 0);
+}
+int ftruncate(int fd, off_t len) {
+    REAL(int, ftruncate, (int, off_t));
+    int r = real_ftruncate(fd, len);
+    if (r == 0) after_ftruncate(fd, len);
+    return r;
+}
+int ftruncate64(int fd, off_t len) {
+    REAL(int, ftruncate64, (int, off_t));
+    int r = real_ftruncate64(fd, len);
+    if (r == 0) after_ftruncate(fd, len);
+    return r;
+}
+static void after_truncate(const char *path, off_t len) {
+    char p[PATH_MAX];
+    if (resolve(AT_FDCWD, path, p) != 0) return;
+    int saved = errno;
+    struct stat st;
+    if (stat(p, &st) == 0)
+        emit(OP_TRUNCATE, 0, -1, st.st_dev, st.st_ino, (uint64_t)len, 0, 0, p, NULL, NULL, 0);
+    errno = saved;
+}
+int truncate(const char *path, off_t len) {
+    REAL(int, truncate, (const char *, off_t));
+    int r = real_truncate(path, len);
+    if (r == 0 && enabled) after_truncate(path, len);
+    return r;
+}
+int truncate64(const char *path, off_t len) {
+    REAL(int, truncate64, (const char *, off_t));
+    int r = real_truncate64(path, len);
+    if (r == 0 && enabled) after_truncate(path, len);
+    return r;
+}
+static void after_falloc(int fd, int mode, off_t off, off_t len) {
+    struct fdent e;
+    if (enabled && fd_lookup(fd, &e, NULL) && !e.isdir)
+        emit(OP_FALLOCATE, 0, fd, e.dev, e.ino, (uint64_t)off, (uint64_t)len, (uint64_t)mode, NULL, NULL, NULL, 0);
+}
+int fallocate(int fd, int mode, off_t off, off_t len) {
+    REAL(int, fallocate, (int, int, off_t, off_t));
+    int r = real_fallocate(fd, mode, off, len);
+    if (r == 0) after_falloc(fd, mode, off, len);
+    return r;
+}
+int fallocate64(int fd, int mode, off_t off, off_t len) {
+    REAL(int, fallocate64, (int, int, off_t, off_t));
+    int r = real_fallocate64(fd, mode, off, len);
+    if (r == 0) after_falloc(fd, mode, off, len);
+    return r;
+}
+int posix_fallocate(int fd, off_t off, off_t len) {
+    REAL(int, posix_fallocate, (int, off_t, off_t));
+    int r = real_posix_fallocate(fd, off, len);
+    if (r == 0) after_falloc(fd, 0, off, len);
+    return r;
+}
+int posix_fallocate64(int fd, off_t off, off_t len) {
+    REAL(int, posix_fallocate64, (int, off_t, off_t));
+    int r = real_posix_fallocate64(fd, off, len);
+    if (r == 0) after_falloc(fd, 0, off, len);
+    return r;
+}
+
+/* -- namespace ------------------------------------------------------------------------ */
+
+#define TWO_PATHS(kind, odir, opath, ndir, npath, flags, CALL) do { \
+    char a[PATH_MAX], b[PATH_MAX]; \
+    int ta = enabled ? resolve(odir, opath, a) : -1; \
+    int tb = enabled ? resolve(ndir, npath, b) : -1; \
+    int r = CALL; \
+    if (r == 0 && (ta == 0 || tb == 0)) emit_path(kind, ta == 0 ? a : "", tb == 0 ? b : "", flags, 0); \
+    return r; } while (0)
+
+int rename(const char *o, const char *n) {
+    REAL(int, rename, (const char *, const char *));
+    TWO_PATHS(OP_RENAME, AT_FDCWD, o, AT_FDCWD, n, 0, real_rename(o, n));
+}
+int renameat(int od, const char *o, int nd, const char *n) {
+    REAL(int, renameat, (int, const char *, int, const char *));
+    TWO_PATHS(OP_RENAME, od, o, nd, n, 0, real_renameat(od, o, nd, n));
+}
+int renameat2(int od, const char *o, int nd, const char *n, unsigned int flags) {
+    REAL(int, renameat2, (int, const char *, int, const char *, unsigned int));
+    TWO_PATHS(OP_RENAME, od, o, nd, n, flags, real_renameat2(od, o, nd, n, flags));
+}
+int link(const char *o, const char *n) {
+    REAL(int, link, (const char *, const char *));
+    TWO_PATHS(OP_LINK, AT_FDCWD, o, AT_FDCWD, n, 0, real_link(o, n));
+}
+int linkat(int od, const char *o, int nd, const char *n, int flags) {
+    REAL(int, linkat, (int, const char *, int, const char *, int));
+    TWO_PATHS(OP_LINK, od, o, nd, n, (uint64_t)flags, real_linkat(od, o, nd, n, flags));
+}
+
+#define ONE_PATH(kind, dir, path, CALL) do { \
+    char a[PATH_MAX]; \
+    int ta = enabled ? resolve(dir, path, a) : -1; \
+    int r = CALL; \
+    if (r == 0 && ta == 0) emit_path(kind, a, NULL, 0, 0); \
+    return r; } while (0)
+
+int unlink(const char *p) {
+    REAL(int, unlink, (const char *));
+    ONE_PATH(OP_UNLINK, AT_FDCWD, p, real_unlink(p));
+}
+int unlinkat(int d, const char *p, int flags) {
+    REAL(int, unlinkat, (int, const char *, int));
+    ONE_PATH((flags & AT_REMOVEDIR) ? OP_RMDIR : OP_UNLINK, d, p, real_unlinkat(d, p, flags));
+}
+int rmdir(const char *p) {
+    REAL(int, rmdir, (const char *));
+    ONE_PATH(OP_RMDIR, AT_FDCWD, p, real_rmdir(p));
+}
+int mkdir(const char *p, mode_t m) {
+    REAL(int, mkdir, (const char *, mode_t));
+    ONE_PATH(OP_MKDIR, AT_FDCWD, p, real_mkdir(p, m));
+}
+int mkdirat(int d, const char *p, mode_t m) {
+    REAL(int, mkdirat, (int, const char *, mode_t));
+    ONE_PATH(OP_MKDIR, d, p, real_mkdirat(d, p, m));
+}
+
+/* -- durability calls ------------------------------------------------------------------ */
+
+int fsync(int fd) {
+    REAL(int, fsync, (int));
+    int r = real_fsync(fd);
+    if (r == 0) after_sync(OP_FSYNC, fd, 0, 0, 0);
+    return r;
+}
+int fdatasync(int fd) {
+    REAL(int, fdatasync, (int));
+    int r = real_fdatasync(fd);
+    if (r == 0) after_sync(OP_FDATASYNC, fd, 0, 0, 0);
+    return r;
+}
+int sync_file_range(int fd, off_t off, off_t n, unsigned int flags) {
+    REAL(int, sync_file_range, (int, off_t, off_t, unsigned int));
+    int r = real_sync_file_range(fd, off, n, flags);
+    if (r == 0) after_sync(OP_SYNC_FILE_RANGE, fd, (uint64_t)off, (uint64_t)n, flags);
+    return r;
+}
+int syncfs(int fd) {
+    REAL(int, syncfs, (int));
+    int r = real_syncfs(fd);
+    if (r == 0 && enabled) {
+        int saved = errno;
+        struct stat st;
+        if (fstat(fd, &st) == 0) emit(OP_SYNCFS, 0, fd, st.st_dev, st.st_ino, 0, 0, 0, NULL, NULL, NULL, 0);
+        errno = saved;
+    }
+    return r;
+}
+void sync(void) {
+    REAL(void, sync, (void));
+    real_sync();
+    if (enabled) emit(OP_SYNC, 0, -1, 0, 0, 0, 0, 0, NULL, NULL, NULL, 0);
+}
