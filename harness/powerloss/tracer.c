@@ -457,7 +457,19 @@ static void after_copy(int out_fd, ssize_t n, long long off_after) {
     int saved = errno;
     long long start = off_after >= 0 ? off_after - n : (long long)lseek(out_fd, 0, SEEK_CUR) - n;
     char *buf = malloc((size_t)n);
-    if (buf && start >= 0 && pread(out_fd, buf, (size_t)n, start) == n) {
+    int rfd = out_fd, got = buf && start >= 0 && pread(out_fd, buf, (size_t)n, start) == n;
+    if (buf && start >= 0 && !got) { /* a write-only descriptor: read through /proc */
+        char link[64];
+        snprintf(link, sizeof link, "/proc/self/fd/%d", out_fd);
+        REAL(int, open, (const char *, int, ...));
+        rfd = real_open(link, O_RDONLY | O_CLOEXEC);
+        if (rfd >= 0) {
+            got = pread(rfd, buf, (size_t)n, start) == n;
+            REAL(int, close, (int));
+            real_close(rfd);
+        }
+    }
+    if (got) {
         struct iovec v = {buf, (size_t)n};
         emit(OP_WRITE, 0, out_fd, e.dev, e.ino, (uint64_t)start, (uint64_t)n, 1, NULL, NULL, &v, 1);
     }
