@@ -22,6 +22,10 @@ Persistence model (strict POSIX, the default):
 5. sync() and syncfs() make everything durable.
 6. SQLite's shared-memory index (`*-shm`) never survives.
 7. Files under the root that no traced process touched are left alone.
+8. An operation whose process was killed after the call but before its
+   record is unknown to the model; where it changed a file's size the file is
+   rewritten to its durable content, otherwise it stays (an unsynced write
+   persisting is also a state a disk could hold).
 
 Operations: `arm` (baseline + empty journal + the tracer environment),
 `snapshot_baseline`, `durable_state` (the model only, no disk access: for the
@@ -118,7 +122,7 @@ def load_baseline(journal: str) -> Baseline:
 
 
 class Node:
-    __slots__ = ("kind", "ino", "base", "ops", "synced", "vol", "dur", "order", "name")
+    __slots__ = ("kind", "ino", "base", "ops", "synced", "vol", "dur", "order", "name", "size")
 
     def __init__(self, kind: str, ino: int, order: int, name: str, base: bytes = b"") -> None:
         self.kind = kind
@@ -128,6 +132,7 @@ class Node:
         self.base = base
         self.ops: List[tuple] = []
         self.synced = 0
+        self.size = len(base)  # the volatile size, after every journaled op
         self.vol: Dict[str, "Node"] = {}
         self.dur: Dict[str, "Node"] = {}
 
@@ -218,19 +223,24 @@ class Model:
                 self.unmodeled.append(f"{r!r}: write to a file not seen created")
                 return
             node.ops.append(("w", r.a, r.data))
+            node.size = max(node.size, r.a + len(r.data))
         elif op == J.TRUNCATE or op == J.FALLOCATE:
             node = self.inodes.get(r.ino)
             if node is None or node.kind != "f":
                 self.unmodeled.append(f"{r!r}: size change of a file not seen created")
                 return
+            keep = bool(r.c & FALLOC_KEEP_SIZE)
             if op == J.TRUNCATE:
                 node.ops.append(("t", r.a))
+                node.size = r.a
             elif r.c & (FALLOC_PUNCH_HOLE | FALLOC_ZERO_RANGE):
-                node.ops.append(("z", r.a, r.b, bool(r.c & FALLOC_KEEP_SIZE)))
+                node.ops.append(("z", r.a, r.b, keep))
+                node.size = node.size if keep else max(node.size, r.a + r.b)
             elif r.c & ~FALLOC_KEEP_SIZE:
                 self.unmodeled.append(f"{r!r}: fallocate mode {r.c:#x} not modelled")
-            elif not r.c & FALLOC_KEEP_SIZE:
+            elif not keep:
                 node.ops.append(("x", r.a + r.b))
+                node.size = max(node.size, r.a + r.b)
         elif op == J.CREATE:
             d, name = self.parent_of(r.path1, r)
             if d is None:
@@ -239,6 +249,7 @@ class Model:
             if old is not None and old.kind == "f" and old.ino == r.ino:
                 if r.c & os.O_TRUNC:
                     old.ops.append(("t", 0))
+                    old.size = 0
                 return
             node = self._node("f", r.ino, r.path1)
             d.vol[name] = node
@@ -482,8 +493,13 @@ def powercut(root: str, journal: str, mode: str = "clean", seed: int = 0, namesp
                 continue
             data = content.get(id(node))
             if data is None:
-                if os.path.lexists(full):
+                try:
+                    size = os.lstat(full).st_size
+                except FileNotFoundError:
+                    size = None
+                if size is not None and (size == node.size or not node.ops):
                     continue  # unchanged: the disk already holds the durable content
+                # missing, or changed by an op whose process died before journaling it
                 data = materialize(node)
             if id(node) in written:
                 if os.path.lexists(full):
