@@ -160,20 +160,6 @@ class JsonNoDirSyncStore(JsonFileStore):
         os.replace(self._write_tmp(state, fsync=True), self.path)
 
 
-class JsonInPlaceStore(JsonFileStore):
-    """Rewrites its file in place (truncate, write, fsync): a cut between the truncate and the fsync
-    leaves a torn or empty file, so the store does not reopen."""
-
-    def _persist(self, state):
-        if not os.path.exists(self.path):
-            return JsonFileStore._persist(self, state)
-        with open(self.path, "r+b") as f:
-            f.truncate(0)
-            f.write(json.dumps(state, sort_keys=True).encode())
-            f.flush()
-            os.fsync(f.fileno())
-
-
 _Z = "tests.store_zoo.powerloss"
 POWERLOSS_ZOO = {
     f"{_Z}:SyncOffStore": "P6 durability",
