@@ -6,11 +6,29 @@ to each one's environment), kill them all at once, then
 `stats = powercut(root, journal, mode="clean"|"torn", seed=...)`.
 """
 
-from .build import tracer_env, tracer_library, traced_environ
+from .build import traced_environ, tracer_env, tracer_library
 from .journal import Record, read_journal
-from .rebuild import Baseline, PowercutStats, arm, durable_state, load_baseline, powercut, snapshot_baseline
+from .rebuild import (
+    Baseline,
+    PowercutStats,
+    arm,
+    durable_state,
+    load_baseline,
+    powercut,
+    snapshot_baseline,
+)
 
 __all__ = [
-    "Baseline", "PowercutStats", "Record", "arm", "durable_state", "load_baseline", "powercut",
-    "read_journal", "snapshot_baseline", "tracer_env", "tracer_library", "traced_environ",
+    "Baseline",
+    "PowercutStats",
+    "Record",
+    "arm",
+    "durable_state",
+    "load_baseline",
+    "powercut",
+    "read_journal",
+    "snapshot_baseline",
+    "traced_environ",
+    "tracer_env",
+    "tracer_library",
 ]

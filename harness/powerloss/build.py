@@ -74,7 +74,7 @@ def tracer_library() -> str:
     try:
         proc = subprocess.run(
             [cc, "-shared", "-fPIC", "-O2", "-o", tmp, SOURCE, "-ldl", "-lpthread"],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=120, check=False,
         )
         if proc.returncode != 0:
             raise UsageError(

@@ -122,7 +122,7 @@ def load_baseline(journal: str) -> Baseline:
 
 
 class Node:
-    __slots__ = ("kind", "ino", "base", "ops", "synced", "vol", "dur", "order", "name", "size")
+    __slots__ = ("base", "dur", "ino", "kind", "name", "ops", "order", "size", "synced", "vol")
 
     def __init__(self, kind: str, ino: int, order: int, name: str, base: bytes = b"") -> None:
         self.kind = kind

@@ -100,30 +100,24 @@ static void emit(uint16_t op, uint16_t flags, int fd, uint64_t dev, uint64_t ino
     h.total = (uint32_t)total;
     uint64_t trailer = h.nonce;
     int saved = errno;
-    if (ndata + 4 <= 1024) {
-        struct iovec v[1024];
-        int n = 0;
-        v[n].iov_base = &h; v[n++].iov_len = sizeof h;
-        if (l1) { v[n].iov_base = (void *)p1; v[n++].iov_len = l1; }
-        if (l2) { v[n].iov_base = (void *)p2; v[n++].iov_len = l2; }
+    char *buf = NULL;
+    struct iovec v[1024];
+    int n = 0;
+    v[n].iov_base = &h; v[n++].iov_len = sizeof h;
+    if (l1) { v[n].iov_base = (void *)p1; v[n++].iov_len = l1; }
+    if (l2) { v[n].iov_base = (void *)p2; v[n++].iov_len = l2; }
+    if (ndata + 4 > 1024) { /* too many pieces for one writev: gather the data */
+        if (!(buf = malloc(dl ? dl : 1))) { errno = saved; return; }
+        size_t o = 0;
+        for (int i = 0; i < ndata; i++) { memcpy(buf + o, data[i].iov_base, data[i].iov_len); o += data[i].iov_len; }
+        v[n].iov_base = buf; v[n++].iov_len = dl;
+    } else {
         for (int i = 0; i < ndata; i++)
             if (data[i].iov_len) v[n++] = data[i];
-        v[n].iov_base = &trailer; v[n++].iov_len = 8;
-        raw_writev(jfd, v, n);
-    } else {
-        char *buf = malloc(total);
-        if (buf) {
-            size_t o = 0;
-            memcpy(buf, &h, sizeof h); o += sizeof h;
-            memcpy(buf + o, p1, l1); o += l1;
-            memcpy(buf + o, p2, l2); o += l2;
-            for (int i = 0; i < ndata; i++) { memcpy(buf + o, data[i].iov_base, data[i].iov_len); o += data[i].iov_len; }
-            memcpy(buf + o, &trailer, 8);
-            struct iovec v = {buf, total};
-            raw_writev(jfd, &v, 1);
-            free(buf);
-        }
     }
+    v[n].iov_base = &trailer; v[n++].iov_len = 8;
+    raw_writev(jfd, v, n); /* one call on an O_APPEND descriptor: one place in the total order */
+    free(buf);
     errno = saved;
 }
 
@@ -136,10 +130,8 @@ static int under_root(const char *p) {
 /* Could `path` (as given, relative to dirfd) name something under the root? */
 static int maybe_under(const char *path) {
     if (!enabled || !path) return 0;
-    if (path[0] != '/') return 1;
-    if (strncmp(path, root, rootlen) == 0) return 1;
-    if (root_rawlen && strncmp(path, root_raw, root_rawlen) == 0) return 1;
-    return 0;
+    return path[0] != '/' || strncmp(path, root, rootlen) == 0 ||
+           (root_rawlen && strncmp(path, root_raw, root_rawlen) == 0);
 }
 
 static int fd_path(int fd, char *out) {
@@ -156,15 +148,10 @@ static int fd_path(int fd, char *out) {
 static int resolve(int dirfd, const char *path, char *out) {
     if (!maybe_under(path)) return -1;
     char full[PATH_MAX * 2], parent[PATH_MAX];
-    if (path[0] == '/') {
-        snprintf(full, sizeof full, "%s", path);
-    } else {
+    if (path[0] == '/') snprintf(full, sizeof full, "%s", path);
+    else {
         char base[PATH_MAX];
-        if (dirfd == AT_FDCWD) {
-            if (!getcwd(base, sizeof base)) return -1;
-        } else if (fd_path(dirfd, base) < 0) {
-            return -1;
-        }
+        if (dirfd == AT_FDCWD ? !getcwd(base, sizeof base) : fd_path(dirfd, base) < 0) return -1;
         snprintf(full, sizeof full, "%s/%s", base, path);
     }
     size_t n = strlen(full);
@@ -172,10 +159,8 @@ static int resolve(int dirfd, const char *path, char *out) {
     char *slash = strrchr(full, '/');
     if (!slash) return -1;
     const char *last = slash + 1;
-    if (strcmp(last, ".") == 0 || strcmp(last, "..") == 0 || *last == 0) {
-        if (!realpath(full, out)) return -1;
-        return under_root(out) ? 0 : -1;
-    }
+    if (strcmp(last, ".") == 0 || strcmp(last, "..") == 0 || *last == 0)
+        return realpath(full, out) && under_root(out) ? 0 : -1;
     if (slash == full) snprintf(parent, sizeof parent, "/");
     else { *slash = 0; if (!realpath(full, parent)) return -1; }
     if (strlen(parent) + strlen(last) + 2 > PATH_MAX) return -1;
@@ -322,36 +307,26 @@ __attribute__((constructor)) static void dfh_init(void) {
 #define MODE_ARG(flags) mode_t mode = 0; \
     if ((flags) & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, int); va_end(ap); }
 
-int open(const char *path, int flags, ...) {
-    MODE_ARG(flags);
-    REAL(int, open, (const char *, int, ...));
-    int fd = real_open(path, flags, mode);
-    after_open(fd, path, flags);
-    return fd;
-}
-int open64(const char *path, int flags, ...) {
-    MODE_ARG(flags);
-    REAL(int, open64, (const char *, int, ...));
-    int fd = real_open64(path, flags, mode);
-    after_open(fd, path, flags);
-    return fd;
-}
+#define OPEN_FN(name) \
+    int name(const char *path, int flags, ...) { \
+        MODE_ARG(flags); \
+        REAL(int, name, (const char *, int, ...)); \
+        int fd = real_##name(path, flags, mode); \
+        after_open(fd, path, flags); \
+        return fd; }
+OPEN_FN(open)
+OPEN_FN(open64)
 int __open_2(const char *path, int flags) { return open(path, flags); }
 int __open64_2(const char *path, int flags) { return open64(path, flags); }
-int openat(int dirfd, const char *path, int flags, ...) {
-    MODE_ARG(flags);
-    REAL(int, openat, (int, const char *, int, ...));
-    int fd = real_openat(dirfd, path, flags, mode);
-    after_open(fd, (path && path[0] != '/' && dirfd != AT_FDCWD) ? "" : path, flags);
-    return fd;
-}
-int openat64(int dirfd, const char *path, int flags, ...) {
-    MODE_ARG(flags);
-    REAL(int, openat64, (int, const char *, int, ...));
-    int fd = real_openat64(dirfd, path, flags, mode);
-    after_open(fd, (path && path[0] != '/' && dirfd != AT_FDCWD) ? "" : path, flags);
-    return fd;
-}
+#define OPENAT_FN(name) \
+    int name(int dirfd, const char *path, int flags, ...) { \
+        MODE_ARG(flags); \
+        REAL(int, name, (int, const char *, int, ...)); \
+        int fd = real_##name(dirfd, path, flags, mode); \
+        after_open(fd, (path[0] != '/' && dirfd != AT_FDCWD) ? "" : path, flags); \
+        return fd; }
+OPENAT_FN(openat)
+OPENAT_FN(openat64)
 int __openat_2(int dirfd, const char *path, int flags) { return openat(dirfd, path, flags); }
 int __openat64_2(int dirfd, const char *path, int flags) { return openat64(dirfd, path, flags); }
 int creat(const char *path, mode_t mode) { return open(path, O_CREAT | O_WRONLY | O_TRUNC, mode); }
@@ -383,20 +358,15 @@ int dup(int fd) {
     if (r >= 0) copy_entry(fd, r);
     return r;
 }
-int dup2(int fd, int fd2) {
-    REAL(int, dup2, (int, int));
-    if (enabled && fd2 == jfd) { errno = EBADF; return -1; }
-    int r = real_dup2(fd, fd2);
-    if (r >= 0) copy_entry(fd, r);
-    return r;
-}
-int dup3(int fd, int fd2, int flags) {
-    REAL(int, dup3, (int, int, int));
-    if (enabled && fd2 == jfd) { errno = EBADF; return -1; }
-    int r = real_dup3(fd, fd2, flags);
-    if (r >= 0) copy_entry(fd, r);
-    return r;
-}
+#define DUPN_FN(name, params, args) \
+    int name params { \
+        REAL(int, name, params); \
+        if (enabled && fd2 == jfd) { errno = EBADF; return -1; } /* the journal's descriptor stays */ \
+        int r = real_##name args; \
+        if (r >= 0) copy_entry(fd, r); \
+        return r; }
+DUPN_FN(dup2, (int fd, int fd2), (fd, fd2))
+DUPN_FN(dup3, (int fd, int fd2, int flags), (fd, fd2, flags))
 
 /* -- writes ------------------------------------------------------------------------ */
 
@@ -406,48 +376,38 @@ ssize_t write(int fd, const void *buf, size_t n) {
     if (r > 0 && enabled) { struct iovec v = {(void *)buf, (size_t)r}; after_write(fd, r, &v, 1, -1); }
     return r;
 }
-ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
-    REAL(ssize_t, pwrite, (int, const void *, size_t, off_t));
-    ssize_t r = real_pwrite(fd, buf, n, off);
-    if (r > 0 && enabled) { struct iovec v = {(void *)buf, (size_t)r}; after_write(fd, r, &v, 1, off); }
-    return r;
-}
-ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) {
-    REAL(ssize_t, pwrite64, (int, const void *, size_t, off_t));
-    ssize_t r = real_pwrite64(fd, buf, n, off);
-    if (r > 0 && enabled) { struct iovec v = {(void *)buf, (size_t)r}; after_write(fd, r, &v, 1, off); }
-    return r;
-}
+#define PWRITE_FN(name) \
+    ssize_t name(int fd, const void *buf, size_t n, off_t off) { \
+        REAL(ssize_t, name, (int, const void *, size_t, off_t)); \
+        ssize_t r = real_##name(fd, buf, n, off); \
+        if (r > 0 && enabled) { struct iovec v = {(void *)buf, (size_t)r}; after_write(fd, r, &v, 1, off); } \
+        return r; }
+PWRITE_FN(pwrite)
+PWRITE_FN(pwrite64)
+
 ssize_t writev(int fd, const struct iovec *iov, int cnt) {
     REAL(ssize_t, writev, (int, const struct iovec *, int));
     ssize_t r = real_writev(fd, iov, cnt);
     if (r > 0 && enabled && fd != jfd) after_write(fd, r, iov, cnt, -1);
     return r;
 }
-ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
-    REAL(ssize_t, pwritev, (int, const struct iovec *, int, off_t));
-    ssize_t r = real_pwritev(fd, iov, cnt, off);
-    if (r > 0 && enabled) after_write(fd, r, iov, cnt, off);
-    return r;
-}
-ssize_t pwritev64(int fd, const struct iovec *iov, int cnt, off_t off) {
-    REAL(ssize_t, pwritev64, (int, const struct iovec *, int, off_t));
-    ssize_t r = real_pwritev64(fd, iov, cnt, off);
-    if (r > 0 && enabled) after_write(fd, r, iov, cnt, off);
-    return r;
-}
-ssize_t pwritev2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
-    REAL(ssize_t, pwritev2, (int, const struct iovec *, int, off_t, int));
-    ssize_t r = real_pwritev2(fd, iov, cnt, off, flags);
-    if (r > 0 && enabled) after_write(fd, r, iov, cnt, off);
-    return r;
-}
-ssize_t pwritev64v2(int fd, const struct iovec *iov, int cnt, off_t off, int flags) {
-    REAL(ssize_t, pwritev64v2, (int, const struct iovec *, int, off_t, int));
-    ssize_t r = real_pwritev64v2(fd, iov, cnt, off, flags);
-    if (r > 0 && enabled) after_write(fd, r, iov, cnt, off);
-    return r;
-}
+#define PWRITEV_FN(name) \
+    ssize_t name(int fd, const struct iovec *iov, int cnt, off_t off) { \
+        REAL(ssize_t, name, (int, const struct iovec *, int, off_t)); \
+        ssize_t r = real_##name(fd, iov, cnt, off); \
+        if (r > 0 && enabled) after_write(fd, r, iov, cnt, off); \
+        return r; }
+PWRITEV_FN(pwritev)
+PWRITEV_FN(pwritev64)
+#define PWRITEV2_FN(name) \
+    ssize_t name(int fd, const struct iovec *iov, int cnt, off_t off, int flags) { \
+        REAL(ssize_t, name, (int, const struct iovec *, int, off_t, int)); \
+        ssize_t r = real_##name(fd, iov, cnt, off, flags); \
+        /* off == -1: the file position is used (and advanced) */ \
+        if (r > 0 && enabled) after_write(fd, r, iov, cnt, off); \
+        return r; }
+PWRITEV2_FN(pwritev2)
+PWRITEV2_FN(pwritev64v2)
 
 /* copy_file_range / sendfile: the bytes written are read back from the target. */
 static void after_copy(int out_fd, ssize_t n, long long off_after) {
@@ -482,18 +442,14 @@ ssize_t copy_file_range(int in, loff_t *inoff, int out, loff_t *outoff, size_t n
     after_copy(out, r, outoff ? (long long)*outoff : -1);
     return r;
 }
-ssize_t sendfile(int out, int in, off_t *off, size_t n) {
-    REAL(ssize_t, sendfile, (int, int, off_t *, size_t));
-    ssize_t r = real_sendfile(out, in, off, n);
-    after_copy(out, r, -1);
-    return r;
-}
-ssize_t sendfile64(int out, int in, off_t *off, size_t n) {
-    REAL(ssize_t, sendfile64, (int, int, off_t *, size_t));
-    ssize_t r = real_sendfile64(out, in, off, n);
-    after_copy(out, r, -1);
-    return r;
-}
+#define SENDFILE_FN(name) \
+    ssize_t name(int out, int in, off_t *off, size_t n) { \
+        REAL(ssize_t, name, (int, int, off_t *, size_t)); \
+        ssize_t r = real_##name(out, in, off, n); \
+        after_copy(out, r, -1); \
+        return r; }
+SENDFILE_FN(sendfile)
+SENDFILE_FN(sendfile64)
 
 /* -- sizes ------------------------------------------------------------------------ */
 
@@ -502,18 +458,14 @@ static void after_ftruncate(int fd, off_t len) {
     if (enabled && fd_lookup(fd, &e, NULL) && !e.isdir)
         emit(OP_TRUNCATE, 0, fd, e.dev, e.ino, (uint64_t)len, 0, 0, NULL, NULL, NULL, 0);
 }
-int ftruncate(int fd, off_t len) {
-    REAL(int, ftruncate, (int, off_t));
-    int r = real_ftruncate(fd, len);
-    if (r == 0) after_ftruncate(fd, len);
-    return r;
-}
-int ftruncate64(int fd, off_t len) {
-    REAL(int, ftruncate64, (int, off_t));
-    int r = real_ftruncate64(fd, len);
-    if (r == 0) after_ftruncate(fd, len);
-    return r;
-}
+#define FTRUNCATE_FN(name) \
+    int name(int fd, off_t len) { \
+        REAL(int, name, (int, off_t)); \
+        int r = real_##name(fd, len); \
+        if (r == 0) after_ftruncate(fd, len); \
+        return r; }
+FTRUNCATE_FN(ftruncate)
+FTRUNCATE_FN(ftruncate64)
 static void after_truncate(const char *path, off_t len) {
     char p[PATH_MAX];
     if (resolve(AT_FDCWD, path, p) != 0) return;
@@ -523,47 +475,36 @@ static void after_truncate(const char *path, off_t len) {
         emit(OP_TRUNCATE, 0, -1, st.st_dev, st.st_ino, (uint64_t)len, 0, 0, p, NULL, NULL, 0);
     errno = saved;
 }
-int truncate(const char *path, off_t len) {
-    REAL(int, truncate, (const char *, off_t));
-    int r = real_truncate(path, len);
-    if (r == 0 && enabled) after_truncate(path, len);
-    return r;
-}
-int truncate64(const char *path, off_t len) {
-    REAL(int, truncate64, (const char *, off_t));
-    int r = real_truncate64(path, len);
-    if (r == 0 && enabled) after_truncate(path, len);
-    return r;
-}
+#define TRUNCATE_FN(name) \
+    int name(const char *path, off_t len) { \
+        REAL(int, name, (const char *, off_t)); \
+        int r = real_##name(path, len); \
+        if (r == 0 && enabled) after_truncate(path, len); \
+        return r; }
+TRUNCATE_FN(truncate)
+TRUNCATE_FN(truncate64)
 static void after_falloc(int fd, int mode, off_t off, off_t len) {
     struct fdent e;
     if (enabled && fd_lookup(fd, &e, NULL) && !e.isdir)
         emit(OP_FALLOCATE, 0, fd, e.dev, e.ino, (uint64_t)off, (uint64_t)len, (uint64_t)mode, NULL, NULL, NULL, 0);
 }
-int fallocate(int fd, int mode, off_t off, off_t len) {
-    REAL(int, fallocate, (int, int, off_t, off_t));
-    int r = real_fallocate(fd, mode, off, len);
-    if (r == 0) after_falloc(fd, mode, off, len);
-    return r;
-}
-int fallocate64(int fd, int mode, off_t off, off_t len) {
-    REAL(int, fallocate64, (int, int, off_t, off_t));
-    int r = real_fallocate64(fd, mode, off, len);
-    if (r == 0) after_falloc(fd, mode, off, len);
-    return r;
-}
-int posix_fallocate(int fd, off_t off, off_t len) {
-    REAL(int, posix_fallocate, (int, off_t, off_t));
-    int r = real_posix_fallocate(fd, off, len);
-    if (r == 0) after_falloc(fd, 0, off, len);
-    return r;
-}
-int posix_fallocate64(int fd, off_t off, off_t len) {
-    REAL(int, posix_fallocate64, (int, off_t, off_t));
-    int r = real_posix_fallocate64(fd, off, len);
-    if (r == 0) after_falloc(fd, 0, off, len);
-    return r;
-}
+#define FALLOCATE_FN(name) \
+    int name(int fd, int mode, off_t off, off_t len) { \
+        REAL(int, name, (int, int, off_t, off_t)); \
+        int r = real_##name(fd, mode, off, len); \
+        if (r == 0) after_falloc(fd, mode, off, len); \
+        return r; }
+FALLOCATE_FN(fallocate)
+FALLOCATE_FN(fallocate64)
+/* posix_fallocate returns an error number; glibc calls fallocate internally (not seen) */
+#define POSIX_FALLOCATE_FN(name) \
+    int name(int fd, off_t off, off_t len) { \
+        REAL(int, name, (int, off_t, off_t)); \
+        int r = real_##name(fd, off, len); \
+        if (r == 0) after_falloc(fd, 0, off, len); \
+        return r; }
+POSIX_FALLOCATE_FN(posix_fallocate)
+POSIX_FALLOCATE_FN(posix_fallocate64)
 
 /* -- namespace ------------------------------------------------------------------------ */
 
@@ -626,18 +567,14 @@ int mkdirat(int d, const char *p, mode_t m) {
 
 /* -- durability calls ------------------------------------------------------------------ */
 
-int fsync(int fd) {
-    REAL(int, fsync, (int));
-    int r = real_fsync(fd);
-    if (r == 0) after_sync(OP_FSYNC, fd, 0, 0, 0);
-    return r;
-}
-int fdatasync(int fd) {
-    REAL(int, fdatasync, (int));
-    int r = real_fdatasync(fd);
-    if (r == 0) after_sync(OP_FDATASYNC, fd, 0, 0, 0);
-    return r;
-}
+#define FSYNC_FN(name, op) \
+    int name(int fd) { \
+        REAL(int, name, (int)); \
+        int r = real_##name(fd); \
+        if (r == 0) after_sync(op, fd, 0, 0, 0); \
+        return r; }
+FSYNC_FN(fsync, OP_FSYNC)
+FSYNC_FN(fdatasync, OP_FDATASYNC)
 int sync_file_range(int fd, off_t off, off_t n, unsigned int flags) {
     REAL(int, sync_file_range, (int, off_t, off_t, unsigned int));
     int r = real_sync_file_range(fd, off, n, flags);

@@ -138,6 +138,9 @@ def test_torn_tail_is_cut_at_a_sector_boundary(traced):
     assert read(traced.p("f")) == b"S" * 100
 
 
+COUNT = "import sqlite3; print(sqlite3.connect('s.db').execute('select count(*) from t').fetchone()[0])"
+
+
 def test_sqlite_shm_removed_and_synced_commits_survive(traced):
     traced.arm()
     code = '''
@@ -153,15 +156,13 @@ def test_sqlite_shm_removed_and_synced_commits_survive(traced):
     traced.run(code, "FULL")
     st = powercut(traced.root, traced.journal)
     assert st.shm_removed == ["s.db-shm"] and not os.path.exists(traced.p("s.db-shm"))
-    out = subprocess.run([sys.executable, "-c", "import sqlite3; print(sqlite3.connect('s.db').execute("
-                          "'select count(*) from t').fetchone()[0])"], cwd=traced.root, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", COUNT], cwd=traced.root, capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "50", out.stderr
     # synchronous=OFF: nothing after the first cut is synced, so the new rows are lost
     traced.arm()
     traced.run(code, "OFF")
     st = powercut(traced.root, traced.journal)
-    out = subprocess.run([sys.executable, "-c", "import sqlite3; print(sqlite3.connect('s.db').execute("
-                          "'select count(*) from t').fetchone()[0])"], cwd=traced.root, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", COUNT], cwd=traced.root, capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "50" and st.unsynced_writes_dropped >= 50 and st.bytes_lost > 0
     assert any(p.startswith("s.db-wal") for p in st.files_reverted + st.entries_undone)
 
