@@ -1,6 +1,6 @@
 """Build (once) and locate the durability tracer, and the environment of a traced process.
 
-Model: the tracer is `tracer.c`, shipped in this package. At first use it is
+Model: the tracer is `tracer.c` (with `tracer_calls.c`), shipped in this package. At first use it is
 compiled with the system C compiler into a shared library cached under
 `$XDG_CACHE_HOME/dataflow-harness/` (default `~/.cache/...`), named by the
 hash of its source, so an edited source gets a new library and a stale one is
@@ -26,7 +26,9 @@ from typing import Dict, Mapping, Optional
 
 from harness.exit_codes import HarnessError, UsageError
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tracer.c")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(_HERE, "tracer.c")  # includes tracer_calls.c
+SOURCES = (SOURCE, os.path.join(_HERE, "tracer_calls.c"))
 ENV_ROOT = "DFH_TRACE_ROOT"
 ENV_JOURNAL = "DFH_TRACE_JOURNAL"
 
@@ -48,12 +50,14 @@ def tracer_library() -> str:
     global _cached
     if _cached is not None and os.path.exists(_cached):
         return _cached
-    try:
-        with open(SOURCE, "rb") as f:
-            src = f.read()
-    except OSError as e:
-        raise HarnessError(f"the tracer source {SOURCE} cannot be read: {e}") from e
-    digest = hashlib.sha256(src).hexdigest()[:16]
+    h = hashlib.sha256()
+    for path in SOURCES:
+        try:
+            with open(path, "rb") as f:
+                h.update(f.read())
+        except OSError as e:
+            raise HarnessError(f"the tracer source {path} cannot be read: {e}") from e
+    digest = h.hexdigest()[:16]
     out_dir = cache_dir()
     lib = os.path.join(out_dir, f"dfh-tracer-{digest}.so")
     if os.path.exists(lib):
@@ -101,6 +105,29 @@ def tracer_env(root: str, journal: str, base: Optional[Mapping[str, str]] = None
     pre = env.get("LD_PRELOAD", "")
     parts = [p for p in pre.replace(":", " ").split() if p and p != lib]
     return {"LD_PRELOAD": " ".join(parts + [lib]), ENV_ROOT: r, ENV_JOURNAL: j}
+
+
+def reconfigure_in_process() -> bool:
+    """In a process forked from a preloaded parent (a zygote) after it set DFH_TRACE_ROOT and
+    DFH_TRACE_JOURNAL in os.environ: make the tracer re-read them. True if now tracing;
+    False if the tracer is not loaded in this process (its parent was not started preloaded)."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None).dfh_tracer_reconfigure
+    except AttributeError:
+        return False
+    return bool(fn())
+
+
+def tracing_active() -> bool:
+    """Whether the tracer is loaded in this process and journaling."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).dfh_tracer_active())
+    except AttributeError:
+        return False
 
 
 def traced_environ(root: str, journal: str) -> Dict[str, str]:

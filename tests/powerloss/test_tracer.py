@@ -237,3 +237,55 @@ def test_build_is_cached_by_source_hash(tmp_path, monkeypatch):
 def test_journal_inside_root_is_refused(traced):
     with pytest.raises(UsageError, match="outside the traced work dir"):
         build.tracer_env(traced.root, os.path.join(traced.root, "j"))
+
+
+def test_fork_children_and_threads_are_traced(traced):
+    traced.run('''
+        import os, threading
+        def worker(k):
+            fd = os.open(f"t{k}", os.O_CREAT | os.O_WRONLY, 0o644)
+            for i in range(200):
+                os.write(fd, b"%d.%d;" % (k, i))
+            os.fsync(fd); os.close(fd)
+        ts = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        [t.start() for t in ts]; [t.join() for t in ts]
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open("forked", os.O_CREAT | os.O_WRONLY, 0o644); os.write(fd, b"child"); os._exit(0)
+        os.waitpid(pid, 0)
+        print(pid)
+    ''')
+    recs = traced.records()
+    for k in range(4):
+        ino = next(r.ino for r in recs if r.op == J.CREATE and r.path1.endswith(f"/t{k}"))
+        ws = [r for r in recs if r.op == J.WRITE and r.ino == ino]
+        assert b"".join(bytes(r.data) for r in ws) == b"".join(b"%d.%d;" % (k, i) for i in range(200))
+        assert all(a.a + len(a.data) == b.a for a, b in zip(ws, ws[1:]))
+    forked = [r for r in recs if r.op == J.WRITE and bytes(r.data) == b"child"]
+    assert len(forked) == 1 and forked[0].pid != recs[0].pid
+
+
+def test_a_zygote_child_reconfigures_from_its_environment(traced, tmp_path):
+    """A parent preloaded without a root (a zygote) forks a child that sets the variables and
+    calls dfh_tracer_reconfigure: only the child's writes are journaled."""
+    env = dict(os.environ, LD_PRELOAD=build.tracer_library(), PYTHONPATH=os.getcwd())
+    code = f'''
+import os
+from harness.powerloss.build import reconfigure_in_process, tracing_active
+assert not tracing_active()
+fd = os.open({traced.p("before")!r}, os.O_CREAT | os.O_WRONLY); os.write(fd, b"untraced"); os.close(fd)
+pid = os.fork()
+if pid == 0:
+    os.environ.update({{"DFH_TRACE_ROOT": {traced.root!r}, "DFH_TRACE_JOURNAL": {traced.journal!r}}})
+    assert reconfigure_in_process() and tracing_active()
+    fd = os.open({traced.p("after")!r}, os.O_CREAT | os.O_WRONLY); os.write(fd, b"traced"); os.close(fd)
+    os._exit(0)
+_, st = os.waitpid(pid, 0)
+assert st == 0
+print("ok")
+'''
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert proc.stdout.strip() == "ok", proc.stderr
+    recs = traced.records()
+    assert [r.op for r in recs] == [J.HELLO, J.CREATE, J.WRITE]
+    assert recs[1].path1 == traced.p("after") and bytes(recs[2].data) == b"traced"
