@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 from harness.exit_codes import HarnessError, UsageError
 
@@ -31,6 +31,7 @@ SOURCE = os.path.join(_HERE, "tracer.c")  # includes tracer_calls.c
 SOURCES = (SOURCE, os.path.join(_HERE, "tracer_calls.c"))
 ENV_ROOT = "DFH_TRACE_ROOT"
 ENV_JOURNAL = "DFH_TRACE_JOURNAL"
+ENV_EXCLUDE = "DFH_TRACE_EXCLUDE"
 
 _cached: Optional[str] = None
 
@@ -94,8 +95,10 @@ def tracer_library() -> str:
     return lib
 
 
-def tracer_env(root: str, journal: str, base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """Variables to add to a traced process's environment (LD_PRELOAD appended to `base`'s)."""
+def tracer_env(root: str, journal: str, base: Optional[Mapping[str, str]] = None,
+               exclude: Sequence[str] = ()) -> Dict[str, str]:
+    """Variables to add to a traced process's environment (LD_PRELOAD appended to `base`'s).
+    Paths under `exclude` (at most 8, inside the root: the harness's own files) are not traced."""
     lib = tracer_library()
     r = os.path.realpath(root)
     j = os.path.realpath(journal)
@@ -104,7 +107,13 @@ def tracer_env(root: str, journal: str, base: Optional[Mapping[str, str]] = None
     env = os.environ if base is None else base
     pre = env.get("LD_PRELOAD", "")
     parts = [p for p in pre.replace(":", " ").split() if p and p != lib]
-    return {"LD_PRELOAD": " ".join(parts + [lib]), ENV_ROOT: r, ENV_JOURNAL: j}
+    out = {"LD_PRELOAD": " ".join(parts + [lib]), ENV_ROOT: r, ENV_JOURNAL: j}
+    ex = [os.path.realpath(x) for x in exclude]
+    if len(ex) > 8 or any(":" in x for x in ex):
+        raise UsageError(f"power-loss trace exclusions {list(exclude)}: at most 8 paths, none containing ':'")
+    if ex:
+        out[ENV_EXCLUDE] = ":".join(ex)
+    return out
 
 
 def reconfigure_in_process() -> bool:
@@ -130,8 +139,9 @@ def tracing_active() -> bool:
         return False
 
 
-def traced_environ(root: str, journal: str) -> Dict[str, str]:
+def traced_environ(root: str, journal: str, exclude: Sequence[str] = ()) -> Dict[str, str]:
     """A full environment (a copy of os.environ) for a traced child process."""
     env = dict(os.environ)
-    env.update(tracer_env(root, journal, env))
+    env.pop(ENV_EXCLUDE, None)
+    env.update(tracer_env(root, journal, env, exclude))
     return env

@@ -41,7 +41,7 @@ import shutil
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from harness.exit_codes import HarnessError, UsageError
 
@@ -65,9 +65,11 @@ class Baseline:
     entries: Dict[str, tuple] = field(default_factory=dict)
 
 
-def snapshot_baseline(root: str) -> Baseline:
-    """What is under `root` now, taken as durable (contents copied: the dir starts small)."""
+def snapshot_baseline(root: str, exclude: Sequence[str] = ()) -> Baseline:
+    """What is under `root` now, taken as durable (contents copied: the dir starts small);
+    paths under `exclude` are left out (never traced, never rebuilt)."""
     r = os.path.realpath(root)
+    skip = {os.path.realpath(x) for x in exclude}
     try:
         st = os.stat(r)
     except OSError as e:
@@ -79,6 +81,8 @@ def snapshot_baseline(root: str) -> Baseline:
         with os.scandir(os.path.join(r, rel) if rel else r) as it:
             for e in it:
                 sub = f"{rel}/{e.name}" if rel else e.name
+                if os.path.join(r, sub) in skip:
+                    continue
                 s = e.stat(follow_symlinks=False)
                 if stat.S_ISDIR(s.st_mode):
                     base.entries[sub] = ("d", s.st_ino)
@@ -93,13 +97,14 @@ def baseline_path(journal: str) -> str:
     return journal + ".base"
 
 
-def arm(root: str, journal: str) -> Dict[str, str]:
+def arm(root: str, journal: str, exclude: Sequence[str] = ()) -> Dict[str, str]:
     """Start (or restart) tracing of `root`: baseline saved next to the journal, the
-    journal emptied. Returns the variables to add to each traced process's env."""
+    journal emptied. Returns the variables to add to each traced process's env
+    (paths under `exclude` are neither traced nor touched by the rebuild)."""
     from .build import tracer_env
 
-    env = tracer_env(root, journal)
-    base = snapshot_baseline(root)
+    env = tracer_env(root, journal, exclude=exclude)
+    base = snapshot_baseline(root, exclude)
     tmp = baseline_path(journal) + ".tmp"
     with open(tmp, "wb") as f:
         pickle.dump(base, f, protocol=pickle.HIGHEST_PROTOCOL)

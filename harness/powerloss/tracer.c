@@ -18,7 +18,9 @@
  *  4. A descriptor's file is looked up at open (or lazily via fstat and
  *     /proc/self/fd on first use) and cached per fd; close/dup2/dup3 reset or
  *     copy the cache. A mutex guards the cache; fork holds it (pthread_atfork).
- *  5. Each record = header, path1, path2, data, then an 8-byte trailer equal to
+ *  5. Paths under a prefix in DFH_TRACE_EXCLUDE (':'-separated, absolute,
+ *     realpath'd) are not journaled (the harness's own files).
+ *  6. Each record = header, path1, path2, data, then an 8-byte trailer equal to
  *     the header's nonce, so a reader can tell a torn record.
  *
  * Not seen: writes through mmap and stdio (glibc-internal calls), and io_uring.
@@ -123,8 +125,19 @@ static void emit(uint16_t op, uint16_t flags, int fd, uint64_t dev, uint64_t ino
 
 /* -- paths and the fd table ------------------------------------------------------ */
 
+#define NEXCL 8
+static char excl[NEXCL][PATH_MAX]; /* DFH_TRACE_EXCLUDE: absolute prefixes under the root, ':'-separated */
+static size_t excllen[NEXCL];
+static int nexcl = 0;
+
+static int under(const char *p, const char *dir, size_t n) {
+    return strncmp(p, dir, n) == 0 && (p[n] == '/' || p[n] == 0);
+}
 static int under_root(const char *p) {
-    return strncmp(p, root, rootlen) == 0 && (p[rootlen] == '/' || p[rootlen] == 0);
+    if (!under(p, root, rootlen)) return 0;
+    for (int i = 0; i < nexcl; i++)
+        if (under(p, excl[i], excllen[i])) return 0;
+    return 1;
 }
 
 /* Could `path` (as given, relative to dirfd) name something under the root? */
@@ -285,6 +298,19 @@ __attribute__((constructor)) static void dfh_init(void) {
     snprintf(root_raw, sizeof root_raw, "%s", r);
     root_rawlen = strlen(root_raw);
     while (root_rawlen > 1 && root_raw[root_rawlen - 1] == '/') root_raw[--root_rawlen] = 0;
+    const char *x = getenv("DFH_TRACE_EXCLUDE");
+    nexcl = 0;
+    while (x && *x && nexcl < NEXCL) {
+        const char *end = strchr(x, ':');
+        size_t n = end ? (size_t)(end - x) : strlen(x);
+        if (n > 1 && n < PATH_MAX) {
+            memcpy(excl[nexcl], x, n);
+            excl[nexcl][n] = 0;
+            while (n > 1 && excl[nexcl][n - 1] == '/') excl[nexcl][--n] = 0;
+            excllen[nexcl++] = n;
+        }
+        x = end ? end + 1 : NULL;
+    }
     REAL(int, open, (const char *, int, ...));
     int fd = real_open(j, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) { fprintf(stderr, "dfh-tracer: journal %s: %s; not tracing\n", j, strerror(errno)); return; }

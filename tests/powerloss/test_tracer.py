@@ -289,3 +289,21 @@ print("ok")
     recs = traced.records()
     assert [r.op for r in recs] == [J.HELLO, J.CREATE, J.WRITE]
     assert recs[1].path1 == traced.p("after") and bytes(recs[2].data) == b"traced"
+
+
+def test_excluded_paths_are_not_traced(traced):
+    os.mkdir(traced.p("history"))
+    traced.env = None
+    from harness.powerloss.rebuild import arm, powercut
+
+    traced.env = arm(traced.root, traced.journal, exclude=[traced.p("history")])
+    traced.run('''
+        import os
+        for name in ("history/h.jsonl", "data"):
+            fd = os.open(name, os.O_CREAT | os.O_WRONLY); os.write(fd, b"x"); os.close(fd)
+    ''')
+    paths = [r.path1 for r in traced.records() if r.op == J.CREATE]
+    assert paths == [traced.p("data")]
+    st = powercut(traced.root, traced.journal)
+    assert os.path.exists(traced.p("history", "h.jsonl")) and not os.path.exists(traced.p("data"))
+    assert [e.split(" ")[0] for e in st.entries_undone] == ["data"]
