@@ -33,6 +33,7 @@ MAGIC = 0x4A484644
 MAGIC_BYTES = struct.pack("<I", MAGIC)
 HEADER = struct.Struct("<IHHIIiIIIQQQQQQQ")
 assert HEADER.size == 88
+TRAILER = struct.Struct("<Q")
 
 HELLO, CREATE, WRITE, TRUNCATE, FALLOCATE, RENAME, UNLINK, RMDIR, LINK, MKDIR = range(1, 11)
 FSYNC, FDATASYNC, SYNC_FILE_RANGE, SYNCFS, SYNC = range(11, 16)
@@ -44,7 +45,7 @@ OP_NAMES = {
 F_ISDIR = 1
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     seq: int  # position in the total order
     op: int
@@ -91,31 +92,32 @@ def parse(buf: Union[bytes, bytearray, memoryview], stats: Optional[JournalStats
     pos = 0
     seq = 0
     unpack = HEADER.unpack_from
+    trailer = TRAILER.unpack_from
+    hsize = HEADER.size
     raw = bytes(mv) if not isinstance(buf, bytes) else buf
-    while pos + HEADER.size + 8 <= n:
-        (magic, op, flags, total, pid, fd, l1, l2, _pad, nonce, dev, ino, a, b, c, dlen) = unpack(mv, pos)
-        ok = (magic == MAGIC and total == HEADER.size + l1 + l2 + dlen + 8 and pos + total <= n
-              and int.from_bytes(mv[pos + total - 8:pos + total], "little") == nonce)
-        if not ok:
-            if stats is not None:
-                stats.torn += 1
+    torn = 0
+    while pos + hsize + 8 <= n:
+        (magic, op, flags, total, pid, fd, l1, l2, _pad, nonce, dev, ino, a, b, c, dlen) = unpack(raw, pos)
+        end = pos + total
+        if (magic != MAGIC or total != hsize + l1 + l2 + dlen + 8 or end > n
+                or trailer(raw, end - 8)[0] != nonce):
+            torn += 1
             nxt = raw.find(MAGIC_BYTES, pos + 1)
             if nxt < 0:
                 break
             pos = nxt
             continue
-        p = pos + HEADER.size
+        p = pos + hsize
         path1 = raw[p:p + l1].decode("utf-8", "surrogateescape") if l1 else ""
         p += l1
         path2 = raw[p:p + l2].decode("utf-8", "surrogateescape") if l2 else ""
         p += l2
-        data = mv[p:p + dlen]
-        yield Record(seq, op, flags, pid, fd, dev, ino, a, b, c, path1, path2, data)
+        yield Record(seq, op, flags, pid, fd, dev, ino, a, b, c, path1, path2, mv[p:p + dlen] if dlen else b"")
         seq += 1
-        pos += total
-        if stats is not None:
-            stats.records += 1
+        pos = end
     if stats is not None:
+        stats.records = seq
+        stats.torn = torn
         stats.bytes = n
 
 
