@@ -78,7 +78,7 @@ def tracer_library() -> str:
     os.close(fd)
     try:
         proc = subprocess.run(
-            [cc, "-shared", "-fPIC", "-O2", "-o", tmp, SOURCE, "-ldl", "-lpthread"],
+            [cc, "-shared", "-fPIC", "-O2", "-o", tmp, SOURCE, "-ldl"],
             capture_output=True, text=True, timeout=120, check=False,
         )
         if proc.returncode != 0:

@@ -17,7 +17,8 @@
  *     call minus the bytes written (right for O_APPEND too).
  *  4. A descriptor's file is looked up at open (or lazily via fstat and
  *     /proc/self/fd on first use) and cached per fd; close/dup2/dup3 reset or
- *     copy the cache. A mutex guards the cache; fork holds it (pthread_atfork).
+ *     copy the cache. The cache is lock-free (a per-entry sequence number), so a
+ *     signal handler's write() cannot deadlock, and a fork child inherits it.
  *  5. Paths under a prefix in DFH_TRACE_EXCLUDE (':'-separated, absolute,
  *     realpath'd) are not journaled (the harness's own files).
  *  6. Each record = header, path1, path2, data, then an 8-byte trailer equal to
@@ -30,7 +31,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -62,10 +62,9 @@ struct rec {
 
 #define NFD 65536
 enum { FD_UNKNOWN = 0, FD_UNTRACED = 1, FD_TRACED = 2 };
-struct fdent { uint8_t state, isdir; uint64_t dev, ino; char *path; };
+struct fdent { uint32_t seq; uint8_t state, isdir; uint64_t dev, ino; };
 
 static struct fdent fdt[NFD];
-static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static int enabled = 0;
 static int jfd = -1;
 static char root[PATH_MAX];
@@ -182,40 +181,49 @@ static int resolve(int dirfd, const char *path, char *out) {
     return under_root(out) ? 0 : -1;
 }
 
-static void fd_set_entry(int fd, uint8_t state, uint8_t isdir, uint64_t dev, uint64_t ino, const char *path) {
+/* Lock-free (a signal handler may write to a pipe while the interrupted code
+ * updates the table): a per-entry sequence number, odd while being written. */
+static void fd_set_entry(int fd, uint8_t state, uint8_t isdir, uint64_t dev, uint64_t ino) {
     if (fd < 0 || fd >= NFD) return;
-    pthread_mutex_lock(&mu);
-    free(fdt[fd].path);
-    fdt[fd].state = state; fdt[fd].isdir = isdir; fdt[fd].dev = dev; fdt[fd].ino = ino;
-    fdt[fd].path = (path && isdir) ? strdup(path) : NULL;
-    pthread_mutex_unlock(&mu);
+    struct fdent *e = &fdt[fd];
+    __atomic_add_fetch(&e->seq, 1, __ATOMIC_ACQ_REL);
+    e->state = state; e->isdir = isdir; e->dev = dev; e->ino = ino;
+    __atomic_add_fetch(&e->seq, 1, __ATOMIC_ACQ_REL);
 }
 
-static void fd_forget(int fd) { if (fd >= 0 && fd < NFD) fd_set_entry(fd, FD_UNKNOWN, 0, 0, 0, NULL); }
+static void fd_forget(int fd) { fd_set_entry(fd, FD_UNKNOWN, 0, 0, 0); }
 
-/* Look fd up; resolve lazily. Returns 1 (and fills e, path for dirs) if traced. */
+static int fd_read_entry(int fd, struct fdent *out) {
+    struct fdent *e = &fdt[fd];
+    for (int tries = 0; tries < 64; tries++) {
+        uint32_t s1 = __atomic_load_n(&e->seq, __ATOMIC_ACQUIRE);
+        if (s1 & 1) continue;
+        out->state = e->state; out->isdir = e->isdir; out->dev = e->dev; out->ino = e->ino;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&e->seq, __ATOMIC_ACQUIRE) == s1) return 1;
+    }
+    return 0; /* being written (maybe by the code this signal handler interrupted): look it up */
+}
+
+/* Look fd up; resolve lazily. Returns 1 (and fills e; dirpath for a directory) if traced. */
 static int fd_lookup(int fd, struct fdent *e, char *dirpath) {
     if (!enabled || fd < 0 || fd == jfd) return 0;
-    if (fd < NFD) {
-        pthread_mutex_lock(&mu);
-        *e = fdt[fd];
-        if (e->state == FD_TRACED && e->isdir && dirpath && fdt[fd].path) snprintf(dirpath, PATH_MAX, "%s", fdt[fd].path);
-        pthread_mutex_unlock(&mu);
-        if (e->state == FD_TRACED) return 1;
-        if (e->state == FD_UNTRACED) return 0;
-    }
     int saved = errno;
+    if (fd < NFD && fd_read_entry(fd, e) && e->state != FD_UNKNOWN) {
+        if (e->state == FD_TRACED && e->isdir && dirpath && fd_path(fd, dirpath) < 0) dirpath[0] = 0;
+        errno = saved;
+        return e->state == FD_TRACED;
+    }
     struct stat st;
     char p[PATH_MAX];
-    int traced = 0;
-    if (fstat(fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) && fd_path(fd, p) == 0 && under_root(p))
-        traced = 1;
+    int traced = fstat(fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) && fd_path(fd, p) == 0 &&
+                 under_root(p);
     if (traced) {
         e->state = FD_TRACED; e->isdir = S_ISDIR(st.st_mode); e->dev = st.st_dev; e->ino = st.st_ino;
         if (dirpath) snprintf(dirpath, PATH_MAX, "%s", p);
-        fd_set_entry(fd, FD_TRACED, e->isdir, e->dev, e->ino, p);
+        fd_set_entry(fd, FD_TRACED, e->isdir, e->dev, e->ino);
     } else {
-        fd_set_entry(fd, FD_UNTRACED, 0, 0, 0, NULL);
+        fd_set_entry(fd, FD_UNTRACED, 0, 0, 0);
     }
     errno = saved;
     return traced;
@@ -229,12 +237,12 @@ static void after_open(int fd, const char *path, int flags) {
     struct stat st;
     if (!maybe_under(path) || fd_path(fd, p) < 0 || !under_root(p) || fstat(fd, &st) != 0 ||
         !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode))) {
-        fd_set_entry(fd, FD_UNTRACED, 0, 0, 0, NULL);
+        fd_set_entry(fd, FD_UNTRACED, 0, 0, 0);
         errno = saved;
         return;
     }
     int isdir = S_ISDIR(st.st_mode);
-    fd_set_entry(fd, FD_TRACED, isdir, st.st_dev, st.st_ino, p);
+    fd_set_entry(fd, FD_TRACED, isdir, st.st_dev, st.st_ino);
     if (!isdir && (flags & (O_CREAT | O_TRUNC)))
         emit(OP_CREATE, 0, fd, st.st_dev, st.st_ino, 0, 0, (uint64_t)flags, p, NULL, NULL, 0);
     errno = saved;
@@ -287,8 +295,6 @@ static void emit_path(uint16_t op, const char *p1, const char *p2, uint64_t c, i
 
 /* -- init, fork ------------------------------------------------------------------- */
 
-static void atfork_prepare(void) { pthread_mutex_lock(&mu); }
-static void atfork_release(void) { pthread_mutex_unlock(&mu); }
 
 __attribute__((constructor)) static void dfh_init(void) {
     const char *r = getenv("DFH_TRACE_ROOT"), *j = getenv("DFH_TRACE_JOURNAL");
@@ -323,8 +329,6 @@ __attribute__((constructor)) static void dfh_init(void) {
     int hi = fcntl(fd, F_DUPFD_CLOEXEC, 1000);
     if (hi >= 0) { REAL(int, close, (int)); real_close(fd); fd = hi; }
     jfd = fd;
-    static int atfork_done = 0;
-    if (!atfork_done) { atfork_done = 1; pthread_atfork(atfork_prepare, atfork_release, atfork_release); }
     enabled = 1;
     emit(OP_HELLO, 0, -1, 0, 0, 0, 0, 0, root, NULL, NULL, 0);
 }
@@ -334,9 +338,7 @@ __attribute__((constructor)) static void dfh_init(void) {
 /* Re-read DFH_TRACE_ROOT / DFH_TRACE_JOURNAL (after a fork whose child changed its
  * environment): closes the old journal, forgets every cached fd. Returns 1 if now tracing. */
 int dfh_tracer_reconfigure(void) {
-    pthread_mutex_lock(&mu);
-    for (int i = 0; i < NFD; i++) { free(fdt[i].path); fdt[i].path = NULL; fdt[i].state = FD_UNKNOWN; }
-    pthread_mutex_unlock(&mu);
+    for (int i = 0; i < NFD; i++) fd_forget(i);
     if (jfd >= 0) { REAL(int, close, (int)); real_close(jfd); }
     enabled = 0; jfd = -1; rootlen = root_rawlen = 0;
     dfh_init();

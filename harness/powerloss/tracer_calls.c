@@ -49,7 +49,7 @@ static void copy_entry(int from, int to) {
     struct fdent e;
     char dp[PATH_MAX];
     dp[0] = 0;
-    if (fd_lookup(from, &e, dp)) fd_set_entry(to, FD_TRACED, e.isdir, e.dev, e.ino, dp);
+    if (fd_lookup(from, &e, dp)) fd_set_entry(to, FD_TRACED, e.isdir, e.dev, e.ino);
     else fd_forget(to);
     errno = saved;
 }

@@ -307,3 +307,26 @@ def test_excluded_paths_are_not_traced(traced):
     st = powercut(traced.root, traced.journal)
     assert os.path.exists(traced.p("history", "h.jsonl")) and not os.path.exists(traced.p("data"))
     assert [e.split(" ")[0] for e in st.entries_undone] == ["data"]
+
+
+def test_signal_handler_writes_do_not_deadlock(traced):
+    """CPython's C signal handler writes to the wakeup fd while the main thread may be
+    inside a traced write: the fd cache must not take a lock there."""
+    traced.run('''
+        import os, signal, threading
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGUSR1, lambda *a: None)
+        stop = False
+        def pest():
+            while not stop:
+                os.kill(os.getpid(), signal.SIGUSR1)
+        t = threading.Thread(target=pest); t.start()
+        fd = os.open("f", os.O_CREAT | os.O_WRONLY, 0o644)
+        for i in range(3000):
+            os.write(fd, b"x")
+        stop = True; t.join()
+        print("ok")
+    ''')
+    assert sum(1 for r in traced.records() if r.op == J.WRITE) == 3000
