@@ -37,3 +37,16 @@ def test_a_sigkill_alone_does_not_catch_sync_off(tmp_path, monkeypatch):
     findings = tier_powercut.run_powercut_trials("tests.store_zoo.powerloss:SyncOffStore", str(tmp_path), trials=6,
                                                  seed=7)
     assert findings == []
+
+
+def test_tier_result_wrapper(tmp_path):
+    from harness.certify.certificate import BUDGETS, FAILED
+    from harness.certify.common import Context
+    from harness.certify.loader import load
+
+    ctx = Context(target=load("tests.store_zoo.powerloss:SyncOffStore"), profile="durable", budget=BUDGETS["quick"],
+                  seed=3, workroot=str(tmp_path), overrides={"powercuts": 5})
+    res = tier_powercut.run(ctx, tier=3)
+    assert res.status == FAILED and res.counterexamples[0].property == "P6 durability"
+    assert res.counterexamples[0].detail["powercut"]["unsynced_writes_dropped"] > 0
+    assert res.counters["trials"] >= 1 and res.counters["unsynced_writes_dropped"] > 0
