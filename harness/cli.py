@@ -83,7 +83,7 @@ def _need_report(d: str) -> str:
 
 
 def _print_result(r) -> None:
-    from .report import _verdict_line
+    from .reports.render import _verdict_line
 
     with open(os.path.join(r.report_dir, "result.json")) as f:
         result = json.load(f)
@@ -148,7 +148,7 @@ def _dispatch(args) -> int:
             print(f"{sc.name:30s} {sc.backend:9s} {exp:22s} {sc.description}")
         return EXIT_OK
     if args.cmd == "run":
-        from .runner import run_scenario
+        from .process_engine.runner import run_scenario
 
         sc = load_scenario(args.scenario)
         check_seed(args.seed, "--seed")
@@ -161,8 +161,7 @@ def _dispatch(args) -> int:
         _print_result(r)
         return _run_exit(r)
     if args.cmd == "replay":
-        from .runner import run_scenario
-
+        from .process_engine.runner import run_scenario
         from .verdict import verdict_word
 
         d = _need_report(args.report_dir)
@@ -209,7 +208,7 @@ def _dispatch(args) -> int:
             return EXIT_USAGE
         return EXIT_OK
     if args.cmd == "report":
-        from .report import render_report
+        from .reports.render import render_report
 
         render_report(_need_report(args.report_dir))
         print(f"rendered {args.report_dir}/report.md, report.html, timeline.png")

@@ -1,6 +1,6 @@
 """What both engines need around one run, written once.
 
-The process engine (`harness.runner`) and the simulation engine
+The process engine (`harness.process_engine.runner`) and the simulation engine
 (`harness.simulate.engine`) differ in how they schedule the producer and the
 consumer, not in what a run is. Both use, from here:
 

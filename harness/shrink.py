@@ -18,7 +18,7 @@ from .scenario import FAULT_KEYS, load_scenario
 
 
 def _still_fails(sc, seed, faults, reports_dir, tries, say) -> bool:
-    from .runner import run_scenario
+    from .process_engine.runner import run_scenario
 
     schedule = {"scenario": sc.name, "seed": seed, "faults": faults}
     for _ in range(tries):

@@ -184,7 +184,7 @@ def test_unknown_option_prints_the_subcommands_usage(capsys):
 # -- the policy itself: interruptions and bugs are the harness's failures (3), never 1 ------------
 
 def test_interrupt_and_internal_error_exit_3(capsys, monkeypatch):
-    import harness.runner as runner
+    import harness.process_engine.runner as runner
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

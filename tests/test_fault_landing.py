@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from harness.fault_ledger import FaultLedger
-from harness.runner import run_scenario
-from harness.supervisor import Supervisor
+from harness.process_engine.fault_ledger import FaultLedger
+from harness.process_engine.runner import run_scenario
+from harness.process_engine.supervisor import Supervisor
 from harness.verdict import judge, verdict_word
 from reference_impl.config import RunConfig, write_config
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.runner import run_scenario
+from harness.process_engine.runner import run_scenario
 
 HAS_CUDA = torch.cuda.is_available()
 

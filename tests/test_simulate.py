@@ -233,7 +233,7 @@ def test_cli_scenario_gives_workload_backend_and_expectation(tmp_path):
 
 def test_cli_counterexample_replays_in_the_process_engine(tmp_path):
     """publish_only_fresh: found, shrunk to one failpoint crash, written, replayed with real processes."""
-    from harness.runner import run_scenario
+    from harness.process_engine.runner import run_scenario
 
     out = tmp_path / "pof.toml"
     rc = simulate_main(["--variant", "tests.pipeline_zoo:publish_only_fresh", "--expect-violation", "P2",

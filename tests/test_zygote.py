@@ -1,4 +1,4 @@
-"""The zygote launcher behaves like spawning `python -m MODULE` (harness/zygote.py)."""
+"""The zygote launcher behaves like spawning `python -m MODULE` (harness/process_engine/zygote.py)."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness.supervisor import Supervisor
+from harness.process_engine.supervisor import Supervisor
 from reference_impl.config import RunConfig, write_config
 from reference_impl.procutil import pid_gone
 
@@ -138,7 +138,7 @@ def test_sigstop_sigcont(tmp_path):
 
 HARNESS = textwrap.dedent("""
     import json, os, sys, time
-    from harness.supervisor import Supervisor
+    from harness.process_engine.supervisor import Supervisor
     from harness import zygote
     from reference_impl.config import RunConfig, write_config
     pids = []

@@ -15,7 +15,7 @@ from .registry import MEMORY_SCENARIO, BenchRun, section
 def memory_worker(trials: int, base: str) -> Dict[str, Any]:
     import resource
 
-    from ..runner import run_scenario
+    from ..process_engine.runner import run_scenario
     from ..scenario import load_scenario
 
     sc = load_scenario(MEMORY_SCENARIO)

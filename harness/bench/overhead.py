@@ -14,8 +14,8 @@ from .registry import DEFAULT_SCENARIO, BenchRun, section
 
 
 def overhead_worker(seeds: List[int], base: str) -> Dict[str, Any]:
-    from .. import zygote
-    from ..runner import run_scenario
+    from ..process_engine import zygote
+    from ..process_engine.runner import run_scenario
 
     zygote.get_client()  # warm, as in a campaign worker
     run_scenario(DEFAULT_SCENARIO, 999, reports_dir=os.path.join(base, "warm"), render=False)

@@ -72,7 +72,7 @@ def fd_count(pid: int) -> int:
 
 
 def zygote_pids() -> List[int]:
-    from .. import zygote
+    from ..process_engine import zygote
 
     return [c.pid for c in zygote._CLIENTS.values() if not c.closed]
 

@@ -28,11 +28,11 @@ def restart_worker(launcher: str, kills: int, base: str, seed: int = 0) -> Dict[
     os.environ["DFH_LAUNCHER"] = launcher
     from reference_impl.config import write_config
 
-    from ..runner import POLL_S, config_for
+    from ..process_engine.runner import POLL_S, config_for
     from ..scenario import load_scenario
 
     if launcher == "zygote":
-        from .. import zygote
+        from ..process_engine import zygote
 
         zygote.get_client()  # started before the clock, as in a campaign worker after its first trial
     rng = random.Random(seed)
@@ -53,7 +53,7 @@ def restart_worker(launcher: str, kills: int, base: str, seed: int = 0) -> Dict[
 
 
 def _restart_run(cfg, launcher: str, kills: int, rng, poll_s: float) -> List[Dict[str, Any]]:
-    from ..supervisor import Supervisor
+    from ..process_engine.supervisor import Supervisor
 
     conf = cfg.path("config.json")
     sup = Supervisor(cfg.workdir, launcher=launcher)

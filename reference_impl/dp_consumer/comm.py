@@ -16,7 +16,7 @@ from .. import failpoints
 from ..config import RunConfig
 
 CHECKPOINT = os.path.join("checkpoint", "consumer.pt")  # = reference_impl.consumer.CHECKPOINT
-RANKS_FILE = "consumer.ranks.json"  # read by harness.runner for rank-targeted faults
+RANKS_FILE = "consumer.ranks.json"  # read by harness.process_engine.runner for rank-targeted faults
 INBOX_DIR = "inbox"
 EXIT_PEER_LOST = 75  # a rank: a collective failed (peer gone or timed out)
 EXIT_KILLED = 128 + signal.SIGKILL  # the group: "restart me with --resume"

@@ -29,18 +29,18 @@ from typing import Any, Callable, Dict, List, Optional, Union
 from reference_impl.channel import read_json
 from reference_impl.config import EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, RunConfig, write_config
 
+from ..exit_codes import HarnessError, describe_os_error
+from ..run_plumbing import Progress, durable_store, roll_up
+from ..run_plumbing import scenario_config as config_for  # noqa: F401 (bench, tests)
+from ..scenario import RANK_TARGET, Scenario, load_scenario
+from ..validation import check_for_run
+from ..verdict import judge, verdict_word
 from . import nemesis
-from .exit_codes import HarnessError, describe_os_error
 from .fault_ledger import FaultLedger
-from .run_plumbing import Progress, durable_store, roll_up
-from .run_plumbing import scenario_config as config_for  # noqa: F401 (bench, tests)
-from .scenario import RANK_TARGET, Scenario, load_scenario
 from .supervisor import Supervisor, pid_stopped
-from .validation import check_for_run
-from .verdict import judge, verdict_word
 
 POLL_S = 0.005
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass
@@ -76,7 +76,7 @@ def check_devices(sc: Scenario) -> None:
     try:
         pick_device("cuda", "harness")
     except DeviceError as e:
-        from .scenario import ScenarioError
+        from ..scenario import ScenarioError
 
         raise ScenarioError(f"{sc.path or sc.name}: topology.{wants[0]} = 'cuda' but {e}") from None
 
@@ -401,7 +401,7 @@ def _trigger_holds(f: Dict[str, Any], prog: Progress, elapsed: float) -> bool:
 
 
 def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
-    from .final_state import read_final_state
+    from ..final_state import read_final_state
 
     durable = durable_store(cfg.backend, sup.incarnations.get("store_server", 0))
     # Stop pipeline processes before reading the store; keep the store server up.
@@ -420,8 +420,8 @@ def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
 
 
 def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work, render, say) -> RunResult:
-    from .checkers import check_all
-    from .history import load_history, write_merged
+    from ..checkers import check_all
+    from ..history import load_history, write_merged
 
     events = load_history(work)
     with _naming(os.path.join(rdir, "history.jsonl")) as path:
@@ -456,7 +456,7 @@ def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work,
     with _naming(os.path.join(rdir, "result.json")) as path, open(path, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True, default=str)
     if render:
-        from .report import render_report
+        from ..reports.render import render_report
 
         render_report(rdir)
     if verdict["as_expected"] and not keep_work:

@@ -60,7 +60,7 @@ PRELOAD = ("reference_impl.failpoints", "reference_impl.variant", "reference_imp
 #: line, so `ps` and /proc/PID/cmdline show `python -m MODULE ARGS...`.
 CMDLINE_ROOM = 4096
 START_TIMEOUT_S = 120.0
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # --------------------------------------------------------------------------
@@ -446,7 +446,7 @@ class ZygoteClient:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = ours
         t0 = time.monotonic()
-        code = ("import sys; sys.path.insert(1, %r); from harness.zygote import _server_main; _server_main()"
+        code = ("import sys; sys.path.insert(1, %r); from harness.process_engine.zygote import _server_main; _server_main()"
                 % _REPO_ROOT)
         parent = os.getpid()
 

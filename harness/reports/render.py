@@ -99,7 +99,7 @@ def _faults_line(result: Dict[str, Any]) -> str:
 
 
 def _verdict_line(result: Dict[str, Any]) -> str:
-    from .verdict import verdict_word
+    from ..verdict import verdict_word
 
     v = result["verdict"]
     word = verdict_word(v)

@@ -7,7 +7,7 @@ Every wait has a timeout. Each action is logged as a `supervisor` event.
 
 Launchers: `spawn` starts each child as `python -m MODULE` (Popen); `zygote`
 forks the producer and the consumer from a fork server that has torch and
-reference_impl imported already (`harness.zygote`), so a restart takes tens of
+reference_impl imported already (`harness.process_engine.zygote`), so a restart takes tens of
 milliseconds instead of seconds. Other modules (the store server) are always
 spawned. The default comes from the environment variable `DFH_LAUNCHER`
 (`zygote`, `spawn`, or unset: the zygote, falling back to spawn with a warning

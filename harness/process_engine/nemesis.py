@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 
 from reference_impl.failpoints import POINTS
 
-from .scenario import Scenario
+from ..scenario import Scenario
 
 # Which process reaches each failpoint ("rank." / "rank0." points: a rank of the
 # data-parallel consumer group, which the supervisor knows as "consumer").
