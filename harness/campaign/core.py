@@ -31,6 +31,7 @@ from reference_impl.fileio import write_json_atomic
 
 from ..exit_codes import UsageError
 from .executors import TrialLost, make_executor
+from .reaper import Reaper
 from .summary import progress_bar, summarize, summary_table, write_junit, write_text_atomic
 from .trial import INCOMPLETE_MARKER, error_row, run_trial, scratch_root, unpack_report
 
@@ -148,6 +149,8 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
     rows: List[Dict[str, Any]] = []
     interrupted: Optional[str] = None
     t0 = time.monotonic()
+    # Started before anything carries the marker; sweeps when this process dies or finishes.
+    reaper = Reaper(cid, ex.temp_dirs() + ([scratch_root(cid)] if ship else []))
     old_env = os.environ.get(CAMPAIGN_ENV)
     os.environ[CAMPAIGN_ENV] = cid
     restore = _trap_sigterm()
@@ -177,6 +180,7 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
             os.environ[CAMPAIGN_ENV] = old_env
         if ship:
             shutil.rmtree(scratch_root(cid), ignore_errors=True)
+        reaper.close()
     if progress:
         print(file=sys.stderr)
     if interrupted:

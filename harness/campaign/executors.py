@@ -86,6 +86,9 @@ class LocalExecutor:
                     out.append((futs[f], TrialLost(f"local worker lost: {e!r}")))
             yield out
 
+    def temp_dirs(self) -> List[str]:
+        return []
+
     def abort(self) -> None:
         """Kill the workers now (their zygotes and runs follow by parent-death signal)."""
         if self._ex is None:
@@ -115,7 +118,8 @@ class RayExecutor:
         self.jobs, self.address, self.max_retries = jobs, address, max_retries
         self.env = dict(env or {})
         self.ship_code = ship_code
-        self._tmp: Optional[str] = None
+        # A private temp dir for a local instance (short: it holds unix sockets), removed at the end.
+        self._tmp: Optional[str] = None if address else tempfile.mkdtemp(prefix="dfh-ray-")
         self._refs: Dict[Any, Any] = {}
         self.ray = None
 
@@ -123,6 +127,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
+            self._cleanup()
             raise UsageError("--executor ray: the ray package is not installed (pip install -e .[ray])") from None
         self.ray = ray
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -138,8 +143,6 @@ class RayExecutor:
                 runtime_env["py_modules"] = [os.path.join(_REPO_ROOT, "harness"),
                                              os.path.join(_REPO_ROOT, "reference_impl")]
         else:
-            # A private temp dir (short: it holds unix sockets), removed at the end.
-            self._tmp = tempfile.mkdtemp(prefix="dfh-ray-")
             kw.update(num_cpus=self.jobs, include_dashboard=False, _temp_dir=self._tmp)
         try:
             ray.init(**kw)
@@ -176,6 +179,9 @@ class RayExecutor:
                 pass
         self._refs = {}
         self.__exit__()
+
+    def temp_dirs(self) -> List[str]:
+        return [self._tmp] if self._tmp else []
 
     def _cleanup(self) -> None:
         if self._tmp:
