@@ -11,10 +11,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def start_campaign(args, reports, **kw):
+    """Start `python -m harness campaign ARGS --reports REPORTS`; its output goes to files next to REPORTS
+    (not pipes: a leftover process holding a pipe would hang the test instead of failing it)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
-    return subprocess.Popen([sys.executable, "-m", "harness", "campaign", *args, "--reports", str(reports)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, **kw)
+    base = f"{reports}.{time.monotonic_ns()}"
+    with open(base + ".out", "w") as out, open(base + ".err", "w") as err:
+        p = subprocess.Popen([sys.executable, "-m", "harness", "campaign", *args, "--reports", str(reports)],
+                             stdout=out, stderr=err, env=env, cwd=REPO, **kw)
+    p.out_path, p.err_path = base + ".out", base + ".err"
+    return p
+
+
+def finish(p, timeout):
+    """Wait for the campaign; return (stdout, stderr)."""
+    p.wait(timeout=timeout)
+    return output(p)
+
+
+def output(p):
+    with open(p.out_path) as f, open(p.err_path) as g:
+        return f.read(), g.read()
 
 
 def campaign_dirs(reports):
@@ -38,7 +55,7 @@ def wait_running_trial(proc, reports, min_procs=4, timeout=180):
     """Wait until the campaign has a trial whose pipeline processes are running; return (dir, descendants)."""
     def ready():
         if proc.poll() is not None:
-            raise AssertionError(f"campaign exited early: {proc.returncode} {proc.stderr.read()}")
+            raise AssertionError(f"campaign exited early: {proc.returncode} {output(proc)}")
         dirs = campaign_dirs(reports)
         if not dirs:
             return None
@@ -74,3 +91,14 @@ def wait_no_leftovers(cdir, seen, timeout=30):
         time.sleep(0.3)
         left = leftovers(cdir, seen)
     return left
+
+
+def kill_leftovers(cdir, seen):
+    """After the assertion: never let a failing test leak processes into the rest of the suite."""
+    import signal
+
+    for pid in leftovers(cdir, seen) if cdir else {}:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -12,7 +12,8 @@ from harness.campaign import exit_code, parse_seeds, run_campaign, summarize, wr
 from harness.cli import main
 from harness.scenario import load_scenario
 
-from .campaign_helpers import campaign_dirs, leftovers, start_campaign, wait_no_leftovers, wait_running_trial
+from .campaign_helpers import (campaign_dirs, finish, kill_leftovers, leftovers, start_campaign, wait_no_leftovers,
+                               wait_running_trial)
 
 
 @pytest.mark.parametrize("args, cause", [
@@ -95,7 +96,7 @@ def test_campaign_statuses_kept_reports_and_junit(tmp_path):
 def test_two_campaigns_at_once_get_their_own_dirs(tmp_path):
     reports = tmp_path / "r"
     procs = [start_campaign(["baseline", "--seeds", "0..0", "-j", "1"], reports) for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
+    outs = [finish(p, 600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     dirs = campaign_dirs(reports)
     assert len(dirs) == 2
@@ -109,6 +110,7 @@ def test_two_campaigns_at_once_get_their_own_dirs(tmp_path):
 def test_sigkilled_campaign_leaves_no_process(tmp_path):
     reports = tmp_path / "r"
     p = start_campaign(["kill-random", "--seeds", "0..19", "-j", "2"], reports)
+    cdir, seen = None, {}
     try:
         cdir, seen = wait_running_trial(p, reports)
         assert len(leftovers(cdir, seen)) >= 4  # the check sees the campaign's processes while it runs
@@ -118,19 +120,23 @@ def test_sigkilled_campaign_leaves_no_process(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
-        p.communicate()
+        kill_leftovers(cdir, seen)
 
 
 def test_sigtermed_campaign_writes_partial_summary_and_marks_incomplete(tmp_path):
     reports = tmp_path / "r"
     p = start_campaign(["kill-random", "--seeds", "0..19", "-j", "2"], reports)
+    cdir, seen = None, {}
     try:
         cdir, seen = wait_running_trial(p, reports)
         p.send_signal(signal.SIGTERM)
-        out, err = p.communicate(timeout=120)
+        out, err = finish(p, 120)
+        left = wait_no_leftovers(cdir, seen)
     finally:
         if p.poll() is None:
             p.kill()
+        kill_leftovers(cdir, seen)
+    assert left == {}
     assert p.returncode == 3, out + err
     assert "INTERRUPTED (SIGTERM)" in out
     with open(os.path.join(cdir, "summary.json")) as f:
@@ -147,4 +153,3 @@ def test_sigtermed_campaign_writes_partial_summary_and_marks_incomplete(tmp_path
             assert os.path.exists(os.path.join(rd, "result.json")) or \
                 os.path.exists(os.path.join(rd, "INCOMPLETE.json")), rd
     assert any(os.path.exists(os.path.join(cdir, d, "INCOMPLETE.json")) for d in os.listdir(cdir))
-    assert wait_no_leftovers(cdir, seen) == {}
