@@ -195,7 +195,7 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
     summary = summarize(rows)
     summary.update({"campaign_dir": cdir, "wall_s": round(time.monotonic() - t0, 1), "jobs": jobs,
                     "executor": executor, "address": address, "interrupted": bool(interrupted),
-                    "signal": interrupted, "seeds": list(seeds)})
+                    "signal": interrupted, "seeds": list(seeds), "executor_start_s": getattr(ex, "start_s", None)})
     runs = sorted(rows, key=lambda r: (r["scenario"], r["seed"]))
     write_json_atomic(os.path.join(cdir, "summary.json"), {"summary": summary, "runs": runs})
     write_text_atomic(os.path.join(cdir, "summary.md"), summary_table(summary))

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -116,6 +117,7 @@ class RayExecutor:
     def __init__(self, jobs: int, address: Optional[str] = None, *, max_retries: int = 2,
                  env: Optional[Dict[str, str]] = None, ship_code: bool = False) -> None:
         self.jobs, self.address, self.max_retries = jobs, address, max_retries
+        self.start_s: Optional[float] = None
         self.env = dict(env or {})
         self.ship_code = ship_code
         # A private temp dir for a local instance (short: it holds unix sockets), removed at the end.
@@ -144,8 +146,10 @@ class RayExecutor:
                                              os.path.join(_REPO_ROOT, "reference_impl")]
         else:
             kw.update(num_cpus=self.jobs, include_dashboard=False, _temp_dir=self._tmp)
+        t0 = time.monotonic()
         try:
             ray.init(**kw)
+            self.start_s = round(time.monotonic() - t0, 2)
         except Exception as e:
             self._cleanup()
             where = f"--address {self.address}" if self.address else "a local instance"

@@ -78,6 +78,13 @@ def run_trial(spec: Dict[str, Any]) -> Dict[str, Any]:
         reports = tempfile.mkdtemp(prefix=f"{name}-{seed}-", dir=scratch_root(spec.get("campaign_id", "none")))
     t = time.monotonic()
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    if ship:
+        try:
+            import ray
+
+            worker += f":{ray.get_runtime_context().get_node_id()[:12]}"  # host:pid:ray node
+        except Exception:
+            pass
     try:
         try:
             # Rendering (matplotlib) costs more CPU than checking a trial; render
