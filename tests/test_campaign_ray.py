@@ -1,5 +1,6 @@
 """Campaigns on the Ray executor (a real local Ray instance): same verdicts as local, lost workers, no orphans."""
 
+import json
 import os
 import signal
 import threading
@@ -11,14 +12,12 @@ import ray  # noqa: F401  (the [ray] extra is part of the test install: these te
 from harness.campaign import run_campaign
 from harness.campaign.reaper import descendants
 
-from .campaign_helpers import kill_leftovers, start_campaign, wait_no_leftovers, wait_running_trial
+from .campaign_helpers import kill_leftovers, output, start_campaign, wait_no_leftovers, wait_running_trial
 
 TASK_PREFIX = "ray::dfh_trial_"
 
 
 def _verdicts(summary_dir):
-    import json
-
     with open(os.path.join(summary_dir, "summary.json")) as f:
         runs = json.load(f)["runs"]
     return {(r["scenario"], r["seed"]): (r["status"], r["outcome"], tuple(r["violated"]),
@@ -92,13 +91,12 @@ def test_a_ray_worker_killed_mid_trial_is_retried_or_reported(tmp_path, retries)
 
 
 def _rows(summary):
-    import json
-
     with open(os.path.join(summary["campaign_dir"], "summary.json")) as f:
         return json.load(f)["runs"]
 
 
-def test_sigkilled_ray_campaign_leaves_no_process(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_ray_campaign_leaves_no_process(tmp_path, sig):
     reports = tmp_path / "r"
     p = start_campaign(["kill-random", "--seeds", "0..19", "--executor", "ray", "-j", "2"], reports)
     cdir, seen = None, {}
@@ -106,12 +104,19 @@ def test_sigkilled_ray_campaign_leaves_no_process(tmp_path):
         cdir, seen = wait_running_trial(p, reports, timeout=240)
         time.sleep(1.0)  # let the reaper note the instance's agents too
         seen = {**seen, **descendants(p.pid)}
-        p.send_signal(signal.SIGKILL)
-        p.wait(timeout=30)
+        p.send_signal(sig)
+        p.wait(timeout=120)
         left = wait_no_leftovers(cdir, seen, timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
         kill_leftovers(cdir, seen)
-    assert left == {}, f"processes outlived the SIGKILLed Ray campaign: {left}"
+    assert left == {}, f"processes outlived the {sig.name}ed Ray campaign: {left}"
     assert not [d for d in os.listdir("/tmp") if d.startswith(f"dfh-trials-{os.path.basename(cdir)}")]
+    if sig == signal.SIGTERM:
+        assert p.returncode == 3, output(p)
+        with open(os.path.join(cdir, "summary.json")) as f:
+            data = json.load(f)
+        assert data["summary"]["interrupted"] and data["summary"]["signal"] == "SIGTERM"
+        assert sorted(r["seed"] for r in data["runs"]) == list(range(20))
+        assert data["summary"]["incomplete"] >= 1 and data["summary"]["unexpected"] == 0

@@ -157,6 +157,7 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
     try:
         try:
             with ex:
+                _trap_sigterm()  # again: ray.init installs its own SIGTERM handler
                 try:
                     for batch in ex.run(run_trial, specs):
                         for spec, res in batch:
