@@ -80,9 +80,11 @@ def _two_nodes(args, seeds, base, local_verdicts) -> Dict[str, Any]:
 
     per = max(1, args.jobs // 2)
     tmp = tempfile.mkdtemp(prefix="dfh-ray2-")
+    os.makedirs(os.path.join(tmp, "ray"))
+    os.environ["RAY_TMPDIR"] = tmp  # the cluster utilities write their address file under it
     t0 = time.monotonic()
     try:
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": per, "_temp_dir": tmp,
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": per, "temp_dir": os.path.join(tmp, "ray"),
                                                                 "include_dashboard": False})
         cluster.add_node(num_cpus=per)
         cluster.wait_for_nodes()
