@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("campaign", help="many seeds of one or more scenarios in parallel")
     c.add_argument("scenarios", nargs="+")
     c.add_argument("--seeds", default="0..9", help="A..B inclusive, A,B,C, or N (default 0..9)")
-    c.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
+    c.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2,
+                   help="trials at once: local worker processes, or the CPUs of a local Ray instance "
+                   "(with --address the cluster decides)")
     c.add_argument("--backend")
     c.add_argument("--reports", default="reports")
     c.add_argument("--keep-all", action="store_true", help="keep the reports of runs that were as expected too")
