@@ -40,7 +40,7 @@ MAX_SEED = 2 ** 63 - 1
 
 
 class CampaignInterrupted(BaseException):
-    """Raised in the driver by SIGTERM (SIGINT raises KeyboardInterrupt)."""
+    """The campaign loop stops: SIGINT, SIGTERM or SIGHUP was received."""
 
     def __init__(self, signame: str) -> None:
         super().__init__(signame)
@@ -153,17 +153,20 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
     reaper = Reaper(cid, ex.temp_dirs() + ([scratch_root(cid)] if ship else []))
     old_env = os.environ.get(CAMPAIGN_ENV)
     os.environ[CAMPAIGN_ENV] = cid
-    restore = _trap_sigterm()
+    caught: List[str] = []
+    restore = _trap_signals(caught)
     try:
         try:
             with ex:
-                _trap_sigterm()  # again: ray.init installs its own SIGTERM handler
+                _trap_signals(caught)  # again: ray.init installs its own SIGTERM handler
                 try:
                     for batch in ex.run(run_trial, specs):
                         for spec, res in batch:
                             rows.append(_row(spec, res, cdir))
                         if progress:
                             progress_bar(len(rows), len(specs), rows, time.monotonic() - t0)
+                        if caught:
+                            raise CampaignInterrupted(caught[0])
                 except (KeyboardInterrupt, CampaignInterrupted) as e:
                     # Inside the `with`: its exit would wait for the running trials.
                     interrupted = e.signame if isinstance(e, CampaignInterrupted) else "SIGINT"
@@ -217,21 +220,23 @@ def _row(spec: Dict[str, Any], res: Any, cdir: str) -> Dict[str, Any]:
     return res
 
 
-def _trap_sigterm():
-    """SIGTERM raises CampaignInterrupted in the main thread; returns the restorer."""
+def _trap_signals(caught: List[str]):
+    """SIGINT, SIGTERM and SIGHUP note their name in `caught`; the campaign loop stops at its next tick.
+
+    The handlers never raise: an exception raised inside Ray's native wait is a
+    SystemError, not an interrupt. Returns the restorer (a no-op off the main thread).
+    """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
-    def on_term(signum, frame):
-        raise CampaignInterrupted(signal.Signals(signum).name)
+    def on_signal(signum, frame):
+        caught.append(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGHUP)}
-    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def restore():
         for s, h in old.items():
             signal.signal(s, h)
-        signal.signal(signal.SIGINT, old_int)
 
     return restore
 
