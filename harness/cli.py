@@ -50,10 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("campaign", help="many seeds of one or more scenarios in parallel")
     c.add_argument("scenarios", nargs="+")
     c.add_argument("--seeds", default="0..9", help="A..B inclusive, A,B,C, or N (default 0..9)")
-    c.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
+    c.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2,
+                   help="trials at once: local worker processes, or the CPUs of a local Ray instance "
+                   "(with --address the cluster decides)")
     c.add_argument("--backend")
     c.add_argument("--reports", default="reports")
     c.add_argument("--keep-all", action="store_true", help="keep the reports of runs that were as expected too")
+    c.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where trials run: local worker processes (default) or Ray tasks")
+    c.add_argument("--address", help="with --executor ray: an existing Ray cluster (e.g. auto or HOST:6379); "
+                   "default: start a local instance with -j CPUs")
+    c.add_argument("--max-retries", type=int, default=2,
+                   help="with --executor ray: retries of a trial whose worker or node died (default 2)")
+    c.add_argument("--ship-code", action="store_true",
+                   help="with --address: upload harness and reference_impl to the cluster (runtime_env py_modules)")
+    c.add_argument("--junit", help="also write the results as JUnit XML to this file")
     s = sub.add_parser("shrink", help="reduce a failing run to the fewest faults that still fail")
     s.add_argument("report_dir")
     s.add_argument("--tries", type=_positive_int, default=2, help="runs per candidate (>= 1)")
@@ -178,23 +189,34 @@ def _dispatch(args) -> int:
         _print_result(r)
         return _run_exit(r)
     if args.cmd == "campaign":
-        from .campaign import parse_seeds, run_campaign, summary_table
+        from .campaign import exit_code, parse_seeds, run_campaign, summary_table
 
-        for s in args.scenarios:
-            load_scenario(s)  # fail fast on a bad name or file
-        if args.backend:
-            _check_backend(args.backend)
+        if args.jobs < 1:
+            raise UsageError(f"-j/--jobs {args.jobs}: must be at least 1")
+        if args.max_retries < 0:
+            raise UsageError(f"--max-retries {args.max_retries}: must be at least 0")
+        if args.address and args.executor != "ray":
+            raise UsageError(f"--address {args.address!r} needs --executor ray")
         try:
             seeds = parse_seeds(args.seeds)
         except ValueError as e:  # bad --seeds: usage
             raise UsageError(str(e)) from None
+        scenarios = [load_scenario(s) for s in args.scenarios]  # fail fast on a bad name or file
+        if args.backend:
+            _check_backend(args.backend)
         check_output_dir(args.reports, "--reports")
-        summary = run_campaign(args.scenarios, seeds, jobs=args.jobs, reports_dir=args.reports,
-                               backend=args.backend, keep_all=args.keep_all)
+        summary = run_campaign(scenarios, seeds, jobs=args.jobs, reports_dir=args.reports,
+                               backend=args.backend, keep_all=args.keep_all, executor=args.executor,
+                               address=args.address, junit=args.junit, max_retries=args.max_retries,
+                               ship_code=args.ship_code)
         print(summary_table(summary))
-        print(f"{summary['runs']} runs, {summary['unexpected']} unexpected, {summary['wall_s']} s; "
-              f"summary and failing reports in {summary['campaign_dir']}")
-        return EXIT_OK if summary["unexpected"] == 0 else EXIT_UNEXPECTED
+        print(f"{summary['runs']} runs: {summary['as_expected']} as expected, {summary['unexpected']} unexpected, "
+              f"{summary['inconclusive']} inconclusive, {summary['harness_error']} harness errors, "
+              f"{summary['incomplete']} incomplete; faults landed {summary['faults_landed']}"
+              f"/{summary['faults_planned']}; {summary['wall_s']} s on {summary['executor']}"
+              f"{' (INTERRUPTED)' if summary['interrupted'] else ''}; "
+              f"summary and kept reports in {summary['campaign_dir']}")
+        return exit_code(summary)
     if args.cmd == "shrink":
         from .shrink import shrink_report
 

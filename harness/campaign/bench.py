@@ -1,0 +1,119 @@
+"""Bench: campaign throughput on a local Ray instance against the local executor, same seeds, same verdicts.
+
+    python -m harness.campaign.bench [SCENARIO...] [--seeds 0..19] [-j 2] [--two-nodes] [--json FILE]
+
+Runs the same campaign with `--executor local` and `--executor ray` (a local
+instance with -j CPUs), reports trials per minute of each (wall clock,
+executor start included), the ratio (goal >= 0.8), and whether the per-seed
+verdicts are identical. `--two-nodes` also runs it on a two-node cluster
+started with `ray.cluster_utils.Cluster` (each node -j/2 CPUs, at least one)
+and compares its verdicts too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List
+
+from .core import parse_seeds, run_campaign
+
+GOAL_RATIO = 0.8
+
+
+def _verdicts(cdir: str) -> Dict[str, Any]:
+    with open(os.path.join(cdir, "summary.json")) as f:
+        runs = json.load(f)["runs"]
+    return {f"{r['scenario']}:{r['seed']}": [r["status"], r["outcome"], r["violated"]] for r in runs}
+
+
+def _one(label: str, scenarios: List[str], seeds: List[int], base: str, **kw) -> Dict[str, Any]:
+    t0 = time.monotonic()
+    s = run_campaign(scenarios, seeds, reports_dir=os.path.join(base, label), progress=False, **kw)
+    wall = time.monotonic() - t0
+    out = {"runs": s["runs"], "wall_s": round(wall, 2), "trials_per_min": round(60 * s["runs"] / wall, 1),
+           "executor_start_s": s.get("executor_start_s"), "as_expected": s["as_expected"],
+           "not_as_expected": s["runs"] - s["as_expected"], "verdicts": _verdicts(s["campaign_dir"])}
+    print(f"{label:10s} {out['runs']} trials in {out['wall_s']} s = {out['trials_per_min']} trials/min "
+          f"(executor start {out['executor_start_s']} s); {out['as_expected']} as expected", file=sys.stderr)
+    return out
+
+
+def main(argv: List[str] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m harness.campaign.bench")
+    ap.add_argument("scenarios", nargs="*", default=["kill-random", "failpoints-consumer"])
+    ap.add_argument("--seeds", default="0..19")
+    ap.add_argument("-j", "--jobs", type=int, default=2)
+    ap.add_argument("--two-nodes", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    seeds = parse_seeds(args.seeds)
+    base = tempfile.mkdtemp(prefix="dfh-bench-campaign-")
+    out: Dict[str, Any] = {"scenarios": args.scenarios, "seeds": args.seeds, "jobs": args.jobs,
+                           "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
+    try:
+        out["local"] = _one("local", args.scenarios, seeds, base, jobs=args.jobs)
+        out["ray"] = _one("ray", args.scenarios, seeds, base, jobs=args.jobs, executor="ray")
+        out["ratio"] = round(out["ray"]["trials_per_min"] / out["local"]["trials_per_min"], 3)
+        out["same_verdicts"] = out["ray"]["verdicts"] == out["local"]["verdicts"]
+        print(f"ray/local throughput ratio {out['ratio']} (goal >= {GOAL_RATIO}); "
+              f"same per-seed verdicts: {out['same_verdicts']}", file=sys.stderr)
+        if args.two_nodes:
+            out["two_nodes"] = _two_nodes(args, seeds, base, out["local"]["verdicts"])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    out["loadavg_after"] = os.getloadavg()
+    if args.json:
+        from .summary import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(out, indent=2, sort_keys=True))
+    return 0 if out.get("same_verdicts") else 1
+
+
+def _two_nodes(args, seeds, base, local_verdicts) -> Dict[str, Any]:
+    from ray.cluster_utils import Cluster
+
+    per = max(1, args.jobs // 2)
+    tmp = tempfile.mkdtemp(prefix="dfh-ray2-")
+    os.makedirs(os.path.join(tmp, "ray"))
+    os.environ["RAY_TMPDIR"] = tmp  # the cluster utilities write their address file under it
+    t0 = time.monotonic()
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": per, "temp_dir": os.path.join(tmp, "ray"),
+                                                                "include_dashboard": False})
+        cluster.add_node(num_cpus=per)
+        cluster.wait_for_nodes()
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"two nodes: the cluster utilities could not start two nodes: {e!r}", file=sys.stderr)
+        return {"started": False, "error": repr(e)}
+    start = round(time.monotonic() - t0, 2)
+    try:
+        r = _one("two-nodes", args.scenarios, seeds, base, jobs=args.jobs, executor="ray", address=cluster.address)
+        nodes = {w.rsplit(":", 1)[-1] for w in _workers(base)}
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    r.update(started=True, cluster_start_s=start, same_verdicts=r["verdicts"] == local_verdicts,
+             nodes_used=len(nodes))
+    print(f"two nodes: same per-seed verdicts as local: {r['same_verdicts']} "
+          f"(trials ran on {len(nodes)} nodes)", file=sys.stderr)
+    return r
+
+
+def _workers(base: str) -> List[str]:
+    out = []
+    d = os.path.join(base, "two-nodes")
+    for c in os.listdir(d):
+        with open(os.path.join(d, c, "summary.json")) as f:
+            out += [r.get("worker", "?") for r in json.load(f)["runs"]]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

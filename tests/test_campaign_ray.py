@@ -1,0 +1,122 @@
+"""Campaigns on the Ray executor (a real local Ray instance): same verdicts as local, lost workers, no orphans."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import ray  # noqa: F401  (the [ray] extra is part of the test install: these tests run, never skip)
+
+from harness.campaign import run_campaign
+from harness.campaign.reaper import descendants
+
+from .campaign_helpers import kill_leftovers, output, start_campaign, wait_no_leftovers, wait_running_trial
+
+TASK_PREFIX = "ray::dfh_trial_"
+
+
+def _verdicts(summary_dir):
+    with open(os.path.join(summary_dir, "summary.json")) as f:
+        runs = json.load(f)["runs"]
+    return {(r["scenario"], r["seed"]): (r["status"], r["outcome"], tuple(r["violated"]),
+                                         r["faults"]["planned"]) for r in runs}
+
+
+def test_ray_executor_gives_the_local_executors_verdicts(tmp_path):
+    scenarios, seeds = ["kill-random", "failpoints-consumer"], [0, 1]
+    local = run_campaign(scenarios, seeds, jobs=2, reports_dir=str(tmp_path / "local"), progress=False)
+    on_ray = run_campaign(scenarios, seeds, jobs=2, reports_dir=str(tmp_path / "ray"), executor="ray",
+                          progress=False, keep_all=True)
+    assert on_ray["executor"] == "ray" and on_ray["runs"] == local["runs"] == 4
+    vl, vr = _verdicts(local["campaign_dir"]), _verdicts(on_ray["campaign_dir"])
+    assert vr == vl
+    assert all(v[0] != "harness_error" for v in vr.values()), vr
+    # keep_all: every report came back to the driver's campaign dir, naming its new place.
+    kept = [d for d in os.listdir(on_ray["campaign_dir"]) if d.startswith(("kill-random-", "failpoints-consumer-"))]
+    assert len(kept) == 4
+    for d in kept:
+        with open(os.path.join(on_ray["campaign_dir"], d, "result.json")) as f:
+            assert os.path.join(on_ray["campaign_dir"], d) in f.read()
+    assert not os.path.exists(os.path.join("/tmp", f"dfh-trials-{os.path.basename(on_ray['campaign_dir'])}"))
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _kill_one_running_trial(killed, stop):
+    """SIGKILL the first Ray worker seen running a trial whose pipeline is up; note (pid, task index)."""
+    while not stop.is_set():
+        for pid in descendants(os.getpid()):
+            cmd = _cmdline(pid)
+            if cmd.startswith(TASK_PREFIX) and any("reference_impl.consumer" in _cmdline(c)
+                                                   for c in descendants(pid)):
+                time.sleep(0.3)
+                if _cmdline(pid) == cmd:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append((pid, int(cmd[len(TASK_PREFIX):].split()[0])))
+                    return
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_a_ray_worker_killed_mid_trial_is_retried_or_reported(tmp_path, retries):
+    seeds = [0, 1, 2]
+    killed, stop = [], threading.Event()
+    t = threading.Thread(target=_kill_one_running_trial, args=(killed, stop), daemon=True)
+    t.start()
+    try:
+        s = run_campaign(["kill-random"], seeds, jobs=2, reports_dir=str(tmp_path / "r"), executor="ray",
+                         max_retries=retries, progress=False)
+    finally:
+        stop.set()
+        t.join(timeout=10)
+    assert killed, "no running trial was found to kill"
+    pid, index = killed[0]
+    rows = {r["seed"]: r for r in _rows(s)}
+    assert sorted(rows) == seeds  # every seed accounted for
+    victim = rows[seeds[index]]
+    if retries:
+        assert victim["status"] == "as_expected", victim  # retried on another worker, same verdict
+        assert int(victim["worker"].split(":")[1]) != pid  # worker is host:pid:node
+    else:
+        assert victim["status"] == "harness_error" and "lost" in victim["error"], victim
+    assert s["unexpected"] == 0
+
+
+def _rows(summary):
+    with open(os.path.join(summary["campaign_dir"], "summary.json")) as f:
+        return json.load(f)["runs"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_ray_campaign_leaves_no_process(tmp_path, sig):
+    reports = tmp_path / "r"
+    p = start_campaign(["kill-random", "--seeds", "0..19", "--executor", "ray", "-j", "2"], reports)
+    cdir, seen = None, {}
+    try:
+        cdir, seen = wait_running_trial(p, reports, timeout=240)
+        time.sleep(1.0)  # let the reaper note the instance's agents too
+        seen = {**seen, **descendants(p.pid)}
+        p.send_signal(sig)
+        p.wait(timeout=120)
+        left = wait_no_leftovers(cdir, seen, timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        kill_leftovers(cdir, seen)
+    assert left == {}, f"processes outlived the {sig.name}ed Ray campaign: {left}"
+    assert not [d for d in os.listdir("/tmp") if d.startswith(f"dfh-trials-{os.path.basename(cdir)}")]
+    if sig == signal.SIGTERM:
+        assert p.returncode == 3, output(p)
+        with open(os.path.join(cdir, "summary.json")) as f:
+            data = json.load(f)
+        assert data["summary"]["interrupted"] and data["summary"]["signal"] == "SIGTERM"
+        assert sorted(r["seed"] for r in data["runs"]) == list(range(20))
+        assert data["summary"]["incomplete"] >= 1 and data["summary"]["unexpected"] == 0
