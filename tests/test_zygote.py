@@ -139,7 +139,7 @@ def test_sigstop_sigcont(tmp_path):
 HARNESS = textwrap.dedent("""
     import json, os, sys, time
     from harness.process_engine.supervisor import Supervisor
-    from harness import zygote
+    from harness.process_engine import zygote
     from reference_impl.config import RunConfig, write_config
     pids = []
     for d in ("a", "b"):  # two idle consumers (empty channels, no producer): they never exit by themselves
