@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, help="seed for every random choice (printed in the certificate)")
     ap.add_argument("--examples", type=int, help="tier 1: number of Hypothesis examples (overrides the budget)")
     ap.add_argument("--crashes", type=int, help="tier 3: number of crash trials (overrides the budget)")
+    ap.add_argument("--records", metavar="MODULE",
+                    help="module whose SampleRef/FeatureSpec the store takes (default: found from the store)")
+    ap.add_argument("--call-timeout", type=float, metavar="S",
+                    help="seconds each construction and store call may take before it is a liveness finding "
+                         "(default 120)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return ap
 
@@ -82,11 +87,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             progress=(lambda m: None) if args.quiet else _progress,
             overrides=overrides,
             command=command,
+            records=args.records,
+            call_timeout=args.call_timeout,
         )
     except LoadError as e:
         print(f"certify: error: {e}", file=sys.stderr)
         return 2
     print(f"{cert.verdict}")
+    if cert.finding and cert.finding.get("reproducer"):
+        print(f"  reproducer: python {cert.finding['reproducer']}")
     for t in cert.tiers:
         line = f"  tier {t.tier} {t.name:<12} {t.status}"
         if t.reason:
@@ -99,6 +108,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"  tier {t.tier} counterexample [{c.property}]: {c.message}")
             for s in c.steps[:12]:
                 print(f"      {s}")
+            if c.cause:
+                print(f"    likely cause: {c.cause}")
+            if c.reproducer:
+                print(f"    reproducer: python {c.reproducer}")
             if c.reproduce:
                 print(f"    reproduce: {c.reproduce}")
     if cert.report_dir:

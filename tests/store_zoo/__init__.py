@@ -221,12 +221,12 @@ class UnorderedIdsStore(SqliteStore):
 
 
 class FlatSpecStore(SqliteStore):
-    """Feature specs are stored flat: only shape and dtype survive the round trip."""
+    """Feature specs are stored flat: only name, shape and dtype survive the round trip."""
 
     @staticmethod
     def _dump(ref) -> str:
         d = ref_to_dict(ref)
-        d["feature_specs"] = {k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in d["feature_specs"].items()}
+        d["feature_specs"] = {k: {"name": v["name"], "shape": v["shape"], "dtype": v["dtype"]} for k, v in d["feature_specs"].items()}
         return json.dumps(d, sort_keys=True)
 
 

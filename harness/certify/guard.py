@@ -1,0 +1,131 @@
+"""Bounded store calls: every construction and store call gets a timeout.
+
+Model: the tiers call the store only inside forked children (`common.Child`).
+In a child, `arm()` starts a watchdog thread; `watch(call, args)` notes a call
+in progress (per thread). A call still running after the call timeout ends
+the child at once with a liveness result: which call, which arguments (their
+repr, cut to a readable length), how long it had run. The parent turns that
+into a `liveness` counterexample with a standalone reproducer.
+
+Outside a child (no result file to write) `watch` only times the call: the
+certifier cannot be stopped from a thread, so there the tier-level timeouts of
+`run_children` bound the time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import threading
+import time
+from typing import Any, Dict, Optional, Tuple
+
+DEFAULT_CALL_TIMEOUT_S = 120.0
+
+_timeout_s: float = DEFAULT_CALL_TIMEOUT_S
+_result_path: Optional[str] = None
+_inflight: Dict[int, Tuple[str, str, float, Any]] = {}
+_lock = threading.Lock()
+_watchdog: Optional[threading.Thread] = None
+
+
+def configure(timeout_s: float) -> None:
+    global _timeout_s
+    _timeout_s = float(timeout_s)
+
+
+def timeout_s() -> float:
+    return _timeout_s
+
+
+def arm(result_path: str) -> None:
+    """In a freshly forked child: write a liveness result to `result_path` if a call hangs."""
+    global _result_path, _watchdog
+    _result_path = result_path
+    _inflight.clear()
+    _watchdog = threading.Thread(target=_watch_loop, name="certify-call-watchdog", daemon=True)
+    _watchdog.start()
+
+
+def _short(text: str, n: int = 600) -> str:
+    return text if len(text) <= n else text[: n - 20] + f"... ({len(text)} chars)"
+
+
+def describe_args(args: tuple, kw: dict) -> str:
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kw.items()]
+    return ", ".join(parts)
+
+
+@contextlib.contextmanager
+def watch(call: str, args: tuple = (), kw: Optional[dict] = None, raw: Any = None):
+    tid = threading.get_ident()
+    with _lock:
+        _inflight[tid] = (call, describe_args(args, kw or {}), time.monotonic(), raw)
+    try:
+        yield
+    finally:
+        with _lock:
+            _inflight.pop(tid, None)
+
+
+def _watch_loop() -> None:
+    while True:
+        time.sleep(min(0.2, max(0.01, _timeout_s / 10)))
+        now = time.monotonic()
+        with _lock:
+            late = [(c, a, now - t0, raw) for (c, a, t0, raw) in _inflight.values() if now - t0 > _timeout_s]
+        if late and _result_path:
+            call, args, took, raw = max(late, key=lambda x: x[2])
+            hang = {"call": call, "args": _short(args), "args_full": args, "seconds": round(took, 1),
+                    "timeout_s": _timeout_s}
+            try:
+                pickle.dumps(raw)
+                hang["raw"] = raw
+            except Exception:  # noqa: BLE001
+                pass
+            out = {
+                "ok": False,
+                "error": f"{call}({_short(args, 300)}) did not return within {_timeout_s:g} s (call timeout)",
+                "prop": "liveness",
+                "traceback": "",
+                "hang": hang,
+            }
+            tmp = _result_path + ".tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(pickle.dumps(out))
+                os.replace(tmp, _result_path)
+            finally:
+                os._exit(0)
+
+
+class TimedStore:
+    """A store whose every public method call runs under `watch` (the call timeout)."""
+
+    def __init__(self, inner: Any) -> None:
+        object.__setattr__(self, "_inner", inner)
+
+    def __getattr__(self, name: str) -> Any:
+        v = getattr(object.__getattribute__(self, "_inner"), name)
+        if name.startswith("_") or not callable(v):
+            return v
+
+        def call(*args, **kw):
+            with watch(name, args, kw, raw=(name, args, kw)):
+                return v(*args, **kw)
+
+        call.__name__ = name
+        return call
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_inner"), name, value)
+
+    def __repr__(self) -> str:
+        return f"TimedStore({object.__getattribute__(self, '_inner')!r})"
+
+
+def unwrap(store: Any) -> Any:
+    while isinstance(store, TimedStore):
+        store = object.__getattribute__(store, "_inner")
+    return store
