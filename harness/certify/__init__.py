@@ -163,6 +163,10 @@ def _certify(factory, *, profile, budget, tiers, seed, reports_dir, progress, ov
         raise LoadError(f"unknown tier(s) {bad}; tiers are 1, 2, 3, 4")
     if repro_prefix is None and target.spec:
         repro_prefix = f"python -m harness certify {target.spec} --profile {profile}"
+        if records:
+            repro_prefix += f" --records {records}"
+        if call_timeout is not None:
+            repro_prefix += f" --call-timeout {call_timeout:g}"
     report_dir = None
     if reports_dir is not None:
         try:

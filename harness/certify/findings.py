@@ -126,7 +126,8 @@ def store_level(target, ctx, cert: Certificate, report_dir: Optional[str]) -> st
             body = liveness_reproducer(target, hang, _record_classes(cert), hang.get("timeout_s", 10))
             if body:
                 cert.finding["reproducer"] = write_reproducer(report_dir, 1, body)
-        return f"the store is not live: {msg}"
+        short = target.construct_call() if hang.get("call") == "constructor" else f"{hang.get('call')}(...)"
+        return f"the store is not live: {short} did not return within {hang.get('timeout_s', 0):g} s"
     if probe.get("retains_nothing"):
         cert.finding = {"kind": "retains_nothing", "message": probe["retains_nothing"]}
         return "the store retains nothing, see the verdict"

@@ -66,11 +66,13 @@ def _first_calls(target, workdir: str) -> Dict[str, Any]:
     except (Exception, SystemExit) as e:  # noqa: BLE001
         out["construct_error"] = traceback.format_exception_only(type(e), e)[-1].strip()
         return out
+    raw = store
     try:
         if store is None:
             out["not_a_store"] = "the factory returned None"
             return out
         st = type(store)
+        store = guard.TimedStore(store)  # every first call runs under the call timeout
         out["store_type"] = (st.__module__, st.__qualname__)
         out["declared"] = getattr(store, "profile", None)
         missing = missing_methods(store)
@@ -133,7 +135,7 @@ def _first_calls(target, workdir: str) -> Dict[str, Any]:
         return out
     finally:
         try:
-            close_store(store)
+            close_store(raw)
         except Exception:  # noqa: BLE001
             pass
 

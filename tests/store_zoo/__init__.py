@@ -557,6 +557,20 @@ class FailingConstructorStore(SqliteStore):
 NOT_A_STORE = 42
 
 
+class HangingConstructorStore(SqliteStore):
+    """The constructor never returns (waits for a server that never answers): a liveness finding."""
+
+    def __init__(self, path):
+        threading.Event().wait()
+
+
+class HangingCommitStore(SqliteStore):
+    """commit_sample never returns (a lock that is never released): a liveness finding."""
+
+    def commit_samples(self, refs):
+        threading.Event().wait()
+
+
 class MissingMethodsStore:
     def __init__(self, path):
         self.path = path
