@@ -27,11 +27,11 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
-import threading
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, Optional, Union

@@ -68,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("certify: error: --examples and --crashes must be at least 1", file=sys.stderr)
         return 2
 
-    from . import LoadError, certify
+    from . import Interrupted, LoadError, certify
 
     overrides = {}
     if args.examples:
@@ -93,6 +93,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except LoadError as e:
         print(f"certify: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted:
+        print("certify: interrupted by SIGTERM; temporary folders and an empty certificate folder removed",
+              file=sys.stderr)
+        return 3
     print(f"{cert.verdict}")
     if cert.finding and cert.finding.get("reproducer"):
         print(f"  reproducer: python {cert.finding['reproducer']}")

@@ -48,6 +48,21 @@ class RecordsError(Exception):
     """The record types cannot be found or used (bad input: `--records` names no records)."""
 
 
+class RecordBuildError(Exception):
+    """The harness could not build a record of the type in use: the harness's fault, not the backend's."""
+
+
+def _safe(cls: type):
+    def build(**kw):
+        try:
+            return cls(**kw)
+        except Exception as e:  # noqa: BLE001
+            raise RecordBuildError(f"building {cls.__qualname__}({', '.join(kw)}) raised {type(e).__name__}: {e}") from e
+
+    build.__name__ = cls.__name__
+    return build
+
+
 # -- discovery -----------------------------------------------------------------------
 
 
@@ -232,7 +247,7 @@ def _builds(cls: type, depth: int, rich: bool, overrides: Optional[Dict[str, st.
             kw[f.name] = overrides[f.name]
         elif rich or not _has_default(f):
             kw[f.name] = strategy_for(hints.get(f.name, Any), depth + 1) if rich else st.just(minimal_value(hints.get(f.name, Any)))
-    return st.builds(cls, **kw)
+    return st.builds(_safe(cls), **kw)
 
 
 def minimal_value(tp: Any, depth: int = 0) -> Any:

@@ -28,7 +28,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from .certificate import FAILED, PASSED, Counterexample, TierResult
+from .certificate import FAILED, NOT_RUN, PASSED, Counterexample, TierResult
 from .common import Context, in_child, safe_close
 from .model import (
     ContractModel,
@@ -39,7 +39,7 @@ from .model import (
     normalise_marker,
     short,
 )
-from .records import active
+from .records import RecordBuildError, active
 
 PROPERTIES = [
     "freshness (P4)",
@@ -423,6 +423,9 @@ def run(ctx: Context) -> TierResult:
     try:
         with with_reporter(report.append), _shrink_limit(ctx.budget.t1_shrink_s):
             run_state_machine_as_test(machine, settings=cfg)
+    except RecordBuildError as e:  # the harness's fault: never counted against the backend
+        res.status = NOT_RUN
+        res.reason = f"harness error, not the backend's: {e}"
     except Exception as e:  # noqa: BLE001
         res.status = FAILED
         prop = getattr(e, "prop", None) or "exception"

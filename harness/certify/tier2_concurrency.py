@@ -35,11 +35,19 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .records import active
-
 from .certificate import FAILED, PASSED, Counterexample, TierResult
-from .common import Child, Context, Retrier, is_transient, mp_context, random_ref, run_children, safe_close
+from .common import (
+    Child,
+    Context,
+    Retrier,
+    is_transient,
+    mp_context,
+    random_ref,
+    run_children,
+    safe_close,
+)
 from .model import Violation, canon_ref, diff_refs, normalise_marker, short
+from .records import active
 
 PROPERTIES = ["P4 dedup", "P5 ack atomicity", "lost-update", "visibility", "all_committed_ids order"]
 MAX_ANOMALIES = 5

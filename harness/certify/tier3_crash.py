@@ -31,11 +31,10 @@ import signal
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .records import active
-
 from .certificate import FAILED, PASSED, Counterexample, TierResult
 from .common import Context, Retrier, in_child, mp_context, random_ref, safe_close
 from .model import Violation, canon_ref, diff_refs, normalise_marker, short
+from .records import active
 
 PROPERTIES = ["P6 durability", "P5 ack atomicity", "P4 dedup", "reopenable", "all_committed_ids order"]
 
