@@ -19,14 +19,13 @@ import os
 import pickle
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple  # noqa: F401
 
 DEFAULT_CALL_TIMEOUT_S = 120.0
 
 _timeout_s: float = DEFAULT_CALL_TIMEOUT_S
 _result_path: Optional[str] = None
-_inflight: Dict[int, Tuple[str, str, float, Any]] = {}
-_lock = threading.Lock()
+_inflight: Dict[int, Tuple[str, tuple, dict, float, Any]] = {}
 _watchdog: Optional[threading.Thread] = None
 
 
@@ -60,21 +59,19 @@ def describe_args(args: tuple, kw: dict) -> str:
 @contextlib.contextmanager
 def watch(call: str, args: tuple = (), kw: Optional[dict] = None, raw: Any = None):
     tid = threading.get_ident()
-    with _lock:
-        _inflight[tid] = (call, describe_args(args, kw or {}), time.monotonic(), raw)
+    _inflight[tid] = (call, args, kw or {}, time.monotonic(), raw)  # one dict store: atomic, no lock
     try:
         yield
     finally:
-        with _lock:
-            _inflight.pop(tid, None)
+        _inflight.pop(tid, None)
 
 
 def _watch_loop() -> None:
     while True:
         time.sleep(min(0.2, max(0.01, _timeout_s / 10)))
         now = time.monotonic()
-        with _lock:
-            late = [(c, a, now - t0, raw) for (c, a, t0, raw) in _inflight.values() if now - t0 > _timeout_s]
+        late = [(c, describe_args(a, k), now - t0, raw) for (c, a, k, t0, raw) in list(_inflight.values())
+                if now - t0 > _timeout_s]
         if late and _result_path:
             call, args, took, raw = max(late, key=lambda x: x[2])
             hang = {"call": call, "args": _short(args), "args_full": args, "seconds": round(took, 1),
@@ -112,8 +109,12 @@ class TimedStore:
             return v
 
         def call(*args, **kw):
-            with watch(name, args, kw, raw=(name, args, kw)):
+            tid = threading.get_ident()
+            _inflight[tid] = (name, args, kw, time.monotonic(), (name, args, kw))
+            try:
                 return v(*args, **kw)
+            finally:
+                _inflight.pop(tid, None)
 
         call.__name__ = name
         return call
