@@ -77,6 +77,15 @@ def test_a_tier1_counterexample_is_minimal_with_guarantee_and_cause(tmp_path):
     assert cex["guarantee"].startswith("global_step is the last non-None step")
     assert "overwrites the stored step" in cex["cause"]
     assert "Counterexamples" in md and "Reproduce:" in md and "**Guarantee:**" in md
+    # the standalone reproducer replays the minimal steps: 1 on the bug, 0 on a correct store
+    body = open(cex["reproducer"]).read()
+    assert "import harness" not in body and "from harness" not in body
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    bad = subprocess.run([sys.executable, cex["reproducer"]], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and "global_step" in bad.stdout, bad.stdout + bad.stderr
+    good = subprocess.run([sys.executable, cex["reproducer"], "tests.store_zoo:SqliteStore"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert good.returncode == 0, good.stdout + good.stderr
 
 
 @pytest.mark.parametrize(

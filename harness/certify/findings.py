@@ -5,9 +5,11 @@ For each counterexample of a certificate (`annotate`):
 * `cause`: the likely cause where the pattern is known (`likely_cause`);
 * `reproducer`: `repro_<n>.py` in the certificate folder, a standalone script
   that imports only the backend's package (never the harness) and exits 1
-  while the bug is there, 0 once it is fixed. Written for P5 torn marker reads
-  (an acker against a reader) and for liveness (a call that does not return);
-  other properties name the certify command that reproduces them.
+  while the bug is there, 0 once it is fixed. Written for every tier 1
+  counterexample (the minimal steps replayed next to a small model), P5 torn
+  marker reads (an acker against a reader) and liveness (a call that does not
+  return); the other tier 2 and 3 properties name the certify command that
+  reproduces them.
 
 Store-level findings stop the tiers (`store_level`): a constructor that does
 not return (liveness), and a store that retains nothing.
@@ -19,7 +21,7 @@ import os
 from typing import Any, Dict, Optional
 
 from .certificate import Certificate, Counterexample
-from .templates import LIVENESS_TEMPLATE, P5_TEMPLATE
+from .templates import LIVENESS_TEMPLATE, P5_TEMPLATE, TIER1_TEMPLATE
 
 GUARANTEES: Dict[str, str] = {
     "P4 dedup": "Exactly one commit of a sample id reports it fresh, however many processes commit it at once.",
@@ -106,6 +108,41 @@ def liveness_reproducer(target, hang: Dict[str, Any], records: list, timeout_s: 
     return LIVENESS_TEMPLATE.replace("#HEAD#", head)
 
 
+def tier1_program(calls) -> list:
+    """The tier 1 rule calls as reproducer lines (refs by their repr, ack picks resolved to ids)."""
+    order, seen, lines = [], set(), []
+
+    def add(refs):
+        for r in refs:
+            if r.sample_id not in seen:
+                seen.add(r.sample_id)
+                order.append(r.sample_id)
+
+    for name, kw in calls:
+        if name == "commit_sample":
+            lines.append(f"commit_sample({kw['ref']!r})")
+            add([kw["ref"]])
+        elif name == "commit_samples":
+            lines.append("commit_samples([" + ", ".join(repr(r) for r in kw["refs"]) + "])")
+            add(kw["refs"])
+        elif name == "record_train_ack":
+            ids = sorted({order[p % len(order)] for p in kw["picks"]}) if order else []
+            lines.append(f"record_train_ack({ids!r}, {kw['global_step']!r}, {kw['optimizer_durable']!r})")
+        elif name == "lookup":
+            lines.append(f"lookup({kw['sid']!r})")
+        elif name == "reopen":
+            lines.append("reopen()")
+    return lines
+
+
+def tier1_reproducer(target, program: list, records: list) -> Optional[str]:
+    head = _open_code(target)
+    if head is None:
+        return None
+    head += f"RECORDS = {records!r}\nSTEPS = [\n" + "".join(f"    {ln!r},\n" for ln in program) + "]\n"
+    return TIER1_TEMPLATE.replace("#HEAD#", head)
+
+
 def liveness_counterexample(tier: int, r: Dict[str, Any], ctx) -> Counterexample:
     hang = r.get("hang") or {}
     msg = (f"{hang.get('call')}({hang.get('args', '')}) did not return within {hang.get('timeout_s', 0):g} s "
@@ -146,6 +183,8 @@ def annotate(cert: Certificate, target, ctx, report_dir: Optional[str]) -> None:
             body = None
             if c.property == "P5 ack atomicity":
                 body = p5_reproducer(target, cert.profile)
+            elif c.tier == 1 and c.detail.get("program"):
+                body = tier1_reproducer(target, c.detail["program"], _record_classes(cert))
             elif c.property == "liveness" and c.detail.get("hang"):
                 body = liveness_reproducer(target, c.detail["hang"], _record_classes(cert), cert.call_timeout_s)
             if body:

@@ -170,3 +170,155 @@ def main():
 if __name__ == "__main__":
     sys.exit(main())
 '''
+
+TIER1_TEMPLATE = '''"""Reproducer: the minimal tier 1 (contract) steps that break a guarantee.
+
+Replays the steps on a fresh store next to a small model of the contract and
+checks the store's observable state after each one (freshness, round trip
+field by field, is_committed, committed_count, all_committed_ids order,
+durable_marker). Exits 1 at the first difference, 0 if there is none.
+Usage: python repro.py [module:Factory]
+"""
+''' + _COMMON + """
+import math
+
+
+class Bug(Exception):
+    pass
+
+
+def _records():
+    ns = {}
+    for name in RECORDS:
+        mod, _, qual = name.rpartition(".")
+        ns[qual] = getattr(importlib.import_module(mod), qual)
+    return ns
+
+
+def same(a, b):
+    # field by field after the committed record's own fields, types included
+    import dataclasses
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        for f in dataclasses.fields(a):
+            x = b.get(f.name, same) if isinstance(b, dict) else getattr(b, f.name, same)
+            if x is same or not same(getattr(a, f.name), x):
+                return False
+        return True
+    if isinstance(a, dict):
+        return isinstance(b, dict) and set(map(str, a)) == set(map(str, b)) and all(
+            same(v, b.get(k, b.get(str(k)))) for k, v in a.items())
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    return type(a) is type(b) and a == b or (type(a) in (int, float) and type(b) in (int, float)
+                                              and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
+
+
+class Run:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="repro-contract-")
+        self.store = open_store(self.dir)
+        self.refs, self.order, self.acked, self.step, self.flag = {}, [], set(), None, False
+
+    def state(self, where):
+        n = self.store.committed_count()
+        if n != len(self.order):
+            raise Bug("%s: committed_count() is %r, expected %d" % (where, n, len(self.order)))
+        ids = [str(i) for i in self.store.all_committed_ids()]
+        if ids != self.order:
+            raise Bug("%s: all_committed_ids() is %r, expected %r (first-commit order)" % (where, ids, self.order))
+        m = self.store.durable_marker()
+        if set(m["acked"]) != self.acked:
+            raise Bug("%s: durable_marker()['acked'] is %r, expected %r" % (where, set(m["acked"]), self.acked))
+        if m["global_step"] != self.step:
+            raise Bug("%s: durable_marker()['global_step'] is %r, expected %r" % (where, m["global_step"], self.step))
+        if bool(m["optimizer_durable"]) != self.flag:
+            raise Bug("%s: durable_marker()['optimizer_durable'] is %r, expected %r"
+                      % (where, m["optimizer_durable"], self.flag))
+
+    def check_ref(self, sid, where):
+        if not self.store.is_committed(sid):
+            raise Bug("%s: is_committed(%r) is False after it was committed" % (where, sid))
+        got = self.store.get_committed(sid)
+        if got is None or not same(self.refs[sid], got):
+            raise Bug("%s: get_committed(%r) is %r, committed %r" % (where, sid, got, self.refs[sid]))
+
+    def _model_commit(self, refs):
+        out = []
+        for r in refs:
+            fresh = r.sample_id not in self.refs
+            if fresh:
+                self.refs[r.sample_id] = r
+                self.order.append(r.sample_id)
+            out.append(fresh)
+        return out
+
+    def commit_sample(self, ref):
+        where = "commit_sample(%r)" % (ref.sample_id,)
+        want = self._model_commit([ref])[0]
+        got = self.store.commit_sample(ref)
+        if bool(got) != want:
+            raise Bug("%s returned %r, expected %r" % (where, got, want))
+        self.check_ref(ref.sample_id, where)
+
+    def commit_samples(self, refs):
+        where = "commit_samples(%r)" % ([r.sample_id for r in refs],)
+        want = self._model_commit(refs)
+        fn = getattr(self.store, "commit_samples", None)
+        got = [bool(x) for x in fn(list(refs))] if fn else [bool(self.store.commit_sample(r)) for r in refs]
+        if got != want:
+            raise Bug("%s returned %r, expected %r" % (where, got, want))
+        for r in refs:
+            self.check_ref(r.sample_id, where)
+
+    def record_train_ack(self, ids, global_step, optimizer_durable):
+        self.acked |= set(ids)
+        if global_step is not None:
+            self.step = global_step
+        self.flag = bool(optimizer_durable)
+        self.store.record_train_ack(list(ids), global_step=global_step, optimizer_durable=optimizer_durable)
+
+    def lookup(self, sid):
+        where = "lookup(%r)" % (sid,)
+        if sid in self.refs:
+            return self.check_ref(sid, where)
+        if self.store.is_committed(sid):
+            raise Bug("%s: is_committed is True but it was never committed" % where)
+        if self.store.get_committed(sid) is not None:
+            raise Bug("%s: get_committed returned a ref but it was never committed" % where)
+
+    def reopen(self):
+        close = getattr(self.store, "close", None)
+        if callable(close):
+            close()
+        self.store = open_store(self.dir)
+        for sid in self.order:
+            self.check_ref(sid, "after reopen")
+
+
+def main():
+    globals().update(_records())
+    run = Run()
+    try:
+        run.state("fresh store")
+        for n, line in enumerate(STEPS, 1):
+            eval("run." + line, globals(), {"run": run})
+            run.state("after step %d (%s)" % (n, line[:80]))
+    except Bug as e:
+        print("BUG: %s" % e)
+        return 1
+    finally:
+        close = getattr(run.store, "close", None)
+        try:
+            if callable(close):
+                close()
+        finally:
+            shutil.rmtree(run.dir, ignore_errors=True)
+    print("all %d steps behaved as the contract says" % len(STEPS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""

@@ -434,16 +434,24 @@ def run(ctx: Context) -> TierResult:
             tb = traceback.format_exception(type(e), e, e.__traceback__)
             msg = f"{type(e).__name__}: {e} (in the harness or the store; {tb[-2].strip() if len(tb) > 1 else ''})"
         steps = list(stats.last_steps)
+        program: List[str] = []
         counted = (stats.examples, stats.steps, stats.reopens)
         if isinstance(e, Violation) and stats.last_calls:
             try:
                 got = minimise(machine, list(stats.last_calls), e.prop, seconds=max(5.0, ctx.budget.t1_shrink_s / 2))
             except Exception:  # noqa: BLE001 - never lose Hypothesis's own result
                 got = None
+            program_calls = list(stats.last_calls)
             if got is not None:
-                _, steps, v = got
+                program_calls, steps, v = got
                 msg = v.message
             stats.examples, stats.steps, stats.reopens = counted
+            try:
+                from .findings import tier1_program
+
+                program = tier1_program(program_calls)
+            except Exception:  # noqa: BLE001 - a reproducer is a help, never a reason to lose the result
+                program = []
         lines = list(report) + [n for n in getattr(e, "__notes__", []) or [] if isinstance(n, str)]
         lines = [ln for chunk in lines for ln in str(chunk).splitlines()]
         blob = [line for line in lines if "reproduce_failure" in line]
@@ -455,6 +463,7 @@ def run(ctx: Context) -> TierResult:
                 steps=steps,
                 reproduce=ctx.reproduce(1, f"--examples {examples}"),
                 detail={
+                    "program": program,
                     "hypothesis_program": [line for line in lines if "reproduce_failure" not in line],
                     "hypothesis_blob": blob,
                 },
