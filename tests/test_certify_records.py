@@ -83,3 +83,31 @@ def test_an_extra_field_the_store_drops_is_caught_with_derived_records():
     assert t.status == FAILED and t.failed_properties() == ["round-trip"]
     assert "shard" in t.counterexamples[0].message
     assert cert.records["SampleRef"] == "tests.store_zoo.foreign_records.SampleRef"
+
+
+@dataclasses.dataclass(frozen=True)
+class _PickyRef:
+    sample_id: str
+    run_id: str = ""
+
+    def __post_init__(self):
+        if self.run_id:
+            raise ValueError(f"run_id must be empty, got {self.run_id!r}")
+
+
+def test_a_record_the_harness_cannot_build_is_a_harness_error_not_the_backends():
+    from harness.certify.certificate import NOT_RUN, Certificate, TierResult
+    from harness.certify.records import RecordBuildError
+
+    s = Records(_PickyRef, "test").strategy(st.just("x"))
+    try:
+        find(s, lambda r: False)
+    except RecordBuildError as e:
+        assert "_PickyRef" in str(e) and "run_id must be empty" in str(e)
+    else:
+        raise AssertionError("building a _PickyRef with a run_id should have raised RecordBuildError")
+    cert = Certificate("b", None, "durable", "", None, "", "quick", 1, "")
+    cert.tiers = [TierResult(1, NOT_RUN, reason="harness error, not the backend's: ...", harness_error=True),
+                  TierResult(2, PASSED)]
+    assert cert.exit_code == 3 and cert.verdict_code == "harness_error"
+    assert cert.verdict.startswith("NOT CERTIFIED: harness error in tier 1 contract")

@@ -285,6 +285,7 @@ def _run_tier(n: int, ctx: Context, selected, report_dir: Optional[str]) -> Tier
         return TierResult(
             tier=n,
             status=NOT_RUN,
+            harness_error=True,
             reason=f"internal error in the certifier: {type(e).__name__}: {e}",
             notes=tb.splitlines()[-8:],
             duration_s=time.monotonic() - t0,

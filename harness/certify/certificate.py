@@ -64,6 +64,8 @@ class TierResult:
     notes: List[str] = field(default_factory=list)
     counterexamples: List[Counterexample] = field(default_factory=list)
     duration_s: float = 0.0
+    #: the tier could not run through the harness's own fault (never counted against the backend)
+    harness_error: bool = False
 
     @property
     def name(self) -> str:
@@ -71,7 +73,8 @@ class TierResult:
 
     @property
     def failing(self) -> bool:
-        return self.status in (FAILED, NOT_RUN)
+        """Failing through the backend (a harness error is not the backend's failure)."""
+        return self.status in (FAILED, NOT_RUN) and not self.harness_error
 
     def failed_properties(self) -> List[str]:
         return sorted({c.property for c in self.counterexamples})
@@ -106,7 +109,10 @@ class Certificate:
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(t.failing for t in self.tiers) else 0
+        """0 certified (or the selected tiers passed), 1 the backend failed, 3 the harness could not finish."""
+        if self.finding or any(t.failing for t in self.tiers):
+            return 1
+        return 3 if any(t.harness_error for t in self.tiers) else 0
 
     @property
     def verdict_code(self) -> str:
@@ -115,6 +121,8 @@ class Certificate:
             return self.finding["kind"]
         if any(t.failing for t in self.tiers):
             return "rejected"
+        if any(t.harness_error for t in self.tiers):
+            return "harness_error"
         if any(t.status == NOT_SELECTED for t in self.tiers):
             return "partial"
         return "certified"
@@ -128,6 +136,9 @@ class Certificate:
         if any(t.failing for t in self.tiers):
             bad = ", ".join(f"tier {t.tier} {t.name} {t.status}" for t in self.tiers if t.failing)
             return f"REJECTED ({bad})"
+        if any(t.harness_error for t in self.tiers):
+            bad = ", ".join(f"tier {t.tier} {t.name}" for t in self.tiers if t.harness_error)
+            return f"NOT CERTIFIED: harness error in {bad} (not the backend's failure; see the tier's reason)"
         skipped = [t for t in self.tiers if t.status == NOT_SELECTED]
         if skipped:
             return "PASSED the selected tiers (not a full certificate: tier(s) " + ", ".join(

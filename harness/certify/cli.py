@@ -1,5 +1,8 @@
 """`python -m harness certify module:Factory ...`: exit 0 certified (every
-selected, applicable tier passed), 1 a tier failed or could not run, 2 bad input."""
+selected, applicable tier passed), 1 the backend failed (a tier failed or could
+not run because of the store, a liveness or retains-nothing verdict), 2 bad
+input (including a store that rejects the harness's records on its first
+call), 3 the harness could not finish (its own error, or SIGTERM)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from ..exit_codes import ExitCode
 from .common import quote_cmd
 
 
@@ -63,10 +67,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         tiers = parse_tiers(args.tiers)
     except ValueError as e:
         print(f"certify: error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if args.examples is not None and args.examples < 1 or args.crashes is not None and args.crashes < 1:
         print("certify: error: --examples and --crashes must be at least 1", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
 
     from . import Interrupted, LoadError, certify
 
@@ -92,11 +96,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     except LoadError as e:
         print(f"certify: error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except Interrupted:
         print("certify: interrupted by SIGTERM; temporary folders and an empty certificate folder removed",
               file=sys.stderr)
-        return 3
+        return ExitCode.HARNESS
     print(f"{cert.verdict}")
     if cert.finding and cert.finding.get("reproducer"):
         print(f"  reproducer: python {cert.finding['reproducer']}")

@@ -425,6 +425,7 @@ def run(ctx: Context) -> TierResult:
             run_state_machine_as_test(machine, settings=cfg)
     except RecordBuildError as e:  # the harness's fault: never counted against the backend
         res.status = NOT_RUN
+        res.harness_error = True
         res.reason = f"harness error, not the backend's: {e}"
     except Exception as e:  # noqa: BLE001
         res.status = FAILED
