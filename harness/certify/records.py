@@ -35,6 +35,7 @@ import random
 import sys
 import typing
 from collections.abc import Mapping as _AbcMapping
+from collections.abc import Set as _AbcSet
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -165,6 +166,18 @@ def _origin(tp: Any) -> Any:
     return typing.get_origin(tp)
 
 
+_BARE = {dict: Dict[str, Any], list: List[Any], tuple: Tuple[Any, ...], set: typing.Set[str],
+         frozenset: typing.FrozenSet[str]}
+
+
+def _norm(tp: Any) -> Any:
+    """A bare container annotation (`dict`, `list`, ...) as its generic form."""
+    try:
+        return _BARE.get(tp, tp)
+    except TypeError:  # unhashable annotation
+        return tp
+
+
 def _is_union(tp: Any) -> bool:
     o = _origin(tp)
     if o is typing.Union:
@@ -198,6 +211,7 @@ JSON = st.recursive(_json_leaf, lambda ch: st.lists(ch, max_size=2) | st.diction
 
 def strategy_for(tp: Any, depth: int = 0) -> st.SearchStrategy:
     """Values of type `tp` (plain data a JSON- or SQL-backed store can keep)."""
+    tp = _norm(tp)
     if tp is Any or tp is object or isinstance(tp, (str, typing.ForwardRef)) or depth > 4:
         return JSON
     if tp is type(None) or tp is None:
@@ -233,7 +247,7 @@ def strategy_for(tp: Any, depth: int = 0) -> st.SearchStrategy:
         return st.dictionaries(strategy_for(k, depth + 1), strategy_for(v, depth + 1), max_size=2)
     if _is_seq(o):
         e = args[0] if args else Any
-        if o in (set, frozenset) or (inspect.isclass(o) and issubclass(o, typing.AbstractSet)):
+        if o in (set, frozenset) or (inspect.isclass(o) and issubclass(o, _AbcSet)):
             return st.frozensets(strategy_for(e, depth + 1), max_size=3).map(o if o in (set, frozenset) else set)
         return st.lists(strategy_for(e, depth + 1), max_size=3)
     return JSON
@@ -252,6 +266,7 @@ def _builds(cls: type, depth: int, rich: bool, overrides: Optional[Dict[str, st.
 
 def minimal_value(tp: Any, depth: int = 0) -> Any:
     """The simplest value of a type: "", 0, False, None, empty containers, a Literal's first value."""
+    tp = _norm(tp)
     if tp is Any or isinstance(tp, (str, typing.ForwardRef)) or tp is None or tp is type(None) or depth > 4:
         return None
     if tp is bool:
@@ -274,7 +289,9 @@ def minimal_value(tp: Any, depth: int = 0) -> Any:
     if _is_union(tp):
         return None if type(None) in args else minimal_value(args[0], depth + 1)
     if o is tuple:
-        return ()
+        if not args or (len(args) == 2 and args[1] is Ellipsis) or args == ((),):
+            return ()
+        return tuple(minimal_value(a, depth + 1) for a in args)
     if _is_mapping(o):
         return {}
     if o in (set, frozenset):
@@ -288,6 +305,7 @@ def minimal_value(tp: Any, depth: int = 0) -> Any:
 
 
 def random_value(tp: Any, rng: random.Random, depth: int = 0) -> Any:
+    tp = _norm(tp)
     if tp is Any or tp is object or isinstance(tp, (str, typing.ForwardRef)) or depth > 4:
         return {"n": rng.randint(0, 10**9), "u": _UNI, "deep": {"a": [1, {"b": "c"}], "xs": [1, 2.5, None, True]}}
     if tp is type(None) or tp is None:
