@@ -39,7 +39,7 @@ def parse_seeds(spec: str) -> List[int]:
 
 def _one(args) -> Dict[str, Any]:
     scenario, seed, reports, backend, keep_all = args
-    from .runner import run_scenario
+    from .process_engine.runner import run_scenario
 
     t = time.monotonic()
     try:
@@ -47,7 +47,7 @@ def _one(args) -> Dict[str, Any]:
         # only the reports that are kept.
         r = run_scenario(scenario, seed, reports_dir=reports, backend=backend, quiet=True, render=False)
         if keep_all or not r.as_expected:
-            from .report import render_report
+            from .reports.render import render_report
 
             render_report(r.report_dir)
     except Exception as e:  # a harness error is a failing seed, reported, not a lost campaign

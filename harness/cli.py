@@ -1,7 +1,10 @@
 """`python -m harness`: run, replay, campaign, shrink, report, list, certify, simulate, bench.
 
-Exit codes: 0 everything as expected; 1 an unexpected verdict (a violation, or
-a known-bad configuration that was not caught); 2 usage or bad input.
+Exit codes (harness/exit_codes.py): 0 everything as expected; 1 an unexpected
+verdict (a violation, or a known-bad configuration that was not caught); 2
+usage or bad input (the message names the option, file, key or value); 3 the
+harness or its environment could not finish (an I/O error naming the path, a
+full disk, an internal bug, an interruption, an inconclusive run).
 """
 
 from __future__ import annotations
@@ -12,18 +15,28 @@ import os
 import sys
 from typing import List, Optional
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE = 0, 1, 2
+from .exit_codes import ExitCode, UsageError, guarded
+from .paths import check_output_dir, check_output_file, read_json_file
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_HARNESS = (ExitCode.AS_EXPECTED, ExitCode.UNEXPECTED, ExitCode.USAGE,
+                                                      ExitCode.HARNESS)
 DEFAULT_SCENARIO = "kill-random"
 
 
-class UsageError(Exception):
-    pass
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} is not >= 1")
+    return v
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m harness",
                                  description="Fault-injection harness for the DataFlow control plane.")
-    sub = ap.add_subparsers(dest="cmd")
+    sub = ap.add_subparsers(dest="cmd", parser_class=argparse.ArgumentParser)
     r = sub.add_parser("run", help="run one scenario with one seed on real processes")
     r.add_argument("scenario", nargs="?", default=DEFAULT_SCENARIO, help="scenario name or .toml path")
     r.add_argument("--seed", type=int, default=0)
@@ -43,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--keep-all", action="store_true", help="keep the reports of runs that were as expected too")
     s = sub.add_parser("shrink", help="reduce a failing run to the fewest faults that still fail")
     s.add_argument("report_dir")
-    s.add_argument("--tries", type=int, default=2)
+    s.add_argument("--tries", type=_positive_int, default=2, help="runs per candidate (>= 1)")
     s.add_argument("--out")
     rp = sub.add_parser("report", help="re-render report.md, report.html and timeline.png of a run")
     rp.add_argument("report_dir")
@@ -58,13 +71,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _need_report(d: str) -> str:
+    if not os.path.isdir(d):
+        raise UsageError(f"report directory {d} does not exist" if not os.path.exists(d)
+                         else f"{d} is not a directory (a report directory was expected)")
     if not os.path.isfile(os.path.join(d, "result.json")):
         raise UsageError(f"{d} is not a report directory (no result.json)")
+    result = read_json_file(os.path.join(d, "result.json"), "result")
+    if not isinstance(result, dict) or "verdict" not in result or "seed" not in result:
+        raise UsageError(f"{os.path.join(d, 'result.json')}: not a run's result (no 'verdict' or 'seed')")
     return d
 
 
 def _print_result(r) -> None:
-    from .report import _verdict_line
+    from .reports.render import _verdict_line
 
     with open(os.path.join(r.report_dir, "result.json")) as f:
         result = json.load(f)
@@ -80,10 +99,9 @@ def _print_result(r) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = _parser()
     if not argv:
         argv = ["run"]
-    # Sub-tools with their own argument parsers.
+    # Sub-tools with their own argument parsers (and the same exit-code policy).
     if argv[0] == "certify":
         from .certify.cli import main as certify_main
 
@@ -96,25 +114,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    return guarded(_main, argv)
+
+
+def _main(argv: List[str]) -> int:
+    ap = _parser()
     try:
-        args = ap.parse_args(argv)
+        args, extra = ap.parse_known_args(argv)
+        if extra:  # the subcommand's own usage, not the top-level one
+            sub = _subparser(ap, args.cmd)
+            (sub or ap).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
-    try:
-        return _dispatch(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as e:  # ScenarioError, ConfigError, bad seeds
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return _dispatch(args)
+
+
+def _subparser(ap: argparse.ArgumentParser, cmd: Optional[str]) -> Optional[argparse.ArgumentParser]:
+    for action in ap._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(cmd)
+    return None
 
 
 def _dispatch(args) -> int:
     from .scenario import load_scenario, scenario_paths
+    from .validation import check_against_topology, check_seed
 
     if args.cmd == "list":
         for p in scenario_paths():
@@ -124,36 +148,47 @@ def _dispatch(args) -> int:
             print(f"{sc.name:30s} {sc.backend:9s} {exp:22s} {sc.description}")
         return EXIT_OK
     if args.cmd == "run":
-        from .runner import run_scenario
+        from .process_engine.runner import run_scenario
 
         sc = load_scenario(args.scenario)
+        check_seed(args.seed, "--seed")
         if args.backend:
             _check_backend(args.backend)
-        r = run_scenario(sc, args.seed, backend=args.backend, reports_dir=args.reports, quiet=args.quiet,
-                         keep_work=args.keep_work)
+            sc = sc.with_backend(args.backend)
+        check_against_topology(sc)
+        check_output_dir(args.reports, "--reports")
+        r = run_scenario(sc, args.seed, reports_dir=args.reports, quiet=args.quiet, keep_work=args.keep_work)
         _print_result(r)
-        return EXIT_OK if r.as_expected else EXIT_UNEXPECTED
+        return _run_exit(r)
     if args.cmd == "replay":
-        from .runner import run_scenario
+        from .process_engine.runner import run_scenario
+        from .verdict import verdict_word
 
         d = _need_report(args.report_dir)
-        with open(os.path.join(d, "result.json")) as f:
-            result = json.load(f)
-        with open(os.path.join(d, "schedule.json")) as f:
-            schedule = json.load(f)
+        result = read_json_file(os.path.join(d, "result.json"), "result")
+        schedule = read_json_file(os.path.join(d, "schedule.json"), "schedule")
+        if not isinstance(schedule, dict) or not isinstance(schedule.get("faults"), list):
+            raise UsageError(f"{os.path.join(d, 'schedule.json')}: not a schedule (no 'faults' list)")
         sc = load_scenario(os.path.join(d, "scenario.toml"))
+        check_output_dir(args.reports, "--reports")
         print(f"replaying {sc.name} seed {result['seed']} ({len(schedule['faults'])} faults); "
-              f"original verdict: {'as expected' if result['verdict']['as_expected'] else 'UNEXPECTED'} "
+              f"original verdict: {verdict_word(result['verdict']).lower()} "
               f"({', '.join(result['verdict']['violated']) or result['outcome']})", file=sys.stderr)
         r = run_scenario(sc, result["seed"], reports_dir=args.reports, schedule=schedule, quiet=False)
         _print_result(r)
-        return EXIT_OK if r.as_expected else EXIT_UNEXPECTED
+        return _run_exit(r)
     if args.cmd == "campaign":
         from .campaign import parse_seeds, run_campaign, summary_table
 
         for s in args.scenarios:
             load_scenario(s)  # fail fast on a bad name or file
-        seeds = parse_seeds(args.seeds)
+        if args.backend:
+            _check_backend(args.backend)
+        try:
+            seeds = parse_seeds(args.seeds)
+        except ValueError as e:  # bad --seeds: usage
+            raise UsageError(str(e)) from None
+        check_output_dir(args.reports, "--reports")
         summary = run_campaign(args.scenarios, seeds, jobs=args.jobs, reports_dir=args.reports,
                                backend=args.backend, keep_all=args.keep_all)
         print(summary_table(summary))
@@ -163,14 +198,17 @@ def _dispatch(args) -> int:
     if args.cmd == "shrink":
         from .shrink import shrink_report
 
+        d = _need_report(args.report_dir)
+        if args.out:
+            check_output_file(args.out, "--out")
         try:
-            shrink_report(_need_report(args.report_dir), tries=args.tries, out=args.out)
-        except RuntimeError as e:
+            shrink_report(d, tries=args.tries, out=args.out)
+        except RuntimeError as e:  # the report's run was not a failure: nothing to shrink
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         return EXIT_OK
     if args.cmd == "report":
-        from .report import render_report
+        from .reports.render import render_report
 
         render_report(_need_report(args.report_dir))
         print(f"rendered {args.report_dir}/report.md, report.html, timeline.png")
@@ -178,9 +216,15 @@ def _dispatch(args) -> int:
     raise UsageError(f"unknown command {args.cmd!r}")
 
 
-def _check_backend(backend: str) -> None:
-    if backend in ("sqlite", "inmemory", "private", "noop"):
-        return
-    from reference_impl.stores import load_factory
+def _run_exit(r) -> int:
+    if getattr(r, "inconclusive", False):
+        print("harness error: inconclusive: planned faults did not land (see faults.missed in "
+              f"{os.path.join(r.report_dir, 'result.json')})", file=sys.stderr)
+        return EXIT_HARNESS
+    return EXIT_OK if r.as_expected else EXIT_UNEXPECTED
 
-    load_factory(backend)  # ValueError naming the cause
+
+def _check_backend(backend: str) -> None:
+    from .validation import check_backend
+
+    check_backend(backend, "--backend")

@@ -7,11 +7,35 @@ server is stopped (its ledger lives only in that process).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any, Dict, Optional
 
 from reference_impl.channel import CONSUMED, FAILED, channel_ids, read_json
 from reference_impl.config import RunConfig
 from reference_impl.feature_store import FeatureStore
+
+
+class PlannedIds(Sequence):
+    """The planned sample ids `s000000 ...`, computed on access: no per-sample list is built."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self._n = int(cfg.num_samples)
+        self._id = cfg.sample_id
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._id(k) for k in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._id(i)
+
+    def __iter__(self):
+        return (self._id(k) for k in range(self._n))
 
 
 def read_witness(cfg: RunConfig):
@@ -58,7 +82,7 @@ def read_final_state(cfg: RunConfig, *, outcome: str, durable_store: bool, bound
     if fail_closed_reason is None and failed and failed.get("fail_closed"):
         fail_closed_reason = failed.get("reason")
     return {
-        "planned_ids": [cfg.sample_id(i) for i in range(cfg.num_samples)],
+        "planned_ids": PlannedIds(cfg),
         "witness": witness,
         "checkpoint_step": step,
         "marker": marker,

@@ -19,6 +19,7 @@ silently turn a fault off).
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 try:
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from reference_impl.failpoints import ACTIONS, POINTS
+
+from .exit_codes import UsageError
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -61,11 +64,22 @@ FAULT_KEYS = {"kind", "target", "at_published", "at_consumed", "at_s", "duration
               "rank"}  # rank: a failpoint of a data-parallel consumer fires only in that rank
 RANDOM_KEYS = {"count": 0, "kinds": ["kill"], "targets": ["producer", "consumer"], "points": [],
                "actions": ["crash"], "pause_s": [0.05, 0.5], "max_hit": 6, "progress": [0.05, 0.9]}
-EXPECT_KEYS = {"outcome": ["completed"], "violates": [], "bound_s": 60.0, "timeout_s": 120.0}
+EXPECT_KEYS = {"outcome": ["completed"], "violates": [], "bound_s": 60.0, "timeout_s": 120.0,
+               # true: planned faults that did not land do not make the run inconclusive
+               "allow_missed_faults": False}
 TOP_KEYS = {"name", "description", "topology", "store", "workload", "faults", "expect", "tags"}
+# Bounds: a run is a few processes on one machine, and per-sample structures
+# (the witness, the final state's planned ids) must stay small.
+MAX_SAMPLES = 1_000_000
+MAX_CONSUMER_RANKS = 16
+MAX_TIMEOUT_S = 86_400.0
 
 
-class ScenarioError(ValueError):
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class ScenarioError(UsageError):
     pass
 
 
@@ -131,6 +145,8 @@ def find_scenario(name_or_path: str) -> Path:
     if p.suffix == ".toml" or os.sep in name_or_path:
         if not p.exists():
             raise ScenarioError(f"scenario file {name_or_path} does not exist")
+        if p.is_dir():
+            raise ScenarioError(f"scenario file {name_or_path} is a directory (a .toml file was expected)")
         return p
     cand = SCENARIO_DIR / f"{name_or_path}.toml"
     if cand.exists():
@@ -146,6 +162,8 @@ def load_scenario(name_or_path: str) -> Scenario:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not UTF-8 text ({e})") from None
     return scenario_from_dict(data, str(path))
 
 
@@ -182,8 +200,11 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
         return {**copy.deepcopy(defaults), **raw}
 
     topology = table("topology", TOPOLOGY_KEYS)
-    if topology["consumer_ranks"] < 1:
-        raise err("topology.consumer_ranks", topology["consumer_ranks"], "an integer >= 1")
+    if not 1 <= topology["consumer_ranks"] <= MAX_CONSUMER_RANKS:
+        raise err("topology.consumer_ranks", topology["consumer_ranks"], f"an integer 1..{MAX_CONSUMER_RANKS}")
+    v = topology["variant"]
+    if v and (v.count(":") != 1 or not all(part.strip() for part in v.split(":"))):
+        raise err("topology.variant", v, "'' (the reference) or package.module:name")
     for k in ("producer_device", "consumer_device"):
         if topology[k] not in DEVICES:
             raise err(f"topology.{k}", topology[k], " | ".join(DEVICES))
@@ -195,6 +216,13 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     for k in ("samples", "publish_batch", "train_batch", "accumulation", "checkpoint_every", "high_watermark"):
         if workload[k] < 1:
             raise err(f"workload.{k}", workload[k], "an integer >= 1")
+    if workload["samples"] > MAX_SAMPLES:
+        raise err("workload.samples", workload["samples"], f"an integer 1..{MAX_SAMPLES}")
+    for k in ("producer_delay_s", "consumer_step_delay_s", "starve_checkpoint_s"):
+        if not _finite(workload[k]) or workload[k] < 0:
+            raise err(f"workload.{k}", workload[k], "a finite number >= 0")
+    if workload["io_retries"] < 0:
+        raise err("workload.io_retries", workload["io_retries"], "an integer >= 0")
     if not 0 <= workload["low_watermark"] < workload["high_watermark"]:
         raise err("workload.low_watermark", workload["low_watermark"],
                   f"0 <= low_watermark < high_watermark ({workload['high_watermark']})")
@@ -233,8 +261,15 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
         raise err("faults.random.points", rnd["points"], "a non-empty list when kinds has 'failpoint'")
     for k in ("pause_s", "progress"):
         v = rnd[k]
-        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and v[0] <= v[1]):
-            raise err(f"faults.random.{k}", v, "[low, high] numbers with low <= high")
+        if not (isinstance(v, list) and len(v) == 2 and all(_finite(x) for x in v) and v[0] <= v[1]):
+            raise err(f"faults.random.{k}", v, "[low, high] finite numbers with low <= high")
+    if not 0.0 <= rnd["progress"][0] <= rnd["progress"][1] <= 1.0:
+        raise err("faults.random.progress", rnd["progress"],
+                  "[low, high] fractions of the workload with 0 <= low <= high <= 1")
+    if not 0.0 < rnd["pause_s"][0] <= rnd["pause_s"][1]:
+        raise err("faults.random.pause_s", rnd["pause_s"], "[low, high] seconds with 0 < low <= high")
+    if not isinstance(rnd["max_hit"], int) or isinstance(rnd["max_hit"], bool) or rnd["max_hit"] < 1:
+        raise err("faults.random.max_hit", rnd["max_hit"], "an integer >= 1")
 
     expect = table("expect", EXPECT_KEYS)
     for o in expect["outcome"]:
@@ -243,10 +278,44 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     for p in expect["violates"]:
         if p not in PROPS:
             raise err("expect.violates", expect["violates"], "a list drawn from " + ", ".join(PROPS))
+    for k in ("timeout_s", "bound_s"):
+        if not _finite(expect[k]) or not 0 < expect[k] <= MAX_TIMEOUT_S:
+            raise err(f"expect.{k}", expect[k], f"a finite number of seconds, 0 < {k} <= {MAX_TIMEOUT_S:.0f}")
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise err("tags", tags, "a list of strings")
-    return Scenario(name, desc, source, topology, store, workload, explicit, rnd, expect, tags)
+    sc = Scenario(name, desc, source, topology, store, workload, explicit, rnd, expect, tags)
+    check_fault_targets(sc)
+    return sc
+
+
+def check_fault_targets(sc: Scenario, backend_from: str = "store.backend") -> None:
+    """Every fault target exists in the scenario's topology (a fault that cannot land is bad input).
+
+    `store_server` exists only with the inmemory backend; `consumer.rankN`
+    only with N < topology.consumer_ranks.
+    """
+    source = sc.path or sc.name
+    ranks = sc.topology["consumer_ranks"]
+
+    def check(t: Any, key: str) -> None:
+        if t == "store_server" and sc.backend != "inmemory":
+            raise ScenarioError(f"{source}: key {key!r} has value 'store_server', but {backend_from} = "
+                                f"{sc.backend!r} runs no store server; allowed: store_server only with "
+                                f"backend 'inmemory'")
+        m = RANK_TARGET.match(t) if isinstance(t, str) else None
+        if m and int(m.group(1)) >= ranks:
+            raise ScenarioError(f"{source}: key {key!r} has value {t!r}, but topology.consumer_ranks = {ranks}; "
+                                f"allowed: consumer.rank0..consumer.rank{ranks - 1}")
+
+    for i, f in enumerate(sc.explicit_faults):
+        check(f["target"], f"faults.explicit[{i}].target")
+        if f["kind"] == "failpoint" and f.get("rank") is not None and f["rank"] >= ranks:
+            raise ScenarioError(f"{source}: key 'faults.explicit[{i}].rank' has value {f['rank']!r}, but "
+                                f"topology.consumer_ranks = {ranks}; allowed: 0..{ranks - 1}")
+    if sc.random_faults.get("count"):
+        for t in sc.random_faults["targets"]:
+            check(t, "faults.random.targets")
 
 
 def _check_fault(f: Any, where: str) -> Dict[str, Any]:
@@ -279,6 +348,8 @@ def _check_fault(f: Any, where: str) -> Dict[str, Any]:
                 raise err(k, out[k], "an integer >= 1 (incarnation >= 0)")
         if out["action"] == "pause":
             out.setdefault("duration_s", 0.3)
+            if not _finite(out["duration_s"]) or out["duration_s"] <= 0:
+                raise err("duration_s", out["duration_s"], "a finite number > 0")
         if "rank" in out and (not isinstance(out["rank"], int) or out["rank"] < 0):
             raise err("rank", out["rank"], "an integer >= 0 (a rank of the consumer group)")
     else:
@@ -288,10 +359,14 @@ def _check_fault(f: Any, where: str) -> Dict[str, Any]:
         if len(triggers) != 1:
             raise err("trigger", triggers, "exactly one of at_published, at_consumed, at_s")
         v = f[triggers[0]]
-        if not isinstance(v, (int, float)) or v < 0:
-            raise err(triggers[0], v, "a number >= 0")
+        if not _finite(v) or v < 0:
+            raise err(triggers[0], v, "a finite number >= 0")
+        if triggers[0] != "at_s" and not isinstance(v, int):
+            raise err(triggers[0], v, "an integer >= 0 (a count of samples)")
         if kind == "pause":
             out.setdefault("duration_s", 0.3)
-            if not isinstance(out["duration_s"], (int, float)) or out["duration_s"] <= 0:
-                raise err("duration_s", out["duration_s"], "a number > 0")
+            if not _finite(out["duration_s"]) or out["duration_s"] <= 0:
+                raise err("duration_s", out["duration_s"], "a finite number > 0")
+        elif "duration_s" in f:
+            raise err("duration_s", f["duration_s"], "only on pause faults")
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import failpoints
 from .fileio import read_json, write_json_atomic  # noqa: F401 (read_json re-exported)
@@ -95,6 +95,10 @@ class ChannelWriter:
             self._fd = None
 
 
+class ChannelShrank(RuntimeError):
+    """The channel file is shorter than the complete records a reader already passed."""
+
+
 class ChannelReader:
     """Yields `(position, record)` for each complete record, in order."""
 
@@ -128,6 +132,27 @@ class ChannelReader:
         self.offset += end
         return out
 
+    def skip(self) -> int:
+        """Pass over the new complete records without parsing them; returns how many
+        (one per complete line, as a correct writer writes them). The file is read
+        only when its size changed; one cut below `offset` raises ChannelShrank."""
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+        if size == self.offset:
+            return 0
+        if size < self.offset:
+            raise ChannelShrank(f"channel shrank to {size} bytes below {self.offset} bytes of complete records")
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        n = data.count(b"\n", 0, end)
+        self.offset += end
+        self.position += n
+        return n
+
 
 def count_records(workdir: str) -> int:
     r = ChannelReader(workdir)
@@ -155,9 +180,15 @@ def set_sentinel(workdir: str, name: str, payload: Dict[str, Any]) -> None:
     write_json_atomic(os.path.join(workdir, name), payload)
 
 
-def fail_closed(workdir: str, history, proc: str, reason: str, detail: str) -> None:
+def fail_closed(workdir: str, history, proc: str, reason: str, detail: str,
+                say: Optional[Callable[[str], None]] = None) -> None:
     """Stop rather than risk wrong training: the `fail_closed` event, the
-    `channel.failed` sentinel (so the peer stops too) and a line on stderr."""
+    `channel.failed` sentinel (so the peer stops too) and a line on stderr
+    (or to `say`)."""
     history.emit("fail_closed", reason=reason, detail=detail)
     set_sentinel(workdir, FAILED, {"proc": proc, "reason": f"{reason}: {detail}", "fail_closed": True})
-    print(f"{proc}: fail closed ({reason}): {detail}", file=sys.stderr, flush=True)
+    line = f"{proc}: fail closed ({reason}): {detail}"
+    if say is None:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        say(line)

@@ -121,10 +121,12 @@ def config_from_dict(d: Dict[str, Any], source: str = "config") -> RunConfig:
 
 def load_config(path: str) -> RunConfig:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             d = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
     return config_from_dict(d, source=path)

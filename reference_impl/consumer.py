@@ -27,34 +27,29 @@ fails closed: exit 3 and the `channel.failed` sentinel, never silent retraining.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import failpoints
-from .variant import apply_from_env
-from .channel import (CLOSED, CONSUMER_DONE, FAILED, ChannelReader, fail_closed, read_consumed, sentinel,
-                      set_sentinel, write_consumed)
-from .config import EXIT_FAIL_CLOSED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig, load_config
+from .channel import CLOSED, CONSUMER_DONE, ChannelReader, read_consumed, sentinel, set_sentinel, write_consumed
+from .config import EXIT_USAGE, RunConfig
 from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
-from .devices import DeviceError, pick_device
+from .devices import pick_device
 from .feature_store import FeatureStore
 from .fileio import fsync_dir
 from .history import HistoryWriter, NullHistory
+from .process_loop import FailClosed, load_process, open_history, process_args, run_process
 from .ref_queue import StreamingRefQueue
-from .stores import StoreUnavailable, open_store
+from .stores import open_store
 
 CHECKPOINT = os.path.join("checkpoint", "consumer.pt")
 
 
-class ConsumerFailClosed(RuntimeError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class ConsumerFailClosed(FailClosed):
+    """The consumer stops rather than risk wrong training (`reason`, `detail`)."""
 
 
 def checkpoint_path(cfg: RunConfig) -> str:
@@ -314,59 +309,23 @@ class Consumer:
 
 
 def run_consumer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> int:
-    c = None
-    try:
-        c = Consumer(cfg, incarnation=incarnation, history=history)
-        while True:
-            failed = sentinel(cfg.workdir, FAILED)
-            if failed is not None:
-                history.emit("exit", code=EXIT_FAIL_CLOSED if failed.get("fail_closed") else 4,
-                             outcome="peer_failed", reason=failed.get("reason"))
-                return EXIT_FAIL_CLOSED if failed.get("fail_closed") else 4
-            status = c.step()
-            if status == "done":
-                history.emit("exit", code=EXIT_OK, outcome="completed")
-                return EXIT_OK
-            if status == "idle":
-                time.sleep(cfg.poll_interval_s)
-    except ConsumerFailClosed as e:
-        return _fail_closed(cfg, history, e.reason, e.detail)
-    except StoreUnavailable as e:
-        return _fail_closed(cfg, history, "store_unavailable", str(e))
-    finally:
-        if c is not None:
-            c.close()
-
-
-def _fail_closed(cfg: RunConfig, history, reason: str, detail: str) -> int:
-    fail_closed(cfg.workdir, history, "consumer", reason, detail)
-    return EXIT_FAIL_CLOSED
+    """The consumer process: the process loop around `Consumer` (see `process_loop`)."""
+    return run_process("consumer", cfg, history, lambda: Consumer(cfg, incarnation=incarnation, history=history))
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reference_impl.consumer",
-                                 description="Reference consumer: train the draft head on published refs.")
-    ap.add_argument("--config", required=True, help="run config JSON (see reference_impl/config.py)")
-    ap.add_argument("--resume", action="store_true", help="resume from the checkpoint and the store's ledger")
-    ap.add_argument("--incarnation", type=int, default=int(os.environ.get("DFH_INCARNATION", "0")))
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        failpoints.parse_rules(os.environ.get(failpoints.ENV_VAR) or None)  # bad rules: usage error
-        apply_from_env()
-        device = pick_device(cfg.consumer_device, "consumer")
-    except (ConfigError, ValueError, DeviceError) as e:
-        print(f"consumer: error: {e}", file=sys.stderr)
+    args = process_args("python -m reference_impl.consumer",
+                        "Reference consumer: train the draft head on published refs.", argv, resume=True)
+    loaded = load_process("consumer", args.config, device="consumer_device")
+    if loaded is None:
         return EXIT_USAGE
+    cfg, device = loaded
     if not args.resume and os.path.exists(checkpoint_path(cfg)):
         print(f"consumer: error: {checkpoint_path(cfg)} exists; pass --resume to continue that run "
               f"or use a fresh workdir", file=sys.stderr)
         return EXIT_USAGE
-    history = (HistoryWriter(cfg.path("history", "consumer.jsonl"), "consumer", args.incarnation)
-               if cfg.extra.get("history", True) else NullHistory())
-    failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action))
-    history.emit("start", pid=os.getpid(), resume=args.resume, device=str(device),
-                 backend=cfg.backend)
+    history = open_history(cfg, "consumer", args.incarnation)
+    history.emit("start", pid=os.getpid(), resume=args.resume, device=str(device), backend=cfg.backend)
     return run_consumer(cfg, args.incarnation, history)
 
 

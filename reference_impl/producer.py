@@ -17,7 +17,6 @@ the published count from the channel's complete records.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import sys
@@ -25,22 +24,21 @@ import time
 from typing import Callable, List, Optional
 
 from . import failpoints
-from .variant import apply_from_env
-from .channel import CLOSED, FAILED, ChannelWriter, fail_closed, read_consumed, sentinel, set_sentinel
-from .config import (EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, EXIT_USAGE, ConfigError, RunConfig,
-                     load_config)
+from .channel import CLOSED, ChannelWriter, read_consumed, sentinel, set_sentinel
+from .config import EXIT_USAGE, RunConfig
 from .contracts import FeatureSpec, SampleRef, ref_to_dict
 from .controller import DataFlowController
-from .devices import DeviceError, pick_device
+from .devices import pick_device
 from .feature_store import FeatureStore
 from .flow_control import Backpressure
 from .history import HistoryWriter, NullHistory
+from .process_loop import Failed, load_process, open_history, process_args, run_process
 from .stores import StoreUnavailable, open_store
 
 IO_ERRNOS = (errno.EIO, errno.ENOSPC)
 
 
-class ProducerFailed(RuntimeError):
+class ProducerFailed(Failed):
     """A clean, reported failure (I/O past the retry budget)."""
 
 
@@ -219,54 +217,18 @@ class Producer:
 
 
 def run_producer(cfg: RunConfig, incarnation: int, history: HistoryWriter) -> int:
-    try:
-        p = Producer(cfg, incarnation=incarnation, history=history)
-    except StoreUnavailable as e:
-        return _fail_closed(cfg, history, "store_unavailable", str(e))
-    try:
-        while True:
-            if sentinel(cfg.workdir, FAILED) is not None:
-                history.emit("exit", code=EXIT_FAILED, outcome="peer_failed")
-                return EXIT_FAILED
-            status = p.step()
-            if status == "done":
-                history.emit("exit", code=EXIT_OK, outcome="completed")
-                return EXIT_OK
-            if status == "idle":
-                time.sleep(cfg.poll_interval_s)
-    except StoreUnavailable as e:
-        return _fail_closed(cfg, history, "store_unavailable", str(e))
-    except ProducerFailed as e:
-        set_sentinel(cfg.workdir, FAILED, {"proc": "producer", "reason": str(e)})
-        history.emit("exit", code=EXIT_FAILED, outcome="failed", reason=str(e))
-        print(f"producer: failed cleanly: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        p.close()
-
-
-def _fail_closed(cfg: RunConfig, history, reason: str, detail: str) -> int:
-    fail_closed(cfg.workdir, history, "producer", reason, detail)
-    return EXIT_FAIL_CLOSED
+    """The producer process: the process loop around `Producer` (see `process_loop`)."""
+    return run_process("producer", cfg, history, lambda: Producer(cfg, incarnation=incarnation, history=history))
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reference_impl.producer",
-                                 description="Reference producer: commit and publish sample refs.")
-    ap.add_argument("--config", required=True, help="run config JSON (see reference_impl/config.py)")
-    ap.add_argument("--incarnation", type=int, default=int(os.environ.get("DFH_INCARNATION", "0")))
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        failpoints.parse_rules(os.environ.get(failpoints.ENV_VAR) or None)  # bad rules: usage error
-        apply_from_env()
-        pick_device(cfg.producer_device, "producer")
-    except (ConfigError, ValueError, DeviceError) as e:
-        print(f"producer: error: {e}", file=sys.stderr)
+    args = process_args("python -m reference_impl.producer", "Reference producer: commit and publish sample refs.",
+                        argv, resume=False)
+    loaded = load_process("producer", args.config, device="producer_device")
+    if loaded is None:
         return EXIT_USAGE
-    history = (HistoryWriter(cfg.path("history", "producer.jsonl"), "producer", args.incarnation)
-               if cfg.extra.get("history", True) else NullHistory())
-    failpoints.configure_from_env(lambda point, action: history.emit("failpoint", point=point, action=action))
+    cfg, _ = loaded
+    history = open_history(cfg, "producer", args.incarnation)
     history.emit("start", pid=os.getpid(), resume=args.incarnation > 0, backend=cfg.backend)
     return run_producer(cfg, args.incarnation, history)
 

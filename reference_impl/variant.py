@@ -10,24 +10,19 @@ undoes it in-process. Unset, nothing is patched and nothing is imported.
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Callable, List, Tuple
+
+from .resolve import resolve
 
 ENV_VAR = "DFH_VARIANT"
 
 
 def load_variant(spec: str) -> List[Tuple[object, str, object]]:
-    mod_name, sep, attr = spec.partition(":")
-    if not sep:
-        raise ValueError(f"variant {spec!r} is not of the form package.module:name")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        raise ValueError(f"variant {spec!r}: module {mod_name!r} not found ({e})") from e
-    fn = getattr(mod, attr, None)
+    """The patches of variant `package.module:name` (a callable returning them)."""
+    fn = resolve(spec, "variant")
     if not callable(fn):
-        raise ValueError(f"variant {spec!r}: {mod_name} has no callable {attr!r}")
+        raise ValueError(f"variant {spec!r}: {spec.partition(':')[0]} has no callable {spec.partition(':')[2]!r}")
     return list(fn())
 
 

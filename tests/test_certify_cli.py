@@ -123,7 +123,7 @@ def test_callable_taking_a_working_directory_is_accepted(tmp_path):
 
 
 def test_tier4_without_the_runner_is_not_run_and_fails_certification(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "harness.runner", None)  # import fails
+    monkeypatch.setitem(sys.modules, "harness.process_engine.runner", None)  # import fails
     cert = certify("reference_impl.stores.sqlite:SQLiteMetadataStore", tiers=[4], reports_dir=str(tmp_path),
                    progress=None, seed=1)
     t4 = cert.tier(4)

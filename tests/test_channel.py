@@ -1,8 +1,7 @@
 import os
 
 from reference_impl import failpoints
-from reference_impl.channel import (CHANNEL, ChannelReader, ChannelWriter, count_records, read_consumed,
-                                    write_consumed)
+from reference_impl.channel import CHANNEL, ChannelReader, ChannelWriter, count_records, read_consumed, write_consumed
 
 
 def rec(i):

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from harness.history import load_merged
-from harness.runner import run_scenario
+from harness.process_engine.runner import run_scenario
 from harness.scenario import load_scenario, scenario_from_dict
 from reference_impl.failpoints import POINTS
 from tests.pipeline_zoo import ZOO, scenario_for
@@ -89,7 +89,7 @@ def test_process_engine_catches_bug_zoo_member(name, tmp_path):
 
 
 def test_same_seed_same_schedule():
-    from harness.nemesis import make_schedule
+    from harness.process_engine.nemesis import make_schedule
 
     sc = load_scenario("failpoints-all")
     assert make_schedule(sc, 42) == make_schedule(sc, 42)

@@ -33,5 +33,6 @@ def test_load_config_errors_name_the_file(tmp_path):
 
 
 def test_high_watermark_must_cover_k_optimizer_windows():
-    with pytest.raises(ConfigError, match=r"high_watermark.*64.*train_batch\*accumulation\*world_size\*checkpoint_every = 80"):
+    with pytest.raises(ConfigError,
+                       match=r"high_watermark.*64.*train_batch\*accumulation\*world_size\*checkpoint_every = 80"):
         config_from_dict({"checkpoint_every": 10})

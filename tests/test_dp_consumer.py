@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from harness.history import load_merged
-from harness.nemesis import failpoint_rules, make_schedule
-from harness.runner import run_scenario
+from harness.process_engine.nemesis import failpoint_rules, make_schedule
+from harness.process_engine.runner import run_scenario
 from harness.scenario import load_scenario, scenario_from_dict
 from reference_impl import failpoints
 from reference_impl.dp_consumer import rank_device

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.runner import run_scenario
+from harness.process_engine.runner import run_scenario
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -14,8 +14,9 @@ HAS_CUDA = torch.cuda.is_available()
 def test_single_rank_pipeline_on_cuda(tmp_path):
     r = run_scenario("baseline-gpu", 0, reports_dir=str(tmp_path))
     assert r.as_expected and r.outcome == "completed", r.verdict["reasons"]
-    from harness.history import load_merged
     import os
+
+    from harness.history import load_merged
 
     starts = [e for e in load_merged(os.path.join(r.report_dir, "history.jsonl"))
               if e.get("proc") == "consumer" and e.get("ev") == "start"]

@@ -6,18 +6,17 @@ import subprocess
 import sys
 import time
 
+from reference_impl.procutil import parent_of, proc_state
+
 
 def _children():
     kids = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(pid))
+        ppid = parent_of(pid)
+        if ppid is not None:
+            kids.setdefault(ppid, []).append(int(pid))
     return kids
 
 
@@ -31,11 +30,7 @@ def _descendants(root):
 
 
 def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return proc_state(pid) not in (None, "Z")
 
 
 def test_sigkilled_harness_leaves_no_children(tmp_path):

@@ -1,6 +1,6 @@
 import pytest
 
-from harness.nemesis import make_schedule
+from harness.process_engine.nemesis import make_schedule
 from harness.scenario import ScenarioError, load_scenario, scenario_from_dict, scenario_paths
 
 

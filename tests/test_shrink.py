@@ -1,6 +1,6 @@
 import os
 
-from harness.runner import run_scenario
+from harness.process_engine.runner import run_scenario
 from harness.scenario import load_scenario, scenario_from_dict
 from harness.shrink import shrink_report
 

@@ -1,4 +1,4 @@
-"""The zygote launcher behaves like spawning `python -m MODULE` (harness/zygote.py)."""
+"""The zygote launcher behaves like spawning `python -m MODULE` (harness/process_engine/zygote.py)."""
 
 import json
 import os
@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from harness.supervisor import Supervisor
+from harness.process_engine.supervisor import Supervisor
 from reference_impl.config import RunConfig, write_config
+from reference_impl.procutil import pid_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork server with prctl: Linux only")
 
@@ -41,11 +42,7 @@ def _wait_for(pred, timeout=10.0, what="condition"):
 
 
 def _dead(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return True
+    return pid_gone(pid)
 
 
 def _consumer(sup, cfg, **kw):
@@ -141,7 +138,7 @@ def test_sigstop_sigcont(tmp_path):
 
 HARNESS = textwrap.dedent("""
     import json, os, sys, time
-    from harness.supervisor import Supervisor
+    from harness.process_engine.supervisor import Supervisor
     from harness import zygote
     from reference_impl.config import RunConfig, write_config
     pids = []

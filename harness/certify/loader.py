@@ -14,7 +14,6 @@ into exit code 2.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import re
@@ -24,6 +23,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from reference_impl.resolve import ResolveError
+from reference_impl.resolve import resolve as resolve_spec
 from reference_impl.stores.base import MetadataStore
 
 #: Methods every store must have (commit_sample or commit_samples aside).
@@ -173,41 +174,12 @@ def close_store(store: Any) -> None:
 
 def resolve(spec: str) -> Any:
     """`module:attr` (attr may be dotted) to the object; LoadError names the cause."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise LoadError(
-            f"store factory {spec!r} is not of the form module:attr "
-            "(for example reference_impl.stores.sqlite:SQLiteMetadataStore)"
-        )
-    mod_name, _, attr = spec.partition(":")
-    if not mod_name or not attr:
-        raise LoadError(f"store factory {spec!r} is not of the form module:attr")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        if e.name and (e.name == mod_name or mod_name.startswith(e.name + ".")):
-            raise LoadError(f"store factory {spec!r}: module {mod_name!r} not found") from e
-        raise LoadError(
-            f"store factory {spec!r}: importing module {mod_name!r} failed: "
-            f"it needs module {e.name!r}, which is not installed"
-        ) from e
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - a module raising at import is bad input
-        raise LoadError(
-            f"store factory {spec!r}: importing module {mod_name!r} raised "
-            f"{type(e).__name__}: {e}"
-        ) from e
-    obj: Any = mod
-    walked = mod_name
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise LoadError(
-                f"store factory {spec!r}: attribute {attr!r} missing "
-                f"({walked!r} has no attribute {part!r})"
-            )
-        obj = getattr(obj, part)
-        walked = f"{walked}.{part}"
-    return obj
+        return resolve_spec(spec, "store factory", example="reference_impl.stores.sqlite:SQLiteMetadataStore")
+    except ResolveError as e:
+        raise LoadError(str(e)) from e
 
 
 def missing_methods(store: Any) -> List[str]:

@@ -1,6 +1,6 @@
 """Tier 4, end to end: the reference producer and consumer on this backend.
 
-Runs the harness's crash scenarios through `harness.runner.run_scenario` with
+Runs the harness's crash scenarios through `harness.process_engine.runner.run_scenario` with
 `backend=<module:attr>` and requires every run to be valid (P1 to P8). If the
 runner is not importable, or the factory has no importable `module:attr`
 name, the tier is "not run", which fails certification (never a pass).
@@ -46,11 +46,11 @@ def run(ctx: Context, reports_dir: Optional[str] = None) -> TierResult:
     t0 = time.monotonic()
     res = TierResult(tier=4, status=PASSED, properties=list(PROPERTIES))
     try:
-        from harness.runner import run_scenario  # type: ignore
+        from harness.process_engine.runner import run_scenario  # type: ignore
     except Exception as e:  # noqa: BLE001 - any import failure means the tier cannot run
         res.status = NOT_RUN
         res.reason = "not run (harness runner unavailable)"
-        res.notes.append(f"importing harness.runner failed: {type(e).__name__}: {e}")
+        res.notes.append(f"importing harness.process_engine.runner failed: {type(e).__name__}: {e}")
         res.duration_s = time.monotonic() - t0
         return res
     spec = backend_spec(ctx)

@@ -143,11 +143,7 @@ def context(history, final, ctx: Optional[Context]) -> Context:
     return ctx if ctx is not None else Context(history, final)
 
 
-from . import (p1_no_duplicate_training, p2_no_loss, p3_backpressure,  # noqa: E402
-               p4_exactly_one_fresh, p5_marker_atomicity, p6_durability, p7_release_after_ack,
-               p8_liveness)
-
-CHECKER_MODULES = [
+from . import (  # noqa: E402
     p1_no_duplicate_training,
     p2_no_loss,
     p3_backpressure,
@@ -156,7 +152,10 @@ CHECKER_MODULES = [
     p6_durability,
     p7_release_after_ack,
     p8_liveness,
-]
+)
+
+CHECKER_MODULES = [p1_no_duplicate_training, p2_no_loss, p3_backpressure, p4_exactly_one_fresh, p5_marker_atomicity,
+                   p6_durability, p7_release_after_ack, p8_liveness]
 
 #: The checkers in property order; each is `check(history, final, ctx=None) -> PropertyResult`.
 ALL_CHECKERS = [m.check for m in CHECKER_MODULES]

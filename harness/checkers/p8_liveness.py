@@ -92,7 +92,8 @@ def check(history, final, ctx=None):
         anomalies.append(Anomaly(
             "hang",
             f"run timed out (bound {bound} s{', timeout at line ' + str(t.get('line')) if t else ''}); state "
-            f"{state!r}; last fault: {_describe_fault(last_fault)}; last train step {train_steps[0] if train_steps else None}; "
+            f"{state!r}; last fault: {_describe_fault(last_fault)}; "
+            f"last train step {train_steps[0] if train_steps else None}; "
             f"{stuck or 'no process events'}",
             sample_ids=ids, steps=[int(s) for s in train_steps if s is not None],
             incarnations=[incarnation(e) for e in sorted(last.values(), key=lambda e: e.get("line", 0))],

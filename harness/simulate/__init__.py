@@ -6,6 +6,6 @@ scheduler; `search.search(...)` drives schedules from Hypothesis and shrinks a
 failure; `cli.main` is `python -m harness simulate`.
 """
 
-from .engine import DEFAULT_WORKLOAD, Simulation, SimResult, format_op, points_for
+from .engine import DEFAULT_WORKLOAD, SimResult, Simulation, format_op, points_for
 
 __all__ = ["DEFAULT_WORKLOAD", "Simulation", "SimResult", "format_op", "points_for"]

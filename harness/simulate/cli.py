@@ -14,9 +14,12 @@ with the process engine's checkers. The rate is printed; on a failure the
 shrunk schedule is printed and written as a scenario file, which
 `python -m harness run FILE --seed 0` replays in the process engine.
 
-Exit codes: 0 nothing unexpected (with --expect-violation: the violation was
-found); 1 an unexpected failure (or the expected violation was not found);
-2 bad input.
+Exit codes (harness/exit_codes.py): 0 nothing unexpected (with
+--expect-violation: the violation was found); 1 an unexpected failure (or the
+expected violation was not found); 2 bad input (options, scenario, variant,
+backend, an unusable --json/--out path: all checked before the search); 3 the
+harness could not finish (a worker error, an I/O error naming the path, an
+interruption).
 """
 
 from __future__ import annotations
@@ -28,12 +31,16 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+from harness.exit_codes import ExitCode, UsageError, guarded
+from harness.paths import check_output_file, read_json_file
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_HARNESS = (ExitCode.AS_EXPECTED, ExitCode.UNEXPECTED, ExitCode.USAGE,
+                                                 ExitCode.HARNESS)
 PROPS = tuple(f"P{i}" for i in range(1, 9))
 BACKENDS = ("sqlite", "inmemory", "private")
 
 
-class _Usage(Exception):
+class _Usage(UsageError):
     pass
 
 
@@ -65,25 +72,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    return guarded(_main, argv)
+
+
+def _main(argv: List[str]) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
-    try:
-        setup = _setup(args)
-    except _Usage as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as e:  # ScenarioError, ConfigError, bad variant
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if args.schedule:
-            return _run_one(args, setup)
-        return _search(args, setup)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    setup = _setup(args)
+    if args.schedule:
+        return _run_one(args, setup)
+    return _search(args, setup)
 
 
 def _setup(args) -> Dict[str, Any]:
@@ -118,15 +118,15 @@ def _setup(args) -> Dict[str, Any]:
     if backend not in BACKENDS and ":" not in backend:
         raise _Usage(f"--backend {backend!r}: allowed {' | '.join(BACKENDS)} | pkg.mod:Factory")
     if ":" in backend:
-        from reference_impl.stores import load_factory
+        from harness.validation import check_backend
 
-        load_factory(backend)
+        check_backend(backend, "--backend")
     if args.variant:
         variant = args.variant
     if variant:
-        from reference_impl.variant import load_variant
+        from harness.validation import check_variant
 
-        load_variant(variant)  # ValueError naming the cause
+        check_variant(variant, "--variant" if args.variant else "topology.variant")
     if args.expect_violation:
         bad = [p for p in args.expect_violation if p not in PROPS]
         if bad:
@@ -141,7 +141,13 @@ def _setup(args) -> Dict[str, Any]:
         raise _Usage(f"--max-ops must be >= 0, got {max_ops}")
     if store_kills and backend != "inmemory":
         raise _Usage(f"--store-kills: only the in-memory backend has a store server (backend {backend})")
-    config_for("/nonexistent", workload, backend)  # ConfigError (a ValueError) on a bad workload
+    config_for("/nonexistent", workload, backend)  # ConfigError (exit 2) on a bad workload
+    if args.shrink_budget is not None and not args.shrink_budget >= 0:
+        raise _Usage(f"--shrink-budget must be a number of seconds >= 0, got {args.shrink_budget}")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.out:
+        check_output_file(args.out, "--out")
     targets = ("producer", "consumer") + (("store_server",) if store_kills else ())
     spec = SimSpec(workload=workload, backend=backend, variant=variant, expect=expect, outcomes=outcomes,
                    targets=targets, max_ops=max_ops, shrink=not args.no_shrink, shrink_budget_s=args.shrink_budget)
@@ -201,8 +207,8 @@ def _search(args, setup) -> int:
         os.makedirs(d, exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2, sort_keys=True, default=str)
-    if r["errors"]:
-        return EXIT_FOUND
+    if r["errors"]:  # the search itself failed (a worker error): the harness's failure
+        return EXIT_HARNESS
     if spec.expect:
         if found is None:
             print(f"NOT FOUND: no schedule of {r['schedules']} violated {' or '.join(spec.expect)}")
@@ -278,20 +284,14 @@ def _run_one(args, setup) -> int:
     from .search import _prepare_process
 
     spec = setup["spec"]
-    try:
-        with open(args.schedule) as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        print(f"error: --schedule {args.schedule}: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    data = read_json_file(args.schedule, "--schedule")
     if isinstance(data, dict):  # a --json output: its first counterexample
         ces = data.get("counterexamples") or []
         data = ces[0]["ops"] if ces else data.get("ops")
     try:
         ops = check_ops(data or [], spec.backend)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"--schedule {args.schedule}: {e}") from None
     _prepare_process()
     undo = _apply_variant(spec.variant)
     try:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from .engine import TARGETS, Simulation, SimResult, points_for
+from .engine import TARGETS, SimResult, Simulation, points_for
 
 #: Default schedule length bound (operations before the drain).
 MAX_OPS = 24

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 from typing import Any
 
+from ..resolve import resolve
 from .base import MetadataStore, StoreUnavailable
 from .memory import InMemoryMetadataStore
 from .noop import NoOpMetadataStore
@@ -27,20 +27,8 @@ __all__ = [
 
 
 def load_factory(spec: str):
-    """Resolve `package.module:Attr` to the attribute; errors name the cause."""
-    if ":" not in spec:
-        raise ValueError(f"store factory {spec!r} is not of the form package.module:Attr")
-    mod_name, _, attr = spec.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        raise ValueError(f"store factory {spec!r}: module {mod_name!r} not found ({e})") from e
-    obj = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"store factory {spec!r}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
+    """Resolve `package.module:Attr` to the attribute; errors (ValueError) name the cause."""
+    return resolve(spec, "store factory")
 
 
 def build_from_factory(factory: Any, workdir: str) -> Any:

@@ -21,6 +21,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
 
 from ..contracts import SampleRef, assert_no_tensors
 
+#: The methods of the MetadataStore contract, as a store server exposes them to its clients.
+CONTRACT_METHODS = ("commit_sample", "commit_samples", "is_committed", "get_committed", "committed_count",
+                    "all_committed_ids", "record_train_ack", "durable_marker", "ledger_id")
+
 
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached or its ledger is gone; callers fail closed."""

@@ -21,20 +21,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ..contracts import SampleRef
 from ..fileio import write_json_atomic
-from .base import MetadataStore, StoreUnavailable
+from .base import CONTRACT_METHODS, MetadataStore, StoreUnavailable
 from .memory import InMemoryMetadataStore
 
-_EXPOSED = (
-    "commit_sample",
-    "commit_samples",
-    "is_committed",
-    "get_committed",
-    "committed_count",
-    "all_committed_ids",
-    "record_train_ack",
-    "durable_marker",
-    "ledger_id",
-)
+_EXPOSED = CONTRACT_METHODS
 
 _STORE: Optional[InMemoryMetadataStore] = None
 

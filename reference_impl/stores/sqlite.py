@@ -100,10 +100,11 @@ class SQLiteMetadataStore(MetadataStore):
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
 
-    def _write_txn(self, body):
+    def _txn(self, begin: str, body):
+        """`body(conn)` in one transaction opened with `begin`, retried while the database is busy."""
         def run():
             c = self._conn
-            c.execute("BEGIN IMMEDIATE")
+            c.execute(begin)
             try:
                 result = body(c)
                 c.execute("COMMIT")
@@ -113,20 +114,12 @@ class SQLiteMetadataStore(MetadataStore):
                 raise
 
         return self._retry(run)
+
+    def _write_txn(self, body):
+        return self._txn("BEGIN IMMEDIATE", body)
 
     def _read_txn(self, body):
-        def run():
-            c = self._conn
-            c.execute("BEGIN")
-            try:
-                result = body(c)
-                c.execute("COMMIT")
-                return result
-            except BaseException:
-                self._rollback()
-                raise
-
-        return self._retry(run)
+        return self._txn("BEGIN", body)
 
     # -- contract -----------------------------------------------------------
     def ledger_id(self) -> str:

@@ -14,6 +14,7 @@ checkers P1-P8, judges the verdict and writes the report directory:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -25,16 +26,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Union
 
-from reference_impl.channel import CHANNEL, CONSUMED, read_json
+from reference_impl.channel import read_json
 from reference_impl.config import EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, RunConfig, write_config
 
+from ..exit_codes import HarnessError, describe_os_error
+from ..run_plumbing import Progress, durable_store, roll_up
+from ..run_plumbing import scenario_config as config_for  # noqa: F401 (bench, tests)
+from ..scenario import RANK_TARGET, Scenario, load_scenario
+from ..validation import check_for_run
+from ..verdict import judge, verdict_word
 from . import nemesis
-from .scenario import RANK_TARGET, Scenario, load_scenario
+from .fault_ledger import FaultLedger
 from .supervisor import Supervisor, pid_stopped
-from .verdict import judge
 
 POLL_S = 0.005
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass
@@ -49,24 +55,15 @@ class RunResult:
     replay_command: str
     wall_s: float
     verdict: Dict[str, Any] = field(default_factory=dict)
-    faults_fired: int = 0
+    faults_landed: int = 0
+    inconclusive: bool = False  # planned faults did not all land: neither a pass nor a failure
+    faults: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
+        if self.inconclusive:
+            return 3
         return 0 if self.as_expected else 1
-
-
-def config_for(scenario: Scenario, seed: int, workdir: str) -> RunConfig:
-    w, t = scenario.workload, scenario.topology
-    return RunConfig(
-        workdir=workdir, run_id=f"{scenario.name}-{seed}", seed=int(seed), backend=scenario.backend,
-        num_samples=w["samples"], publish_batch=w["publish_batch"], train_batch=w["train_batch"],
-        accumulation=w["accumulation"], checkpoint_every=w["checkpoint_every"],
-        high_watermark=w["high_watermark"], low_watermark=w["low_watermark"], world_size=t["consumer_ranks"],
-        producer_device=t["producer_device"], consumer_device=t["consumer_device"],
-        producer_delay_s=w["producer_delay_s"], consumer_step_delay_s=w["consumer_step_delay_s"],
-        starve_checkpoint_s=w["starve_checkpoint_s"], io_retries=w["io_retries"],
-    ).validate(scenario.path or scenario.name)
 
 
 def check_devices(sc: Scenario) -> None:
@@ -79,42 +76,14 @@ def check_devices(sc: Scenario) -> None:
     try:
         pick_device("cuda", "harness")
     except DeviceError as e:
-        from .scenario import ScenarioError
+        from ..scenario import ScenarioError
 
         raise ScenarioError(f"{sc.path or sc.name}: topology.{wants[0]} = 'cuda' but {e}") from None
 
 
-class _Progress:
-    """Published and consumed counts, read incrementally from the run's files."""
-
-    def __init__(self, workdir: str) -> None:
-        self.channel = os.path.join(workdir, CHANNEL)
-        self.consumed_path = os.path.join(workdir, CONSUMED)
-        self.offset = 0
-        self.published = 0
-        self.consumed = 0
-
-    def update(self) -> None:
-        try:
-            with open(self.channel, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        end = data.rfind(b"\n") + 1
-        if end:
-            self.published += data[:end].count(b"\n")
-            self.offset += end
-        d = read_json(self.consumed_path)
-        if d:
-            self.consumed = int(d["consumed"])
-
-
 def _report_dir(reports_dir: str, scenario: str, seed: int) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    d = os.path.join(reports_dir, f"{scenario}-{seed}-{stamp}")
-    os.makedirs(d)
-    return d
+    return os.path.join(reports_dir, f"{scenario}-{seed}-{stamp}")
 
 
 def replay_command(report_dir: str) -> str:
@@ -129,18 +98,29 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     if backend:
         sc = sc.with_backend(backend)
     seed = int(seed)
+    check_for_run(sc, seed)
     check_devices(sc)
     schedule = schedule or nemesis.make_schedule(sc, seed)
+    # Validate the run's configuration before anything is written: a rejected
+    # scenario leaves no report directory behind.
+    cfg = config_for(sc, seed, os.path.join(reports_dir, "(not yet created)", "work"))
     rdir = _report_dir(reports_dir, sc.name, seed)
     work = os.path.join(rdir, "work")
-    os.makedirs(os.path.join(work, "history"))
-    cfg = config_for(sc, seed, work)
-    if not history:
-        cfg.extra["history"] = False
-    write_config(cfg)
-    with open(os.path.join(rdir, "scenario.toml"), "w") as f:
-        f.write(sc.to_toml())
-    nemesis.write_schedule(schedule, os.path.join(rdir, "schedule.json"))
+    cfg.workdir = work
+    try:
+        os.makedirs(rdir)
+        os.makedirs(os.path.join(work, "history"))
+        if not history:
+            cfg.extra["history"] = False
+        write_config(cfg)
+        with open(os.path.join(rdir, "scenario.toml"), "w") as f:
+            f.write(sc.to_toml())
+        nemesis.write_schedule(schedule, os.path.join(rdir, "schedule.json"))
+    except FileExistsError as e:
+        raise HarnessError(f"the run directory {rdir} exists already") from e
+    except OSError as e:
+        _discard(rdir)
+        raise HarnessError(f"cannot write the run directory {rdir}: {describe_os_error(e)}; removed it") from e
     say = (lambda m: None) if quiet else (on_event or (lambda m: print(m, file=sys.stderr, flush=True)))
     t0 = time.monotonic()
     env = {}
@@ -151,23 +131,42 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
         # Variants live outside the installed packages (the bug zoo in tests/).
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), _REPO_ROOT, os.environ.get("PYTHONPATH", "")])
     sup = Supervisor(work, extra_env=env)
-    outcome, reason, fired = "timeout", None, 0
+    ledger = FaultLedger(schedule["faults"])
     try:
-        outcome, reason, fired = _drive(sc, cfg, schedule, sup, say)
+        outcome, reason = _drive(sc, cfg, schedule, sup, say, ledger)
         final = _final_state(sc, cfg, outcome, reason, sup)
     finally:
         sup.shutdown()
     wall = time.monotonic() - t0
-    return _finish(sc, seed, cfg, rdir, work, schedule, final, wall, fired, keep_work, render, say)
+    try:
+        return _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work, render, say)
+    except OSError as e:  # e.g. ENOSPC: a half-written report is worse than none
+        _discard(rdir)
+        raise HarnessError(f"writing the report {rdir} failed: {describe_os_error(e)}; "
+                           f"removed the half-written {rdir}") from e
 
 
-def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say) -> tuple:
+@contextlib.contextmanager
+def _naming(path: str):
+    """An OSError raised while writing `path` names it (a write() failing with ENOSPC names nothing)."""
+    try:
+        yield path
+    except OSError as e:
+        if e.filename is None:
+            e.filename = path
+        raise
+
+
+def _discard(rdir: str) -> None:
+    shutil.rmtree(rdir, ignore_errors=True)
+
+
+def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger: FaultLedger) -> tuple:
     config_path = cfg.path("config.json")
     expect = sc.expect
     t0 = time.monotonic()
     deadline = t0 + float(expect["timeout_s"])
-    prog = _Progress(cfg.workdir)
-    server_killed = False
+    prog = Progress(cfg.workdir)
 
     def start(name: str) -> None:
         inc = sup.incarnations.get(name, -1) + 1
@@ -197,20 +196,36 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say) -> tupl
     start("consumer")
     status = {"producer": "running", "consumer": "running"}
     pending = sorted(nemesis.timed_faults(schedule), key=lambda f: f["id"])
-    fp_pause_s = {(f["target"], f["incarnation"]): f.get("duration_s", 0.3)
-                  for f in schedule["faults"] if f["kind"] == "failpoint" and f["action"] == "pause"}
-    resume_at: List[tuple] = []  # (time, name, inc, fault id)
-    stopped_seen = set()
-    fired = 0
+    # `pause` failpoints: each stop they cause is resumed after its duration (in
+    # schedule order when one incarnation has several).
+    fp_pause_s: Dict[tuple, List[float]] = {}
+    for f in schedule["faults"]:
+        if f["kind"] == "failpoint" and f["action"] == "pause":
+            fp_pause_s.setdefault((f["target"], f["incarnation"]), []).append(f.get("duration_s", 0.3))
+    fp_stops: Dict[tuple, int] = {}  # (name, inc) -> stops seen so far
+    resume_at: List[tuple] = []  # (time, name, inc, fault id[, pid])
+    first_try: Dict[int, float] = {}  # fault id -> when its delivery first failed
     outcome, reason = None, None
+
+    def settle(outcome_now: str) -> None:
+        why = (f"the run ended ({outcome_now}) before the trigger held "
+               f"(published {prog.published}, consumed {prog.consumed})")
+        for f in pending:
+            ledger.miss(f["id"], f"the run ended ({outcome_now}) before {f['target']} could take it"
+                        if f["id"] in first_try else why)
+        for p in sup.reap():
+            ledger.on_exit(p.name, p.inc, p.code)
+
     while True:
         now = time.monotonic()
         if now > deadline:
             sup.h.emit("timeout", bound_s=float(expect["timeout_s"]), state={
                 "status": status, "published": prog.published, "consumed": prog.consumed})
-            return "timeout", f"no completion within {expect['timeout_s']} s", fired
+            settle("timeout")
+            return "timeout", f"no completion within {expect['timeout_s']} s"
         for p in sup.reap():
             code = p.code
+            ledger.on_exit(p.name, p.inc, code)
             if p.name == "store_server":
                 if status.get("producer") == "running" or status.get("consumer") == "running":
                     start("store_server")
@@ -229,78 +244,110 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say) -> tupl
                 reason = f"{p.name}#{p.inc} exited {code}: {p.stderr_tail(1500).strip()}"
         vals = set(status.values())
         if "running" not in vals or ({"fail_closed", "failed", "error"} & vals and _peers_settled(sup, now)):
-            if "error" in vals:
-                outcome = "error"
-            elif "fail_closed" in vals:
-                outcome = "fail_closed"
-            elif "failed" in vals:
-                outcome = "failed"
-            else:
-                outcome = "completed"
+            outcome = roll_up(vals) or "completed"
             if outcome != "completed" and reason is None:
                 failed = read_json(cfg.path("channel.failed")) or {}
                 reason = failed.get("reason")
-            return outcome, reason, fired
+            settle(outcome)
+            return outcome, reason
         prog.update()
         for f in list(pending):
             if not _trigger_holds(f, prog, now - t0):
                 continue
+            verdict = _deliver(f, sup, cfg, status, now, resume_at, ledger)
+            if verdict == "retry":
+                first = first_try.setdefault(f["id"], now)
+                if now - first > DELIVERY_RETRY_S:
+                    pending.remove(f)
+                    p = sup.procs.get(f["target"])
+                    ledger.miss(f["id"], f"could not signal {f['target']} for {DELIVERY_RETRY_S:.0f} s: "
+                                         f"{(p.last_signal_error if p else None) or 'its ranks were not published'}")
+                continue
             pending.remove(f)
-            target = f["target"]
-            if target == "store_server" and cfg.backend != "inmemory":
-                continue
-            rank = RANK_TARGET.match(target)
-            if rank:
-                if status.get("consumer") != "running":
-                    continue
-                n = _signal_rank(sup, cfg, int(rank.group(1)), f, now, resume_at)
-                if not n:
-                    pending.append(f)  # the group has not published its rank pids yet
-                fired += n
-                continue
-            if target != "store_server" and status.get(target) != "running":
-                continue
-            fired += 1
-            if f["kind"] == "kill":
-                server_killed |= target == "store_server"
-                sup.kill(target, fault=f["id"])
-            else:
-                if sup.pause(target, fault=f["id"]):
-                    resume_at.append((now + f["duration_s"], target, sup.procs[target].inc, f["id"]))
+            if isinstance(verdict, str) and verdict != "sent":
+                ledger.miss(f["id"], verdict)
+        for fid in ledger.poll(now):
+            sup.h.emit("fault_landed_stop", fault=fid)
         for name in ("producer", "consumer"):
             p = sup.procs.get(name)
-            if not p or (name, p.inc) not in fp_pause_s or (name, p.inc) in stopped_seen:
-                continue
+            key = (name, p.inc) if p else None
+            if not p or key not in fp_pause_s or ledger.in_flight(name, p.inc):
+                continue  # (a timed pause in flight is resumed by its own fault)
+            if any(it[1].startswith(name) and it[2] == p.inc for it in resume_at):
+                continue  # this stop's resume is scheduled already
+            durations = fp_pause_s[key]
             if p.is_stopped():
-                stopped_seen.add((name, p.inc))
-                fired += 1
-                resume_at.append((now + fp_pause_s[(name, p.inc)], name, p.inc, None))
+                n = fp_stops[key] = fp_stops.get(key, 0) + 1
+                resume_at.append((now + durations[min(n, len(durations)) - 1], name, p.inc, None))
             elif name == "consumer" and cfg.world_size > 1:
                 # A `pause` failpoint inside one rank stops that rank, not the group.
                 info = read_json(cfg.path(RANKS_FILE)) or {}
                 for rank, pid in sorted((info.get("pids") or {}).items()):
                     if info.get("inc") == p.inc and pid_stopped(pid):
-                        stopped_seen.add((name, p.inc))
-                        fired += 1
-                        resume_at.append((now + fp_pause_s[(name, p.inc)], f"consumer.rank{rank}", p.inc, None,
-                                          pid))
+                        n = fp_stops[key] = fp_stops.get(key, 0) + 1
+                        resume_at.append((now + durations[min(n, len(durations)) - 1], f"consumer.rank{rank}",
+                                          p.inc, None, pid))
         for item in list(resume_at):
             if item[0] <= now:
                 resume_at.remove(item)
                 if len(item) > 4:  # one rank: SIGCONT by pid
                     _signal_pid(item[4], signal.SIGCONT)
                     sup.h.emit("cont", target=item[1], target_inc=item[2], fault=item[3])
+                    if item[3] is not None:
+                        ledger.resume_sent(item[3])
                     continue
                 p = sup.procs.get(item[1])
-                if p and p.inc == item[2]:
-                    sup.cont(item[1], fault=item[3])
+                if p and p.inc == item[2] and sup.cont(item[1], fault=item[3]) and item[3] is not None:
+                    ledger.resume_sent(item[3])
         time.sleep(POLL_S)
+
+
+DELIVERY_RETRY_S = 30.0  # a target that exists but cannot be signalled for this long: the fault is missed
+
+
+def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[str, str], now: float,
+             resume_at, ledger: FaultLedger):
+    """Send one timed fault: "sent", "retry" (deliver as soon as the target can take it), or a miss reason."""
+    target = f["target"]
+    if target == "store_server" and cfg.backend != "inmemory":
+        return f"no store_server: backend {cfg.backend!r} runs none (only inmemory does)"
+    rank = RANK_TARGET.match(target)
+    if rank:
+        n = int(rank.group(1))
+        if n >= cfg.world_size:
+            return f"no such rank: {target} with consumer_ranks = {cfg.world_size}"
+        if status.get("consumer") != "running":
+            return f"target exited already: consumer is {status.get('consumer')}"
+        group = sup.procs.get("consumer")
+        if group is None or group.poll() is not None or ledger.in_flight(target, group.inc):
+            return "retry"
+        return "sent" if _signal_rank(sup, cfg, n, f, now, resume_at, ledger) else "retry"
+    if target not in ("producer", "consumer", "store_server"):
+        return f"target not in topology: {target!r}"
+    if target != "store_server" and status.get(target) != "running":
+        return f"target exited already: {target} is {status.get(target)}"
+    p = sup.procs.get(target)
+    if p is None or p.poll() is not None:
+        return "retry"  # being restarted: the next incarnation takes it
+    if ledger.in_flight(target, p.inc):
+        return "retry"  # one fault at a time per incarnation: a second kill of a dying process proves nothing
+    if f["kind"] == "kill":
+        if not sup.kill(target, fault=f["id"]):
+            return "retry"
+        ledger.kill_sent(f["id"], target, p.inc, p.pid)
+        return "sent"
+    if not sup.pause(target, fault=f["id"]):
+        return "retry"
+    ledger.pause_sent(f["id"], target, p.inc, p.pid)
+    resume_at.append((now + f["duration_s"], target, p.inc, f["id"]))
+    return "sent"
 
 
 RANKS_FILE = "consumer.ranks.json"  # {"inc": N, "pids": {"0": pid, ...}} written by the group process
 
 
-def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], now: float, resume_at) -> int:
+def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], now: float, resume_at,
+                 ledger: FaultLedger) -> int:
     """Kill or pause one rank of the consumer group by its pid; 1 if it fired."""
     info = read_json(cfg.path(RANKS_FILE)) or {}
     group = sup.procs.get("consumer")
@@ -309,20 +356,26 @@ def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], 
         return 0
     target = f"consumer.rank{rank}"
     if f["kind"] == "kill":
+        if not _signal_pid(pid, signal.SIGKILL):
+            return 0
         sup.h.emit("kill", target=target, target_inc=group.inc, signal=int(signal.SIGKILL), fault=f["id"])
-        _signal_pid(pid, signal.SIGKILL)
+        ledger.kill_sent(f["id"], target, group.inc, int(pid), by_pid=True)
     else:
+        if not _signal_pid(pid, signal.SIGSTOP):
+            return 0
         sup.h.emit("pause", target=target, target_inc=group.inc, fault=f["id"])
-        _signal_pid(pid, signal.SIGSTOP)
+        ledger.pause_sent(f["id"], target, group.inc, int(pid), by_pid=True)
         resume_at.append((now + f["duration_s"], target, group.inc, f["id"], pid))
     return 1
 
 
-def _signal_pid(pid: int, sig: int) -> None:
+def _signal_pid(pid: int, sig: int) -> bool:
+    """Signal one pid; False when it is gone (ESRCH) or not ours (EPERM)."""
     try:
         os.kill(int(pid), sig)
+        return True
     except (ProcessLookupError, PermissionError):
-        pass
+        return False
 
 
 def _peers_settled(sup: Supervisor, now: float, grace_s: float = 10.0) -> bool:
@@ -339,7 +392,7 @@ def _peers_settled(sup: Supervisor, now: float, grace_s: float = 10.0) -> bool:
     return False
 
 
-def _trigger_holds(f: Dict[str, Any], prog: _Progress, elapsed: float) -> bool:
+def _trigger_holds(f: Dict[str, Any], prog: Progress, elapsed: float) -> bool:
     if "at_published" in f:
         return prog.published >= f["at_published"]
     if "at_consumed" in f:
@@ -348,10 +401,9 @@ def _trigger_holds(f: Dict[str, Any], prog: _Progress, elapsed: float) -> bool:
 
 
 def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
-    from .final_state import read_final_state
+    from ..final_state import read_final_state
 
-    server_restarted = sup.incarnations.get("store_server", 0) > 0
-    durable = cfg.backend == "sqlite" or ":" in cfg.backend or (cfg.backend == "inmemory" and not server_restarted)
+    durable = durable_store(cfg.backend, sup.incarnations.get("store_server", 0))
     # Stop pipeline processes before reading the store; keep the store server up.
     for name, p in sup.procs.items():
         if name != "store_server" and p.poll() is None:
@@ -367,19 +419,20 @@ def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
     return final
 
 
-def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, fired, keep_work, render, say) -> RunResult:
-    from .checkers import check_all
-    from .history import load_history, write_merged
+def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work, render, say) -> RunResult:
+    from ..checkers import check_all
+    from ..history import load_history, write_merged
 
     events = load_history(work)
-    write_merged(events, os.path.join(rdir, "history.jsonl"))
-    # Timed faults and failpoint pauses are counted as they fire; the other
-    # failpoint actions are seen only in the processes' own histories.
-    fired += sum(1 for e in events if e.get("ev") == "failpoint" and e.get("action") != "pause")
+    with _naming(os.path.join(rdir, "history.jsonl")) as path:
+        write_merged(events, path)
+    # Failpoints are seen only in the processes' own histories.
+    ledger.finish(events, f"the run ended ({final['outcome']})")
+    faults = ledger.summary()
     results = check_all(events, final)
     props = {r.prop: r.to_dict() for r in results}
     outcome = final["outcome"]
-    verdict = judge(props, outcome, sc.expect)
+    verdict = judge(props, outcome, sc.expect, faults=faults)
     valid = not any(r.get("valid") is False for r in props.values())
     result = {
         "scenario": sc.name,
@@ -392,8 +445,7 @@ def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, fired, keep_work, 
         "verdict": verdict,
         "properties": props,
         "wall_s": round(wall, 3),
-        "faults": len(schedule["faults"]),
-        "faults_fired": fired,
+        "faults": faults,
         "incarnations": _incarnations(events),
         "final": {k: v for k, v in final.items() if k not in ("witness", "planned_ids", "channel_ids")},
         "witness_summary": _witness_summary(final),
@@ -401,18 +453,18 @@ def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, fired, keep_work, 
         "report_dir": rdir,
         "created": datetime.now().isoformat(timespec="seconds"),
     }
-    with open(os.path.join(rdir, "result.json"), "w") as f:
+    with _naming(os.path.join(rdir, "result.json")) as path, open(path, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True, default=str)
     if render:
-        from .report import render_report
+        from ..reports.render import render_report
 
         render_report(rdir)
     if verdict["as_expected"] and not keep_work:
         shutil.rmtree(work, ignore_errors=True)
-    say(f"{sc.name} seed {seed}: {outcome}, {'as expected' if verdict['as_expected'] else 'UNEXPECTED'} "
-        f"({wall:.1f} s) -> {rdir}")
+    word = verdict_word(verdict)
+    say(f"{sc.name} seed {seed}: {outcome}, {word} ({wall:.1f} s) -> {rdir}")
     return RunResult(sc.name, seed, outcome, valid, verdict["as_expected"], rdir, props, replay_command(rdir),
-                     wall, verdict, fired)
+                     wall, verdict, faults["landed"], bool(verdict.get("inconclusive")), faults)
 
 
 def _incarnations(events: List[Dict[str, Any]]) -> Dict[str, int]:

@@ -49,7 +49,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from .supervisor import set_parent_death_signal
+from reference_impl.procutil import ARG_END, ARG_START, set_parent_death_signal, stat_fields
 
 #: Modules whose `main(argv)` a zygote may run: the ones it has preloaded.
 ZYGOTE_MODULES = ("reference_impl.producer", "reference_impl.consumer", "reference_impl.dp_consumer")
@@ -60,7 +60,7 @@ PRELOAD = ("reference_impl.failpoints", "reference_impl.variant", "reference_imp
 #: line, so `ps` and /proc/PID/cmdline show `python -m MODULE ARGS...`.
 CMDLINE_ROOM = 4096
 START_TIMEOUT_S = 120.0
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # --------------------------------------------------------------------------
@@ -111,12 +111,10 @@ def _set_cmdline(argv: List[str]) -> None:
     The zygote was started with CMDLINE_ROOM bytes of padding in its argv, so
     the area fits a child's command line; a longer one is cut.
     """
+    fields = stat_fields("self")
     try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        # arg_start, arg_end: fields 48 and 49 of stat (1-based), after "pid (comm)".
-        start, end = int(fields[45]), int(fields[46])
-    except (OSError, IndexError, ValueError):
+        start, end = int(fields[ARG_START]), int(fields[ARG_END])
+    except (TypeError, IndexError, ValueError):
         return
     size = end - start
     if size <= 1:
@@ -134,14 +132,23 @@ def _send(sock: socket.socket, msg: Dict[str, Any]) -> None:
         os._exit(0)  # the harness is gone: its end of the socket is closed
 
 
-def _child(req: Dict[str, Any], zygote_pid: int, own_fds: List[int], base_path: List[str]) -> None:
-    """In the forked child: become `python -m MODULE ARGS` and never return."""
+def _child(req: Dict[str, Any], zygote_pid: int, own_fds: List[int], base_path: List[str],
+           in_session_fd: int = -1) -> None:
+    """In the forked child: become `python -m MODULE ARGS` and never return.
+
+    Once the child leads its own session (and so its own process group) it
+    writes one byte to `in_session_fd`; the zygote answers "spawned" only
+    after reading it, so a signal sent to the group right after a spawn lands.
+    """
     code = 1
     try:
         os.setsid()
         set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != zygote_pid:  # the zygote died before prctl took effect
             os._exit(137)
+        if in_session_fd >= 0:
+            os.write(in_session_fd, b"s")
+            os.close(in_session_fd)
         signal.set_wakeup_fd(-1)
         for fd in own_fds:
             try:
@@ -289,15 +296,40 @@ def serve(sock_fd: int, parent_pid: int, base_path: List[str]) -> None:
                     continue
                 for s in (sys.stdout, sys.stderr):
                     s.flush()
+                in_session_r, in_session_w = os.pipe()
                 try:
                     pid = os.fork()
                 except OSError as e:
+                    os.close(in_session_r)
+                    os.close(in_session_w)
                     _send(sock, {"ev": "error", "id": req.get("id"), "error": f"fork failed: {e}"})
                     continue
                 if pid == 0:
-                    _child(req, me, own_fds, base_path)  # never returns
+                    os.close(in_session_r)
+                    _child(req, me, own_fds, base_path, in_session_w)  # never returns
                     os._exit(127)
-                _send(sock, {"ev": "spawned", "id": req["id"], "pid": pid})
+                os.close(in_session_w)
+                in_session = _await_session(in_session_r)
+                os.close(in_session_r)
+                _send(sock, {"ev": "spawned", "id": req["id"], "pid": pid, "in_session": in_session})
+
+
+def _await_session(fd: int, timeout_s: float = 30.0) -> bool:
+    """Wait for a new child's byte saying it has called setsid(); False at EOF (it died first)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            r, _, _ = select.select([fd], [], [], left)
+        except InterruptedError:
+            continue
+        if r:
+            try:
+                return os.read(fd, 1) == b"s"
+            except InterruptedError:
+                continue
 
 
 def _reap(sock: socket.socket) -> None:
@@ -414,7 +446,7 @@ class ZygoteClient:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = ours
         t0 = time.monotonic()
-        code = ("import sys; sys.path.insert(1, %r); from harness.zygote import _server_main; _server_main()"
+        code = ("import sys; sys.path.insert(1, %r); from harness.process_engine.zygote import _server_main; _server_main()"
                 % _REPO_ROOT)
         parent = os.getpid()
 

@@ -88,9 +88,21 @@ def render_timeline(result: Dict[str, Any], events: List[Dict[str, Any]], path: 
     return True
 
 
+def _faults_line(result: Dict[str, Any]) -> str:
+    f = result.get("faults")
+    if not isinstance(f, dict):  # a report written before faults were confirmed
+        return f"{f} faults scheduled, {result.get('faults_fired')} fired"
+    out = f"faults {f['planned']} planned, {f['landed']} landed, {len(f['missed'])} missed"
+    for m in f["missed"][:5]:
+        out += f"; missed #{m['index']} {m['kind']} {m['target']} ({m['at']}): {m['reason']}"
+    return out
+
+
 def _verdict_line(result: Dict[str, Any]) -> str:
+    from ..verdict import verdict_word
+
     v = result["verdict"]
-    word = "AS EXPECTED" if v["as_expected"] else "UNEXPECTED"
+    word = verdict_word(v)
     exp = ("violation of " + " or ".join(v["expected"]["violates"])) if v["expected"]["violates"] else \
         "valid, outcome " + " | ".join(v["expected"]["outcome"])
     return (f"{word}: outcome {result['outcome']}, violated {', '.join(v['violated']) or 'none'} "
@@ -104,7 +116,7 @@ def markdown(result: Dict[str, Any]) -> str:
     if result.get("reason"):
         out += ["", f"Outcome reason: `{str(result['reason'])[:500]}`"]
     out += ["", "Replay:", "", "```", result["replay_command"], "```", "",
-            f"Backend `{result['backend']}`, {result['faults']} faults scheduled, {result['faults_fired']} fired, "
+            f"Backend `{result['backend']}`, {_faults_line(result)}, "
             f"incarnations {result.get('incarnations')}, wall {result['wall_s']} s, "
             f"witness {result.get('witness_summary')}.", "", "## Properties", "",
             "| property | name | valid | counts |", "|---|---|---|---|"]
@@ -157,7 +169,7 @@ tr.bad{{background:#fdd}} tr.na{{color:#888}} img{{max-width:100%}} code{{backgr
 <h2>Anomalies</h2><ul>{''.join(anomalies) or '<li>None.</li>'}</ul>
 <h2>Properties</h2><table><tr><th>property</th><th>name</th><th>valid</th><th>counts</th></tr>{''.join(rows)}</table>
 <h2>Timeline</h2>{img}
-<p>Backend {html.escape(result['backend'])}; faults {result['faults']} scheduled, {result['faults_fired']} fired;
+<p>Backend {html.escape(result['backend'])}; {html.escape(_faults_line(result))};
 incarnations {html.escape(str(result.get('incarnations')))}; wall {result['wall_s']} s.</p>
 </body></html>"""
 

@@ -7,7 +7,7 @@ Every wait has a timeout. Each action is logged as a `supervisor` event.
 
 Launchers: `spawn` starts each child as `python -m MODULE` (Popen); `zygote`
 forks the producer and the consumer from a fork server that has torch and
-reference_impl imported already (`harness.zygote`), so a restart takes tens of
+reference_impl imported already (`harness.process_engine.zygote`), so a restart takes tens of
 milliseconds instead of seconds. Other modules (the store server) are always
 spawned. The default comes from the environment variable `DFH_LAUNCHER`
 (`zygote`, `spawn`, or unset: the zygote, falling back to spawn with a warning
@@ -17,7 +17,6 @@ exit status (negative signal number when killed), signals and logs.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -27,30 +26,11 @@ from typing import Dict, List, Optional
 
 from reference_impl.failpoints import ENV_VAR
 from reference_impl.history import HistoryWriter
+from reference_impl.procutil import pid_stopped, set_parent_death_signal
 
-PR_SET_PDEATHSIG = 1
-_libc = None
 LAUNCHER_ENV = "DFH_LAUNCHER"
 LAUNCHERS = ("zygote", "spawn")
 _zygote_warned = False
-
-
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
-    """PR_SET_PDEATHSIG for the calling process (used between fork and exec too)."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-
-
-def pid_stopped(pid: int) -> bool:
-    """True while the process is stopped (SIGSTOP, e.g. a `pause` failpoint)."""
-    try:
-        with open(f"/proc/{int(pid)}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
-    except (OSError, IndexError, ValueError):
-        return False
 
 
 def _warn_once(msg: str) -> None:
@@ -76,6 +56,7 @@ class Proc:
         self.launcher = launcher
         self.started = time.monotonic()
         self.code: Optional[int] = None
+        self.last_signal_error: Optional[str] = None
 
     @property
     def pid(self) -> int:
@@ -89,11 +70,21 @@ class Proc:
     def is_stopped(self) -> bool:
         return pid_stopped(self.pid)
 
-    def signal_group(self, sig: int) -> None:
+    def signal_group(self, sig: int) -> bool:
+        """Signal the process group; False when no such group exists (ESRCH) or it is not ours (EPERM).
+
+        The caller decides what a failed delivery means (a fault retried or
+        recorded as missed, a cleanup that had nothing left to stop).
+        """
         try:
             os.killpg(self.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+            return True
+        except ProcessLookupError:
+            self.last_signal_error = f"no process group {self.pid} (ESRCH)"
+            return False
+        except PermissionError:
+            self.last_signal_error = f"process group {self.pid} not ours (EPERM)"
+            return False
 
     def stderr_tail(self, n: int = 2000) -> str:
         try:
@@ -178,28 +169,36 @@ class Supervisor:
             return None
 
     def kill(self, name: str, fault: Optional[int] = None, sig: int = signal.SIGKILL) -> bool:
+        """Signal `name`'s group; True when the signal was delivered (not yet that it landed)."""
         p = self.procs.get(name)
         if p is None or p.poll() is not None:
             return False
+        if not p.signal_group(sig):
+            self.h.emit("signal_failed", target=name, target_inc=p.inc, signal=int(sig), fault=fault,
+                        error=p.last_signal_error)
+            return False
         self.h.emit("kill", target=name, target_inc=p.inc, signal=int(sig), fault=fault)
-        p.signal_group(sig)
         return True
 
     def pause(self, name: str, fault: Optional[int] = None) -> bool:
         p = self.procs.get(name)
         if p is None or p.poll() is not None:
             return False
+        if not p.signal_group(signal.SIGSTOP):
+            self.h.emit("signal_failed", target=name, target_inc=p.inc, signal=int(signal.SIGSTOP), fault=fault,
+                        error=p.last_signal_error)
+            return False
         self.h.emit("pause", target=name, target_inc=p.inc, fault=fault)
-        p.signal_group(signal.SIGSTOP)
         return True
 
     def cont(self, name: str, fault: Optional[int] = None) -> bool:
         p = self.procs.get(name)
         if p is None or p.poll() is not None:
             return False
-        p.signal_group(signal.SIGCONT)
-        self.h.emit("cont", target=name, target_inc=p.inc, fault=fault)
-        return True
+        ok = p.signal_group(signal.SIGCONT)
+        self.h.emit("cont", target=name, target_inc=p.inc, fault=fault,
+                    **({} if ok else {"error": p.last_signal_error}))
+        return ok
 
     def reap(self) -> List[Proc]:
         """Processes that ended since the last call (each reported once)."""

@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 
 from reference_impl.failpoints import POINTS
 
-from .scenario import Scenario
+from ..scenario import Scenario
 
 # Which process reaches each failpoint ("rank." / "rank0." points: a rank of the
 # data-parallel consumer group, which the supervisor knows as "consumer").
@@ -49,8 +49,11 @@ def make_schedule(scenario: Scenario, seed: int) -> Dict[str, Any]:
     next_inc = {t: 0 for t in ("producer", "consumer", "store_server")}
     for f in scenario.explicit_faults:
         if f["kind"] == "failpoint":
+            # Only a crash starts a next incarnation; after an `eio` or a `pause`
+            # the same process runs on, so a random failpoint aimed at its
+            # successor would never be reached.
             owner = f["target"]
-            next_inc[owner] = max(next_inc[owner], f["incarnation"] + 1)
+            next_inc[owner] = max(next_inc[owner], f["incarnation"] + (1 if f["action"] == "crash" else 0))
     for _ in range(rnd["count"]):
         kind = rng.choice(rnd["kinds"])
         if kind == "failpoint":

@@ -1,0 +1,8 @@
+"""The process engine: real processes, real signals, real devices.
+
+runner      one scenario with one seed: schedule -> processes -> history -> checkers -> verdict -> report
+supervisor  spawns, signals, restarts and reaps the run's processes (own process group, parent-death signal)
+zygote      a fork server with torch and reference_impl preloaded, so a restart takes milliseconds
+nemesis     the fault schedule, a pure function of scenario and seed
+fault_ledger  which planned faults were seen to land, and which were missed and why
+"""

@@ -1,0 +1,201 @@
+"""The bad-input corpus (issue 16): each case asserts the exit code and that stderr names the cause.
+
+Exit codes (harness/exit_codes.py): 2 usage or bad input, 3 the harness or
+its environment could not finish. Most cases call `main()` in-process (fast);
+a few go through `python -m harness` to cover the real entry point.
+"""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = '[workload]\nsamples = 16\n[expect]\ntimeout_s = 120.0\n'
+
+
+def _scenario(tmp_path, body: str, name: str = "bad") -> str:
+    p = tmp_path / f"{name}.toml"
+    p.write_text(f'name = "{name}"\n' + body)
+    return str(p)
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def _cli(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, env=env,
+                       timeout=timeout, cwd=REPO)
+    return r.returncode, r.stderr
+
+
+# -- item 4: bad input slips past validation ---------------------------------------------------
+
+@pytest.mark.parametrize("body,fragments", [
+    ('[workload]\nsamples = 1000000000\n[expect]\ntimeout_s = 5.0\n', ["workload.samples", "1000000000"]),
+    ('[topology]\nconsumer_ranks = 1000\n', ["topology.consumer_ranks", "1000"]),
+    ('[expect]\ntimeout_s = nan\n', ["expect.timeout_s", "nan"]),
+    ('[expect]\ntimeout_s = -1.0\n', ["expect.timeout_s", "-1.0"]),
+    ('[workload]\nproducer_delay_s = -1.0\n', ["workload.producer_delay_s", "-1.0"]),
+    ('[topology]\nvariant = "nosuch:x"\n', ["topology.variant", "nosuch"]),
+    ('[faults.random]\ncount = 2\nprogress = [-5.0, 50.0]\n', ["faults.random.progress", "-5.0"]),
+    ('[faults.random]\ncount = 2\nkinds = ["pause"]\npause_s = [-1.0, -0.5]\n', ["faults.random.pause_s", "-1.0"]),
+    ('[[faults.explicit]]\nkind = "kill"\ntarget = "store_server"\nat_s = 0.5\n',
+     ["store_server", "sqlite", "inmemory"]),
+    ('[[faults.explicit]]\nkind = "kill"\ntarget = "consumer.rank5"\nat_s = 0.5\n',
+     ["consumer.rank5", "consumer_ranks = 1"]),
+], ids=["samples-1e9", "ranks-1000", "timeout-nan", "timeout-negative", "delay-negative", "variant-nosuch",
+        "progress-out-of-range", "pause-negative", "store-server-on-sqlite", "rank5-of-one"])
+def test_bad_scenario_field_exits_2_naming_it(tmp_path, capsys, body, fragments):
+    reports = tmp_path / "reports"
+    code, err = _run(["run", _scenario(tmp_path, body), "--reports", str(reports)], capsys)
+    assert code == 2, err
+    for frag in fragments:
+        assert frag in err, (frag, err)
+    # item 6a: a rejected scenario leaves nothing behind (no empty work/history)
+    assert not reports.exists() or not os.listdir(reports)
+
+
+def test_seed_beyond_64_bits_exits_2(capsys):
+    code, err = _run(["run", "baseline", "--seed", str(2 ** 64)], capsys)
+    assert code == 2 and "--seed" in err and str(2 ** 64) in err
+
+
+def test_backend_that_is_not_a_store_exits_2(capsys):
+    code, err = _run(["run", "baseline", "--backend", "os:getcwd"], capsys)
+    assert code == 2 and "os:getcwd" in err, err
+
+
+def test_campaign_backend_is_checked_before_any_run(tmp_path, capsys):
+    reports = tmp_path / "reports"
+    code, err = _run(["campaign", "baseline", "--seeds", "0..1", "--backend", "nosuch:Thing",
+                      "--reports", str(reports)], capsys)
+    assert code == 2 and "nosuch" in err, err
+    assert not reports.exists()
+
+
+# -- item 5: OS errors, named -------------------------------------------------------------------
+
+def test_scenario_path_that_is_a_directory(tmp_path, capsys):
+    code, err = _run(["run", str(tmp_path)], capsys)
+    assert code == 2 and str(tmp_path) in err and "directory" in err, err
+
+
+def test_reports_under_a_file_is_rejected_before_the_run(tmp_path, capsys):
+    f = tmp_path / "plain-file"
+    f.write_text("x")
+    code, err = _run(["run", "baseline", "--reports", str(f / "x")], capsys)
+    assert code == 2 and str(f) in err and "not a directory" in err, err
+
+
+def test_replay_without_schedule_names_the_file(tmp_path, capsys):
+    d = tmp_path / "report"
+    d.mkdir()
+    (d / "result.json").write_text(json.dumps({"seed": 0, "verdict": {"as_expected": True}}))
+    code, err = _run(["replay", str(d)], capsys)
+    assert code == 2 and str(d / "schedule.json") in err and "does not exist" in err, err
+
+
+def test_simulate_and_bench_json_paths_checked_before_the_work(tmp_path):
+    f = tmp_path / "plain-file"
+    f.write_text("x")
+    target = str(f / "out.json")
+    code, err = _cli("simulate", "--json", target, "--examples", "1")
+    assert code == 2 and target in err and "not a directory" in err, err
+    code, err = _cli("bench", "--json", target, "--only", "check")
+    assert code == 2 and target in err and "not a directory" in err, err
+
+
+def _tiny(tmp_path) -> str:
+    return _scenario(tmp_path, SMALL, "tiny")
+
+
+def test_full_disk_simulated_exits_3_names_the_path_and_cleans_up(tmp_path, capsys, monkeypatch):
+    import harness.history as history
+
+    def full(events, path):
+        with open(path, "w") as f:
+            f.write("{partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(history, "write_merged", full)
+    reports = tmp_path / "reports"
+    code, err = _run(["run", _tiny(tmp_path), "--reports", str(reports), "--quiet"], capsys)
+    assert code == 3, err
+    assert "No space left on device" in err and "history.jsonl" in err and str(reports) in err, err
+    assert os.listdir(reports) == []  # the half-written report is removed
+
+
+def test_full_disk_on_a_small_tmpfs(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"mount -t tmpfs not permitted here: {r.stderr.decode().strip()}")
+    try:
+        code, err = _cli("run", "baseline", "--reports", str(mnt / "r"), "--quiet", timeout=300)
+        assert code == 3, err
+        assert "No space left on device" in err and str(mnt / "r") in err, err
+        assert os.listdir(mnt / "r") == []
+        st = os.statvfs(mnt)
+        assert st.f_bfree * st.f_frsize > 300 * 1024  # what it half-wrote was removed: the disk is not left full
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+# -- item 8: small things -------------------------------------------------------------------------
+
+def test_json_and_utf8_errors_name_the_file(tmp_path, capsys):
+    d = tmp_path / "report"
+    d.mkdir()
+    (d / "result.json").write_text("{not json")
+    code, err = _run(["report", str(d)], capsys)
+    assert code == 2 and str(d / "result.json") in err and "not valid JSON" in err, err
+    (d / "result.json").write_bytes(b'{"seed": "\xff"}')
+    code, err = _run(["replay", str(d)], capsys)
+    assert code == 2 and str(d / "result.json") in err and "UTF-8" in err, err
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'name = "caf\xe9"\n')
+    code, err = _run(["run", str(bad)], capsys)
+    assert code == 2 and str(bad) in err and "UTF-8" in err, err
+
+
+def test_shrink_tries_0_and_bench_only_nosuch_rejected(tmp_path, capsys):
+    code, err = _run(["shrink", str(tmp_path), "--tries", "0"], capsys)
+    assert code == 2 and "--tries" in err, err
+    code, err = _run(["bench", "--only", "nosuch"], capsys)
+    assert code == 2 and "'nosuch'" in err and "restart" in err, err
+
+
+def test_unknown_option_prints_the_subcommands_usage(capsys):
+    code, err = _run(["run", "--bogus"], capsys)
+    assert code == 2
+    assert "usage: python -m harness run" in err and "--bogus" in err, err
+
+
+# -- the policy itself: interruptions and bugs are the harness's failures (3), never 1 ------------
+
+def test_interrupt_and_internal_error_exit_3(capsys, monkeypatch):
+    import harness.process_engine.runner as runner
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_scenario", interrupted)
+    code, err = _run(["run", "baseline"], capsys)
+    assert code == 3 and "interrupted" in err
+
+    def bug(*a, **k):
+        raise ValueError("a bug in the harness")
+
+    monkeypatch.setattr(runner, "run_scenario", bug)
+    code, err = _run(["run", "baseline"], capsys)
+    assert code == 3 and "harness error: internal error: ValueError: a bug in the harness" in err
