@@ -76,11 +76,6 @@ def _watch_loop() -> None:
             call, args, took, raw = max(late, key=lambda x: x[2])
             hang = {"call": call, "args": _short(args), "args_full": args, "seconds": round(took, 1),
                     "timeout_s": _timeout_s}
-            try:
-                pickle.dumps(raw)
-                hang["raw"] = raw
-            except Exception:  # noqa: BLE001
-                pass
             out = {
                 "ok": False,
                 "error": f"{call}({_short(args, 300)}) did not return within {_timeout_s:g} s (call timeout)",
@@ -108,15 +103,19 @@ class TimedStore:
         if name.startswith("_") or not callable(v):
             return v
 
+        get_ident, now, inflight = threading.get_ident, time.monotonic, _inflight
+
         def call(*args, **kw):
-            tid = threading.get_ident()
-            _inflight[tid] = (name, args, kw, time.monotonic(), (name, args, kw))
+            tid = get_ident()
+            inflight[tid] = (name, args, kw, now(), None)
             try:
                 return v(*args, **kw)
             finally:
-                _inflight.pop(tid, None)
+                inflight.pop(tid, None)
 
         call.__name__ = name
+        # cached on the instance: later calls skip __getattr__ (tight loops stay as fast as they can)
+        object.__getattribute__(self, "__dict__")[name] = call
         return call
 
     def __setattr__(self, name: str, value: Any) -> None:
