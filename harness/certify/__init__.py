@@ -145,7 +145,15 @@ def _certify(factory, *, profile, budget, tiers, seed, reports_dir, progress, ov
         raise LoadError(f"--call-timeout {call_timeout!r}: must be a number of seconds above 0")
     guard.configure(call_timeout if call_timeout is not None else guard.DEFAULT_CALL_TIMEOUT_S)
     target = resolve_target(factory, spec, records)
-    _records.use(target.records)
+    with _records.using(target.records):  # the tiers (and their forked children) build these records
+        return _certify_target(target, profile=profile, budget=budget, tiers=tiers, seed=seed,
+                               reports_dir=reports_dir, progress=progress, overrides=overrides, command=command,
+                               repro_prefix=repro_prefix, records=records, call_timeout=call_timeout,
+                               t_start=t_start)
+
+
+def _certify_target(target, *, profile, budget, tiers, seed, reports_dir, progress, overrides, command,
+                    repro_prefix, records, call_timeout, t_start) -> Certificate:
     if profile is not None and profile not in PROFILES:
         raise LoadError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
     if profile is None:

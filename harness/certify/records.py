@@ -27,6 +27,7 @@ Operations:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import importlib
@@ -491,6 +492,18 @@ def use(records: Records) -> None:
     """Make `records` the ones the tiers build and compare with (forked children inherit it)."""
     global _ACTIVE
     _ACTIVE = records
+
+
+@contextlib.contextmanager
+def using(records: Records):
+    """`use(records)` for the duration of one certification, then the previous ones again."""
+    global _ACTIVE
+    prev = _ACTIVE
+    _ACTIVE = records
+    try:
+        yield records
+    finally:
+        _ACTIVE = prev
 
 
 def active() -> Records:
