@@ -75,6 +75,9 @@ def test_a_store_rejecting_the_harness_records_stops_with_exit_2_naming_its_reco
                    tiers=[1], reports_dir=None, progress=None, seed=4)
     assert cert.tier(1).status == PASSED, cert.tier(1).counterexamples
     assert cert.records["found_by"] == "--records tests.store_zoo.foreign_records"
+    from harness.certify.records import active
+
+    assert active().ref_cls is not foreign_records.SampleRef  # restored after the certification
 
 
 def test_an_extra_field_the_store_drops_is_caught_with_derived_records():
