@@ -18,19 +18,28 @@ _SCALARS = (str, bytes, bool, int, float, type(None))
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Shape and dtype of one named feature tensor (a description, not the data)."""
+    """Shape and dtype of one named feature tensor (a description, not the data).
 
+    `name` is the feature's name (input_ids, hidden_states, target, ...);
+    `required` says whether a sample is incomplete without it. Field order and
+    defaults are SpecForge's.
+    """
+
+    name: str
     shape: Tuple[int, ...]
     dtype: str
     device_hint: Optional[str] = None
+    required: bool = True
     target_repr: Optional[str] = None
     target_meta: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
+            "name": self.name,
             "shape": list(self.shape),
             "dtype": self.dtype,
             "device_hint": self.device_hint,
+            "required": self.required,
             "target_repr": self.target_repr,
             "target_meta": dict(self.target_meta),
         }
@@ -38,9 +47,11 @@ class FeatureSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSpec":
         return cls(
+            name=str(d["name"]),
             shape=tuple(int(x) for x in d["shape"]),
             dtype=str(d["dtype"]),
             device_hint=d.get("device_hint"),
+            required=bool(d.get("required", True)),
             target_repr=d.get("target_repr"),
             target_meta=dict(d.get("target_meta") or {}),
         )
@@ -107,9 +118,11 @@ def spec_to_dict(spec: Any) -> Dict[str, Any]:
     if isinstance(spec, Mapping):
         return FeatureSpec.from_dict(spec).to_dict()
     return {
+        "name": str(getattr(spec, "name")),
         "shape": [int(x) for x in getattr(spec, "shape")],
         "dtype": str(getattr(spec, "dtype")),
         "device_hint": getattr(spec, "device_hint", None),
+        "required": bool(getattr(spec, "required", True)),
         "target_repr": getattr(spec, "target_repr", None),
         "target_meta": dict(getattr(spec, "target_meta", None) or {}),
     }

@@ -145,7 +145,8 @@ class Producer:
     def _make_ref(self, index: int, feats) -> SampleRef:
         cfg = self.cfg
         sid = cfg.sample_id(index)
-        specs = {k: FeatureSpec(tuple(v.shape), str(v.dtype).replace("torch.", ""), device_hint=str(self.device))
+        specs = {k: FeatureSpec(k, tuple(v.shape), str(v.dtype).replace("torch.", ""), device_hint=str(self.device),
+                             required=True)
                  for k, v in feats.items()}
         return SampleRef(
             sample_id=sid,

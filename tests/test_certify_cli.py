@@ -55,19 +55,37 @@ def test_inmemory_store_passes_1_and_2_and_3_4_are_not_applicable(tmp_path):
     assert "CERTIFIED (volatile profile)" in cert["verdict"]
 
 
-def test_noop_store_fails_tier_1_with_a_minimal_counterexample(tmp_path):
+def test_noop_store_gets_one_readable_verdict_not_counterexamples(tmp_path):
     r = _run(["reference_impl.stores.noop:NoOpMetadataStore", "--quick", "--tiers", "1", "--seed", "5"], tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     cert, md = _certificate(tmp_path)
-    t1 = cert["tiers"][0]
-    assert t1["status"] == "failed"
-    (cex,) = t1["counterexamples"]
+    assert cert["verdict_code"] == "retains_nothing"
+    assert r.stdout.startswith("REJECTED: retains nothing")
+    assert all(t["status"] == "not run" and not t["counterexamples"] for t in cert["tiers"])
+    assert "retains nothing" in md and "Counterexamples" not in md
+
+
+def test_a_tier1_counterexample_is_minimal_with_guarantee_and_cause(tmp_path):
+    r = _run(["tests.store_zoo:NoneErasesStepStore", "--quick", "--tiers", "1", "--seed", "5"], tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    cert, md = _certificate(tmp_path)
+    (cex,) = cert["tiers"][0]["counterexamples"]
     calls = [s for s in cex["steps"] if s.startswith("store.")]
-    assert len(calls) == 1 and calls[0].startswith("store.commit_sample"), cex["steps"]
-    assert cex["reproduce"].startswith("python -m harness certify reference_impl.stores.noop:NoOpMetadataStore")
+    assert len(calls) == 2, cex["steps"]
+    assert cex["reproduce"].startswith("python -m harness certify tests.store_zoo:NoneErasesStepStore")
     assert "--seed 5" in cex["reproduce"]
-    assert "Counterexamples" in md and "Reproduce:" in md
-    assert "REJECTED" in r.stdout
+    assert cex["guarantee"].startswith("global_step is the last non-None step")
+    assert "overwrites the stored step" in cex["cause"]
+    assert "Counterexamples" in md and "Reproduce:" in md and "**Guarantee:**" in md
+    # the standalone reproducer replays the minimal steps: 1 on the bug, 0 on a correct store
+    body = open(cex["reproducer"]).read()
+    assert "import harness" not in body and "from harness" not in body
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    bad = subprocess.run([sys.executable, cex["reproducer"]], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and "global_step" in bad.stdout, bad.stdout + bad.stderr
+    good = subprocess.run([sys.executable, cex["reproducer"], "tests.store_zoo:SqliteStore"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert good.returncode == 0, good.stdout + good.stderr
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from reference_impl.contracts import FeatureSpec, SampleRef, assert_no_tensors, 
 
 def make_ref(**kw):
     base = dict(sample_id="s-ü-1", run_id="r", source_task_id="t", feature_store_uri="file:///x",
-                feature_keys={"h": "s/h"}, feature_specs={"h": FeatureSpec((2, 3), "float32", device_hint="cpu")},
+                feature_keys={"h": "s/h"}, feature_specs={"h": FeatureSpec("h", (2, 3), "float32", device_hint="cpu")},
                 strategy="eagle3", target_model_version="v", num_tokens=3, estimated_bytes=24,
                 metadata={"nested": {"a": [1, 2]}})
     base.update(kw)

@@ -21,9 +21,9 @@ def _ref(i: int):
     return SampleRef(sample_id=sid, run_id="bench", source_task_id=f"prompt-{i}",
                      feature_store_uri=f"file:///bench/features/{sid}",
                      feature_keys={k: f"{sid}/{k}" for k in ("input_ids", "hidden_states", "target")},
-                     feature_specs={"input_ids": FeatureSpec((8,), "int64"),
-                                    "hidden_states": FeatureSpec((8, 16), "float32"),
-                                    "target": FeatureSpec((8,), "int64")},
+                     feature_specs={"input_ids": FeatureSpec("input_ids", (8,), "int64"),
+                                    "hidden_states": FeatureSpec("hidden_states", (8, 16), "float32"),
+                                    "target": FeatureSpec("target", (8,), "int64")},
                      strategy="eagle3", target_model_version="tiny-target-seed0", num_tokens=8, estimated_bytes=704,
                      metadata={"index": i})
 

@@ -2,7 +2,7 @@
 
     python -m harness certify package.module:Factory [--profile durable|volatile]
                               [--quick | --thorough] [--tiers 1,2,3,4] [--seed N]
-                              [--reports-dir DIR]
+                              [--reports-dir DIR] [--records MODULE] [--call-timeout S]
 
 Four tiers, each reported separately: 1 contract (Hypothesis stateful testing
 against a pure model), 2 concurrency (processes and threads), 3 crash (SIGKILL
@@ -10,22 +10,36 @@ inside transactions, then reopen), 4 end-to-end (the reference pipeline through
 the harness's crash scenarios). The result is `certificate.json` and
 `certificate.md` in `<reports-dir>/certify-<backend>-<time>/`.
 
+Refs are built from the backend's own record types (`records`); every store
+call runs under a call timeout (`guard`); the first calls (`probe`) stop with
+exit 2 when the store takes other records than the harness built, and give a
+store that retains nothing its own verdict. Each failed property gets a plain
+guarantee, a likely cause and a standalone reproducer (`findings`). Temporary
+folders, and a certificate folder left empty, are removed on any exit, SIGTERM
+included.
+
 From Python: `certify("pkg.mod:Factory", budget="quick")` returns a
 `Certificate`; from pytest: subclass `harness.certify.suite.MetadataStoreSuite`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from . import certificate as _cert
+from . import findings as _findings
+from . import guard
+from . import records as _records
 from .certificate import (
     BUDGETS,
     FAILED,
@@ -60,12 +74,41 @@ def _stderr_progress(msg: str) -> None:
     print(f"[certify] {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_target(factory: Union[str, Any], spec: Optional[str] = None) -> StoreTarget:
+def resolve_target(factory: Union[str, Any], spec: Optional[str] = None, records: Optional[str] = None) -> StoreTarget:
     if isinstance(factory, str):
-        return load(factory)
+        return load(factory, records=records)
     if isinstance(factory, StoreTarget):
         return factory
-    return from_factory(factory, spec=spec)
+    return from_factory(factory, spec=spec, records=records)
+
+
+class Interrupted(SystemExit):
+    """SIGTERM reached the certifier: unwind (cleaning up) and exit 3."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM raises Interrupted in the main thread, so every `finally` runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(3)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _remove_if_empty(path: Optional[str]) -> None:
+    if path and os.path.isdir(path):
+        try:
+            os.rmdir(path)  # only an empty folder
+        except OSError:
+            pass
 
 
 def certify(
@@ -81,14 +124,36 @@ def certify(
     command: Optional[str] = None,
     spec: Optional[str] = None,
     repro_prefix: Optional[str] = None,
+    records: Optional[str] = None,
+    call_timeout: Optional[float] = None,
 ) -> Certificate:
     """Run the selected tiers; write the certificate when `reports_dir` is given.
 
     Raises LoadError (bad input) before any tier runs.
     """
+    with _sigterm_unwinds():
+        return _certify(factory, profile=profile, budget=budget, tiers=tiers, seed=seed, reports_dir=reports_dir,
+                        progress=progress, overrides=overrides, command=command, spec=spec,
+                        repro_prefix=repro_prefix, records=records, call_timeout=call_timeout)
+
+
+def _certify(factory, *, profile, budget, tiers, seed, reports_dir, progress, overrides, command, spec,
+             repro_prefix, records, call_timeout) -> Certificate:
     t_start = time.monotonic()
     progress = progress or (lambda m: None)
-    target = resolve_target(factory, spec)
+    if call_timeout is not None and not (call_timeout > 0 and call_timeout < 1e6):
+        raise LoadError(f"--call-timeout {call_timeout!r}: must be a number of seconds above 0")
+    guard.configure(call_timeout if call_timeout is not None else guard.DEFAULT_CALL_TIMEOUT_S)
+    target = resolve_target(factory, spec, records)
+    with _records.using(target.records):  # the tiers (and their forked children) build these records
+        return _certify_target(target, profile=profile, budget=budget, tiers=tiers, seed=seed,
+                               reports_dir=reports_dir, progress=progress, overrides=overrides, command=command,
+                               repro_prefix=repro_prefix, records=records, call_timeout=call_timeout,
+                               t_start=t_start)
+
+
+def _certify_target(target, *, profile, budget, tiers, seed, reports_dir, progress, overrides, command,
+                    repro_prefix, records, call_timeout, t_start) -> Certificate:
     if profile is not None and profile not in PROFILES:
         raise LoadError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
     if profile is None:
@@ -106,12 +171,25 @@ def certify(
         raise LoadError(f"unknown tier(s) {bad}; tiers are 1, 2, 3, 4")
     if repro_prefix is None and target.spec:
         repro_prefix = f"python -m harness certify {target.spec} --profile {profile}"
+        if records:
+            repro_prefix += f" --records {records}"
+        if call_timeout is not None:
+            repro_prefix += f" --call-timeout {call_timeout:g}"
     report_dir = None
     if reports_dir is not None:
         try:
             report_dir = _cert.make_report_dir(reports_dir, target.label)
         except OSError as e:
             raise LoadError(f"cannot create the report folder under {reports_dir!r}: {e}") from e
+    try:
+        return _run_tiers(target, profile, source, b, seed, selected, report_dir, progress, overrides, command,
+                          repro_prefix, t_start)
+    finally:
+        _remove_if_empty(report_dir)
+
+
+def _run_tiers(target, profile, source, b, seed, selected, report_dir, progress, overrides, command, repro_prefix,
+               t_start) -> Certificate:
     workroot = tempfile.mkdtemp(prefix="certify-work-")
     ctx = Context(
         target=target,
@@ -134,12 +212,19 @@ def certify(
         seed=seed,
         command=command or (f"{repro_prefix} --{b.name} --seed {seed} --tiers {','.join(map(str, selected))}" if repro_prefix else ""),
         started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+        records=target.records.describe(),
+        call_timeout_s=guard.timeout_s(),
     )
     if target.adapter:
         cert.warnings.append(target.adapter)
-    progress(f"certifying {target.label}: profile {profile} ({source}), budget {b.name}, seed {seed}")
+    progress(f"certifying {target.label}: profile {profile} ({source}), budget {b.name}, seed {seed}; "
+             f"records {target.records.names()} ({target.records.source}); call timeout {guard.timeout_s():g} s")
     try:
+        store_level = _findings.store_level(target, ctx, cert, report_dir)
         for n in (1, 2, 3, 4):
+            if store_level:
+                cert.tiers.append(TierResult(tier=n, status=NOT_RUN, reason=store_level))
+                continue
             cert.tiers.append(_run_tier(n, ctx, selected, report_dir))
             t = cert.tiers[-1]
             progress(
@@ -147,6 +232,7 @@ def certify(
                 + (f" in {t.duration_s:.1f}s" if t.status in (PASSED, FAILED) else "")
                 + (f"; violated: {', '.join(t.failed_properties())}" if t.counterexamples else "")
             )
+        _findings.annotate(cert, target, ctx, report_dir)
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
     cert.duration_s = time.monotonic() - t_start
@@ -164,6 +250,9 @@ def _tier1_in_child(ctx: Context) -> TierResult:
     r = in_child(mod.run, ctx, workdir=ctx.workroot, timeout=6 * 3600, name="tier1")
     if r["ok"]:
         return r["value"]
+    if r.get("hang"):
+        return TierResult(tier=1, status=FAILED, reason="a store call did not return",
+                          counterexamples=[_findings.liveness_counterexample(1, r, ctx)])
     if r.get("hung"):
         return TierResult(tier=1, status=FAILED, reason="the contract tier did not finish (a store call hangs?)",
                           counterexamples=[Counterexample(1, "liveness", r["error"], reproduce=ctx.reproduce(1))])
@@ -204,6 +293,7 @@ def _run_tier(n: int, ctx: Context, selected, report_dir: Optional[str]) -> Tier
         return TierResult(
             tier=n,
             status=NOT_RUN,
+            harness_error=True,
             reason=f"internal error in the certifier: {type(e).__name__}: {e}",
             notes=tb.splitlines()[-8:],
             duration_s=time.monotonic() - t0,

@@ -48,6 +48,9 @@ class Counterexample:
     steps: List[str] = field(default_factory=list)  # minimal step list / the events that show it
     reproduce: Optional[str] = None
     detail: Dict[str, Any] = field(default_factory=dict)
+    guarantee: str = ""  # the violated guarantee, one plain sentence
+    cause: str = ""  # the likely cause, where the pattern is known
+    reproducer: Optional[str] = None  # repro_<n>.py in the certificate folder (backend package only)
 
 
 @dataclass
@@ -61,6 +64,8 @@ class TierResult:
     notes: List[str] = field(default_factory=list)
     counterexamples: List[Counterexample] = field(default_factory=list)
     duration_s: float = 0.0
+    #: the tier could not run through the harness's own fault (never counted against the backend)
+    harness_error: bool = False
 
     @property
     def name(self) -> str:
@@ -68,7 +73,8 @@ class TierResult:
 
     @property
     def failing(self) -> bool:
-        return self.status in (FAILED, NOT_RUN)
+        """Failing through the backend (a harness error is not the backend's failure)."""
+        return self.status in (FAILED, NOT_RUN) and not self.harness_error
 
     def failed_properties(self) -> List[str]:
         return sorted({c.property for c in self.counterexamples})
@@ -90,6 +96,10 @@ class Certificate:
     started_at: str = ""
     duration_s: float = 0.0
     report_dir: Optional[str] = None
+    records: Dict[str, Any] = field(default_factory=dict)  # the record types the refs were built from
+    call_timeout_s: float = 0.0
+    #: a finding about the whole store that stopped the tiers: {"kind": "retains_nothing"|"liveness", "message"}
+    finding: Optional[Dict[str, Any]] = None
 
     def tier(self, n: int) -> TierResult:
         for t in self.tiers:
@@ -99,13 +109,36 @@ class Certificate:
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(t.failing for t in self.tiers) else 0
+        """0 certified (or the selected tiers passed), 1 the backend failed, 3 the harness could not finish."""
+        if self.finding or any(t.failing for t in self.tiers):
+            return 1
+        return 3 if any(t.harness_error for t in self.tiers) else 0
+
+    @property
+    def verdict_code(self) -> str:
+        """certified | rejected | retains_nothing | liveness | partial (tiers left out)."""
+        if self.finding:
+            return self.finding["kind"]
+        if any(t.failing for t in self.tiers):
+            return "rejected"
+        if any(t.harness_error for t in self.tiers):
+            return "harness_error"
+        if any(t.status == NOT_SELECTED for t in self.tiers):
+            return "partial"
+        return "certified"
 
     @property
     def verdict(self) -> str:
+        if self.finding and self.finding["kind"] == "retains_nothing":
+            return "REJECTED: retains nothing (" + self.finding["message"] + ")"
+        if self.finding:
+            return f"REJECTED: {self.finding['kind']} ({self.finding['message']})"
         if any(t.failing for t in self.tiers):
             bad = ", ".join(f"tier {t.tier} {t.name} {t.status}" for t in self.tiers if t.failing)
             return f"REJECTED ({bad})"
+        if any(t.harness_error for t in self.tiers):
+            bad = ", ".join(f"tier {t.tier} {t.name}" for t in self.tiers if t.harness_error)
+            return f"NOT CERTIFIED: harness error in {bad} (not the backend's failure; see the tier's reason)"
         skipped = [t for t in self.tiers if t.status == NOT_SELECTED]
         if skipped:
             return "PASSED the selected tiers (not a full certificate: tier(s) " + ", ".join(
@@ -116,6 +149,7 @@ class Certificate:
     def to_json(self) -> Dict[str, Any]:
         d = asdict(self)
         d["verdict"] = self.verdict
+        d["verdict_code"] = self.verdict_code
         d["exit_code"] = self.exit_code
         for t, td in zip(self.tiers, d["tiers"]):
             td["name"] = t.name
@@ -139,6 +173,11 @@ def render_md(cert: Certificate) -> str:
     L.append(f"| factory | {cert.factory_call} |")
     L.append(f"| profile | {cert.profile} ({cert.profile_source}) |")
     L.append(f"| adapter | {cert.adapter or 'none (the store has commit_samples)'} |")
+    if cert.records:
+        L.append(f"| records | `{cert.records.get('SampleRef')}`"
+                 + "".join(f", `{n}`" for n in cert.records.get("nested", []))
+                 + f" (found by {cert.records.get('found_by')}) |")
+    L.append(f"| call timeout | {cert.call_timeout_s:g} s per construction and store call |")
     L.append(f"| budget | {cert.budget} |")
     L.append(f"| seed | {cert.seed} |")
     L.append(f"| started | {cert.started_at} |")
@@ -178,8 +217,18 @@ def render_md(cert: Certificate) -> str:
         for i, c in enumerate(cex, 1):
             L.append(f"### {i}. tier {c.tier} ({TIER_NAMES[c.tier]}), property `{c.property}`")
             L.append("")
+            if c.guarantee:
+                L.append(f"**Guarantee:** {c.guarantee}")
+                L.append("")
             L.append(c.message)
             L.append("")
+            if c.cause:
+                L.append(f"**Likely cause:** {c.cause}")
+                L.append("")
+            if c.reproducer:
+                L.append(f"**Reproducer:** `python {c.reproducer}` (needs only the backend's package; "
+                         "exits 1 while the bug is there)")
+                L.append("")
             if c.steps:
                 L.append({
                     1: "Minimal steps (shrunk by Hypothesis, then 1-minimal):",

@@ -1,5 +1,8 @@
 """`python -m harness certify module:Factory ...`: exit 0 certified (every
-selected, applicable tier passed), 1 a tier failed or could not run, 2 bad input."""
+selected, applicable tier passed), 1 the backend failed (a tier failed or could
+not run because of the store, a liveness or retains-nothing verdict), 2 bad
+input (including a store that rejects the harness's records on its first
+call), 3 the harness could not finish (its own error, or SIGTERM)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import argparse
 import sys
 from typing import List, Optional
 
+from ..exit_codes import ExitCode
 from .common import quote_cmd
 
 
@@ -30,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, help="seed for every random choice (printed in the certificate)")
     ap.add_argument("--examples", type=int, help="tier 1: number of Hypothesis examples (overrides the budget)")
     ap.add_argument("--crashes", type=int, help="tier 3: number of crash trials (overrides the budget)")
+    ap.add_argument("--records", metavar="MODULE",
+                    help="module whose SampleRef/FeatureSpec the store takes (default: found from the store)")
+    ap.add_argument("--call-timeout", type=float, metavar="S",
+                    help="seconds each construction and store call may take before it is a liveness finding "
+                         "(default 120)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return ap
 
@@ -58,12 +67,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         tiers = parse_tiers(args.tiers)
     except ValueError as e:
         print(f"certify: error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if args.examples is not None and args.examples < 1 or args.crashes is not None and args.crashes < 1:
         print("certify: error: --examples and --crashes must be at least 1", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
 
-    from . import LoadError, certify
+    from . import Interrupted, LoadError, certify
 
     overrides = {}
     if args.examples:
@@ -82,11 +91,19 @@ def main(argv: Optional[List[str]] = None) -> int:
             progress=(lambda m: None) if args.quiet else _progress,
             overrides=overrides,
             command=command,
+            records=args.records,
+            call_timeout=args.call_timeout,
         )
     except LoadError as e:
         print(f"certify: error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
+    except Interrupted:
+        print("certify: interrupted by SIGTERM; temporary folders and an empty certificate folder removed",
+              file=sys.stderr)
+        return ExitCode.HARNESS
     print(f"{cert.verdict}")
+    if cert.finding and cert.finding.get("reproducer"):
+        print(f"  reproducer: python {cert.finding['reproducer']}")
     for t in cert.tiers:
         line = f"  tier {t.tier} {t.name:<12} {t.status}"
         if t.reason:
@@ -99,6 +116,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"  tier {t.tier} counterexample [{c.property}]: {c.message}")
             for s in c.steps[:12]:
                 print(f"      {s}")
+            if c.cause:
+                print(f"    likely cause: {c.cause}")
+            if c.reproducer:
+                print(f"    reproducer: python {c.reproducer}")
             if c.reproduce:
                 print(f"    reproduce: {c.reproduce}")
     if cert.report_dir:

@@ -14,8 +14,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from reference_impl.contracts import FeatureSpec, SampleRef
-
 from .certificate import Budget
 from .loader import StoreTarget, close_store
 
@@ -111,6 +109,11 @@ def mp_context():
 
 
 def _child_main(fn: Callable, args: tuple, result_path: str) -> None:
+    from . import guard
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the certifier's cleanup handler is not ours
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    guard.arm(result_path)
     try:
         value = fn(*args)
         out = {"ok": True, "value": value}
@@ -181,18 +184,26 @@ class Child:
 
 def run_children(children: List[Child], timeout: float, after_start: Optional[Callable[[], Any]] = None) -> List[Dict[str, Any]]:
     """Start all, wait up to `timeout` in all; a child still running is killed and reported hung."""
-    for c in children:
-        c.start()
-    if after_start is not None:
-        after_start()
-    deadline = time.monotonic() + timeout
-    hung = []
-    for c in children:
-        if not c.join(max(0.0, deadline - time.monotonic())):
-            hung.append(c)
-    for c in hung:
-        c.kill()
-        c.join(10)
+    try:
+        for c in children:
+            c.start()
+        if after_start is not None:
+            after_start()
+        deadline = time.monotonic() + timeout
+        hung = []
+        for c in children:
+            if not c.join(max(0.0, deadline - time.monotonic())):
+                hung.append(c)
+    finally:  # interrupted (SIGTERM, Ctrl-C) or hung: no child outlives the wait
+        for c in children:
+            if c.proc.pid is not None and c.proc.is_alive():
+                c.kill()
+                c.join(10)
+                if c.proc.exitcode is not None:
+                    try:
+                        os.unlink(c.result_path)
+                    except OSError:
+                        pass
     out = []
     for c in children:
         if c in hung:
@@ -216,40 +227,12 @@ def in_child(fn: Callable, *args, workdir: str, timeout: float = 120.0, name: st
 
 # -- refs for tiers 2 and 3 ------------------------------------------------------------
 
-_UNI = "äöü-é-样本-データ-🙂-\u05d0"
 
+def random_ref(rng: random.Random, sid: str, **meta: Any) -> Any:
+    """A ref of the record type in use with every field populated (nested records, unicode)."""
+    from .records import active
 
-def random_ref(rng: random.Random, sid: str, **meta: Any) -> SampleRef:
-    """A ref with every field populated, nested specs and unicode included."""
-    n_keys = rng.randint(0, 3)
-    keys = {f"k{i}{_UNI[i]}": f"blob/{sid}/{i}" for i in range(n_keys)}
-    specs = {
-        k: FeatureSpec(
-            shape=tuple(rng.randint(1, 4096) for _ in range(rng.randint(0, 3))),
-            dtype=rng.choice(["float32", "bfloat16", "int64"]),
-            device_hint=rng.choice([None, "cuda:0", "cpu"]),
-            target_repr=rng.choice([None, "hidden", "logits"]),
-            target_meta={"layer": rng.randint(0, 80), "nested": {"ok": True, "xs": [1, 2.5, None]}},
-        )
-        for k in keys
-    }
-    metadata = {"n": rng.randint(0, 10**9), "u": _UNI, "deep": {"a": [1, {"b": "c"}]}, **meta}
-    return SampleRef(
-        sample_id=sid,
-        run_id=f"run-{rng.randint(0, 99)}",
-        source_task_id=rng.choice([None, f"task-{rng.randint(0, 999)}"]),
-        feature_store_uri=f"file:///features/{sid}",
-        feature_keys=keys,
-        feature_specs=specs,
-        strategy=rng.choice(["eagle3", "medusa", "stream"]),
-        schema_version=rng.randint(1, 3),
-        target_model_version=rng.choice([None, "tm-1"]),
-        draft_weight_version=rng.choice([None, "dw-7"]),
-        tokenizer_version=rng.choice([None, "tok-2"]),
-        num_tokens=rng.randint(0, 1 << 20),
-        estimated_bytes=rng.randint(0, 1 << 40),
-        metadata=metadata,
-    )
+    return active().random_ref(rng, sid, **meta)
 
 
 def open_retrying(target: StoreTarget, workdir: str, retrier: Retrier):

@@ -20,9 +20,8 @@ import re
 import shutil
 import sys
 import tempfile
-import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from reference_impl.resolve import ResolveError
 from reference_impl.resolve import resolve as resolve_spec
@@ -134,19 +133,37 @@ class StoreTarget:
             return "durable", "default: the factory takes a path"
         return "volatile", "default: the factory takes no path"
 
+    #: the record types certification builds refs from (harness.certify.records)
+    records: Any = None
+    #: what the first calls found (harness.certify.probe): "hang", "retains_nothing", ...
+    probe: Dict[str, Any] = field(default_factory=dict)
+
+    def construct_call(self) -> str:
+        return {
+            "class-path": f"{self.label}(<workdir>/store.db)",
+            "class-bare": f"{self.label}()",
+            "callable-dir": f"{self.label}(<workdir>)",
+        }[self.kind]
+
     def open_raw(self, workdir: str) -> Any:
+        from .guard import watch
+
         os.makedirs(workdir, exist_ok=True)
-        if self.kind == "class-path":
-            return self.factory(os.path.join(workdir, "store.db"))
-        if self.kind == "class-bare":
-            return self.factory()
-        return self.factory(workdir)
+        with watch("constructor", (), None, raw=("constructor", (), {})):
+            if self.kind == "class-path":
+                return self.factory(os.path.join(workdir, "store.db"))
+            if self.kind == "class-bare":
+                return self.factory()
+            return self.factory(workdir)
 
     def open(self, workdir: str) -> Any:
+        """A store whose calls are bounded by the call timeout (guard.TimedStore)."""
+        from .guard import TimedStore
+
         store = self.open_raw(workdir)
         if self.adapter is not None and not callable(getattr(store, "commit_samples", None)):
             store = OneByOneAdapter(store)
-        return store
+        return TimedStore(store)
 
 
 def close_store(store: Any) -> None:
@@ -187,8 +204,13 @@ def from_factory(
     spec: Optional[str] = None,
     label: Optional[str] = None,
     probe_dir: Optional[str] = None,
+    records: Optional[str] = None,
 ) -> StoreTarget:
-    """Classify a factory, build one store to check it is one, and close it."""
+    """Classify a factory; in a child process bounded by the call timeout, build one store,
+    check it is one, find its record types and make the first calls (harness.certify.probe)."""
+    from . import probe as _probe
+    from .records import RecordsError, discover
+
     if spec is None:
         spec = importable_spec(factory)
     name = label or spec or getattr(factory, "__qualname__", None) or repr(factory)
@@ -203,57 +225,44 @@ def from_factory(
         kind = "callable-dir"
     target = StoreTarget(factory=factory, label=name, spec=spec, kind=kind)
     declared = getattr(factory, "profile", None) if inspect.isclass(factory) else None
+    try:
+        if records:
+            target.records = discover(explicit=records)
+    except RecordsError as e:
+        raise LoadError(str(e)) from e
 
     own_dir = probe_dir is None
     d = probe_dir or tempfile.mkdtemp(prefix="certify-probe-")
     try:
-        try:
-            store = target.open_raw(os.path.join(d, "probe"))
-        except (Exception, SystemExit) as e:  # noqa: BLE001
-            how = {
-                "class-path": f"{name}(<workdir>/store.db)",
-                "class-bare": f"{name}()",
-                "callable-dir": f"{name}(<workdir>)",
-            }[kind]
-            tb = traceback.format_exception_only(type(e), e)[-1].strip()
-            raise LoadError(f"store factory {name!r}: constructor failed: {how} raised {tb}") from e
-        try:
-            if store is None:
-                raise LoadError(f"store factory {name!r}: not a store: the factory returned None")
-            missing = missing_methods(store)
-            if missing:
-                has_batch = callable(getattr(store, "commit_samples", None))
-                if missing == ["commit_sample"] and has_batch:
-                    raise LoadError(
-                        f"store factory {name!r}: not a store: {type(store).__name__} has "
-                        "commit_samples but no commit_sample (the contract requires commit_sample)"
-                    )
-                raise LoadError(
-                    f"store factory {name!r}: not a store: {type(store).__name__} is missing "
-                    f"{', '.join(missing)} (see DESIGN section 2 for the MetadataStore contract)"
-                )
-            if not callable(getattr(store, "commit_samples", None)):
-                target.adapter = (
-                    "one-by-one adapter: the store has only commit_sample (older contract); "
-                    "commit_samples was driven as one commit_sample call per ref"
-                )
-            if declared is None:
-                declared = getattr(store, "profile", None)
-        finally:
-            try:
-                close_store(store)
-            except Exception:  # noqa: BLE001
-                pass
+        found = _probe.run(target, d)
     finally:
         if own_dir:
             shutil.rmtree(d, ignore_errors=True)
+    if found.get("construct_error"):
+        raise LoadError(f"store factory {name!r}: constructor failed: {target.construct_call()} raised {found['construct_error']}")
+    if found.get("not_a_store"):
+        raise LoadError(f"store factory {name!r}: not a store: {found['not_a_store']}")
+    if found.get("adapter"):
+        target.adapter = (
+            "one-by-one adapter: the store has only commit_sample (older contract); "
+            "commit_samples was driven as one commit_sample call per ref"
+        )
+    if declared is None:
+        declared = found.get("declared")
     if isinstance(declared, str) and declared in PROFILES:
         target.declared_profile = declared
+    if target.records is None:
+        target.records = _probe.records_in_parent(found, factory)
+    if found.get("rejects"):
+        raise LoadError(f"store factory {name!r}: {found['rejects']}")
+    if found.get("build_error"):
+        raise LoadError(f"store factory {name!r}: {found['build_error']}")
+    target.probe = found
     return target
 
 
-def load(spec: str, probe_dir: Optional[str] = None) -> StoreTarget:
-    return from_factory(resolve(spec), spec=spec, probe_dir=probe_dir)
+def load(spec: str, probe_dir: Optional[str] = None, records: Optional[str] = None) -> StoreTarget:
+    return from_factory(resolve(spec), spec=spec, probe_dir=probe_dir, records=records)
 
 
 def importable_spec(obj: Any) -> Optional[str]:

@@ -11,7 +11,7 @@ import copy
 import math
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from reference_impl.contracts import REF_FIELDS, ref_to_dict
+from .records import active
 
 
 class Violation(AssertionError):
@@ -48,16 +48,18 @@ def _tag(x: Any) -> Any:
 
 
 def canon_ref(ref: Any) -> Dict[str, Any]:
-    """A ref (any type with SampleRef's fields) as plain data; Violation if it is not one."""
-    missing = [f for f in REF_FIELDS if not hasattr(ref, f)]
+    """A ref (any type with the record type's fields) as plain data, field by field after the
+    record type in use (`records.active()`); Violation if it is not one."""
+    recs = active()
+    missing = recs.missing_fields(ref)
     if missing:
         raise Violation(
             "round-trip",
-            f"get_committed returned a {type(ref).__name__} without the SampleRef field(s) "
+            f"get_committed returned a {type(ref).__name__} without the {recs.ref_cls.__name__} field(s) "
             f"{', '.join(missing)}",
         )
     try:
-        return ref_to_dict(ref)
+        return recs.canon(ref)
     except Exception as e:  # noqa: BLE001
         raise Violation(
             "round-trip", f"get_committed returned a ref that cannot be read field by field: {e!r}"
@@ -86,7 +88,7 @@ def _first_diff(path: str, a: Any, b: Any) -> Optional[str]:
 
 def diff_refs(expected: Dict[str, Any], got: Dict[str, Any]) -> Optional[str]:
     """None if equal field by field (types included), else the first difference."""
-    for name in REF_FIELDS:
+    for name in dict.fromkeys(list(expected) + list(got)):
         d = _first_diff(name, expected.get(name), got.get(name))
         if d:
             return d
@@ -151,7 +153,7 @@ class ContractModel:
             sid = r.sample_id
             fresh = sid not in self.refs
             if fresh:
-                self.refs[sid] = ref_to_dict(r)
+                self.refs[sid] = active().canon(r)
                 self.order.append(sid)
             out.append(fresh)
         return out

@@ -62,6 +62,8 @@ class MetadataStoreSuite:
     seed: Optional[int] = None
     reports_dir: Optional[str] = None
     overrides: Optional[dict] = None
+    records: Optional[str] = None  # module of the store's SampleRef (as --records); default: found from the store
+    call_timeout: Optional[float] = None  # seconds per construction and store call (as --call-timeout)
 
     def run_tier(self, n: int) -> TierResult:
         import pytest
@@ -86,6 +88,8 @@ class MetadataStoreSuite:
                 reports_dir=self.reports_dir,
                 progress=None,
                 overrides=self.overrides,
+                records=self.records,
+                call_timeout=self.call_timeout,
             )
         except LoadError as e:
             pytest.fail(f"cannot certify {cls.__name__}.store_factory: {e}", pytrace=False)

@@ -20,13 +20,26 @@ import hypothesis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from reference_impl.contracts import FeatureSpec, SampleRef
-
-from .certificate import FAILED, PASSED, Counterexample, TierResult
+from .certificate import FAILED, NOT_RUN, PASSED, Counterexample, TierResult
 from .common import Context, in_child, safe_close
-from .model import ContractModel, Violation, canon_ref, diff_refs, marker_diff, normalise_marker, short
+from .model import (
+    ContractModel,
+    Violation,
+    canon_ref,
+    diff_refs,
+    marker_diff,
+    normalise_marker,
+    short,
+)
+from .records import RecordBuildError, active
 
 PROPERTIES = [
     "freshness (P4)",
@@ -60,81 +73,25 @@ ID_POOL = [
 _text = st.text(
     alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12
 )
-_opt_text = st.none() | _text
 _ids = st.sampled_from(ID_POOL) | _text.filter(bool)
-_json_leaf = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**53), 2**53),
-    st.floats(allow_nan=False, allow_infinity=False),
-    _text,
-)
-_json = st.recursive(
-    _json_leaf, lambda ch: st.lists(ch, max_size=2) | st.dictionaries(_text, ch, max_size=2), max_leaves=4
-)
-_specs = st.builds(
-    FeatureSpec,
-    shape=st.lists(st.integers(0, 2**20), max_size=3).map(tuple),
-    dtype=st.sampled_from(["float32", "bfloat16", "int64", "float16"]),
-    device_hint=_opt_text,
-    target_repr=_opt_text,
-    target_meta=st.dictionaries(_text, _json, max_size=2),
-)
-_plain_refs = st.builds(
-    lambda sid: SampleRef(sample_id=sid, run_id="", source_task_id=None, feature_store_uri="", feature_keys={},
-                          feature_specs={}, strategy="", schema_version=0),
-    _ids,
-)
-_rich_refs = st.builds(
-    SampleRef,
-    sample_id=_ids,
-    run_id=_text,
-    source_task_id=_opt_text,
-    feature_store_uri=_text,
-    feature_keys=st.dictionaries(_text, _text, max_size=2),
-    feature_specs=st.dictionaries(_text, _specs, max_size=2),
-    strategy=_text,
-    schema_version=st.integers(0, 2**31),
-    target_model_version=_opt_text,
-    draft_weight_version=_opt_text,
-    tokenizer_version=_opt_text,
-    num_tokens=st.integers(0, 2**40),
-    estimated_bytes=st.integers(0, 2**40),
-    metadata=st.dictionaries(_text, _json, max_size=3),
-)
-# Half the refs only vary the id (cheap, and dedup bugs need many commits);
-# the other half fill every field (round trip); a failure shrinks to plain refs.
-REFS = _plain_refs | _rich_refs
+# Refs come from the backend's own record types (harness.certify.records): half of
+# them only vary the id (cheap, and dedup bugs need many commits), the other half
+# fill every field (round trip); a failure shrinks to plain refs.
 STEPS = st.one_of(st.none(), st.integers(0, 3), st.integers(0, 2**40))
-
-_MINIMAL = {
-    "run_id": "",
-    "source_task_id": None,
-    "feature_store_uri": "",
-    "feature_keys": {},
-    "feature_specs": {},
-    "strategy": "",
-    "schema_version": 0,
-    "target_model_version": None,
-    "draft_weight_version": None,
-    "tokenizer_version": None,
-    "num_tokens": 0,
-    "estimated_bytes": 0,
-    "metadata": {},
-}
 
 
 def _sid(s: str) -> str:
     return repr(s) if len(s) <= 60 else repr(s[:20]) + f"+...({len(s)} chars)...+" + repr(s[-6:])
 
 
-def fmt_ref(ref: SampleRef) -> str:
+def fmt_ref(ref) -> str:
+    """The ref's constructor call, showing only the fields that differ from a plain ref's."""
     parts = [f"sample_id={_sid(ref.sample_id)}"]
-    for k, v in _MINIMAL.items():
-        val = getattr(ref, k)
+    for k, v in active().minimal_fields().items():
+        val = getattr(ref, k, None)
         if val != v:
             parts.append(f"{k}={val!r}")
-    return "SampleRef(" + ", ".join(parts) + ")"
+    return f"{type(ref).__name__}(" + ", ".join(parts) + ")"
 
 
 class _Stats:
@@ -151,6 +108,7 @@ def build_machine(ctx: Context, stats: _Stats, workroot: str):
     durable = ctx.profile == "durable"
     progress = ctx.progress
     every = max(10, ctx.budget.t1_examples // 4)
+    REFS = active().strategy(_ids)
 
     class StoreContract(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -346,16 +304,10 @@ def _tensor_probe(target, d: str) -> Optional[str]:
         return None
     store = target.open(d)
     try:
-        ref = SampleRef(
-            sample_id="tensor-ref",
-            run_id="r",
-            source_task_id=None,
-            feature_store_uri="",
-            feature_keys={},
-            feature_specs={},
-            strategy="s",
-            metadata={"t": torch.zeros(2)},
-        )
+        ref = active().minimal_ref("tensor-ref")
+        if not hasattr(ref, "metadata"):
+            return None
+        object.__setattr__(ref, "metadata", {"t": torch.zeros(2)})
         try:
             store.commit_samples([ref])
         except TypeError:
@@ -471,6 +423,10 @@ def run(ctx: Context) -> TierResult:
     try:
         with with_reporter(report.append), _shrink_limit(ctx.budget.t1_shrink_s):
             run_state_machine_as_test(machine, settings=cfg)
+    except RecordBuildError as e:  # the harness's fault: never counted against the backend
+        res.status = NOT_RUN
+        res.harness_error = True
+        res.reason = f"harness error, not the backend's: {e}"
     except Exception as e:  # noqa: BLE001
         res.status = FAILED
         prop = getattr(e, "prop", None) or "exception"
@@ -479,16 +435,24 @@ def run(ctx: Context) -> TierResult:
             tb = traceback.format_exception(type(e), e, e.__traceback__)
             msg = f"{type(e).__name__}: {e} (in the harness or the store; {tb[-2].strip() if len(tb) > 1 else ''})"
         steps = list(stats.last_steps)
+        program: List[str] = []
         counted = (stats.examples, stats.steps, stats.reopens)
         if isinstance(e, Violation) and stats.last_calls:
             try:
                 got = minimise(machine, list(stats.last_calls), e.prop, seconds=max(5.0, ctx.budget.t1_shrink_s / 2))
             except Exception:  # noqa: BLE001 - never lose Hypothesis's own result
                 got = None
+            program_calls = list(stats.last_calls)
             if got is not None:
-                _, steps, v = got
+                program_calls, steps, v = got
                 msg = v.message
             stats.examples, stats.steps, stats.reopens = counted
+            try:
+                from .findings import tier1_program
+
+                program = tier1_program(program_calls)
+            except Exception:  # noqa: BLE001 - a reproducer is a help, never a reason to lose the result
+                program = []
         lines = list(report) + [n for n in getattr(e, "__notes__", []) or [] if isinstance(n, str)]
         lines = [ln for chunk in lines for ln in str(chunk).splitlines()]
         blob = [line for line in lines if "reproduce_failure" in line]
@@ -500,6 +464,7 @@ def run(ctx: Context) -> TierResult:
                 steps=steps,
                 reproduce=ctx.reproduce(1, f"--examples {examples}"),
                 detail={
+                    "program": program,
                     "hypothesis_program": [line for line in lines if "reproduce_failure" not in line],
                     "hypothesis_blob": blob,
                 },

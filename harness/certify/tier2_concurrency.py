@@ -35,11 +35,19 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from reference_impl.contracts import ref_to_dict
-
 from .certificate import FAILED, PASSED, Counterexample, TierResult
-from .common import Child, Context, Retrier, is_transient, mp_context, random_ref, run_children, safe_close
+from .common import (
+    Child,
+    Context,
+    Retrier,
+    is_transient,
+    mp_context,
+    random_ref,
+    run_children,
+    safe_close,
+)
 from .model import Violation, canon_ref, diff_refs, normalise_marker, short
+from .records import active
 
 PROPERTIES = ["P4 dedup", "P5 ack atomicity", "lost-update", "visibility", "all_committed_ids order"]
 MAX_ANOMALIES = 5
@@ -494,7 +502,7 @@ def analyse_dedup(scenario: str, roles: List[Dict[str, Any]], final: Dict[str, A
                 f.add(scenario, "round-trip", f"get_committed({sid!r}) is None though the id is listed as committed")
             continue
         if len(winners) == 1 and not indet.get(sid):
-            d = diff_refs(ref_to_dict(_ref(sid, winners[0], seed)), stored)
+            d = diff_refs(active().canon(_ref(sid, winners[0], seed)), stored)
             if d:
                 md = stored.get("metadata")
                 w = md.get("writer") if isinstance(md, dict) else None
@@ -676,7 +684,7 @@ def _recv(conn, timeout: float = 90.0):
 
 def _pingpong(target, d, role: int, conn, other, rounds: int, seed: int):
     """Two long-lived instances take turns; each checks the other's writes exactly."""
-    from reference_impl.contracts import ref_to_dict
+    from .records import active
 
     other.close()
     retr = Retrier()
@@ -724,7 +732,7 @@ def _pingpong(target, d, role: int, conn, other, rounds: int, seed: int):
                     if got is None:
                         found.append(("visibility", f"round {r}: get_committed({s!r}) is None in a long-lived instance after another process's commit of it returned"))
                         break
-                    dd = diff_refs(ref_to_dict(_ref(s, 1 - role, seed)), canon_ref(got))
+                    dd = diff_refs(active().canon(_ref(s, 1 - role, seed)), canon_ref(got))
                     if dd:
                         found.append(("round-trip", f"round {r}: get_committed({s!r}) of another process's commit differs: {dd}"))
                         break

@@ -31,11 +31,10 @@ import signal
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from reference_impl.contracts import ref_to_dict
-
 from .certificate import FAILED, PASSED, Counterexample, TierResult
 from .common import Context, Retrier, in_child, mp_context, random_ref, safe_close
 from .model import Violation, canon_ref, diff_refs, normalise_marker, short
+from .records import active
 
 PROPERTIES = ["P6 durability", "P5 ack atomicity", "P4 dedup", "reopenable", "all_committed_ids order"]
 
@@ -425,7 +424,7 @@ def trial_refs(trial: Trial) -> Dict[str, Dict[str, Any]]:
             for op in ops:
                 if op[0] == "commit":
                     for r in op[1]:
-                        cache.setdefault(r.sample_id, ref_to_dict(r))
+                        cache.setdefault(r.sample_id, active().canon(r))
         trial._refs = cache
     return cache
 
@@ -461,7 +460,7 @@ def _calibrate(ctx: Context, d: str, seed: int):
     for op in ops:
         if op[0] == "commit":
             for ref in op[1]:
-                model.refs[ref.sample_id] = ref_to_dict(ref)
+                model.refs[ref.sample_id] = active().canon(ref)
                 model.order.append(ref.sample_id)
         else:
             m = _apply_ack(model.marker(), op)

@@ -221,12 +221,12 @@ class UnorderedIdsStore(SqliteStore):
 
 
 class FlatSpecStore(SqliteStore):
-    """Feature specs are stored flat: only shape and dtype survive the round trip."""
+    """Feature specs are stored flat: only name, shape and dtype survive the round trip."""
 
     @staticmethod
     def _dump(ref) -> str:
         d = ref_to_dict(ref)
-        d["feature_specs"] = {k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in d["feature_specs"].items()}
+        d["feature_specs"] = {k: {"name": v["name"], "shape": v["shape"], "dtype": v["dtype"]} for k, v in d["feature_specs"].items()}
         return json.dumps(d, sort_keys=True)
 
 
@@ -555,6 +555,20 @@ class FailingConstructorStore(SqliteStore):
 
 
 NOT_A_STORE = 42
+
+
+class HangingConstructorStore(SqliteStore):
+    """The constructor never returns (waits for a server that never answers): a liveness finding."""
+
+    def __init__(self, path):
+        threading.Event().wait()
+
+
+class HangingCommitStore(SqliteStore):
+    """commit_sample never returns (a lock that is never released): a liveness finding."""
+
+    def commit_samples(self, refs):
+        threading.Event().wait()
 
 
 class MissingMethodsStore:
