@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -259,8 +260,13 @@ def write(cert: Certificate, report_dir: str) -> None:
         f.write(render_md(cert))
 
 
+def sanitise(text: str) -> str:
+    """A file-name-safe label for a backend spec."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return out[:80] or "backend"
+
+
 def make_report_dir(reports_dir: str, label: str) -> str:
-    from .loader import sanitise
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = os.path.join(reports_dir, f"certify-{sanitise(label)}-{stamp}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -27,15 +26,8 @@ from reference_impl.resolve import ResolveError
 from reference_impl.resolve import resolve as resolve_spec
 from reference_impl.stores.base import MetadataStore
 
-#: Methods every store must have (commit_sample or commit_samples aside).
-READ_METHODS = (
-    "is_committed",
-    "get_committed",
-    "committed_count",
-    "all_committed_ids",
-    "record_train_ack",
-    "durable_marker",
-)
+from .store_calls import READ_METHODS, close_store, missing_methods  # noqa: F401 (re-exported)
+
 
 PROFILES = ("durable", "volatile")
 
@@ -89,12 +81,6 @@ class OneByOneAdapter(MetadataStore):
         if name == "_inner":
             raise AttributeError(name)
         return getattr(self._inner, name)
-
-
-def sanitise(text: str) -> str:
-    """A file-name-safe label for a backend spec."""
-    out = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return out[:80] or "backend"
 
 
 def _required_positional(cls: Any) -> int:
@@ -166,12 +152,6 @@ class StoreTarget:
         return TimedStore(store)
 
 
-def close_store(store: Any) -> None:
-    fn = getattr(store, "close", None)
-    if callable(fn):
-        fn()
-
-
 def resolve(spec: str) -> Any:
     """`module:attr` (attr may be dotted) to the object; LoadError names the cause."""
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -180,13 +160,6 @@ def resolve(spec: str) -> Any:
         return resolve_spec(spec, "store factory", example="reference_impl.stores.sqlite:SQLiteMetadataStore")
     except ResolveError as e:
         raise LoadError(str(e)) from e
-
-
-def missing_methods(store: Any) -> List[str]:
-    missing = [m for m in READ_METHODS if not callable(getattr(store, m, None))]
-    if not callable(getattr(store, "commit_sample", None)):
-        missing.insert(0, "commit_sample")
-    return missing
 
 
 def classify(factory: Any, spec: Optional[str] = None) -> StoreTarget:

@@ -58,7 +58,7 @@ def _alt_records(tb, mine: type) -> Optional[str]:
 
 
 def _first_calls(target, workdir: str) -> Dict[str, Any]:
-    from .loader import close_store, missing_methods
+    from .store_calls import close_store, missing_methods
 
     out: Dict[str, Any] = {}
     try:
@@ -141,7 +141,7 @@ def _first_calls(target, workdir: str) -> Dict[str, Any]:
 
 
 def run(target, workdir: str) -> Dict[str, Any]:
-    from .common import in_child
+    from .children import in_child
 
     r = in_child(_first_calls, target, workdir, workdir=workdir, timeout=guard.timeout_s() * 2 + 60, name="probe")
     if r["ok"]:

@@ -145,7 +145,9 @@ def _run_trial(spec: str, adapter: bool, d: str, meta: str, trial: Trial, rng: r
         rfd, wfd = os.pipe()
         # one process group for all workers (in this session, so the second can join the first's)
         g = 0 if pgid is None else pgid
-        pre: Callable[[], None] = lambda g=g: os.setpgid(0, g)
+        def pre(g: int = g) -> None:
+            os.setpgid(0, g)
+
         p = subprocess.Popen(
             [sys.executable, "-m", "harness.certify.tier_powercut", "--child", spec, "1" if adapter else "0", d,
              ops_path, str(wfd)],

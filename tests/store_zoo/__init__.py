@@ -2,7 +2,7 @@
 in one realistic way (and a few correct-but-unusual ones that must pass).
 
 `ZOO` maps each broken store to the tier and property certification must
-name when it rejects it; `PASSING` lists stores that must not be rejected.
+name when it rejects it.
 Every SQLite store here waits up to 60 s for a lock, so what certification
 finds is the bug, not lock contention.
 """
@@ -598,11 +598,4 @@ ZOO = {
     "LastWriterWinsStore": (1, ("round-trip", "all_committed_ids order"), "durable"),
     "RacyMemoryStore": (2, "P4 dedup", "volatile"),
     "TornMemoryMarkerStore": (2, "P5 ack atomicity", "volatile"),
-}
-
-PASSING = {
-    "OldContractStore": (1, 2, 3),
-    "ForeignRefStore": (1,),
-    "NonAtomicBatchStore": (3,),
-    "ImpatientStore": (2,),
 }

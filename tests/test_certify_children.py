@@ -1,0 +1,42 @@
+"""Certify's children: fork by default, spawn through `multiprocess` (dill) so that
+factories plain pickle cannot carry (closures, lambdas, local classes) still reach
+the child; a hang is killed and reported."""
+
+import pickle
+
+import pytest
+
+from harness.certify.children import START_ENV, in_child, mp_context
+
+
+def _closure_over(n):
+    class Local:  # a class defined inside a function: plain pickle cannot carry it
+        def value(self):
+            return n * 2
+
+    return lambda: (Local().value(), __import__("os").getpid())
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_closure_runs_in_a_child(tmp_path, monkeypatch, method):
+    monkeypatch.setenv(START_ENV, method)
+    fn = _closure_over(21)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pickle.dumps(fn)  # what the standard library's spawn would have to do
+    out = in_child(fn, workdir=str(tmp_path), timeout=120)
+    assert out["ok"], out
+    value, pid = out["value"]
+    assert value == 42
+    assert pid != __import__("os").getpid()
+
+
+def test_a_hanging_child_is_killed_and_reported(tmp_path):
+    out = in_child(__import__("time").sleep, 60, workdir=str(tmp_path), timeout=1)
+    assert out["hung"] and out["prop"] == "liveness" and not out["ok"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_start_method_names_the_variable(monkeypatch):
+    monkeypatch.setenv(START_ENV, "forkserver-ish")
+    with pytest.raises(ValueError, match=START_ENV):
+        mp_context()
