@@ -1,0 +1,206 @@
+"""The simulation engine's power-cut rule (issue 12, item 5): `simulate --powercuts`.
+
+The variants below patch the reference (as tests/pipeline_zoo.py does):
+
+* `durable_reference`: the reference with a directory fsync after each
+  creation or rename its files depend on (the durability bugs the power-cut
+  rule exposes in the current reference, fixed here only for these tests);
+* `channel_no_fsync`: `durable_reference`, but the channel append is never
+  fsynced. A SIGKILL keeps the unsynced pages, so only a power cut shows it.
+
+The searches run `python -m harness simulate` as a child (it restarts itself
+with the tracer preloaded), so each test also exercises that path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tomllib
+
+import reference_impl.channel as channel_mod
+import reference_impl.consumer as consumer_mod
+import reference_impl.feature_store as fs_mod
+import reference_impl.stores.sqlite as sqlite_mod
+from reference_impl.fileio import fsync_dir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = "tests.test_simulate_powercut"
+
+
+# -- variants ------------------------------------------------------------------------
+
+def durable_reference():
+    """Each file's directory entry made durable where the pipeline relies on it."""
+    w_init = channel_mod.ChannelWriter.__init__
+    f_init = fs_mod.FeatureStore.__init__
+    f_put = fs_mod.FeatureStore.put
+    s_init = sqlite_mod.SQLiteMetadataStore.__init__
+    save = consumer_mod.save_checkpoint
+
+    def writer_init(self, workdir):
+        w_init(self, workdir)
+        os.fsync(self._fd)  # records an earlier incarnation appended but never fsynced
+        fsync_dir(workdir)
+
+    def store_init(self, path, **kw):
+        s_init(self, path, **kw)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    def feature_init(self, root):
+        f_init(self, root)
+        fsync_dir(os.path.dirname(os.path.abspath(root)))
+
+    def put(self, sample_id, tensors):
+        out = f_put(self, sample_id, tensors)
+        fsync_dir(self.root)
+        return out
+
+    def save_checkpoint(cfg, state):
+        save(cfg, state)
+        fsync_dir(cfg.workdir)  # the checkpoint directory's own entry
+
+    return [(channel_mod.ChannelWriter, "__init__", writer_init),
+            (sqlite_mod.SQLiteMetadataStore, "__init__", store_init),
+            (fs_mod.FeatureStore, "__init__", feature_init),
+            (fs_mod.FeatureStore, "put", put),
+            (consumer_mod, "save_checkpoint", save_checkpoint)]
+
+
+def channel_no_fsync():
+    """`durable_reference` whose channel append returns without an fsync."""
+
+    def sync(self):
+        channel_mod.failpoints.hit("channel.before_fsync")  # and no os.fsync
+
+    return durable_reference() + [(channel_mod.ChannelWriter, "sync", sync)]
+
+
+# -- running the CLI --------------------------------------------------------------------
+
+def simulate(tmp_path, *args, name="run"):
+    out_json = tmp_path / f"{name}.json"
+    out_toml = tmp_path / f"{name}.toml"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-m", "harness", "simulate", "--jobs", "1", "--json", str(out_json),
+                           "--out", str(out_toml), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    data = json.loads(out_json.read_text()) if out_json.exists() else None
+    return proc, data, out_toml
+
+
+def _found(data):
+    return bool(data and data["found"])
+
+
+@pytest.fixture(scope="module")
+def tracer():
+    from harness.exit_codes import UsageError
+    from harness.powerloss import tracer_library
+
+    try:
+        return tracer_library()
+    except UsageError as e:  # the CLI must then refuse --powercuts with exit 2 (test below)
+        pytest.fail(f"no tracer on this machine: {e}")
+
+
+def test_powercut_rule_finds_what_only_power_loss_shows(tmp_path, tracer):
+    """(a) channel_no_fsync: found with power cuts, not with crashes only; durable_reference passes."""
+    var = f"{HERE}:channel_no_fsync"
+    proc, data, _ = simulate(tmp_path, "--variant", var, "--examples", "60", "--seed", "3", "--powercuts",
+                             "--no-shrink", name="pc")
+    assert proc.returncode == 1 and _found(data), proc.stdout + proc.stderr
+    ce = data["counterexamples"][0]
+    assert any(op[0] == "powercut" for op in ce["ops"]), ce["schedule"]
+    assert ce["violated"] or ce["outcome"] != "completed", ce  # seed 3: P7 (blobs of lost records leak)
+    assert data["faults_fired"].get("powercut", 0) >= 1
+
+    proc, data, _ = simulate(tmp_path, "--variant", var, "--examples", "60", "--seed", "3", "--no-shrink",
+                             name="crash")
+    assert proc.returncode == 0 and not _found(data), proc.stdout + proc.stderr
+    assert "powercut" not in data["faults_fired"]
+
+    proc, data, _ = simulate(tmp_path, "--variant", f"{HERE}:durable_reference", "--examples", "60", "--seed", "3",
+                             "--powercuts", "--no-shrink", name="durable")
+    assert proc.returncode == 0 and not _found(data), proc.stdout + proc.stderr
+    assert data["faults_fired"].get("powercut", 0) >= 5, data["faults_fired"]
+
+
+def test_powercut_schedule_shrinks_and_translates(tmp_path, tracer):
+    """(b) a failing power-cut schedule is shrunk and written as a scenario with kind = "powercut"."""
+    proc, data, toml_path = simulate(tmp_path, "--variant", f"{HERE}:channel_no_fsync", "--examples", "60",
+                                     "--seed", "3", "--powercuts", "--shrink-budget", "60", name="shrink")
+    assert proc.returncode == 1 and _found(data), proc.stdout + proc.stderr
+    ce = data["counterexamples"][0]
+    assert data["shrink_runs"] > 0
+    assert len(ce["ops"]) <= data["workers"][0]["first_failure_ops"]
+    assert len(ce["ops"]) <= 6, ce["schedule"]
+    text = toml_path.read_text()
+    sc = tomllib.loads(text)
+    cuts = [f for f in sc["faults"]["explicit"] if f["kind"] == "powercut"]
+    assert cuts and sc["faults"]["powercut_mode"] in ("clean", "torn"), text
+    assert all(("at_consumed" in f) != ("at_published" in f) for f in cuts), cuts
+    assert sc["topology"]["variant"] == f"{HERE}:channel_no_fsync"
+    # the shrunk schedule replays: the same failure from the saved --json
+    proc = subprocess.run([sys.executable, "-m", "harness", "simulate", "--powercuts", "--variant",
+                           f"{HERE}:channel_no_fsync", "--schedule", str(tmp_path / "shrink.json")], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for p in ce["violated"]:
+        assert p in proc.stdout
+
+
+def test_reference_under_power_cuts(tmp_path, tracer):
+    """(c) the current reference with power cuts must keep P1-P8.
+
+    KNOWN FAILURE until the reference's durability fixes land (issue 12, item 4): a
+    feature blob is renamed into place without a directory fsync, so a power cut
+    right after a publish loses committed samples (P2; shrunk schedule: step
+    producer x5; power cut (clean, seed 0)). Only that failure, recognised by its
+    undone blob entries, is an expected failure (xfail); any other fails the test,
+    and once the reference is fixed the test passes as it stands."""
+    proc, data, _ = simulate(tmp_path, "--examples", "60", "--seed", "3", "--powercuts", "--shrink-budget", "20",
+                             name="ref")
+    assert data is not None, proc.stdout + proc.stderr
+    if _found(data):
+        ce = data["counterexamples"][0]
+        undone = [e for pl in ce.get("powerloss", []) for e in pl["entries_undone"]]
+        if proc.returncode == 1 and ce["violated"] == ["P2"] and any(e.startswith("features/") for e in undone):
+            pytest.xfail("KNOWN reference durability bug (issue 12 item 4, being fixed elsewhere): feature "
+                         f"blobs renamed without a directory fsync are lost by a power cut: {ce['schedule']}; "
+                         f"{undone[:2]}")
+    assert proc.returncode == 0 and not _found(data), proc.stdout + proc.stderr
+    assert data["faults_fired"].get("powercut", 0) >= 5, data["faults_fired"]
+
+
+def test_same_seed_same_schedules(tmp_path, tracer):
+    a = simulate(tmp_path, "--examples", "12", "--seed", "5", "--powercuts", "--no-shrink",
+                 "--variant", f"{HERE}:durable_reference", name="a")[1]
+    b = simulate(tmp_path, "--examples", "12", "--seed", "5", "--powercuts", "--no-shrink",
+                 "--variant", f"{HERE}:durable_reference", name="b")[1]
+    assert a["faults_fired"] == b["faults_fired"] and a["schedules"] == b["schedules"]
+    assert a["faults_fired"].get("powercut", 0) >= 1
+
+
+def test_powercuts_refused_without_compiler(tmp_path):
+    """No compiler (and no cached tracer): exit 2, with the cause named, never a silent run."""
+    env = dict(os.environ, PYTHONPATH=REPO, CC="/nonexistent/cc", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("LD_PRELOAD", None)
+    proc = subprocess.run([sys.executable, "-m", "harness", "simulate", "--powercuts", "--examples", "2"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "compiler" in (proc.stdout + proc.stderr)
+
+
+def test_powercut_op_needs_the_flag():
+    from harness.simulate.schedule import check_ops
+
+    assert check_ops([["powercut", "torn", 3]], powercuts=True) == [("powercut", "torn", 3)]
+    with pytest.raises(ValueError, match="--powercuts"):
+        check_ops([["powercut", "clean", 0]])
+    with pytest.raises(ValueError, match="mode"):
+        check_ops([["powercut", "half", 0]], powercuts=True)
