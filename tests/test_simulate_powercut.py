@@ -143,7 +143,7 @@ def test_powercut_schedule_shrinks_and_translates(tmp_path, tracer):
     sc = tomllib.loads(text)
     cuts = [f for f in sc["faults"]["explicit"] if f["kind"] == "powercut"]
     assert cuts and sc["faults"]["powercut_mode"] in ("clean", "torn"), text
-    assert all(("at_consumed" in f) != ("at_published" in f) for f in cuts), cuts
+    assert all(sum(k in f for k in ("at_consumed", "at_published", "point")) == 1 for f in cuts), cuts
     assert sc["topology"]["variant"] == f"{HERE}:channel_no_fsync"
     # the shrunk schedule replays: the same failure from the saved --json
     proc = subprocess.run([sys.executable, "-m", "harness", "simulate", "--powercuts", "--variant",
@@ -200,6 +200,10 @@ def test_powercut_op_needs_the_flag():
     from harness.simulate.schedule import check_ops
 
     assert check_ops([["powercut", "torn", 3]], powercuts=True) == [("powercut", "torn", 3)]
+    at = ("powercut", "clean", 0, "producer", "channel.before_fsync")
+    assert check_ops([list(at)], powercuts=True) == [at]
+    with pytest.raises(ValueError, match="point"):
+        check_ops([["powercut", "clean", 0, "producer", "consumer.after_train_before_ack"]], powercuts=True)
     with pytest.raises(ValueError, match="--powercuts"):
         check_ops([["powercut", "clean", 0]])
     with pytest.raises(ValueError, match="mode"):

@@ -10,7 +10,10 @@ traced root) changes with every schedule, so `PowerCuts.start` arms it
 the tracer's variables in `os.environ` and makes the loaded tracer re-read them
 (`reconfigure_in_process`).
 
-The schedule operation `("powercut", mode, seed)` (mode "clean" or "torn"):
+The schedule operation `("powercut", mode, seed)` (mode "clean" or "torn"), or
+`("powercut", mode, seed, target, point)`: the power fails while `target` is
+inside an operation, at failpoint `point` (reached as a `fail` operation
+reaches it; if it is not reached, nothing happens):
 
 1. every live process crashes at once: its object is dropped (as a kill does),
    its store connection and channel descriptor are closed;
@@ -40,8 +43,9 @@ bug (P2, P3, P5, P6 or a fail-closed outcome the run did not allow).
 
 As a process-engine fault (`Simulation.faults`): `kind = "powercut"` with the
 trigger keys a kill uses (the consumer's `at_consumed` while it runs, else the
-producer's `at_published`), `powercut_mode` = the mode; the scenario's
-`faults.powercut_mode` is set by `translate`.
+producer's `at_published`), or at a failpoint the keys a failpoint crash uses
+(`target`, `point`, `hit`, `incarnation`); `powercut_mode` = the mode (the
+scenario's `faults.powercut_mode`, set by `translate`).
 """
 
 from __future__ import annotations
@@ -162,9 +166,21 @@ class PowerCuts:
         procs = [st.procs["producer"], st.procs["consumer"]]
         if all(p.terminal and p.status != "down" for p in procs):
             return  # the run is over: nothing runs to lose power
+        at = None
+        if len(op) == 5:  # inside an operation: reach the point as a `fail` does
+            n = len(st.faults)
+            sim._apply(("fail", op[3], op[4]))
+            if st.error or len(st.faults) == n or st.faults[-1]["kind"] != "failpoint":
+                return  # not reached: no fault
+            at = st.faults.pop()
+            st.trace.pop()
         running = [p for p in procs if p.status == "running"]
-        target = "consumer" if st.procs["consumer"].status == "running" or not running else "producer"
-        trig = sim._progress(target)
+        if at is not None:
+            target = at["target"]
+            trig = {k: at[k] for k in ("point", "hit", "incarnation")}
+        else:
+            target = "consumer" if st.procs["consumer"].status == "running" or not running else "producer"
+            trig = sim._progress(target)
         fault = len(st.faults)
         st.sup.emit("powercut", mode=mode, seed=seed, targets=[p.name for p in running], fault=fault)
         for p in running:
@@ -183,7 +199,8 @@ class PowerCuts:
         d["channel_bytes_lost"] = lost
         self.stats.append(d)
         st.faults.append({"kind": "powercut", "target": target, **trig, "powercut_mode": mode, "seed": seed})
-        who = ", ".join(f"{p.name}#{p.inc}" for p in running) or "no process running"
+        who = ", ".join([f"{p.name}#{p.inc}" for p in running] +
+                        ([f"{target}#{at['incarnation']} inside an operation"] if at else [])) or "no process running"
         st.trace.append(f"power cut ({mode}, seed {seed}; {', '.join(f'{k}={v}' for k, v in trig.items())}): "
                         f"killed {who}; {stats.summary()}"
                         + (f"; the channel lost {lost} bytes of complete records" if lost else ""))

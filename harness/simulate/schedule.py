@@ -9,6 +9,7 @@ A schedule is a list of operations (tuples, as JSON reads them back):
     ("kill", "store_server")  the in-memory store server dies (its ledger too)
     ("powercut", mode, seed)  every process crashes at once, the work dir reverts to what
                               a disk could hold (mode "clean" or "torn"; seed: the torn tails)
+    ("powercut", mode, seed, target, point)   the same, while `target` is at failpoint `point`
 
 `target` is "producer" or "consumer"; see `harness.simulate.engine` for what
 each operation does.
@@ -53,7 +54,7 @@ def format_op(op: Op) -> str:
     if kind == "pause":
         return f"pause {op[1]} while the other takes {op[2]} steps"
     if kind == "powercut":
-        return f"power cut ({op[1]}, seed {op[2]})"
+        return f"power cut ({op[1]}, seed {op[2]})" + (f" while {op[3]} is at {op[4]}" if len(op) == 5 else "")
     return repr(op)
 
 
@@ -76,9 +77,11 @@ def check_ops(ops: Sequence[Op], backend: str = "sqlite", powercuts: bool = Fals
     for i, op in enumerate(ops):
         op = tuple(op)
         if op and op[0] == "powercut":
-            if len(op) != 3 or op[1] not in POWERCUT_MODES or not isinstance(op[2], int) or op[2] < 0:
-                raise ValueError(f"schedule op {i}: {op!r} is not ('powercut', mode, seed) with mode in "
-                                 f"{POWERCUT_MODES} and seed an integer >= 0")
+            if len(op) not in (3, 5) or op[1] not in POWERCUT_MODES or not isinstance(op[2], int) or op[2] < 0:
+                raise ValueError(f"schedule op {i}: {op!r} is not ('powercut', mode, seed[, target, point]) with "
+                                 f"mode in {POWERCUT_MODES} and seed an integer >= 0")
+            if len(op) == 5 and (op[3] not in TARGETS or op[4] not in points_for(op[3], backend)):
+                raise ValueError(f"schedule op {i}: {op!r}: target not in {TARGETS} or point not reached by it")
             if not powercuts:
                 raise ValueError(f"schedule op {i}: {op!r}: a power cut needs --powercuts")
             out.append(op)

@@ -82,8 +82,9 @@ def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS,
     point), each shrinking towards 0: a fault shrinks into a plain step of the
     producer, a count towards 1, and the list shrinks by dropping operations.
     Kinds by weight: step 4, kill 2, fail 3, pause 1 (of 10); with `powercuts`,
-    also powercut 1 (of 11: mode clean or torn by the target draw, the torn
-    seed from the count; it shrinks towards an earlier kind, clean, seed 0).
+    also powercut 1 (of 11): mode clean or torn and the torn seed from the
+    count; between steps (a third) or while a target is at a failpoint (the
+    point draw); it shrinks towards an earlier kind, clean, seed 0, between steps.
     """
     from hypothesis import strategies as st
 
@@ -105,7 +106,11 @@ def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS,
         if kind == "kill":
             return ("kill", kill_targets[t % len(kill_targets)])
         if kind == "powercut":
-            return ("powercut", ("clean", "torn")[t % 2], n)
+            cut = ("powercut", ("clean", "torn")[n % 2], n // 2)
+            if t // 2 == 0 or not fault_targets:
+                return cut
+            target = fault_targets[t % len(fault_targets)]
+            return cut + (target, points[target][pt % len(points[target])])
         target = fault_targets[t % len(fault_targets)]
         if kind == "fail":
             pts = points[target]
