@@ -208,3 +208,33 @@ def test_powercut_op_needs_the_flag():
         check_ops([["powercut", "clean", 0]])
     with pytest.raises(ValueError, match="mode"):
         check_ops([["powercut", "half", 0]], powercuts=True)
+
+
+def test_channel_loss_after_a_cut_is_judged_by_what_was_fsynced(tmp_path):
+    """Complete records an fsync covered and that vanish: P6; unsynced ones: recounted, not reported."""
+    from harness.run_plumbing import Progress
+    from harness.simulate.powercut import PowerCuts
+
+    class Inv:
+        def __init__(self):
+            self.progress = Progress(str(tmp_path))
+            self.found = []
+
+        def add(self, prop, kind, msg):
+            self.found.append((prop, kind, msg))
+
+    path = tmp_path / "channel.jsonl"
+    recs = b"".join(b'{"ref": {"sample_id": "s%d"}}\n' % i for i in range(4))
+    path.write_bytes(recs)
+    inv = Inv()
+    assert inv.progress.update_published() == 4
+    path.write_bytes(recs[: recs.index(b"\n") + 1])  # the cut left one record
+    assert PowerCuts._resync_channel(inv, synced=recs.index(b"\n") + 1) == len(recs) - recs.index(b"\n") - 1
+    assert inv.found == [] and inv.progress.published == 1  # the three lost were never fsynced
+    path.write_bytes(recs)
+    inv = Inv()
+    inv.progress.update_published()
+    path.unlink()  # fsynced, but its directory entry was not durable
+    assert PowerCuts._resync_channel(inv, synced=len(recs)) == len(recs)
+    assert [f[:2] for f in inv.found] == [("P6", "channel_records_lost")] and "gone" in inv.found[0][2]
+    assert inv.progress.published == 0
