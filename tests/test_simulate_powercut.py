@@ -259,3 +259,36 @@ def test_channel_loss_after_a_cut_is_judged_by_what_was_fsynced(tmp_path):
     assert PowerCuts._resync_channel(inv, synced=len(recs)) == len(recs)
     assert [f[:2] for f in inv.found] == [("P6", "channel_records_lost")] and "gone" in inv.found[0][2]
     assert inv.progress.published == 0
+
+
+CLOSE_PROBE = """
+import json, os
+from harness.powerloss import read_journal
+from harness.simulate import powercut as P
+from harness.simulate.engine import Simulation
+seen = {}
+orig = P.PowerCuts._close_observer
+def probe(self, st):
+    st.observer.durable_marker()
+    n0 = len(read_journal(self.journal))
+    orig(self, st)
+    seen["ops"] = sorted({r.op for r in read_journal(self.journal)[n0:]})
+    seen["wal"] = os.path.exists(os.path.join(self.workdir, "store.sqlite-wal"))
+P.PowerCuts._close_observer = probe
+r = Simulation(powercuts=True).run([("step", "producer", 9), ("step", "consumer", 9), ("powercut", "clean", 0)])
+print(json.dumps(dict(seen, error=r.error)))
+"""
+
+
+def test_cut_closes_sqlite_without_a_checkpoint(tracer):
+    """The last connection's close must not checkpoint (write, fdatasync, unlink the WAL): a
+    SIGKILL does not, and a checkpoint would make durable what a power cut loses."""
+    from harness.powerloss import journal as J
+
+    env = dict(os.environ, PYTHONPATH=REPO, LD_PRELOAD=tracer)
+    proc = subprocess.run([sys.executable, "-c", CLOSE_PROBE], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["error"] is None and seen["wal"] is True, seen
+    assert not set(seen["ops"]) & {J.WRITE, J.TRUNCATE, J.UNLINK, J.FSYNC, J.FDATASYNC}, seen
