@@ -292,3 +292,14 @@ def test_cut_closes_sqlite_without_a_checkpoint(tracer):
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["error"] is None and seen["wal"] is True, seen
     assert not set(seen["ops"]) & {J.WRITE, J.TRUNCATE, J.UNLINK, J.FSYNC, J.FDATASYNC}, seen
+
+
+def test_bad_powercut_input_exits_2(tmp_path, capsys):
+    from harness.simulate.cli import main
+
+    assert main(["--powercuts", "--backend", "inmemory", "--examples", "1"]) == 2
+    assert "in-memory store" in capsys.readouterr().err
+    sched = tmp_path / "s.json"
+    sched.write_text(json.dumps([["step", "producer", 2], ["powercut", "torn", 1]]))
+    assert main(["--schedule", str(sched)]) == 2
+    assert "needs --powercuts" in capsys.readouterr().err
