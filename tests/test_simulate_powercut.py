@@ -22,12 +22,12 @@ import subprocess
 import sys
 
 import pytest
-import tomllib
 
 import reference_impl.channel as channel_mod
 import reference_impl.consumer as consumer_mod
 import reference_impl.feature_store as fs_mod
 import reference_impl.stores.sqlite as sqlite_mod
+from harness.scenario import tomllib  # tomllib, or tomli before Python 3.11
 from reference_impl.fileio import fsync_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
