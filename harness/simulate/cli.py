@@ -2,7 +2,7 @@
 
     python -m harness simulate [SCENARIO] --examples N [--seed S] [--json FILE]
                                [--variant pkg.mod:name] [--expect-violation P]
-                               [--backend sqlite|inmemory] [--store-kills] [--jobs J] [--samples N]
+                               [--backend sqlite|inmemory] [--store-kills] [--powercuts] [--jobs J] [--samples N]
                                [--out FILE] [--no-shrink] [--shrink-budget S]
     python -m harness simulate --schedule FILE.json      (rerun one saved schedule)
 
@@ -13,6 +13,12 @@ invariants (P3 bounds, P4, P5) are checked at every step and P1-P8 at the end
 with the process engine's checkers. The rate is printed; on a failure the
 shrunk schedule is printed and written as a scenario file, which
 `python -m harness run FILE --seed 0` replays in the process engine.
+
+--powercuts adds power cuts (`harness.simulate.powercut`): every process
+crashes at once and the work dir reverts to what a disk could hold (clean or
+torn). The simulation process must be traced from its start, so without the
+tracer preloaded the command runs itself again as a child with LD_PRELOAD set;
+without a C compiler to build the tracer it stops with exit 2.
 
 Exit codes (harness/exit_codes.py): 0 nothing unexpected (with
 --expect-violation: the violation was found); 1 an unexpected failure (or the
@@ -60,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, help="worker processes (default: one per CPU for 50+ examples)")
     ap.add_argument("--store-kills", action="store_true",
                     help="also kill the in-memory store server (its ledger is lost; the run must fail closed)")
+    ap.add_argument("--powercuts", action="store_true",
+                    help="also cut the power: all processes crash at once and unsynced writes are lost "
+                         "(clean or torn; needs a C compiler for the durability tracer)")
     ap.add_argument("--samples", type=int, help="override the workload's number of samples")
     ap.add_argument("--max-ops", type=int, help="longest schedule before the drain (default 24)")
     ap.add_argument("--out", help="where to write the counterexample scenario (default reports/sim-....toml)")
@@ -81,6 +90,12 @@ def _main(argv: List[str]) -> int:
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
     setup = _setup(args)
+    if setup["spec"].powercuts:
+        from .powercut import run_preloaded
+
+        rc = run_preloaded(argv)  # None: this process is traced already
+        if rc is not None:
+            return rc
     if args.schedule:
         return _run_one(args, setup)
     return _search(args, setup)
@@ -97,6 +112,7 @@ def _setup(args) -> Dict[str, Any]:
     workload = dict(DEFAULT_WORKLOAD)
     backend, variant, expect, outcomes, label = "sqlite", None, None, ["completed"], "default"
     store_kills = bool(args.store_kills)
+    powercuts = bool(args.powercuts)
     if args.scenario:
         from harness.scenario import load_scenario
 
@@ -111,6 +127,8 @@ def _setup(args) -> Dict[str, Any]:
         outcomes = list(sc.expect.get("outcome") or ["completed"])
         label = sc.name
         rnd = sc.random_faults
+        powercuts |= bool(rnd.get("count")) and "powercut" in rnd.get("kinds", []) or any(
+            f.get("kind") == "powercut" for f in sc.explicit_faults)
         store_kills |= bool(rnd.get("count")) and "store_server" in rnd.get("targets", []) or any(
             f.get("target") == "store_server" for f in sc.explicit_faults)
     if args.backend:
@@ -142,6 +160,10 @@ def _setup(args) -> Dict[str, Any]:
     if store_kills and backend != "inmemory":
         raise _Usage(f"--store-kills: only the in-memory backend has a store server (backend {backend})")
     config_for("/nonexistent", workload, backend)  # ConfigError (exit 2) on a bad workload
+    if powercuts:
+        from .powercut import check_backend
+
+        check_backend(backend)
     if args.shrink_budget is not None and not args.shrink_budget >= 0:
         raise _Usage(f"--shrink-budget must be a number of seconds >= 0, got {args.shrink_budget}")
     if args.json:
@@ -150,7 +172,8 @@ def _setup(args) -> Dict[str, Any]:
         check_output_file(args.out, "--out")
     targets = ("producer", "consumer") + (("store_server",) if store_kills else ())
     spec = SimSpec(workload=workload, backend=backend, variant=variant, expect=expect, outcomes=outcomes,
-                   targets=targets, max_ops=max_ops, shrink=not args.no_shrink, shrink_budget_s=args.shrink_budget)
+                   targets=targets, max_ops=max_ops, shrink=not args.no_shrink, shrink_budget_s=args.shrink_budget,
+                   powercuts=powercuts)
     return {"spec": spec, "label": label}
 
 
@@ -165,6 +188,7 @@ def _describe(spec) -> str:
             f"{w['train_batch'] * w['accumulation']}, checkpoint_every {w['checkpoint_every']}, "
             f"watermarks {w['high_watermark']}/{w['low_watermark']}, backend {spec.backend}"
             + (", store-server kills" if "store_server" in spec.targets else "")
+            + (", power cuts" if spec.powercuts else "")
             + (f", variant {spec.variant}" if spec.variant else ""))
 
 
@@ -219,7 +243,7 @@ def _search(args, setup) -> int:
 
 def _report_failure(args, setup, r):
     from .engine import Simulation, format_op, normalize
-    from .translate import to_scenario
+    from .translate import scenario_text
 
     spec, label = setup["spec"], setup["label"]
     best = r["outcome"]
@@ -229,7 +253,8 @@ def _report_failure(args, setup, r):
     if norm != list(res.ops):
         undo = _apply_variant(spec.variant)
         try:
-            again = Simulation(spec.workload, spec.backend, workdir_root=spec.workdir_root).run(norm)
+            again = Simulation(spec.workload, spec.backend, workdir_root=spec.workdir_root,
+                               powercuts=spec.powercuts).run(norm)
         finally:
             if undo:
                 undo()
@@ -259,13 +284,17 @@ def _report_failure(args, setup, r):
     name = f"sim-{label}-{args.seed}".replace("/", "-").replace(" ", "-")
     if spec.variant:
         name += "-" + spec.variant.rsplit(":", 1)[-1]
-    sc = to_scenario(res, name=name, workload=spec.workload, backend=spec.backend, variant=spec.variant,
-                     expect=spec.expect, outcomes=spec.outcomes, seed=args.seed, source=label)
+    for pl in res.powerloss:
+        print(f"  power cut: {pl['unsynced_writes_dropped']} unsynced writes dropped, {pl['bytes_lost']} bytes "
+              f"lost, files reverted {pl['files_reverted']}, entries undone {pl['entries_undone'][:4]}")
+    faults, text = scenario_text(res, name=name, workload=spec.workload, backend=spec.backend,
+                                 variant=spec.variant, expect=spec.expect, outcomes=spec.outcomes, seed=args.seed,
+                                 source=label)
     path = args.out or os.path.join("reports", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.toml")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        f.write(sc.to_toml())
-    print(f"process-engine faults: {json.dumps(sc.explicit_faults)}")
+        f.write(text)
+    print(f"process-engine faults: {json.dumps(faults)}")
     print(f"scenario: {path}")
     print(f"replay: python -m harness run {path} --seed 0")
     return res, path
@@ -289,13 +318,13 @@ def _run_one(args, setup) -> int:
         ces = data.get("counterexamples") or []
         data = ces[0]["ops"] if ces else data.get("ops")
     try:
-        ops = check_ops(data or [], spec.backend)
+        ops = check_ops(data or [], spec.backend, spec.powercuts)
     except ValueError as e:
         raise UsageError(f"--schedule {args.schedule}: {e}") from None
     _prepare_process()
     undo = _apply_variant(spec.variant)
     try:
-        res = Simulation(spec.workload, spec.backend).run(ops)
+        res = Simulation(spec.workload, spec.backend, powercuts=spec.powercuts).run(ops)
     finally:
         if undo:
             undo()

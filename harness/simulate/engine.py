@@ -19,6 +19,9 @@ operations:
                               for input or for backpressure, the other side steps
     ("pause", target, n)      the target is frozen (or, if down, stays down) while the
                               other side takes n steps
+    ("powercut", mode, seed)  (with `powercuts=True`) every process crashes at once and
+                              the work dir reverts to what a disk could hold after a
+                              power failure (`harness.simulate.powercut`)
 
 `target` is "producer" or "consumer"; with the in-memory backend a schedule
 may also kill "store_server" (`("kill", "store_server")`): the volatile ledger
@@ -111,6 +114,7 @@ class SimResult:
     events: int
     error: Optional[str] = None
     properties: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    powerloss: List[Dict[str, Any]] = field(default_factory=list)  # PowercutStats.as_dict() per power cut
 
     @property
     def violated(self) -> List[str]:
@@ -119,6 +123,11 @@ class SimResult:
     @property
     def ledger_lost(self) -> bool:
         return any(f["kind"] == "kill" and f["target"] == "store_server" for f in self.faults)
+
+    @property
+    def powercuts(self) -> List[Dict[str, Any]]:
+        """The power cuts this schedule made (scenario syntax)."""
+        return [f for f in self.faults if f["kind"] == "powercut"]
 
     @property
     def acceptable_outcomes(self) -> List[str]:
@@ -140,7 +149,8 @@ class SimResult:
         return {"ops": [list(o) for o in self.ops], "schedule": [format_op(o) for o in self.ops],
                 "outcome": self.outcome, "violated": self.violated,
                 "violations": [v.to_dict() for v in self.violations[:20]], "faults": self.faults,
-                "trace": self.trace, "steps": self.steps, "events": self.events, "error": self.error}
+                "trace": self.trace, "steps": self.steps, "events": self.events, "error": self.error,
+                **({"powerloss": self.powerloss} if self.powerloss else {})}
 
 
 def default_workdir_root() -> str:
@@ -160,7 +170,7 @@ class Simulation:
 
     def __init__(self, workload: Optional[Dict[str, Any]] = None, backend: str = "sqlite", *,
                  workdir_root: Optional[str] = None, keep_workdir: bool = False, seed: int = 0,
-                 check_end: bool = True) -> None:
+                 check_end: bool = True, powercuts: bool = False) -> None:
         self.workload = dict(DEFAULT_WORKLOAD)
         self.workload.update(workload or {})
         self.backend = backend
@@ -172,6 +182,12 @@ class Simulation:
         self.drain_budget = 40 * int(self.workload["samples"]) + 400
         self.last_workdir: Optional[str] = None
         self.st: Optional[RunState] = None  # the schedule being run
+        self.pc = None
+        if powercuts:
+            from .powercut import PowerCuts, check_backend
+
+            check_backend(backend)
+            self.pc = PowerCuts()  # UsageError without a compiler or without the preloaded tracer
 
     # -- public -------------------------------------------------------------
     def run(self, ops: Sequence[Op]) -> SimResult:
@@ -181,16 +197,22 @@ class Simulation:
         saved_hit = failpoints.hit
         failpoints.hit = self._hit
         try:
-            return self._run(ops, workdir)
+            res = self._run(ops, workdir)
+            res.powerloss = list(self.pc.stats) if self.pc is not None else []
+            return res
         finally:
             failpoints.hit = saved_hit
             self._close_all()
+            if self.pc is not None:
+                self.pc.stop()
             if not self.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
 
     # -- setup ----------------------------------------------------------------
     def _run(self, ops: List[Op], workdir: str) -> SimResult:
         os.makedirs(os.path.join(workdir, "history"))
+        if self.pc is not None:  # traced from before the first file of the run is made
+            self.pc.start(workdir, exclude=[os.path.join(workdir, "history")])
         cfg = config_for(workdir, self.workload, self.backend, self.seed)
         shared_store = None
         if self.backend == "inmemory":
@@ -398,6 +420,11 @@ class Simulation:
     # -- operations -----------------------------------------------------------
     def _apply(self, op: Op) -> None:
         kind, target = op[0], op[1]
+        if kind == "powercut":
+            if self.pc is None:
+                raise ValueError(f"{op!r}: this Simulation was made without powercuts=True")
+            self.pc.apply(self, op)
+            return
         if target == "store_server":
             if kind == "kill":
                 self._kill_server()

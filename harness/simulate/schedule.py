@@ -7,6 +7,9 @@ A schedule is a list of operations (tuples, as JSON reads them back):
     ("fail",  target, point)  crash inside an operation, at failpoint `point`
     ("pause", target, n)      freeze the target while the other side takes n steps
     ("kill", "store_server")  the in-memory store server dies (its ledger too)
+    ("powercut", mode, seed)  every process crashes at once, the work dir reverts to what
+                              a disk could hold (mode "clean" or "torn"; seed: the torn tails)
+    ("powercut", mode, seed, target, point)   the same, while `target` is at failpoint `point`
 
 `target` is "producer" or "consumer"; see `harness.simulate.engine` for what
 each operation does.
@@ -20,6 +23,7 @@ from reference_impl.failpoints import POINTS
 
 TARGETS = ("producer", "consumer")
 OP_KINDS = ("step", "kill", "fail", "pause")
+POWERCUT_MODES = ("clean", "torn")
 
 Op = Tuple[Any, ...]
 
@@ -49,6 +53,8 @@ def format_op(op: Op) -> str:
         return f"crash {op[1]} at {op[2]}"
     if kind == "pause":
         return f"pause {op[1]} while the other takes {op[2]} steps"
+    if kind == "powercut":
+        return f"power cut ({op[1]}, seed {op[2]})" + (f" while {op[3]} is at {op[4]}" if len(op) == 5 else "")
     return repr(op)
 
 
@@ -64,11 +70,22 @@ def normalize(ops: Sequence[Op]) -> List[Op]:
     return out
 
 
-def check_ops(ops: Sequence[Op], backend: str = "sqlite") -> List[Op]:
-    """Validate a schedule (as read back from JSON); returns it as tuples."""
+def check_ops(ops: Sequence[Op], backend: str = "sqlite", powercuts: bool = False) -> List[Op]:
+    """Validate a schedule (as read back from JSON); returns it as tuples. A power cut is
+    allowed only with `powercuts` (the simulation must run traced)."""
     out = []
     for i, op in enumerate(ops):
         op = tuple(op)
+        if op and op[0] == "powercut":
+            if len(op) not in (3, 5) or op[1] not in POWERCUT_MODES or not isinstance(op[2], int) or op[2] < 0:
+                raise ValueError(f"schedule op {i}: {op!r} is not ('powercut', mode, seed[, target, point]) with "
+                                 f"mode in {POWERCUT_MODES} and seed an integer >= 0")
+            if len(op) == 5 and (op[3] not in TARGETS or op[4] not in points_for(op[3], backend)):
+                raise ValueError(f"schedule op {i}: {op!r}: target not in {TARGETS} or point not reached by it")
+            if not powercuts:
+                raise ValueError(f"schedule op {i}: {op!r}: a power cut needs --powercuts")
+            out.append(op)
+            continue
         bad = ValueError(f"schedule op {i}: {op!r} is not one of ('step', T, n), ('kill', T), "
                          f"('fail', T, point), ('pause', T, n) with T in {TARGETS}")
         if op[:2] == ("kill", "store_server") and len(op) == 2:

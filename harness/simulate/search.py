@@ -39,6 +39,7 @@ class SimSpec:
     workdir_root: Optional[str] = None
     shrink: bool = True
     shrink_budget_s: float = 60.0
+    powercuts: bool = False  # add the power-cut rule (the process must run with the tracer preloaded)
 
 
 @dataclass
@@ -73,13 +74,17 @@ class SearchOutcome:
         }
 
 
-def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS, max_ops: int = MAX_OPS):
+def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS, max_ops: int = MAX_OPS,
+                      powercuts: bool = False):
     """Hypothesis strategy for a schedule: a list of engine operations.
 
     Each operation is drawn as four small integers (kind, target, count,
     point), each shrinking towards 0: a fault shrinks into a plain step of the
     producer, a count towards 1, and the list shrinks by dropping operations.
-    Kinds by weight: step 4, kill 2, fail 3, pause 1 (of 10).
+    Kinds by weight: step 4, kill 2, fail 3, pause 1 (of 10); with `powercuts`,
+    also powercut 1 (of 11): mode clean or torn and the torn seed from the
+    count; between steps (a third) or while a target is at a failpoint (the
+    point draw); it shrinks towards an earlier kind, clean, seed 0, between steps.
     """
     from hypothesis import strategies as st
 
@@ -89,6 +94,8 @@ def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS,
     kinds = ["step"] * 4 + ["kill"] * 2 + ["fail"] * 3 + ["pause"]
     if not fault_targets:
         kinds = ["step"] * 4 + (["kill"] if kill_targets else [])
+    if powercuts:
+        kinds.append("powercut")
     n_points = max(len(p) for p in points.values())
 
     def decode(raw):
@@ -98,6 +105,12 @@ def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS,
             return ("step", TARGETS[t % 2], 1 + n % 8)
         if kind == "kill":
             return ("kill", kill_targets[t % len(kill_targets)])
+        if kind == "powercut":
+            cut = ("powercut", ("clean", "torn")[n % 2], n // 2)
+            if t // 2 == 0 or not fault_targets:
+                return cut
+            target = fault_targets[t % len(fault_targets)]
+            return cut + (target, points[target][pt % len(points[target])])
         target = fault_targets[t % len(fault_targets)]
         if kind == "fail":
             pts = points[target]
@@ -143,7 +156,7 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
     from hypothesis import HealthCheck, Phase, Verbosity, given, settings
     from hypothesis import seed as hseed
 
-    sim = Simulation(spec.workload, spec.backend, workdir_root=spec.workdir_root)
+    sim = Simulation(spec.workload, spec.backend, workdir_root=spec.workdir_root, powercuts=spec.powercuts)
     if warmup:
         sim.run([])  # lazy imports and torch's first-call costs, outside the measured time
     memo: Dict[tuple, Optional[SimResult]] = {}
@@ -159,7 +172,7 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
     @settings(max_examples=max(1, examples), database=None, deadline=None, derandomize=False,
               suppress_health_check=list(HealthCheck), report_multiple_bugs=False, verbosity=Verbosity.quiet,
               phases=[Phase.generate, Phase.shrink] if spec.shrink else [Phase.generate])
-    @given(schedule_strategy(spec.backend, spec.targets, spec.max_ops))
+    @given(schedule_strategy(spec.backend, spec.targets, spec.max_ops, spec.powercuts))
     def test(ops):
         key = tuple(ops)
         if key in memo:
