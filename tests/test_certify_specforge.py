@@ -5,7 +5,8 @@ a missing package fails this module at import, it is never skipped. The verdicts
 are read back from each certificate.json:
 
 * SQLiteMetadataStore: REJECTED, P5 (torn marker read) in tier 2 the only failed
-  property; tiers 1, 3 (with trials) and 4 pass; no property "exception". Its
+  property; tiers 1, 3 (with trials), 4 and 5 (power cuts, with trials) pass; no
+  property "exception". Its
   reproducer exits 1 against 0.2.0 and 0 against the same store whose
   durable_marker reads in one transaction (tests/specforge_fixed.py).
 * InMemoryMetadataStore: CERTIFIED (volatile).
@@ -45,9 +46,10 @@ def test_sqlite_store_is_rejected_for_p5_only_and_its_reproducer_tells_the_fix(t
     cert, c = _certificate("SQLiteMetadataStore", tmp_path, seed=11)
     status = {t["tier"]: t["status"] for t in c["tiers"]}
     assert c["verdict_code"] == "rejected" and c["verdict"].startswith("REJECTED"), c["verdict"]
-    assert status == {1: "passed", 2: "failed", 3: "passed", 4: "passed"}, status
+    assert status == {1: "passed", 2: "failed", 3: "passed", 4: "passed", 5: "passed"}, status
     assert _all_props(c) == ["P5 ack atomicity"], _all_props(c)
     assert c["tiers"][2]["counters"]["trials"] > 0
+    assert c["tiers"][4]["counters"]["trials"] > 0  # power cuts really ran (WAL, synchronous=FULL)
     assert c["records"]["SampleRef"] == "specforge.runtime.contracts.SampleRef"
     assert c["records"]["nested"] == ["specforge.runtime.contracts.FeatureSpec"]
     (cex,) = c["tiers"][1]["counterexamples"]
@@ -68,7 +70,8 @@ def test_sqlite_store_is_rejected_for_p5_only_and_its_reproducer_tells_the_fix(t
 def test_inmemory_store_is_certified_volatile(tmp_path):
     cert, c = _certificate("InMemoryMetadataStore", tmp_path, seed=12)
     assert c["verdict"] == "CERTIFIED (volatile profile)" and c["verdict_code"] == "certified"
-    assert [t["status"] for t in c["tiers"]] == ["passed", "passed", "not applicable", "not applicable"]
+    assert [t["status"] for t in c["tiers"]] == ["passed", "passed", "not applicable", "not applicable",
+                                                 "not applicable"]
     assert c["records"]["SampleRef"] == "specforge.runtime.contracts.SampleRef"
     assert cert.exit_code == 0
 

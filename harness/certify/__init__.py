@@ -1,13 +1,14 @@
 """Certification of a MetadataStore backend (DESIGN section 6).
 
     python -m harness certify package.module:Factory [--profile durable|volatile]
-                              [--quick | --thorough] [--tiers 1,2,3,4] [--seed N]
+                              [--quick | --thorough] [--tiers 1,2,3,4,5] [--seed N]
                               [--reports-dir DIR] [--records MODULE] [--call-timeout S]
 
-Four tiers, each reported separately: 1 contract (Hypothesis stateful testing
+Five tiers, each reported separately: 1 contract (Hypothesis stateful testing
 against a pure model), 2 concurrency (processes and threads), 3 crash (SIGKILL
 inside transactions, then reopen), 4 end-to-end (the reference pipeline through
-the harness's crash scenarios). The result is `certificate.json` and
+the harness's crash scenarios), 5 power loss (traced processes, a power cut that
+drops every unsynced write, then reopen: `tier_powercut`; durable profile only). The result is `certificate.json` and
 `certificate.md` in `<reports-dir>/certify-<backend>-<time>/`.
 
 Refs are built from the backend's own record types (`records`); every store
@@ -116,7 +117,7 @@ def certify(
     *,
     profile: Optional[str] = None,
     budget: Union[str, Budget] = "standard",
-    tiers: Iterable[int] = (1, 2, 3, 4),
+    tiers: Iterable[int] = (1, 2, 3, 4, 5),
     seed: Optional[int] = None,
     reports_dir: Optional[str] = "reports",
     progress: Optional[Callable[[str], None]] = _stderr_progress,
@@ -166,9 +167,9 @@ def _certify_target(target, *, profile, budget, tiers, seed, reports_dir, progre
     if seed is None:
         seed = random.SystemRandom().randrange(1, 1 << 31)
     selected = sorted(set(int(t) for t in tiers))
-    bad = [t for t in selected if t not in (1, 2, 3, 4)]
+    bad = [t for t in selected if t not in _cert.ALL_TIERS]
     if bad:
-        raise LoadError(f"unknown tier(s) {bad}; tiers are 1, 2, 3, 4")
+        raise LoadError(f"unknown tier(s) {bad}; tiers are 1, 2, 3, 4, 5")
     if repro_prefix is None and target.spec:
         repro_prefix = f"python -m harness certify {target.spec} --profile {profile}"
         if records:
@@ -221,7 +222,7 @@ def _run_tiers(target, profile, source, b, seed, selected, report_dir, progress,
              f"records {target.records.names()} ({target.records.source}); call timeout {guard.timeout_s():g} s")
     try:
         store_level = _findings.store_level(target, ctx, cert, report_dir)
-        for n in (1, 2, 3, 4):
+        for n in _cert.ALL_TIERS:
             if store_level:
                 cert.tiers.append(TierResult(tier=n, status=NOT_RUN, reason=store_level))
                 continue
@@ -264,10 +265,11 @@ def _tier1_in_child(ctx: Context) -> TierResult:
 
 
 def _run_tier(n: int, ctx: Context, selected, report_dir: Optional[str]) -> TierResult:
-    if ctx.profile == "volatile" and n in (3, 4):
+    if ctx.profile == "volatile" and n in (3, 4, 5):
         why = {
             3: "volatile profile: nothing is expected to survive a crash",
             4: "volatile profile: the crash scenarios restart processes, which a volatile store does not survive",
+            5: "volatile profile: nothing is expected to survive a power cut",
         }[n]
         return TierResult(tier=n, status=NOT_APPLICABLE, reason=why)
     if n not in selected:
@@ -285,6 +287,10 @@ def _run_tier(n: int, ctx: Context, selected, report_dir: Optional[str]) -> Tier
             from . import tier3_crash as mod
 
             return mod.run(ctx)
+        if n == 5:
+            from . import tier_powercut as mod
+
+            return mod.run(ctx, tier=5)
         from . import tier4_end_to_end as mod
 
         return mod.run(ctx, reports_dir=os.path.join(report_dir, "tier4") if report_dir else None)

@@ -17,7 +17,8 @@ NOT_APPLICABLE = "not applicable"
 NOT_RUN = "not run"  # applicable but could not run: counts as a failure
 NOT_SELECTED = "not selected"  # left out with --tiers: neither pass nor fail
 
-TIER_NAMES = {1: "contract", 2: "concurrency", 3: "crash", 4: "end-to-end"}
+TIER_NAMES = {1: "contract", 2: "concurrency", 3: "crash", 4: "end-to-end", 5: "power loss"}
+ALL_TIERS = tuple(TIER_NAMES)
 
 
 @dataclass

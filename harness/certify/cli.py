@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--thorough", dest="budget", action="store_const", const="thorough", help="many more examples and crashes")
     ap.set_defaults(budget="standard")
     ap.add_argument("--reports-dir", default="reports", help="where certify-<backend>-<time>/ is written (default: reports)")
-    ap.add_argument("--tiers", default="1,2,3,4", help="comma-separated tiers to run (default: 1,2,3,4)")
+    ap.add_argument("--tiers", default="1,2,3,4,5", help="comma-separated tiers to run (default: 1,2,3,4,5)")
     ap.add_argument("--seed", type=int, help="seed for every random choice (printed in the certificate)")
     ap.add_argument("--examples", type=int, help="tier 1: number of Hypothesis examples (overrides the budget)")
     ap.add_argument("--crashes", type=int, help="tier 3: number of crash trials (overrides the budget)")
@@ -48,11 +48,11 @@ def parse_tiers(text: str) -> List[int]:
     for part in text.replace(" ", "").split(","):
         if not part:
             continue
-        if not part.isdigit() or int(part) not in (1, 2, 3, 4):
-            raise ValueError(f"--tiers: {part!r} is not a tier; tiers are 1, 2, 3, 4 (for example --tiers 1,2)")
+        if not part.isdigit() or int(part) not in (1, 2, 3, 4, 5):
+            raise ValueError(f"--tiers: {part!r} is not a tier; tiers are 1, 2, 3, 4, 5 (for example --tiers 1,2)")
         out.append(int(part))
     if not out:
-        raise ValueError("--tiers: no tier given; tiers are 1, 2, 3, 4")
+        raise ValueError("--tiers: no tier given; tiers are 1, 2, 3, 4, 5")
     return sorted(set(out))
 
 

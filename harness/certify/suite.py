@@ -9,7 +9,7 @@
         store_spec = "my_backend:MyStore"  # optional: lets tier 4 start the pipeline on it
         profile = "durable"                # optional: default from the store
         budget = "quick"                   # quick | standard | thorough | a Budget
-        tiers = (1, 2, 3, 4)
+        tiers = (1, 2, 3, 4, 5)
 
 Each tier is one test (`test_tier1_contract` ... `test_tier4_end_to_end`). A
 failing tier fails its test with the counterexamples and how to reproduce
@@ -58,7 +58,7 @@ class MetadataStoreSuite:
     store_spec: Optional[str] = None
     profile: Optional[str] = None
     budget: Union[str, Budget] = "quick"
-    tiers: Sequence[int] = (1, 2, 3, 4)
+    tiers: Sequence[int] = (1, 2, 3, 4, 5)
     seed: Optional[int] = None
     reports_dir: Optional[str] = None
     overrides: Optional[dict] = None

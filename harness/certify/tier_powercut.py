@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, List, Optional
 from harness.exit_codes import HarnessError
 from harness.powerloss.rebuild import arm, powercut
 
-from .certificate import BUDGETS, FAILED, PASSED, Counterexample, TierResult
+from .certificate import BUDGETS, FAILED, NOT_RUN, PASSED, Counterexample, TierResult
 from .common import Context, in_child
 from .loader import load
 from .model import Violation
@@ -298,8 +298,9 @@ def run(ctx: Context, tier: int = 3) -> TierResult:
     res = TierResult(tier=tier, status=PASSED, properties=list(PROPERTIES))
     trials = int(ctx.overrides.get("powercuts") or max(20, ctx.budget.t3_crashes // 5))
     spec = ctx.target.spec
-    if spec is None:
-        res.notes.append("power-cut trials need an importable store factory (module:attr); not run")
+    if spec is None:  # applicable but impossible: never a pass
+        res.status = NOT_RUN
+        res.reason = "power-cut trials need an importable store factory (module:attr) to start traced processes"
         res.duration_s = time.monotonic() - t0
         return res
     counters: Dict[str, Any] = {}

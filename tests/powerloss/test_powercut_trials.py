@@ -50,3 +50,22 @@ def test_tier_result_wrapper(tmp_path):
     assert res.status == FAILED and res.counterexamples[0].property == "P6 durability"
     assert res.counterexamples[0].detail["powercut"]["unsynced_writes_dropped"] > 0
     assert res.counters["trials"] >= 1 and res.counters["unsynced_writes_dropped"] > 0
+
+
+def test_certify_tier5_rejects_sync_off_and_certifies_the_reference(tmp_path):
+    """Tier 5 of `certify` (durable profile) is these trials: a store that never fsyncs
+    is no longer certified durable; the reference SQLite store still is."""
+    from harness.certify import FAILED, PASSED, certify
+    from harness.certify.certificate import Budget
+
+    small = Budget("t", t1_examples=5, t1_steps=5, t2_scale=0.3, t3_crashes=10, t4_seeds=1, t1_shrink_s=2)
+    bad = certify("tests.store_zoo.powerloss:SyncOffStore", budget=small, tiers=[5], seed=7, reports_dir=None,
+                  progress=None, overrides={"powercuts": 15})
+    assert bad.tier(5).status == FAILED and "P6 durability" in bad.tier(5).failed_properties()
+    assert bad.exit_code == 1
+    good = certify("reference_impl.stores.sqlite:SQLiteMetadataStore", budget=small, tiers=[5], seed=7,
+                   reports_dir=None, progress=None, overrides={"powercuts": 6})
+    assert good.tier(5).status == PASSED and good.tier(5).counters["trials"] == 6
+    vol = certify("reference_impl.stores.memory:InMemoryMetadataStore", profile="volatile", budget=small, tiers=[5],
+                  seed=7, reports_dir=None, progress=None)
+    assert vol.tier(5).status == "not applicable"
