@@ -16,7 +16,9 @@ goal it is held to:
 * memory and hygiene: peak memory of a campaign worker on a 4-rank scenario;
   processes, open descriptors and temp directories before and after N
   consecutive trials (N = 200, 20 with --quick);
-* harness overhead: the default scenario with history logging on and off.
+* harness overhead: the default scenario with history logging on and off;
+* power loss: tracing overhead, rebuild time, power-cut trials per minute
+  (`powerloss`).
 
 This is a measurement, not a test: nothing here is run by CI. Figures depend
 on the machine and on whatever else runs on it (the load average is recorded).
@@ -35,7 +37,7 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional
 
-from . import checks, memory, overhead, restart, sqlite, trials  # noqa: F401 (they register their sections)
+from . import checks, memory, overhead, powerloss, restart, sqlite, trials  # noqa: F401 (they register their sections)
 from .registry import GOALS, BenchRun, goal_met
 from .registry import sections as registered
 

@@ -17,6 +17,9 @@ GOALS = {
     "trials_per_min": (">=", 60.0),
     "check_1m_events_s": ("<=", 10.0),
     "sqlite_batch1_vs_fsync": (">=", 0.5),
+    "tracing_overhead_ratio": ("<=", 1.3),
+    "powercut_rebuild_ms": ("<=", 50.0),
+    "powercut_trials_per_min": (">=", 40.0),
 }
 DEFAULT_SCENARIO = "kill-random"
 MEMORY_SCENARIO = "dp4-rank-kills"  # the 4-rank CPU (gloo) data-parallel scenario

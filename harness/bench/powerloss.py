@@ -1,6 +1,6 @@
 """Power-loss bench figures (not timed tests).
 
-    python bench/powerloss.py [--runs 8] [--trials 40] [--jobs 2] [--scenario kill-random] [--json FILE]
+    python -m harness bench --only powerloss [--quick] [--json FILE]
 
 1. Tracing overhead: the same scenario run untraced and traced (every process of
    the run preloaded with the tracer, the reports dir as the traced root: an upper
@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import multiprocessing
 import os
 import shutil
@@ -25,13 +23,15 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Dict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from harness.powerloss import journal as J
+from harness.powerloss.build import tracer_env
+from harness.powerloss.rebuild import durable_state, powercut, snapshot_baseline
 
-from harness.powerloss import journal as J  # noqa: E402
-from harness.powerloss.build import tracer_env  # noqa: E402
-from harness.powerloss.rebuild import durable_state, powercut, snapshot_baseline  # noqa: E402
+from .registry import BenchRun, goal, section
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(scenario: str, seed: int, reports: str, env) -> float:
@@ -84,7 +84,8 @@ def rebuild(root: str, base, journal: str):
     c0 = time.process_time()
     cut = powercut(root, journal, baseline=base)
     return {"journal_records": len(recs), "journal_mb": round(len(buf) / 1e6, 2),
-            "model_ms_median": round(statistics.median(times), 1), "model_cpu_ms_median": round(statistics.median(cpu), 1),
+            "model_ms_median": round(statistics.median(times), 1),
+            "model_cpu_ms_median": round(statistics.median(cpu), 1),
             "powercut_ms": round(cut.rebuild_ms, 1), "powercut_cpu_ms": round((time.process_time() - c0) * 1000, 1),
             "powercut": cut.summary(), "load_average": os.getloadavg()[0]}
 
@@ -114,38 +115,28 @@ def trials_per_minute(trials: int, jobs: int):
             "findings": sum(o[2] for o in out)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--trials", type=int, default=40)
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--scenario", default="kill-random")
-    ap.add_argument("--json")
-    a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="bench-powerloss-")
-    res = {}
-    try:
-        trials = trials_per_minute(a.trials, a.jobs)
-        plain, traced, (root, base), journal = overhead(a.scenario, a.runs, tmp)
-        mp, mt = statistics.median(plain), statistics.median(traced)
-        res["overhead"] = {"scenario": a.scenario, "runs": a.runs, "untraced_median_s": round(mp, 2),
-                            "traced_median_s": round(mt, 2), "ratio": round(mt / mp, 3)}
-        res["rebuild"] = rebuild(root, base, journal)
-        res["trials"] = trials
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    o, r, t = res["overhead"], res["rebuild"], res["trials"]
-    print(f"tracing overhead ({o['scenario']}, median of {o['runs']}): untraced {o['untraced_median_s']} s, "
-          f"traced {o['traced_median_s']} s, ratio {o['ratio']}x (goal <= 1.3x)")
-    print(f"rebuild of the whole run ({r['journal_records']} records, {r['journal_mb']} MB journal): model "
-          f"{r['model_ms_median']} ms ({r['model_cpu_ms_median']} ms CPU), powercut {r['powercut_ms']} ms "
-          f"({r['powercut_cpu_ms']} ms CPU) (goal <= 50 ms; load average {r['load_average']:.1f})")
-    print(f"power-cut trials: {t['per_minute']} per minute ({t['trials']} trials, {t['jobs']} jobs, "
-          f"{t['wall_s']} s; {t['findings']} findings on the reference store) (goal >= 40)")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
-
-
-if __name__ == "__main__":
-    main()
+@section("powerloss", 70)
+def powerloss_section(run: BenchRun) -> None:
+    runs, trials, jobs = (3, 20, 2) if run.quick else (8, 40, 2)
+    tmp = tempfile.mkdtemp(prefix="powerloss-", dir=run.base)
+    res: Dict[str, Any] = {}
+    t = trials_per_minute(trials, jobs)
+    plain, traced, (root, base), journal = overhead("kill-random", runs, tmp)
+    mp, mt = statistics.median(plain), statistics.median(traced)
+    res["overhead"] = {"scenario": "kill-random", "runs": runs, "untraced_median_s": round(mp, 2),
+                       "traced_median_s": round(mt, 2), "ratio": round(mt / mp, 3)}
+    res["rebuild"] = r = rebuild(root, base, journal)
+    res["trials"] = t
+    o = res["overhead"]
+    run.out["powerloss"] = res
+    run.out["tracing_overhead_ratio"] = o["ratio"]
+    run.out["powercut_rebuild_ms"] = r["powercut_ms"]
+    run.out["powercut_trials_per_min"] = t["per_minute"]
+    run.say(f"tracing overhead (kill-random, median of {runs}): untraced {o['untraced_median_s']} s, "
+            f"traced {o['traced_median_s']} s, ratio {o['ratio']}x ({goal('tracing_overhead_ratio', o['ratio'])})")
+    run.say(f"rebuild of a whole run's journal ({r['journal_records']} records, {r['journal_mb']} MB): model "
+            f"{r['model_ms_median']} ms ({r['model_cpu_ms_median']} ms CPU), powercut {r['powercut_ms']} ms "
+            f"({r['powercut_cpu_ms']} ms CPU) ({goal('powercut_rebuild_ms', r['powercut_ms'])})")
+    run.say(f"power-cut trials: {t['per_minute']} per minute ({t['trials']} trials, {t['jobs']} jobs, "
+            f"{t['wall_s']} s; {t['findings']} findings on the reference store) "
+            f"({goal('powercut_trials_per_min', t['per_minute'])})")
