@@ -39,7 +39,7 @@ def test_sqlite_store_passes_tiers_1_to_3_quick(tmp_path):
     assert "[certify] tier 3 crash: passed" in r.stderr  # progress lines on stderr
     cert, md = _certificate(tmp_path)
     status = {t["tier"]: t["status"] for t in cert["tiers"]}
-    assert status == {1: "passed", 2: "passed", 3: "passed", 4: "not selected"}
+    assert status == {1: "passed", 2: "passed", 3: "passed", 4: "not selected", 5: "not selected"}
     assert cert["profile"] == "durable" and cert["seed"] == 7 and cert["budget"] == "quick"
     assert cert["tiers"][2]["counters"]["kills"] > 0
     assert "PASSED the selected tiers" in md and "| 3 crash | passed" in md
@@ -50,7 +50,7 @@ def test_inmemory_store_passes_1_and_2_and_3_4_are_not_applicable(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     cert, md = _certificate(tmp_path)
     status = {t["tier"]: t["status"] for t in cert["tiers"]}
-    assert status == {1: "passed", 2: "passed", 3: "not applicable", 4: "not applicable"}
+    assert status == {1: "passed", 2: "passed", 3: "not applicable", 4: "not applicable", 5: "not applicable"}
     assert cert["profile"] == "volatile"
     assert "CERTIFIED (volatile profile)" in cert["verdict"]
 
@@ -109,7 +109,7 @@ def test_bad_factory_exits_2_naming_the_cause(spec, cause, tmp_path, capsys):
 
 def test_bad_options_exit_2(tmp_path, capsys):
     spec = "reference_impl.stores.memory:InMemoryMetadataStore"
-    assert main([spec, "--tiers", "5", "--reports-dir", str(tmp_path)]) == 2
+    assert main([spec, "--tiers", "6", "--reports-dir", str(tmp_path)]) == 2
     assert "not a tier" in capsys.readouterr().err
     assert main([spec, "--profile", "eventual", "--reports-dir", str(tmp_path)]) == 2
     assert main([spec, "--quick", "--thorough"]) == 2
