@@ -162,6 +162,16 @@ class Certificate:
         return d
 
 
+def _bullets(L: List[str], title: str, items: List[str]) -> None:
+    """A `## title` section listing `items`, one bullet each; nothing when there are none."""
+    if items:
+        L.append(f"## {title}")
+        L.append("")
+        for x in items:
+            L.append(f"- {x}")
+        L.append("")
+
+
 def render_md(cert: Certificate) -> str:
     L: List[str] = []
     L.append(f"# MetadataStore certificate: `{cert.backend}`")
@@ -198,19 +208,8 @@ def render_md(cert: Certificate) -> str:
         )
     L.append("")
     all_warn = list(cert.warnings) + [f"tier {t.tier}: {w}" for t in cert.tiers for w in t.warnings]
-    if all_warn:
-        L.append("## Warnings")
-        L.append("")
-        for w in all_warn:
-            L.append(f"- {w}")
-        L.append("")
-    notes = [f"tier {t.tier}: {n}" for t in cert.tiers for n in t.notes]
-    if notes:
-        L.append("## Notes")
-        L.append("")
-        for n in notes:
-            L.append(f"- {n}")
-        L.append("")
+    _bullets(L, "Warnings", all_warn)
+    _bullets(L, "Notes", [f"tier {t.tier}: {n}" for t in cert.tiers for n in t.notes])
     cex = [c for t in cert.tiers for c in t.counterexamples]
     if cex:
         L.append("## Counterexamples")
