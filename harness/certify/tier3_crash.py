@@ -490,6 +490,32 @@ def _fresh_store(ctx: Context, seed: int):
     return d, open_time, op_time, model
 
 
+class FreshStores:
+    """The store of each trial: a fresh one (`_fresh_store`) every `per_store` trials, the last one removed.
+
+    `for_trial(no)` returns (directory, open time, op time, model) of trial `no`'s store;
+    `remove()` removes the current one.
+    """
+
+    def __init__(self, ctx: Context, seed: int, counters: Dict[str, Any], per_store: int) -> None:
+        self.ctx, self.seed, self.counters, self.per_store = ctx, seed, counters, per_store
+        self.d: Optional[str] = None
+        self.store: Tuple[Any, ...] = ()
+
+    def for_trial(self, no: int) -> Tuple[Any, ...]:
+        if no % self.per_store == 0:
+            self.remove()
+            self.store = _fresh_store(self.ctx, self.seed + no)
+            self.d = self.store[0]
+            self.counters["stores"] += 1
+        return self.store
+
+    def remove(self) -> None:
+        if self.d is not None:
+            shutil.rmtree(self.d, ignore_errors=True)
+            self.d = None
+
+
 def run(ctx: Context) -> TierResult:
     t0 = time.monotonic()
     res = TierResult(tier=3, status=PASSED, properties=list(PROPERTIES))
@@ -498,14 +524,10 @@ def run(ctx: Context) -> TierResult:
     seed = rng.randrange(1 << 30)
     counters: Dict[str, int] = {"trials": 0, "kills": 0, "kills_during_open": 0, "kills_inside_op": 0, "stores": 0}
     ctx.progress(f"tier 3 crash: {crashes} trials of SIGKILL inside commits and acks")
-    d = None
+    stores = FreshStores(ctx, seed, counters, TRIALS_PER_STORE)
     try:
         for no in range(crashes):
-            if no % TRIALS_PER_STORE == 0:
-                if d is not None:
-                    shutil.rmtree(d, ignore_errors=True)
-                d, open_time, op_time, model = _fresh_store(ctx, seed + no)
-                counters["stores"] += 1
+            d, open_time, op_time, model = stores.for_trial(no)
             trial = Trial(no, rng, model, seed, ops_per_worker=rng.randint(2, 8))
             logs = _run_trial(ctx, d, trial, rng, op_time, open_time)
             counters["trials"] += 1
@@ -552,7 +574,6 @@ def run(ctx: Context) -> TierResult:
     res.counters = counters
     if counters.get("torn_batches", 0) > 3:
         res.warnings.append(f"{counters['torn_batches']} commit batches in all were torn by crashes")
-    if d is not None:
-        shutil.rmtree(d, ignore_errors=True)
+    stores.remove()
     res.duration_s = time.monotonic() - t0
     return res

@@ -18,7 +18,7 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from reference_impl.contracts import SampleRef, ref_to_dict
-from reference_impl.stores.base import MetadataStore, as_id_set, check_ref
+from reference_impl.stores.base import MetadataStore, as_id_set, check_ref, check_refs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY AUTOINCREMENT, sample_id TEXT NOT NULL UNIQUE, ref TEXT NOT NULL);
@@ -78,9 +78,7 @@ class SqliteStore(MetadataStore):
         return self.commit_samples([ref])[0]
 
     def commit_samples(self, refs: Sequence[Any]) -> List[bool]:
-        refs = list(refs)
-        for r in refs:
-            check_ref(r)
+        refs = check_refs(refs)
         rows = [(r.sample_id, self._dump(r)) for r in refs]
 
         def body(c):
@@ -234,9 +232,7 @@ class BatchRepeatFreshStore(SqliteStore):
     """Freshness is decided against the state before the batch: a repeated id in one batch is fresh twice."""
 
     def commit_samples(self, refs):
-        refs = list(refs)
-        for r in refs:
-            check_ref(r)
+        refs = check_refs(refs)
 
         def body(c):
             before = {sid for (sid,) in c.execute("SELECT sample_id FROM samples")}
@@ -247,25 +243,33 @@ class BatchRepeatFreshStore(SqliteStore):
         return self._txn(body) if refs else []
 
 
-class MemoryAcksStore(SqliteStore):
-    """Commits are durable, acks are held only in this instance's memory."""
+class MemoryMarker:
+    """The ack marker held in this instance's memory, every ack and read under `self._marker_lock`."""
 
-    def __init__(self, path):
-        super().__init__(path)
+    def _init_marker(self, lock) -> None:
+        self._marker_lock = lock
         self._acked: set = set()
         self._step = None
         self._flag = False
 
     def record_train_ack(self, sample_ids, *, global_step, optimizer_durable):
-        with self._lock:
+        with self._marker_lock:
             self._acked |= as_id_set(sample_ids)
             if global_step is not None:
                 self._step = int(global_step)
             self._flag = bool(optimizer_durable)
 
     def durable_marker(self):
-        with self._lock:
+        with self._marker_lock:
             return {"acked": set(self._acked), "global_step": self._step, "optimizer_durable": self._flag}
+
+
+class MemoryAcksStore(MemoryMarker, SqliteStore):
+    """Commits are durable, acks are held only in this instance's memory."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self._init_marker(self._lock)
 
 
 class BufferedCommitsStore(SqliteStore):
@@ -358,9 +362,7 @@ class LastWriterWinsStore(SqliteStore):
     """A repeated commit overwrites the stored ref (INSERT OR REPLACE), though it reports not fresh."""
 
     def commit_samples(self, refs):
-        refs = list(refs)
-        for r in refs:
-            check_ref(r)
+        refs = check_refs(refs)
 
         def body(c):
             out = []
@@ -373,7 +375,7 @@ class LastWriterWinsStore(SqliteStore):
         return self._txn(body) if refs else []
 
 
-class RacyMemoryStore(MetadataStore):
+class RacyMemoryStore(MemoryMarker, MetadataStore):
     """Volatile, no lock: dedup is check-then-insert, so two threads can both get 'fresh'."""
 
     profile = "volatile"
@@ -381,10 +383,7 @@ class RacyMemoryStore(MetadataStore):
     def __init__(self):
         self._refs: Dict[str, SampleRef] = {}
         self._order: List[str] = []
-        self._acked: set = set()
-        self._step = None
-        self._flag = False
-        self._guard = threading.Lock()  # guards only the ack path
+        self._init_marker(threading.Lock())  # guards only the ack path
 
     def commit_sample(self, ref):
         check_ref(ref)
@@ -405,17 +404,6 @@ class RacyMemoryStore(MetadataStore):
 
     def all_committed_ids(self):
         return list(dict.fromkeys(self._order))
-
-    def record_train_ack(self, sample_ids, *, global_step, optimizer_durable):
-        with self._guard:
-            self._acked |= as_id_set(sample_ids)
-            if global_step is not None:
-                self._step = int(global_step)
-            self._flag = bool(optimizer_durable)
-
-    def durable_marker(self):
-        with self._guard:
-            return {"acked": set(self._acked), "global_step": self._step, "optimizer_durable": self._flag}
 
 
 class TornMemoryMarkerStore(MetadataStore):
