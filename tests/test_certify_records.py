@@ -4,11 +4,11 @@ comparison, and whose fault a rejected record is (exit 2 naming --records)."""
 import dataclasses
 import random
 
+import specforge.runtime.contracts as sf_contracts
+import specforge.runtime.control_plane.metadata_store as sf_store
 from hypothesis import find
 from hypothesis import strategies as st
 
-import specforge.runtime.contracts as sf_contracts
-import specforge.runtime.control_plane.metadata_store as sf_store
 from harness.certify import FAILED, PASSED, certify
 from harness.certify.certificate import Budget
 from harness.certify.cli import main

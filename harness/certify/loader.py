@@ -28,7 +28,6 @@ from reference_impl.stores.base import MetadataStore
 
 from .store_calls import READ_METHODS, close_store, missing_methods  # noqa: F401 (re-exported)
 
-
 PROFILES = ("durable", "volatile")
 
 
