@@ -36,8 +36,10 @@ class Budget:
 
 BUDGETS = {
     "quick": Budget("quick", t1_examples=100, t1_steps=30, t2_scale=1.0, t3_crashes=200, t4_seeds=1, t1_shrink_s=20),
-    "standard": Budget("standard", t1_examples=300, t1_steps=40, t2_scale=2.0, t3_crashes=400, t4_seeds=2, t1_shrink_s=60),
-    "thorough": Budget("thorough", t1_examples=1000, t1_steps=60, t2_scale=5.0, t3_crashes=1500, t4_seeds=4, t1_shrink_s=180),
+    "standard": Budget("standard", t1_examples=300, t1_steps=40, t2_scale=2.0, t3_crashes=400, t4_seeds=2,
+                       t1_shrink_s=60),
+    "thorough": Budget("thorough", t1_examples=1000, t1_steps=60, t2_scale=5.0, t3_crashes=1500, t4_seeds=4,
+                       t1_shrink_s=180),
 }
 
 

@@ -211,7 +211,8 @@ def from_factory(
         if own_dir:
             shutil.rmtree(d, ignore_errors=True)
     if found.get("construct_error"):
-        raise LoadError(f"store factory {name!r}: constructor failed: {target.construct_call()} raised {found['construct_error']}")
+        raise LoadError(f"store factory {name!r}: constructor failed: {target.construct_call()} "
+                        f"raised {found['construct_error']}")
     if found.get("not_a_store"):
         raise LoadError(f"store factory {name!r}: not a store: {found['not_a_store']}")
     if found.get("adapter"):

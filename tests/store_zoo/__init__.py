@@ -14,16 +14,17 @@ import dataclasses
 import json
 import sqlite3
 import threading
-import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from reference_impl.contracts import SampleRef, ref_to_dict
 from reference_impl.stores.base import MetadataStore, as_id_set, check_ref, check_refs
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY AUTOINCREMENT, sample_id TEXT NOT NULL UNIQUE, ref TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY AUTOINCREMENT, sample_id TEXT NOT NULL UNIQUE,
+                                    ref TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS acked (sample_id TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS marker (id INTEGER PRIMARY KEY CHECK (id = 0), global_step INTEGER, optimizer_durable INTEGER NOT NULL, blob TEXT);
+CREATE TABLE IF NOT EXISTS marker (id INTEGER PRIMARY KEY CHECK (id = 0), global_step INTEGER,
+                                   optimizer_durable INTEGER NOT NULL, blob TEXT);
 """
 
 
@@ -45,7 +46,8 @@ class SqliteStore(MetadataStore):
                 for stmt in self.schema.strip().split(";"):
                     if stmt.strip():
                         c.execute(stmt)
-                c.execute("INSERT OR IGNORE INTO marker(id, global_step, optimizer_durable, blob) VALUES (0, NULL, 0, '[]')")
+                c.execute("INSERT OR IGNORE INTO marker(id, global_step, optimizer_durable, blob) "
+                          "VALUES (0, NULL, 0, '[]')")
 
             self._txn(init)
 
@@ -90,7 +92,8 @@ class SqliteStore(MetadataStore):
         return self._txn(body) if rows else []
 
     def is_committed(self, sample_id: str) -> bool:
-        return self._read(lambda c: c.execute("SELECT 1 FROM samples WHERE sample_id=?", (sample_id,)).fetchone() is not None)
+        return self._read(
+            lambda c: c.execute("SELECT 1 FROM samples WHERE sample_id=?", (sample_id,)).fetchone() is not None)
 
     def get_committed(self, sample_id: str):
         row = self._read(lambda c: c.execute("SELECT ref FROM samples WHERE sample_id=?", (sample_id,)).fetchone())
@@ -102,7 +105,8 @@ class SqliteStore(MetadataStore):
     def all_committed_ids(self) -> List[str]:
         return self._read(lambda c: [r[0] for r in c.execute("SELECT sample_id FROM samples ORDER BY seq")])
 
-    def record_train_ack(self, sample_ids: Iterable[str], *, global_step: Optional[int], optimizer_durable: bool) -> None:
+    def record_train_ack(self, sample_ids: Iterable[str], *, global_step: Optional[int],
+                         optimizer_durable: bool) -> None:
         ids = sorted(as_id_set(sample_ids))
 
         def body(c):
@@ -110,7 +114,8 @@ class SqliteStore(MetadataStore):
             if global_step is None:
                 c.execute("UPDATE marker SET optimizer_durable=? WHERE id=0", (int(optimizer_durable),))
             else:
-                c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0", (int(global_step), int(optimizer_durable)))
+                c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0",
+                          (int(global_step), int(optimizer_durable)))
 
         self._txn(body)
 
@@ -142,7 +147,8 @@ class CheckThenInsertStore(SqliteStore):
             with self._lock:
                 seen = self.conn.execute("SELECT 1 FROM samples WHERE sample_id=?", (r.sample_id,)).fetchone()
                 if seen is None:
-                    self.conn.execute("INSERT OR IGNORE INTO samples(sample_id, ref) VALUES (?, ?)", (r.sample_id, self._dump(r)))
+                    self.conn.execute("INSERT OR IGNORE INTO samples(sample_id, ref) VALUES (?, ?)",
+                                      (r.sample_id, self._dump(r)))
             out.append(seen is None)
         return out
 
@@ -158,7 +164,8 @@ class SplitAckTxnStore(SqliteStore):
             if global_step is None:
                 c.execute("UPDATE marker SET optimizer_durable=? WHERE id=0", (int(optimizer_durable),))
             else:
-                c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0", (int(global_step), int(optimizer_durable)))
+                c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0",
+                          (int(global_step), int(optimizer_durable)))
 
         self._txn(marker)
 
@@ -199,7 +206,8 @@ class NoneErasesStepStore(SqliteStore):
 
         def body(c):
             c.executemany("INSERT OR IGNORE INTO acked(sample_id) VALUES (?)", [(i,) for i in ids])
-            c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0", (global_step, int(optimizer_durable)))
+            c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0",
+                      (global_step, int(optimizer_durable)))
 
         self._txn(body)
 
@@ -224,7 +232,8 @@ class FlatSpecStore(SqliteStore):
     @staticmethod
     def _dump(ref) -> str:
         d = ref_to_dict(ref)
-        d["feature_specs"] = {k: {"name": v["name"], "shape": v["shape"], "dtype": v["dtype"]} for k, v in d["feature_specs"].items()}
+        d["feature_specs"] = {k: {"name": v["name"], "shape": v["shape"], "dtype": v["dtype"]}
+                              for k, v in d["feature_specs"].items()}
         return json.dumps(d, sort_keys=True)
 
 
@@ -340,13 +349,15 @@ class LostUpdateAckStore(SqliteStore):
                 if global_step is None:
                     c.execute("UPDATE marker SET optimizer_durable=? WHERE id=0", (int(optimizer_durable),))
                 else:
-                    c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0", (int(global_step), int(optimizer_durable)))
+                    c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0",
+                              (int(global_step), int(optimizer_durable)))
 
             self._txn(write)
 
     def durable_marker(self):
         def body(c):
-            blob, step, flag = c.execute("SELECT blob, global_step, optimizer_durable FROM marker WHERE id=0").fetchone()
+            blob, step, flag = c.execute(
+                "SELECT blob, global_step, optimizer_durable FROM marker WHERE id=0").fetchone()
             return {"acked": set(json.loads(blob)), "global_step": step, "optimizer_durable": bool(flag)}
 
         return self._read(body)
