@@ -8,9 +8,10 @@ and the message names the file.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
+
+from reference_impl.config import read_json_file as _read_json_file
 
 from .exit_codes import UsageError
 
@@ -57,15 +58,5 @@ def check_output_file(path: str, option: str) -> None:
 
 
 def read_json_file(path: str, what: str = "JSON") -> Any:
-    """Load a JSON input file; every failure names the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"{what} file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"{what} file {path} is a directory") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{what} file {path} is not UTF-8 text ({e})") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{what} file {path} is not valid JSON: {e}") from None
+    """Load a JSON input file; every failure is a usage error that names the file."""
+    return _read_json_file(path, what, UsageError)

@@ -119,17 +119,23 @@ def config_from_dict(d: Dict[str, Any], source: str = "config") -> RunConfig:
     return RunConfig(**d).validate(source)
 
 
-def load_config(path: str) -> RunConfig:
+def read_json_file(path: str, what: str = "JSON", error: type = ValueError) -> Any:
+    """Load a JSON input file; every failure raises `error` with a message that names the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise error(f"{what} file {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{what} file {path} is a directory") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path} is not UTF-8 text ({e})") from None
+        raise error(f"{what} file {path} is not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-    return config_from_dict(d, source=path)
+        raise error(f"{what} file {path} is not valid JSON: {e}") from None
+
+
+def load_config(path: str) -> RunConfig:
+    return config_from_dict(read_json_file(path, "config", ConfigError), source=path)
 
 
 def write_config(cfg: RunConfig, path: Optional[str] = None) -> str:

@@ -18,16 +18,9 @@ def grads_summed_not_averaged():
     """
 
     def allreduce_grads(self, params):
-        torch = self.torch
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        flat = flat.to(self.comm_device)
+        flat = self.flat_grads(params)
         self._call("gradient all_reduce", self.dist.all_reduce, flat, op=self.dist.ReduceOp.SUM)
-        flat = flat.to(params[0].device)
-        off = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[off:off + n].view_as(p).clone()
-            off += n
+        self.set_grads(params, flat)  # no division by world_size
 
     return [(dp_consumer.Comm, "allreduce_grads", allreduce_grads)]
 

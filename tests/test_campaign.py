@@ -1,5 +1,6 @@
 """Campaigns on the local executor: usage errors, statuses, JUnit XML, unique dirs, interrupts, no orphans."""
 
+import contextlib
 import copy
 import json
 import os
@@ -12,8 +13,15 @@ from harness.campaign import exit_code, parse_seeds, run_campaign, summarize, wr
 from harness.cli import main
 from harness.scenario import load_scenario
 
-from .campaign_helpers import (campaign_dirs, finish, kill_leftovers, leftovers, start_campaign, wait_no_leftovers,
-                               wait_running_trial)
+from .campaign_helpers import (
+    campaign_dirs,
+    finish,
+    kill_leftovers,
+    leftovers,
+    start_campaign,
+    wait_no_leftovers,
+    wait_running_trial,
+)
 
 
 @pytest.mark.parametrize("args, cause", [
@@ -86,7 +94,8 @@ def test_campaign_statuses_kept_reports_and_junit(tmp_path):
         runs = {r["scenario"]: r for r in json.load(f)["runs"]}
     assert runs["baseline"]["report_dir"] is None  # as expected: removed
     kept = runs["baseline-expects-p1"]["report_dir"]
-    assert kept and os.path.isfile(os.path.join(kept, "result.json")) and os.path.isfile(os.path.join(kept, "report.md"))
+    assert kept and os.path.isfile(os.path.join(kept, "result.json"))
+    assert os.path.isfile(os.path.join(kept, "report.md"))
     assert sorted(os.listdir(cdir)) == sorted(["summary.json", "summary.md", os.path.basename(kept)])
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert cases["baseline-expects-p1 seed 0"].find("failure") is not None
@@ -107,35 +116,36 @@ def test_two_campaigns_at_once_get_their_own_dirs(tmp_path):
     assert {d for d in dirs} == {o[0].strip().rsplit(" ", 1)[-1] for o in outs}
 
 
-def test_sigkilled_campaign_leaves_no_process(tmp_path):
-    reports = tmp_path / "r"
+@contextlib.contextmanager
+def running_campaign(reports):
+    """A kill-random campaign over 20 seeds, seen running a trial: (process, campaign dir, processes seen).
+
+    On the way out the campaign is killed if still running, and whatever it left is killed too.
+    """
     p = start_campaign(["kill-random", "--seeds", "0..19", "-j", "2"], reports)
     cdir, seen = None, {}
     try:
         cdir, seen = wait_running_trial(p, reports)
+        yield p, cdir, seen
+    finally:
+        if p.poll() is None:
+            p.kill()
+        kill_leftovers(cdir, seen)
+
+
+def test_sigkilled_campaign_leaves_no_process(tmp_path):
+    with running_campaign(tmp_path / "r") as (p, cdir, seen):
         assert len(leftovers(cdir, seen)) >= 4  # the check sees the campaign's processes while it runs
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=30)
         assert wait_no_leftovers(cdir, seen) == {}, "processes outlived the SIGKILLed campaign"
-    finally:
-        if p.poll() is None:
-            p.kill()
-        kill_leftovers(cdir, seen)
 
 
 def test_sigtermed_campaign_writes_partial_summary_and_marks_incomplete(tmp_path):
-    reports = tmp_path / "r"
-    p = start_campaign(["kill-random", "--seeds", "0..19", "-j", "2"], reports)
-    cdir, seen = None, {}
-    try:
-        cdir, seen = wait_running_trial(p, reports)
+    with running_campaign(tmp_path / "r") as (p, cdir, seen):
         p.send_signal(signal.SIGTERM)
         out, err = finish(p, 120)
         left = wait_no_leftovers(cdir, seen)
-    finally:
-        if p.poll() is None:
-            p.kill()
-        kill_leftovers(cdir, seen)
     assert left == {}
     assert p.returncode == 3, out + err
     assert "INTERRUPTED (SIGTERM)" in out

@@ -34,7 +34,8 @@ def _certificate(tmp_path):
 
 
 def test_sqlite_store_passes_tiers_1_to_3_quick(tmp_path):
-    r = _run(["reference_impl.stores.sqlite:SQLiteMetadataStore", "--quick", "--tiers", "1,2,3", "--seed", "7"], tmp_path)
+    r = _run(["reference_impl.stores.sqlite:SQLiteMetadataStore", "--quick", "--tiers", "1,2,3", "--seed", "7"],
+             tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "[certify] tier 3 crash: passed" in r.stderr  # progress lines on stderr
     cert, md = _certificate(tmp_path)
@@ -46,7 +47,8 @@ def test_sqlite_store_passes_tiers_1_to_3_quick(tmp_path):
 
 
 def test_inmemory_store_passes_1_and_2_and_3_4_are_not_applicable(tmp_path):
-    r = _run(["reference_impl.stores.memory:InMemoryMetadataStore", "--quick", "--examples", "30", "--seed", "3"], tmp_path)
+    r = _run(["reference_impl.stores.memory:InMemoryMetadataStore", "--quick", "--examples", "30", "--seed", "3"],
+             tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     cert, md = _certificate(tmp_path)
     status = {t["tier"]: t["status"] for t in cert["tiers"]}

@@ -4,11 +4,11 @@ comparison, and whose fault a rejected record is (exit 2 naming --records)."""
 import dataclasses
 import random
 
+import specforge.runtime.contracts as sf_contracts
+import specforge.runtime.control_plane.metadata_store as sf_store
 from hypothesis import find
 from hypothesis import strategies as st
 
-import specforge.runtime.contracts as sf_contracts
-import specforge.runtime.control_plane.metadata_store as sf_store
 from harness.certify import FAILED, PASSED, certify
 from harness.certify.certificate import Budget
 from harness.certify.cli import main
@@ -49,7 +49,8 @@ def test_reference_feature_spec_has_specforge_fields_order_and_defaults():
 def test_strategies_come_from_the_types_and_reach_every_field():
     recs = Records(foreign_records.SampleRef, "test")
     s = recs.strategy(st.just("x"))
-    ref = find(s, lambda r: r.shard > 0 and any(v.layout == "packed" and v.device_hint for v in r.feature_specs.values()))
+    ref = find(s, lambda r: r.shard > 0
+               and any(v.layout == "packed" and v.device_hint for v in r.feature_specs.values()))
     assert isinstance(ref, foreign_records.SampleRef)
     assert all(isinstance(v, foreign_records.FeatureSpec) for v in ref.feature_specs.values())
     sf = Records(sf_contracts.SampleRef, "test")
@@ -67,7 +68,8 @@ def test_refs_compare_field_by_field_never_by_type():
 
 
 def test_a_store_rejecting_the_harness_records_stops_with_exit_2_naming_its_records(tmp_path, capsys):
-    assert main(["tests.store_zoo.hidden_records:UnannotatedForeignStore", "--quick", "--reports-dir", str(tmp_path)]) == 2
+    assert main(["tests.store_zoo.hidden_records:UnannotatedForeignStore", "--quick",
+                 "--reports-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unexpected keyword argument" in err and "pass --records tests.store_zoo.foreign_records" in err, err
     assert not list(tmp_path.iterdir())

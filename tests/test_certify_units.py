@@ -2,10 +2,9 @@
 
 import random
 
-from harness.certify import model
+from harness.certify import model, tier3_crash
 from harness.certify.common import random_ref
 from harness.certify.tier2_concurrency import AckPlan
-from harness.certify import tier3_crash
 from reference_impl.contracts import SampleRef, ref_to_dict
 
 

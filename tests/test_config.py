@@ -28,6 +28,8 @@ def test_load_config_errors_name_the_file(tmp_path):
         load_config(str(p))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(str(tmp_path))
     p.write_text(json.dumps(RunConfig(workdir=str(tmp_path)).to_dict()))
     assert load_config(str(p)).num_samples == 300
 

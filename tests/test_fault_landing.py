@@ -20,11 +20,17 @@ KILL0 = os.path.join(REPO, "tests", "fixtures", "kill0.toml")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups, /proc: Linux only")
 
 
-def test_zygote_child_is_its_own_group_when_spawn_returns(tmp_path):
-    """The race of issue 16: killpg right after a zygote spawn used to fail with ESRCH."""
+def written_config(tmp_path) -> RunConfig:
+    """The default run config, written in a fresh work dir under tmp_path."""
     cfg = RunConfig(workdir=str(tmp_path / "run"))
     os.makedirs(cfg.workdir)
     write_config(cfg)
+    return cfg
+
+
+def test_zygote_child_is_its_own_group_when_spawn_returns(tmp_path):
+    """The race of issue 16: killpg right after a zygote spawn used to fail with ESRCH."""
+    cfg = written_config(tmp_path)
     sup = Supervisor(cfg.workdir, launcher="zygote")
     try:
         for _ in range(10):
@@ -42,9 +48,7 @@ def test_zygote_child_is_its_own_group_when_spawn_returns(tmp_path):
 
 
 def test_signal_group_reports_esrch_instead_of_swallowing_it(tmp_path):
-    cfg = RunConfig(workdir=str(tmp_path / "run"))
-    os.makedirs(cfg.workdir)
-    write_config(cfg)
+    cfg = written_config(tmp_path)
     sup = Supervisor(cfg.workdir, launcher="spawn")
     try:
         p = sup.spawn("consumer", "reference_impl.consumer", ["--config", cfg.path("config.json")])

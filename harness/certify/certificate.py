@@ -37,8 +37,10 @@ class Budget:
 
 BUDGETS = {
     "quick": Budget("quick", t1_examples=100, t1_steps=30, t2_scale=1.0, t3_crashes=200, t4_seeds=1, t1_shrink_s=20),
-    "standard": Budget("standard", t1_examples=300, t1_steps=40, t2_scale=2.0, t3_crashes=400, t4_seeds=2, t1_shrink_s=60),
-    "thorough": Budget("thorough", t1_examples=1000, t1_steps=60, t2_scale=5.0, t3_crashes=1500, t4_seeds=4, t1_shrink_s=180),
+    "standard": Budget("standard", t1_examples=300, t1_steps=40, t2_scale=2.0, t3_crashes=400, t4_seeds=2,
+                       t1_shrink_s=60),
+    "thorough": Budget("thorough", t1_examples=1000, t1_steps=60, t2_scale=5.0, t3_crashes=1500, t4_seeds=4,
+                       t1_shrink_s=180),
 }
 
 
@@ -163,6 +165,16 @@ class Certificate:
         return d
 
 
+def _bullets(L: List[str], title: str, items: List[str]) -> None:
+    """A `## title` section listing `items`, one bullet each; nothing when there are none."""
+    if items:
+        L.append(f"## {title}")
+        L.append("")
+        for x in items:
+            L.append(f"- {x}")
+        L.append("")
+
+
 def render_md(cert: Certificate) -> str:
     L: List[str] = []
     L.append(f"# MetadataStore certificate: `{cert.backend}`")
@@ -199,19 +211,8 @@ def render_md(cert: Certificate) -> str:
         )
     L.append("")
     all_warn = list(cert.warnings) + [f"tier {t.tier}: {w}" for t in cert.tiers for w in t.warnings]
-    if all_warn:
-        L.append("## Warnings")
-        L.append("")
-        for w in all_warn:
-            L.append(f"- {w}")
-        L.append("")
-    notes = [f"tier {t.tier}: {n}" for t in cert.tiers for n in t.notes]
-    if notes:
-        L.append("## Notes")
-        L.append("")
-        for n in notes:
-            L.append(f"- {n}")
-        L.append("")
+    _bullets(L, "Warnings", all_warn)
+    _bullets(L, "Notes", [f"tier {t.tier}: {n}" for t in cert.tiers for n in t.notes])
     cex = [c for t in cert.tiers for c in t.counterexamples]
     if cex:
         L.append("## Counterexamples")

@@ -33,7 +33,8 @@ def mp_context(method: Optional[str] = None):
     DFH_CERTIFY_START says. A spawned child gets its function and arguments by
     pickling; `multiprocess` pickles with dill, so factories that plain pickle
     cannot carry (lambdas, closures, classes defined inside a test) still work."""
-    method = method or os.environ.get(START_ENV) or ("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    method = (method or os.environ.get(START_ENV)
+              or ("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"))
     if method == "fork":
         return multiprocessing.get_context("fork")
     if method != "spawn":
@@ -117,7 +118,8 @@ class Child:
                 pass
 
 
-def run_children(children: List[Child], timeout: float, after_start: Optional[Callable[[], Any]] = None) -> List[Dict[str, Any]]:
+def run_children(children: List[Child], timeout: float,
+                 after_start: Optional[Callable[[], Any]] = None) -> List[Dict[str, Any]]:
     """Start all, wait up to `timeout` in all; a child still running is killed and reported hung."""
     try:
         for c in children:

@@ -27,9 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", dest="budget", action="store_const", const="quick", help="CI budget (about a minute)")
-    g.add_argument("--thorough", dest="budget", action="store_const", const="thorough", help="many more examples and crashes")
+    g.add_argument("--thorough", dest="budget", action="store_const", const="thorough",
+                   help="many more examples and crashes")
     ap.set_defaults(budget="standard")
-    ap.add_argument("--reports-dir", default="reports", help="where certify-<backend>-<time>/ is written (default: reports)")
+    ap.add_argument("--reports-dir", default="reports",
+                    help="where certify-<backend>-<time>/ is written (default: reports)")
     ap.add_argument("--tiers", default="1,2,3,4,5", help="comma-separated tiers to run (default: 1,2,3,4,5)")
     ap.add_argument("--seed", type=int, help="seed for every random choice (printed in the certificate)")
     ap.add_argument("--examples", type=int, help="tier 1: number of Hypothesis examples (overrides the budget)")

@@ -155,7 +155,8 @@ def store_level(target, ctx, cert: Certificate, report_dir: Optional[str]) -> st
     probe = target.probe or {}
     if probe.get("hang"):
         hang = probe["hang"]
-        what = target.construct_call() if hang.get("call") == "constructor" else f"{hang.get('call')}({hang.get('args')})"
+        what = (target.construct_call() if hang.get("call") == "constructor"
+                else f"{hang.get('call')}({hang.get('args')})")
         msg = f"{what} did not return within {hang.get('timeout_s', 0):g} s (the call timeout)"
         cert.finding = {"kind": "liveness", "message": msg, "call": hang.get("call"), "args": hang.get("args"),
                         "seconds": hang.get("seconds"), "guarantee": GUARANTEES["liveness"]}

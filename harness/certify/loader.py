@@ -28,7 +28,6 @@ from reference_impl.stores.base import MetadataStore
 
 from .store_calls import READ_METHODS, close_store, missing_methods  # noqa: F401 (re-exported)
 
-
 PROFILES = ("durable", "volatile")
 
 
@@ -212,7 +211,8 @@ def from_factory(
         if own_dir:
             shutil.rmtree(d, ignore_errors=True)
     if found.get("construct_error"):
-        raise LoadError(f"store factory {name!r}: constructor failed: {target.construct_call()} raised {found['construct_error']}")
+        raise LoadError(f"store factory {name!r}: constructor failed: {target.construct_call()} "
+                        f"raised {found['construct_error']}")
     if found.get("not_a_store"):
         raise LoadError(f"store factory {name!r}: not a store: {found['not_a_store']}")
     if found.get("adapter"):

@@ -35,7 +35,8 @@ from typing import Any, Dict, Optional
 from . import guard
 from .records import Records, discover
 
-_REJECT_PATTERNS = re.compile(r"__init__\(\)|unexpected keyword|required positional|required keyword|missing \d+ required")
+_REJECT_PATTERNS = re.compile(
+    r"__init__\(\)|unexpected keyword|required positional|required keyword|missing \d+ required")
 
 
 def _alt_records(tb, mine: type) -> Optional[str]:
@@ -93,7 +94,8 @@ def _first_calls(target, workdir: str) -> Dict[str, Any]:
             refs = [recs.minimal_ref("certify-probe-0"), recs.random_ref(random.Random(0), "certify-probe-1")]
         except Exception as e:  # noqa: BLE001 - the harness could not build the records
             out["build_error"] = (f"the harness cannot build refs of {recs.names()} (found by {recs.source}): "
-                                  f"{type(e).__name__}: {e}; pass --records MODULE naming the module of the store's SampleRef")
+                                  f"{type(e).__name__}: {e}; "
+                                  "pass --records MODULE naming the module of the store's SampleRef")
             return out
         step = "commit_sample"
         try:

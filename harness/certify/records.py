@@ -59,7 +59,8 @@ def _safe(cls: type):
         try:
             return cls(**kw)
         except Exception as e:  # noqa: BLE001
-            raise RecordBuildError(f"building {cls.__qualname__}({', '.join(kw)}) raised {type(e).__name__}: {e}") from e
+            raise RecordBuildError(
+                f"building {cls.__qualname__}({', '.join(kw)}) raised {type(e).__name__}: {e}") from e
 
     build.__name__ = cls.__name__
     return build
@@ -198,7 +199,8 @@ def _is_mapping(o: Any) -> bool:
 def _is_seq(o: Any) -> bool:
     import collections.abc as abc
 
-    return o in (list, set, frozenset) or (inspect.isclass(o) and o is not tuple and issubclass(o, (abc.Sequence, abc.Set)) and o is not str)
+    return o in (list, set, frozenset) or (
+        inspect.isclass(o) and o is not tuple and issubclass(o, (abc.Sequence, abc.Set)) and o is not str)
 
 
 # -- Hypothesis strategies ---------------------------------------------------------
@@ -261,7 +263,8 @@ def _builds(cls: type, depth: int, rich: bool, overrides: Optional[Dict[str, st.
         if overrides and f.name in overrides:
             kw[f.name] = overrides[f.name]
         elif rich or not _has_default(f):
-            kw[f.name] = strategy_for(hints.get(f.name, Any), depth + 1) if rich else st.just(minimal_value(hints.get(f.name, Any)))
+            hint = hints.get(f.name, Any)
+            kw[f.name] = strategy_for(hint, depth + 1) if rich else st.just(minimal_value(hint))
     return st.builds(_safe(cls), **kw)
 
 

@@ -73,7 +73,8 @@ class MetadataStoreSuite:
         cls = type(self)
         factory = _class_attr(cls, "store_factory")
         if factory is None:
-            pytest.fail(f"{cls.__name__}: set store_factory to the store class or a callable taking a working directory",
+            pytest.fail(f"{cls.__name__}: set store_factory to the store class or a callable taking a working "
+                        "directory",
                         pytrace=False)
         if n not in tuple(self.tiers):
             pytest.skip(f"tier {n} not in {cls.__name__}.tiers")

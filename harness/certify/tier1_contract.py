@@ -204,7 +204,8 @@ def build_machine(ctx: Context, stats: _Stats, workroot: str):
             optimizer_durable=st.booleans(),
         )
         def record_train_ack(self, picks, global_step, optimizer_durable):
-            self.calls.append(("record_train_ack", dict(picks=picks, global_step=global_step, optimizer_durable=optimizer_durable)))
+            self.calls.append(("record_train_ack", dict(picks=picks, global_step=global_step,
+                                                        optimizer_durable=optimizer_durable)))
             order = self.model.order
             ids = sorted({order[p % len(order)] for p in picks}) if order else []
             self.log.append(

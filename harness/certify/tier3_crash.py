@@ -213,7 +213,8 @@ class Trial:
             self.workers["B"] = ops
 
 
-def _run_trial(ctx: Context, d: str, trial: Trial, rng: random.Random, op_time: float, open_time: float) -> Dict[str, Any]:
+def _run_trial(ctx: Context, d: str, trial: Trial, rng: random.Random, op_time: float,
+               open_time: float) -> Dict[str, Any]:
     """Fork the workers, kill each at its random moment, return their parsed logs.
 
     A worker is killed either while it opens the store (10%: a random moment
@@ -232,7 +233,8 @@ def _run_trial(ctx: Context, d: str, trial: Trial, rng: random.Random, op_time: 
         during_open = rng.random() < 0.1
         span = open_time if during_open else len(ops) * op_time
         delay = rng.uniform(0, span * 1.1)
-        procs[who] = {"p": p, "r": r, "log": log, "during_open": during_open, "due": t_spawn + delay if during_open else None,
+        procs[who] = {"p": p, "r": r, "log": log, "during_open": during_open,
+                      "due": t_spawn + delay if during_open else None,
                       "delay": delay, "killed": False, "done": False}
     deadline = time.monotonic() + 120
     while any(not i["done"] for i in procs.values()) and time.monotonic() < deadline:
@@ -306,11 +308,12 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
                         i = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), 0)
                         prop = "P4 dedup" if (i < len(got) and got[i]) else "freshness"
                         bad.append((prop, f"worker {who} op {k}: commit_samples returned {got}, expected {expected} "
-                                    f"(flag {i}, {refs[i].sample_id!r}; ids committed before this trial are not fresh)", [(who, k)]))
+                                    f"(flag {i}, {refs[i].sample_id!r}; ids committed before this trial are not "
+                                    "fresh)", [(who, k)]))
                     missing = [s for s in new_ids if s not in committed_now]
                     if missing:
-                        bad.append(("P6 durability", f"worker {who} op {k}: commit_samples returned {got} before the crash, "
-                                    f"but after reopening {short(missing)} are not committed", [(who, k)]))
+                        bad.append(("P6 durability", f"worker {who} op {k}: commit_samples returned {got} before "
+                                    f"the crash, but after reopening {short(missing)} are not committed", [(who, k)]))
                     new_present.setdefault(who, []).extend(new_ids)
                 elif began:
                     present = [s for s in new_ids if s in committed_now]
@@ -319,7 +322,8 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
                         if counters["torn_batches"] <= 3:
                             warnings.append(
                                 f"trial {trial.no}: a commit batch torn by the crash ({len(present)} of {len(new_ids)} "
-                                "new ids present); DESIGN section 2 asks a durable backend to commit a batch in one transaction"
+                                "new ids present); DESIGN section 2 asks a durable backend to commit a batch in one "
+                                "transaction"
                             )
                     new_present.setdefault(who, []).extend(present)
                     if present:
@@ -327,7 +331,8 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
                 else:
                     ghost = [s for s in new_ids if s in committed_now]
                     if ghost:
-                        bad.append(("P4 dedup", f"worker {who} op {k} never began, yet {short(ghost)} are committed", [(who, k)]))
+                        bad.append(("P4 dedup", f"worker {who} op {k} never began, yet {short(ghost)} are committed",
+                                    [(who, k)]))
             else:
                 if done:
                     done_acks.append(op)
@@ -344,19 +349,23 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
     if len(set(snap["all_ids"])) != len(snap["all_ids"]):
         bad.append(("P4 dedup", "all_committed_ids lists an id twice", []))
     if snap["count"] != len(set(snap["all_ids"])):
-        bad.append(("committed_count", f"committed_count() is {snap['count']} but all_committed_ids has {len(set(snap['all_ids']))} ids", []))
+        bad.append(("committed_count", f"committed_count() is {snap['count']} but all_committed_ids has "
+                                       f"{len(set(snap['all_ids']))} ids", []))
     # order: the old prefix unchanged, each worker's new ids in its own order
     n = len(model.order)
     if snap["all_ids"][:n] != model.order and not lost_old:
-        bad.append(("all_committed_ids order", "ids committed in earlier trials moved in all_committed_ids after the crash", []))
+        bad.append(("all_committed_ids order",
+                    "ids committed in earlier trials moved in all_committed_ids after the crash", []))
     pos = {s: i for i, s in enumerate(snap["all_ids"])}
     for who, ids in new_present.items():
         seq = [pos[s] for s in ids if s in pos]
         if any(a > b for a, b in zip(seq, seq[1:])):
-            bad.append(("all_committed_ids order", f"worker {who}'s commits are not in first-commit order in all_committed_ids", []))
+            bad.append(("all_committed_ids order",
+                        f"worker {who}'s commits are not in first-commit order in all_committed_ids", []))
     wrong = [sid for sid, c in snap.get("committed", {}).items() if c != (sid in committed_now)]
     if wrong:
-        bad.append(("is_committed", f"after reopen is_committed() disagrees with all_committed_ids() for {short(wrong)}", []))
+        bad.append(("is_committed",
+                    f"after reopen is_committed() disagrees with all_committed_ids() for {short(wrong)}", []))
     # refs round-trip (new ones and the sampled old ones)
     for sid, got in snap["refs"].items():
         want = model.refs.get(sid)
@@ -366,7 +375,8 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
             continue
         if got is None:
             if sid in committed_now:
-                bad.append(("round-trip", f"get_committed({sid!r}) is None after reopen though the id is committed", []))
+                bad.append(("round-trip",
+                            f"get_committed({sid!r}) is None after reopen though the id is committed", []))
             continue
         dd = diff_refs(want, got)
         if dd:
@@ -380,7 +390,8 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
     if got not in candidates:
         lost = m_done["acked"] - got["acked"]
         if lost and not (inflight_ack and (got["acked"] - m_done["acked"])):
-            bad.append(("P6 durability", f"acks that returned before the crash are missing after reopen: acked lacks {short(lost)}", []))
+            bad.append(("P6 durability",
+                        f"acks that returned before the crash are missing after reopen: acked lacks {short(lost)}", []))
         elif inflight_ack is not None:
             part = set(inflight_ack[1]) & got["acked"]
             bad.append(("P5 ack atomicity",
@@ -396,7 +407,8 @@ def _check_trial(trial: Trial, logs: Dict[str, Any], snap: Dict[str, Any], model
                 why.append(f"global_step {got['global_step']!r}, expected {m_done['global_step']!r}")
             if got["optimizer_durable"] != m_done["optimizer_durable"]:
                 why.append(f"optimizer_durable {got['optimizer_durable']!r}, expected {m_done['optimizer_durable']!r}")
-            bad.append(("P6 durability", "after reopen the marker is not the state the returned acks left: " + "; ".join(why), []))
+            bad.append(("P6 durability",
+                        "after reopen the marker is not the state the returned acks left: " + "; ".join(why), []))
     elif inflight_ack is not None and got == candidates[-1] and len(candidates) == 2:
         counters["inflight_acks_applied"] = counters.get("inflight_acks_applied", 0) + 1
     if bad:
@@ -490,6 +502,32 @@ def _fresh_store(ctx: Context, seed: int):
     return d, open_time, op_time, model
 
 
+class FreshStores:
+    """The store of each trial: a fresh one (`_fresh_store`) every `per_store` trials, the last one removed.
+
+    `for_trial(no)` returns (directory, open time, op time, model) of trial `no`'s store;
+    `remove()` removes the current one.
+    """
+
+    def __init__(self, ctx: Context, seed: int, counters: Dict[str, Any], per_store: int) -> None:
+        self.ctx, self.seed, self.counters, self.per_store = ctx, seed, counters, per_store
+        self.d: Optional[str] = None
+        self.store: Tuple[Any, ...] = ()
+
+    def for_trial(self, no: int) -> Tuple[Any, ...]:
+        if no % self.per_store == 0:
+            self.remove()
+            self.store = _fresh_store(self.ctx, self.seed + no)
+            self.d = self.store[0]
+            self.counters["stores"] += 1
+        return self.store
+
+    def remove(self) -> None:
+        if self.d is not None:
+            shutil.rmtree(self.d, ignore_errors=True)
+            self.d = None
+
+
 def run(ctx: Context) -> TierResult:
     t0 = time.monotonic()
     res = TierResult(tier=3, status=PASSED, properties=list(PROPERTIES))
@@ -498,14 +536,10 @@ def run(ctx: Context) -> TierResult:
     seed = rng.randrange(1 << 30)
     counters: Dict[str, int] = {"trials": 0, "kills": 0, "kills_during_open": 0, "kills_inside_op": 0, "stores": 0}
     ctx.progress(f"tier 3 crash: {crashes} trials of SIGKILL inside commits and acks")
-    d = None
+    stores = FreshStores(ctx, seed, counters, TRIALS_PER_STORE)
     try:
         for no in range(crashes):
-            if no % TRIALS_PER_STORE == 0:
-                if d is not None:
-                    shutil.rmtree(d, ignore_errors=True)
-                d, open_time, op_time, model = _fresh_store(ctx, seed + no)
-                counters["stores"] += 1
+            d, open_time, op_time, model = stores.for_trial(no)
             trial = Trial(no, rng, model, seed, ops_per_worker=rng.randint(2, 8))
             logs = _run_trial(ctx, d, trial, rng, op_time, open_time)
             counters["trials"] += 1
@@ -552,7 +586,6 @@ def run(ctx: Context) -> TierResult:
     res.counters = counters
     if counters.get("torn_batches", 0) > 3:
         res.warnings.append(f"{counters['torn_batches']} commit batches in all were torn by crashes")
-    if d is not None:
-        shutil.rmtree(d, ignore_errors=True)
+    stores.remove()
     res.duration_s = time.monotonic() - t0
     return res

@@ -43,7 +43,7 @@ from .common import Context, in_child
 from .loader import load
 from .model import Violation
 from .tier3_crash import PROPERTIES as T3_PROPERTIES
-from .tier3_crash import Trial, _check_trial, _fresh_store, _snapshot, trial_refs
+from .tier3_crash import FreshStores, Trial, _check_trial, _snapshot, trial_refs
 
 PROPERTIES = list(T3_PROPERTIES)
 #: trials on one store directory before a fresh one
@@ -242,14 +242,10 @@ def run_powercut_trials(factory_spec: str, workdir: str, trials: int = 20, seed:
     c.update({"trials": 0, "stores": 0, "unsynced_writes_dropped": 0, "bytes_lost": 0, "files_reverted": 0,
               "entries_undone": 0, "rebuild_ms_max": 0.0})
     findings: List[Dict[str, Any]] = []
-    d = None
+    stores = FreshStores(ctx, base_seed, c, TRIALS_PER_STORE)
     try:
         for no in range(trials):
-            if no % TRIALS_PER_STORE == 0:
-                if d is not None:
-                    shutil.rmtree(d, ignore_errors=True)
-                d, _open_time, op_time, model = _fresh_store(ctx, base_seed + no)
-                c["stores"] += 1
+            d, _open_time, op_time, model = stores.for_trial(no)
             trial = Trial(no, rng, model, base_seed, ops_per_worker=rng.randint(2, 8))
             mode_now = rng.choice(["clean", "torn"]) if mode == "mixed" else mode
             out = _run_trial(factory_spec, adapter, d, meta, trial, rng, op_time, mode_now, rng.randrange(1 << 30))
@@ -285,8 +281,7 @@ def run_powercut_trials(factory_spec: str, workdir: str, trials: int = 20, seed:
     except Violation as e:
         findings.append({"property": e.prop, "trial": c["trials"], "message": e.message, "steps": [], "powercut": None})
     finally:
-        if d is not None:
-            shutil.rmtree(d, ignore_errors=True)
+        stores.remove()
         shutil.rmtree(meta, ignore_errors=True)
     c["warnings"] = warnings
     return findings

@@ -82,6 +82,12 @@ def fmt_items(items: Iterable[Any], limit: int = 10) -> str:
     return head or "-"
 
 
+def train_anomaly(kind: str, message: str, sid: Any, refs, lines: List[int]) -> Anomaly:
+    """An anomaly about sample `sid`, with the steps and incarnations of its train refs `(proc#inc, step, line)`."""
+    return Anomaly(kind, message, sample_ids=[sid], steps=[r[1] for r in refs],
+                   incarnations=list(dict.fromkeys(r[0] for r in refs)), lines=lines)
+
+
 def finish(prop: str, name: str, anomalies: List[Anomaly], counts: Dict[str, Any],
            applicable: bool = True) -> PropertyResult:
     """Build a result: valid None when not applicable, else no anomalies; counts per kind."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 
-from . import Anomaly, context, finish, fmt_items
+from . import Anomaly, context, finish, fmt_items, train_anomaly
 from .lineage import fmt_trains
 
 PROP = "P1"
@@ -53,12 +53,11 @@ def check(history, final, ctx=None):
     anomalies = []
     for sid, refs in lin.trains.items():
         if len(refs) > 1:
-            anomalies.append(Anomaly(
+            anomalies.append(train_anomaly(
                 "duplicate_in_lineage",
                 f"sample {sid} trained {len(refs)} times in the surviving lineage "
                 f"(to checkpoint step {lin.end_step}): {fmt_trains(refs)}",
-                sample_ids=[sid], steps=[r[1] for r in refs],
-                incarnations=list(dict.fromkeys(r[0] for r in refs)), lines=_lines(refs)))
+                sid, refs, _lines(refs)))
     witness = final.get("witness")
     planned = final.get("planned_ids") or []
     n_dup_w = 0
@@ -81,19 +80,17 @@ def check(history, final, ctx=None):
             where = (f"surviving trains: {fmt_trains(lin.trains.get(sid, []))}; "
                      f"rolled-back trains: {fmt_trains(lin.discarded.get(sid, []))}")
             if corrupt:
-                anomalies.append(Anomaly(
+                anomalies.append(train_anomaly(
                     "witness_corrupt",
                     f"witness slot {i} (sample {sid}) is {v!r}, not an integer count; {where}",
-                    sample_ids=[sid], steps=[r[1] for r in refs],
-                    incarnations=list(dict.fromkeys(r[0] for r in refs)), lines=_lines(refs)))
+                    sid, refs, _lines(refs)))
             if finite and v > 1.5:
                 n_dup_w += 1
-                anomalies.append(Anomaly(
+                anomalies.append(train_anomaly(
                     "witness_duplicate",
                     f"witness slot {i} (sample {sid}) is {v:g}: the final checkpoint (step {lin.end_step}) "
                     f"trained it {round(v)} times; {where}",
-                    sample_ids=[sid], steps=[r[1] for r in refs],
-                    incarnations=list(dict.fromkeys(r[0] for r in refs)), lines=_lines(refs)))
+                    sid, refs, _lines(refs)))
     counts = {
         "samples_trained": len(lin.trains),
         "surviving_train_events": lin.surviving_train_events,

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from itertools import chain
 
-from . import Anomaly, by_line, context, finish
+from . import Anomaly, by_line, context, finish, train_anomaly
 from .lineage import fmt_trains
 
 PROP = "P2"
@@ -74,13 +74,12 @@ def check(history, final, ctx=None):
     for sid in lost:
         disc = lin.discarded.get(sid, [])
         cl = first_commit[sid]
-        anomalies.append(Anomaly(
+        anomalies.append(train_anomaly(
             "lost",
             f"sample {sid} committed (commit line {cl if cl is not None else 'none, in the final store'}) "
             f"was never trained in the surviving lineage to checkpoint step {lin.end_step}; "
             f"rolled-back trains: {fmt_trains(disc)}",
-            sample_ids=[sid], steps=[r[1] for r in disc], incarnations=list(dict.fromkeys(r[0] for r in disc)),
-            lines=sorted(([cl] if cl else []) + [r[2] for r in disc])))
+            sid, disc, sorted(([cl] if cl else []) + [r[2] for r in disc])))
 
     # 2. witness_loss
     witness = final.get("witness")
@@ -91,13 +90,12 @@ def check(history, final, ctx=None):
                 continue
             refs = lin.all_trains(sid)
             cl = first_commit.get(sid)
-            anomalies.append(Anomaly(
+            anomalies.append(train_anomaly(
                 "witness_loss",
                 f"witness slot {i} (sample {sid}) is {float(v):g} at completion: the final checkpoint "
                 f"(step {lin.end_step}) never trained it; commit line {cl}; trains in the history: "
                 f"{fmt_trains(refs)}",
-                sample_ids=[sid], steps=[r[1] for r in refs], incarnations=list(dict.fromkeys(r[0] for r in refs)),
-                lines=sorted(([cl] if cl else []) + [r[2] for r in refs])))
+                sid, refs, sorted(([cl] if cl else []) + [r[2] for r in refs])))
 
     # 3. not_requeued: sweep commits/acks/reconciles in order, keeping the pending set
     last_handled = {}  # sid -> last line of a train or released-skip

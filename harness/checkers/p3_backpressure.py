@@ -71,6 +71,16 @@ def check(history, final, ctx=None):
         incs = list(dict.fromkeys(([incarnation(prev)] if prev else []) + [incarnation(e)]))
         anomalies.append(Anomaly(kind, msg, sample_ids=list(ids), steps=[], incarnations=incs, lines=lines))
 
+    def highest(who, last, v, e, where):
+        """The highest (consumed, event) so far, after `v` seen at `e`; a drop below it is consumed_backwards."""
+        if last is not None and v < last[0]:
+            p = last[1]
+            add("consumed_backwards",
+                f"{who} went backwards: consumed={last[0]} ({p.get('ev')} by {incarnation(p)} at line "
+                f"{p.get('line')}) then consumed={v} ({where})", e, prev=p)
+            return last
+        return (v, e)
+
     # -- producer observations ----------------------------------------------
     prod = ctx.events("producer", "publish", "pause", "resume")
     last_seen = None  # (value, event)
@@ -84,13 +94,7 @@ def check(history, final, ctx=None):
                 f"{where} observed consumed={con} with published={pub}"
                 + (f" (ids {_ids(e.get('ids'))})" if e.get("ids") else ""), e, ids=e.get("ids") or ())
         if con is not None:
-            if last_seen is not None and con < last_seen[0]:
-                p = last_seen[1]
-                add("consumed_backwards",
-                    f"producer reading went backwards: consumed={last_seen[0]} ({p.get('ev')} by {incarnation(p)} "
-                    f"at line {p.get('line')}) then consumed={con} ({where})", e, prev=p)
-            if last_seen is None or con >= last_seen[0]:
-                last_seen = (con, e)
+            last_seen = highest("producer reading", last_seen, con, e, where)
         if ev == "publish":
             n_pub += 1
             high = high_cfg
@@ -138,13 +142,7 @@ def check(history, final, ctx=None):
         if v < 0 or (n_records is not None and v > n_records):
             add("consumed_exceeds_published",
                 f"{where}: consumed={v} but the channel has {n_records} complete records", e)
-        if last is not None and v < last[0]:
-            p = last[1]
-            add("consumed_backwards",
-                f"consumer sidecar went backwards: consumed={last[0]} ({p.get('ev')} by {incarnation(p)} at line "
-                f"{p.get('line')}) then consumed={v} ({where})", e, prev=p)
-        if last is None or v >= last[0]:
-            last = (v, e)
+        last = highest("consumer sidecar", last, v, e, where)
 
     # -- end of run ----------------------------------------------------------
     if final.get("outcome") == "completed" and n_records is not None:

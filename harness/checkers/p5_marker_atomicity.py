@@ -78,13 +78,7 @@ def check(history, final, ctx=None):
     if marker is not None:
         m = set(marker.get("acked") or ())
         reader = f"the final marker (global_step {marker.get('global_step')})"
-        for a in acks:
-            s = a.get("ids") or []
-            if m.issuperset(s):
-                continue
-            present = [x for x in s if x in m]
-            if present:
-                anomalies.append(_torn(a, present, [x for x in s if x not in m], reader))
+        anomalies.extend(_torn_acks(acks, m, reader))
         for c in interrupted:
             r = [x for x in c.get("unacked") if x not in covered]
             present = [x for x in r if x in m]
@@ -122,13 +116,7 @@ def check(history, final, ctx=None):
                 ms = e.get("marker_step")
                 ms = None if ms is None else int(ms)
                 rd = f"the marker read by the reconcile of {incarnation(e)} at line {e.get('line')} (step {ms})"
-                for a in since_last:
-                    s = a.get("ids") or []
-                    if seen.issuperset(s):
-                        continue
-                    present = [x for x in s if x in seen]
-                    if present:
-                        anomalies.append(_torn(a, present, [x for x in s if x not in seen], rd, reader_event=e))
+                anomalies.extend(_torn_acks(since_last, seen, rd, reader_event=e))
                 for c in open_txns:
                     if (c.get("proc"), c.get("inc")) == key:
                         continue
@@ -149,6 +137,19 @@ def check(history, final, ctx=None):
     counts = {"returned_acks": len(acks), "interrupted_acks": len(interrupted), "reconcile_readers": n_readers,
               "final_marker": marker is not None}
     return finish(PROP, NAME, anomalies, counts)
+
+
+def _torn_acks(acks, seen, reader, reader_event=None):
+    """torn_ack anomalies for the returned acks of which the read `seen` holds some ids but not all."""
+    out = []
+    for a in acks:
+        s = a.get("ids") or []
+        if seen.issuperset(s):
+            continue
+        present = [x for x in s if x in seen]
+        if present:
+            out.append(_torn(a, present, [x for x in s if x not in seen], reader, reader_event=reader_event))
+    return out
 
 
 def _torn(txn, present, missing, reader, reader_event=None, interrupted=False, why=None):

@@ -54,15 +54,9 @@ def check(history, final, ctx=None):
     committed = set(committed)
     commits = ctx.events("producer", "commit")
     for e in commits:
-        if committed.issuperset(e.get("ids") or ()):
-            continue
-        missing = [x for x in (e.get("ids") or ()) if x not in committed]
-        if missing:
-            anomalies.append(Anomaly(
-                "lost_commit",
-                f"commit by {incarnation(e)} at line {e.get('line')} returned, but the final store lacks "
-                f"{len(missing)} of its ids: {fmt_items(missing)}",
-                sample_ids=missing, incarnations=[incarnation(e)], lines=[e.get("line", 0)]))
+        _lost(anomalies, "lost_commit", e, e.get("ids"), committed, lambda missing: (
+            f"commit by {incarnation(e)} at line {e.get('line')} returned, but the final store lacks "
+            f"{len(missing)} of its ids: {fmt_items(missing)}"))
 
     acks = ctx.events("consumer", "ack")
     recs = ctx.events("consumer", "reconcile")
@@ -70,25 +64,15 @@ def check(history, final, ctx=None):
     if marker is not None:
         m = set(marker.get("acked") or ())
         for e in acks:
-            if m.issuperset(e.get("ids") or ()):
-                continue
-            missing = [x for x in (e.get("ids") or ()) if x not in m]
-            if missing:
-                anomalies.append(Anomaly(
-                    "lost_ack",
-                    f"ack at step {e.get('step')} by {incarnation(e)} at line {e.get('line')} returned, but the "
-                    f"final marker lacks {len(missing)} of its ids: {fmt_items(missing)}",
-                    sample_ids=missing, steps=[int(e.get("step", 0))], incarnations=[incarnation(e)],
-                    lines=[e.get("line", 0)]))
+            _lost(anomalies, "lost_ack", e, e.get("ids"), m, lambda missing: (
+                f"ack at step {e.get('step')} by {incarnation(e)} at line {e.get('line')} returned, but the "
+                f"final marker lacks {len(missing)} of its ids: {fmt_items(missing)}"),
+                step=lambda e: int(e.get("step", 0)))
         for e in recs:
-            missing = [x for x in (e.get("rolled_forward") or ()) if x not in m]
-            if missing:
-                anomalies.append(Anomaly(
-                    "lost_ack",
-                    f"reconcile by {incarnation(e)} at line {e.get('line')} rolled forward checkpoint step "
-                    f"{e.get('checkpoint_step')}, but the final marker lacks {fmt_items(missing)}",
-                    sample_ids=missing, steps=[int(e.get("checkpoint_step") or 0)], incarnations=[incarnation(e)],
-                    lines=[e.get("line", 0)]))
+            _lost(anomalies, "lost_ack", e, e.get("rolled_forward"), m, lambda missing: (
+                f"reconcile by {incarnation(e)} at line {e.get('line')} rolled forward checkpoint step "
+                f"{e.get('checkpoint_step')}, but the final marker lacks {fmt_items(missing)}"),
+                step=lambda e: int(e.get("checkpoint_step") or 0))
 
     # -- steps: sweep acks and reconciles in order --------------------------
     # A restarted consumer's roll-forward ack is emitted just before its own
@@ -151,6 +135,14 @@ def check(history, final, ctx=None):
               "committed": len(committed), "final_marker": marker is not None,
               "max_returned_step": best[0] if best else None}
     return finish(PROP, NAME, anomalies, counts)
+
+
+def _lost(anomalies, kind, e, ids, have, text, step=None):
+    """A `kind` anomaly for the ids of event `e` that `have` lacks, worded by `text(missing)`; `step(e)` its step."""
+    missing = [x for x in (ids or ()) if x not in have]
+    if missing:
+        anomalies.append(Anomaly(kind, text(missing), sample_ids=missing, steps=[step(e)] if step else [],
+                                 incarnations=[incarnation(e)], lines=[e.get("line", 0)]))
 
 
 def _take(best, a, acked):

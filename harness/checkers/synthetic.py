@@ -142,10 +142,14 @@ class _Sim:
         self.released = set(self.acked)
         self.c_done = False
 
-    def c_kill(self) -> None:
-        self.sup("kill", target="consumer", target_inc=self.c_inc, signal=9, fault="kill")
+    def sigkill(self, target: str, inc: int) -> None:
+        """The supervisor SIGKILLs incarnation `inc` of `target` and sees it exit."""
+        self.sup("kill", target=target, target_inc=inc, signal=9, fault="kill")
         self.last_fault_mono = self.mono
-        self.sup("exited", target="consumer", target_inc=self.c_inc, code=-9)
+        self.sup("exited", target=target, target_inc=inc, code=-9)
+
+    def c_kill(self) -> None:
+        self.sigkill("consumer", self.c_inc)
         self.c_start()
 
     def c_tick(self) -> bool:
@@ -240,9 +244,7 @@ class _Sim:
         self.p_done = False
 
     def p_kill(self) -> None:
-        self.sup("kill", target="producer", target_inc=self.p_inc, signal=9, fault="kill")
-        self.last_fault_mono = self.mono
-        self.sup("exited", target="producer", target_inc=self.p_inc, code=-9)
+        self.sigkill("producer", self.p_inc)
         self.p_start()
 
     def p_tick(self) -> bool:

@@ -132,11 +132,19 @@ class Comm:
 
     def allreduce_grads(self, params: List[Any]) -> None:
         """Sum the gradients over the ranks, divide by world_size (average)."""
-        torch = self.torch
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        flat = flat.to(self.comm_device)
+        flat = self.flat_grads(params)
         self._call("gradient all_reduce", self.dist.all_reduce, flat, op=self.dist.ReduceOp.SUM)
         flat.div_(self.world_size)
+        self.set_grads(params, flat)
+
+    def flat_grads(self, params: List[Any]) -> Any:
+        """The gradients of `params` in one flat tensor on the communication device (zeros where none)."""
+        torch = self.torch
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        return flat.to(self.comm_device)
+
+    def set_grads(self, params: List[Any], flat: Any) -> None:
+        """Give each parameter its slice of the flat gradient tensor `flat`."""
         flat = flat.to(params[0].device)
         off = 0
         for p in params:

@@ -82,5 +82,13 @@ def check_ref(ref: Any) -> None:
     assert_no_tensors(ref, "ref")
 
 
+def check_refs(refs: Iterable[Any]) -> List[Any]:
+    """The refs of a batch as a list, each checked (check_ref) before any reaches the ledger."""
+    refs = list(refs)
+    for r in refs:
+        check_ref(r)
+    return refs
+
+
 def as_id_set(ids: Iterable[str]) -> Set[str]:
     return {str(i) for i in ids}

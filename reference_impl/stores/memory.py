@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .. import failpoints
 from ..contracts import SampleRef
-from .base import MetadataStore, as_id_set, check_ref
+from .base import MetadataStore, as_id_set, check_refs
 
 
 class InMemoryMetadataStore(MetadataStore):
@@ -37,9 +37,7 @@ class InMemoryMetadataStore(MetadataStore):
         return self.commit_samples([ref])[0]
 
     def commit_samples(self, refs: Sequence[SampleRef]) -> List[bool]:
-        refs = list(refs)
-        for r in refs:
-            check_ref(r)
+        refs = check_refs(refs)
         with self._lock:
             out = []
             for r in refs:

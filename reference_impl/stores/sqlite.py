@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .. import failpoints
 from ..contracts import SampleRef, ref_to_dict
-from .base import MetadataStore, as_id_set, check_ref
+from .base import MetadataStore, as_id_set, check_refs
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -131,9 +131,7 @@ class SQLiteMetadataStore(MetadataStore):
         return self.commit_samples([ref])[0]
 
     def commit_samples(self, refs: Sequence[SampleRef]) -> List[bool]:
-        refs = list(refs)
-        for r in refs:
-            check_ref(r)
+        refs = check_refs(refs)
         if not refs:
             return []
         rows = [(r.sample_id, json.dumps(ref_to_dict(r), sort_keys=True)) for r in refs]

@@ -21,6 +21,14 @@ def crashed_between_checkpoint_and_ack():
     return h, lines["ack"], lc
 
 
+def rolled_forward_at_restart():
+    """As crashed_between_checkpoint_and_ack, then consumer#1 rolled the ack of [c, d] forward at its reconcile."""
+    h, _, _ = crashed_between_checkpoint_and_ack()
+    h.c("ack", 1, step=2, ids=["c", "d"], durable=True, roll_forward=True)
+    h.start_consumer(1, marker_step=1, checkpoint_step=2, released=list("abcd"), rolled_forward=["c", "d"])
+    return h
+
+
 # -- P5 ---------------------------------------------------------------------------
 
 def test_final_marker_with_part_of_a_returned_ack():
@@ -75,9 +83,7 @@ def test_restart_sees_whole_transactions():
     h.start_consumer(1, marker_step=2, checkpoint_step=2, released=list("abcd"))
     assert p5.check(h.events, final_state(list("abcd"), marker=marker("abcd", 2))).valid is True
     # ... or not at all, rolled forward by the reconcile
-    h, _, _ = crashed_between_checkpoint_and_ack()
-    h.c("ack", 1, step=2, ids=["c", "d"], durable=True, roll_forward=True)
-    h.start_consumer(1, marker_step=1, checkpoint_step=2, released=list("abcd"), rolled_forward=["c", "d"])
+    h = rolled_forward_at_restart()
     assert p5.check(h.events, final_state(list("abcd"), marker=marker("abcd", 2))).valid is True
 
 
@@ -124,9 +130,7 @@ def test_lost_ack_at_restart():
 
 
 def test_roll_forward_ack_belongs_to_its_reconcile():
-    h, _, _ = crashed_between_checkpoint_and_ack()
-    h.c("ack", 1, step=2, ids=["c", "d"], durable=True, roll_forward=True)
-    h.start_consumer(1, marker_step=1, checkpoint_step=2, released=list("abcd"), rolled_forward=["c", "d"])
+    h = rolled_forward_at_restart()
     assert p6.check(h.events, final_state(list("abcd"), marker=marker("abcd", 2))).valid is True
 
 

@@ -14,16 +14,17 @@ import dataclasses
 import json
 import sqlite3
 import threading
-import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from reference_impl.contracts import SampleRef, ref_to_dict
-from reference_impl.stores.base import MetadataStore, as_id_set, check_ref
+from reference_impl.stores.base import MetadataStore, as_id_set, check_ref, check_refs
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY AUTOINCREMENT, sample_id TEXT NOT NULL UNIQUE, ref TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY AUTOINCREMENT, sample_id TEXT NOT NULL UNIQUE,
+                                    ref TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS acked (sample_id TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS marker (id INTEGER PRIMARY KEY CHECK (id = 0), global_step INTEGER, optimizer_durable INTEGER NOT NULL, blob TEXT);
+CREATE TABLE IF NOT EXISTS marker (id INTEGER PRIMARY KEY CHECK (id = 0), global_step INTEGER,
+                                   optimizer_durable INTEGER NOT NULL, blob TEXT);
 """
 
 
@@ -45,7 +46,8 @@ class SqliteStore(MetadataStore):
                 for stmt in self.schema.strip().split(";"):
                     if stmt.strip():
                         c.execute(stmt)
-                c.execute("INSERT OR IGNORE INTO marker(id, global_step, optimizer_durable, blob) VALUES (0, NULL, 0, '[]')")
+                c.execute("INSERT OR IGNORE INTO marker(id, global_step, optimizer_durable, blob) "
+                          "VALUES (0, NULL, 0, '[]')")
 
             self._txn(init)
 
@@ -78,9 +80,7 @@ class SqliteStore(MetadataStore):
         return self.commit_samples([ref])[0]
 
     def commit_samples(self, refs: Sequence[Any]) -> List[bool]:
-        refs = list(refs)
-        for r in refs:
-            check_ref(r)
+        refs = check_refs(refs)
         rows = [(r.sample_id, self._dump(r)) for r in refs]
 
         def body(c):
@@ -92,7 +92,8 @@ class SqliteStore(MetadataStore):
         return self._txn(body) if rows else []
 
     def is_committed(self, sample_id: str) -> bool:
-        return self._read(lambda c: c.execute("SELECT 1 FROM samples WHERE sample_id=?", (sample_id,)).fetchone() is not None)
+        return self._read(
+            lambda c: c.execute("SELECT 1 FROM samples WHERE sample_id=?", (sample_id,)).fetchone() is not None)
 
     def get_committed(self, sample_id: str):
         row = self._read(lambda c: c.execute("SELECT ref FROM samples WHERE sample_id=?", (sample_id,)).fetchone())
@@ -104,7 +105,8 @@ class SqliteStore(MetadataStore):
     def all_committed_ids(self) -> List[str]:
         return self._read(lambda c: [r[0] for r in c.execute("SELECT sample_id FROM samples ORDER BY seq")])
 
-    def record_train_ack(self, sample_ids: Iterable[str], *, global_step: Optional[int], optimizer_durable: bool) -> None:
+    def record_train_ack(self, sample_ids: Iterable[str], *, global_step: Optional[int],
+                         optimizer_durable: bool) -> None:
         ids = sorted(as_id_set(sample_ids))
 
         def body(c):
@@ -112,7 +114,8 @@ class SqliteStore(MetadataStore):
             if global_step is None:
                 c.execute("UPDATE marker SET optimizer_durable=? WHERE id=0", (int(optimizer_durable),))
             else:
-                c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0", (int(global_step), int(optimizer_durable)))
+                c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0",
+                          (int(global_step), int(optimizer_durable)))
 
         self._txn(body)
 
@@ -144,7 +147,8 @@ class CheckThenInsertStore(SqliteStore):
             with self._lock:
                 seen = self.conn.execute("SELECT 1 FROM samples WHERE sample_id=?", (r.sample_id,)).fetchone()
                 if seen is None:
-                    self.conn.execute("INSERT OR IGNORE INTO samples(sample_id, ref) VALUES (?, ?)", (r.sample_id, self._dump(r)))
+                    self.conn.execute("INSERT OR IGNORE INTO samples(sample_id, ref) VALUES (?, ?)",
+                                      (r.sample_id, self._dump(r)))
             out.append(seen is None)
         return out
 
@@ -160,7 +164,8 @@ class SplitAckTxnStore(SqliteStore):
             if global_step is None:
                 c.execute("UPDATE marker SET optimizer_durable=? WHERE id=0", (int(optimizer_durable),))
             else:
-                c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0", (int(global_step), int(optimizer_durable)))
+                c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0",
+                          (int(global_step), int(optimizer_durable)))
 
         self._txn(marker)
 
@@ -201,7 +206,8 @@ class NoneErasesStepStore(SqliteStore):
 
         def body(c):
             c.executemany("INSERT OR IGNORE INTO acked(sample_id) VALUES (?)", [(i,) for i in ids])
-            c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0", (global_step, int(optimizer_durable)))
+            c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0",
+                      (global_step, int(optimizer_durable)))
 
         self._txn(body)
 
@@ -226,7 +232,8 @@ class FlatSpecStore(SqliteStore):
     @staticmethod
     def _dump(ref) -> str:
         d = ref_to_dict(ref)
-        d["feature_specs"] = {k: {"name": v["name"], "shape": v["shape"], "dtype": v["dtype"]} for k, v in d["feature_specs"].items()}
+        d["feature_specs"] = {k: {"name": v["name"], "shape": v["shape"], "dtype": v["dtype"]}
+                              for k, v in d["feature_specs"].items()}
         return json.dumps(d, sort_keys=True)
 
 
@@ -234,9 +241,7 @@ class BatchRepeatFreshStore(SqliteStore):
     """Freshness is decided against the state before the batch: a repeated id in one batch is fresh twice."""
 
     def commit_samples(self, refs):
-        refs = list(refs)
-        for r in refs:
-            check_ref(r)
+        refs = check_refs(refs)
 
         def body(c):
             before = {sid for (sid,) in c.execute("SELECT sample_id FROM samples")}
@@ -247,25 +252,33 @@ class BatchRepeatFreshStore(SqliteStore):
         return self._txn(body) if refs else []
 
 
-class MemoryAcksStore(SqliteStore):
-    """Commits are durable, acks are held only in this instance's memory."""
+class MemoryMarker:
+    """The ack marker held in this instance's memory, every ack and read under `self._marker_lock`."""
 
-    def __init__(self, path):
-        super().__init__(path)
+    def _init_marker(self, lock) -> None:
+        self._marker_lock = lock
         self._acked: set = set()
         self._step = None
         self._flag = False
 
     def record_train_ack(self, sample_ids, *, global_step, optimizer_durable):
-        with self._lock:
+        with self._marker_lock:
             self._acked |= as_id_set(sample_ids)
             if global_step is not None:
                 self._step = int(global_step)
             self._flag = bool(optimizer_durable)
 
     def durable_marker(self):
-        with self._lock:
+        with self._marker_lock:
             return {"acked": set(self._acked), "global_step": self._step, "optimizer_durable": self._flag}
+
+
+class MemoryAcksStore(MemoryMarker, SqliteStore):
+    """Commits are durable, acks are held only in this instance's memory."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self._init_marker(self._lock)
 
 
 class BufferedCommitsStore(SqliteStore):
@@ -336,13 +349,15 @@ class LostUpdateAckStore(SqliteStore):
                 if global_step is None:
                     c.execute("UPDATE marker SET optimizer_durable=? WHERE id=0", (int(optimizer_durable),))
                 else:
-                    c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0", (int(global_step), int(optimizer_durable)))
+                    c.execute("UPDATE marker SET global_step=?, optimizer_durable=? WHERE id=0",
+                              (int(global_step), int(optimizer_durable)))
 
             self._txn(write)
 
     def durable_marker(self):
         def body(c):
-            blob, step, flag = c.execute("SELECT blob, global_step, optimizer_durable FROM marker WHERE id=0").fetchone()
+            blob, step, flag = c.execute(
+                "SELECT blob, global_step, optimizer_durable FROM marker WHERE id=0").fetchone()
             return {"acked": set(json.loads(blob)), "global_step": step, "optimizer_durable": bool(flag)}
 
         return self._read(body)
@@ -358,9 +373,7 @@ class LastWriterWinsStore(SqliteStore):
     """A repeated commit overwrites the stored ref (INSERT OR REPLACE), though it reports not fresh."""
 
     def commit_samples(self, refs):
-        refs = list(refs)
-        for r in refs:
-            check_ref(r)
+        refs = check_refs(refs)
 
         def body(c):
             out = []
@@ -373,7 +386,7 @@ class LastWriterWinsStore(SqliteStore):
         return self._txn(body) if refs else []
 
 
-class RacyMemoryStore(MetadataStore):
+class RacyMemoryStore(MemoryMarker, MetadataStore):
     """Volatile, no lock: dedup is check-then-insert, so two threads can both get 'fresh'."""
 
     profile = "volatile"
@@ -381,10 +394,7 @@ class RacyMemoryStore(MetadataStore):
     def __init__(self):
         self._refs: Dict[str, SampleRef] = {}
         self._order: List[str] = []
-        self._acked: set = set()
-        self._step = None
-        self._flag = False
-        self._guard = threading.Lock()  # guards only the ack path
+        self._init_marker(threading.Lock())  # guards only the ack path
 
     def commit_sample(self, ref):
         check_ref(ref)
@@ -405,17 +415,6 @@ class RacyMemoryStore(MetadataStore):
 
     def all_committed_ids(self):
         return list(dict.fromkeys(self._order))
-
-    def record_train_ack(self, sample_ids, *, global_step, optimizer_durable):
-        with self._guard:
-            self._acked |= as_id_set(sample_ids)
-            if global_step is not None:
-                self._step = int(global_step)
-            self._flag = bool(optimizer_durable)
-
-    def durable_marker(self):
-        with self._guard:
-            return {"acked": set(self._acked), "global_step": self._step, "optimizer_durable": self._flag}
 
 
 class TornMemoryMarkerStore(MetadataStore):

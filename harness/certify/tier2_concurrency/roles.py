@@ -1,0 +1,244 @@
+"""Tier 2's roles and their hosting: workers that run in threads, in this or a child process.
+
+`Shared` coordinates them (a start barrier, ack counters); `role_dedup`,
+`role_acker` and `role_reader` are the workloads; `host_roles` runs roles in
+threads on one store each or one shared instance; `read_final` reads the
+state they leave.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..common import Retrier, is_transient, mp_context, random_ref, safe_close
+from ..model import Violation, canon_ref, normalise_marker, short
+from .plan import MAX_ANOMALIES, AckPlan, MarkerChecker
+
+MAX_ROUNDS = 10_000
+
+
+# -- coordination --------------------------------------------------------------------------
+
+
+class Shared:
+    """Cross-process (and cross-thread) coordination: a start barrier, ack counters."""
+
+    def __init__(self, parties: int, writers: int, seconds: float) -> None:
+        mp = mp_context()
+        self.barrier = mp.Barrier(max(1, parties))
+        self.done = mp.Array("q", max(1, writers), lock=False)
+        self.writers_left = mp.Value("i", writers)
+        self.seconds = seconds
+
+    def start(self) -> float:
+        """Wait for every worker; return this worker's deadline."""
+        try:
+            self.barrier.wait(timeout=120)
+        except threading.BrokenBarrierError:
+            pass
+        return time.monotonic() + self.seconds
+
+    def writer_finished(self) -> None:
+        with self.writers_left.get_lock():
+            self.writers_left.value -= 1
+
+
+def make_ref(sid: str, writer: int, seed: int):
+    return random_ref(random.Random(f"{seed}:{sid}:{writer}"), sid, writer=writer)
+
+
+def _commit_retrying(store, retr: Retrier, refs, single: bool) -> Tuple[List[bool], bool]:
+    """(flags, whether an earlier attempt raised and may have applied)."""
+    raised = False
+    while True:
+        try:
+            if single and len(refs) == 1:
+                return [bool(store.commit_sample(refs[0]))], raised
+            return [bool(x) for x in store.commit_samples(refs)], raised
+        except Exception as e:  # noqa: BLE001
+            if not is_transient(e):
+                raise
+            retr.transient += 1
+            retr.last_error = f"{type(e).__name__}: {e}"
+            raised = True
+            time.sleep(0.005)
+
+
+# -- roles (each runs in a thread, in this or a forked process) -------------------------
+
+
+def role_dedup(store, shared: Shared, retr: Retrier, *, wid: int, plan: Callable[[int], Tuple[List[List[str]], bool]],
+               seed: int):
+    """Commit round after round of the planned batches until the deadline."""
+    attempts: List[Tuple[str, Optional[bool]]] = []
+    fresh_order: List[str] = []
+    deadline = shared.start()
+    rnd = 0
+    while time.monotonic() < deadline and rnd < MAX_ROUNDS:
+        batches, single = plan(rnd)
+        rnd += 1
+        for batch in batches:
+            refs = [make_ref(s, wid, seed) for s in batch]
+            flags, raised = _commit_retrying(store, retr, refs, single)
+            if len(flags) != len(batch):
+                raise Violation("P4 dedup", f"commit_samples of {len(batch)} refs returned {len(flags)} flags")
+            for sid, fl in zip(batch, flags):
+                attempts.append((sid, None if raised else fl))
+                if fl:
+                    fresh_order.append(sid)
+    return {"wid": wid, "attempts": attempts, "fresh_order": fresh_order, "transient": retr.transient, "rounds": rnd}
+
+
+def role_acker(store, shared: Shared, retr: Retrier, *, plan: AckPlan, w: int, seed: int, chunk: int = 64):
+    """Ack after ack in a tight loop until the deadline; the ids are committed a chunk ahead."""
+    anomalies: List[Tuple[str, str]] = []
+    j = 0
+
+    def commit_chunk(first: int) -> None:
+        ids = [s for jj in range(first, first + chunk) for s in plan.ids(w, jj)]
+        for at in range(0, len(ids), 64):  # batches of realistic size
+            part = ids[at:at + 64]
+            flags, raised = _commit_retrying(store, retr, [make_ref(s, 1000 + w, seed) for s in part], False)
+            if not raised and not all(flags) and len(anomalies) < MAX_ANOMALIES:
+                anomalies.append(
+                    ("P4 dedup", f"commit_samples of never-committed ids {short(part)} returned not fresh"))
+
+    try:
+        commit_chunk(0)  # before the start, so that the acks begin together
+        deadline = shared.start()
+        while time.monotonic() < deadline:
+            if j % chunk == 0 and j:
+                commit_chunk(j)
+            retr.call(store.record_train_ack, plan.ids(w, j), global_step=plan.step(w, j),
+                      optimizer_durable=plan.flag(w, j))
+            j += 1
+            shared.done[w] = j
+    finally:
+        shared.writer_finished()
+    return {"w": w, "acks": j, "anomalies": anomalies, "transient": retr.transient}
+
+
+def role_reader(store, shared: Shared, retr: Retrier, *, plan: AckPlan, rid: str):
+    """Poll durable_marker until every writer finished; check each read is whole and fresh."""
+    anomalies: List[Tuple[str, str]] = []
+    prev = [0] * plan.writers
+    reads = 0
+    checker = MarkerChecker(plan)
+    shared.start()
+    while True:
+        finished = shared.writers_left.value <= 0
+        floor = [shared.done[w] for w in range(plan.writers)]
+        m = normalise_marker(retr.call(store.durable_marker))
+        reads += 1
+        found, k = checker.observe(m)
+        for w in range(plan.writers):
+            if k[w] < floor[w]:
+                found.append(
+                    (
+                        "visibility",
+                        f"reader {rid}: durable_marker shows {k[w]} acks of writer w{w}, but record_train_ack had "
+                        f"returned for {floor[w]} of them before this read began (stale read)",
+                    )
+                )
+            elif k[w] < prev[w]:
+                found.append(
+                    ("visibility", f"reader {rid}: acks of writer w{w} went backwards from {prev[w]} to {k[w]}"))
+        seen = [(w, k[w] - 1) for w in range(plan.writers) if k[w] > 0]
+        if seen and not found and reads % 4 == 0:
+            w, j = seen[reads % len(seen)]
+            sid = plan.ids(w, j)[0]
+            if not retr.call(store.is_committed, sid):
+                found.append(
+                    (
+                        "visibility",
+                        f"reader {rid}: ack w{w}#{j} is visible but is_committed({sid!r}) is False, though its "
+                        "commit returned before the ack",
+                    )
+                )
+        prev = [max(a, b) for a, b in zip(prev, k)]
+        for a in found:
+            if len(anomalies) < MAX_ANOMALIES and a not in anomalies:
+                anomalies.append(a)
+        if finished or len(anomalies) >= MAX_ANOMALIES:
+            break
+    return {"reads": reads, "anomalies": anomalies, "transient": retr.transient}
+
+
+# -- hosting roles in threads -------------------------------------------------------------
+
+
+def host_roles(target, workdir: str, roles: List[Tuple[Any, Dict[str, Any]]], shared: Shared, *,
+               shared_instance: bool = False, switch_interval: Optional[float] = None, keep_store: bool = False):
+    """Run each role in its own thread; one store per role, or one for all (shared_instance)."""
+    old = sys.getswitchinterval()
+    results: List[Optional[Dict[str, Any]]] = [None] * len(roles)
+    common = None
+    try:
+        if shared_instance:
+            common = Retrier().call(target.open, workdir)
+        if switch_interval:
+            sys.setswitchinterval(switch_interval)
+
+        def run_one(i: int, fn, kw) -> None:
+            retr = Retrier()
+            store = common
+            started = False
+            try:
+                if store is None:
+                    store = retr.call(target.open, workdir)
+                started = True
+                results[i] = {"ok": True, "value": fn(store, shared, retr, **kw)}
+            except BaseException as e:  # noqa: BLE001
+                shared.barrier.abort()  # nobody waits for a worker that is gone
+                if not started and fn is role_acker:
+                    shared.writer_finished()
+                results[i] = {
+                    "ok": False,
+                    "error": f"{type(e).__name__}: {e}",
+                    "prop": getattr(e, "prop", None),
+                    "traceback": traceback.format_exc(),
+                    "role": fn.__name__,
+                }
+            finally:
+                if store is not None and store is not common:
+                    safe_close(store)
+
+        threads = [threading.Thread(target=run_one, args=(i, fn, kw), daemon=True) for i, (fn, kw) in enumerate(roles)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    if keep_store:
+        return results, common
+    if common is not None:
+        safe_close(common)
+    return results
+
+
+# -- the final state ---------------------------------------------------------------------
+
+
+def read_final(target, workdir: str, ids: List[str], store=None) -> Dict[str, Any]:
+    retr = Retrier()
+    own = store is None
+    if own:
+        store = retr.call(target.open, workdir)
+    try:
+        all_ids = [str(i) for i in retr.call(store.all_committed_ids)]
+        count = retr.call(store.committed_count)
+        marker = normalise_marker(retr.call(store.durable_marker))
+        refs = {}
+        for sid in ids:
+            r = retr.call(store.get_committed, sid)
+            refs[sid] = None if r is None else canon_ref(r)
+        return {"all_ids": all_ids, "count": count, "marker": marker, "refs": refs}
+    finally:
+        if own:
+            safe_close(store)
