@@ -59,7 +59,8 @@ def status_of(r: Any) -> str:
     return "as_expected" if r.as_expected else "unexpected"
 
 
-def error_row(scenario: str, seed: int, error: str, wall_s: float = 0.0, status: str = "harness_error") -> Dict[str, Any]:
+def error_row(scenario: str, seed: int, error: str, wall_s: float = 0.0,
+              status: str = "harness_error") -> Dict[str, Any]:
     return {"scenario": scenario, "seed": seed, "status": status, "as_expected": False, "outcome": status,
             "violated": [], "wall_s": round(wall_s, 3), "report_dir": None, "error": error,
             "faults": {"planned": 0, "landed": 0, "missed": 0}}

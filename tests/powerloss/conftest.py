@@ -13,7 +13,8 @@ from harness.powerloss.build import compiler
 from harness.powerloss.journal import read_journal
 from harness.powerloss.rebuild import arm
 
-needs_cc = pytest.mark.skipif(compiler() is None, reason="no C compiler: power-loss faults are refused (exit 2) instead")
+needs_cc = pytest.mark.skipif(compiler() is None,
+                              reason="no C compiler: power-loss faults are refused (exit 2) instead")
 
 
 class Traced:

@@ -139,7 +139,8 @@ def test_untraced_without_env_and_outside_root(traced, tmp_path):
     env = dict(os.environ, LD_PRELOAD=lib)
     env.pop(build.ENV_ROOT, None)
     code = "import os; fd=os.open('x', os.O_CREAT|os.O_WRONLY); os.write(fd, b'1'); os.fsync(fd); print('ok')"
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(tmp_path), capture_output=True, text=True, check=False)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                          check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     assert not os.path.exists(traced.journal)
     # traced, but working outside the root: only the HELLO record
@@ -191,7 +192,8 @@ def test_total_order_across_two_processes(traced):
 
 
 def test_reader_tolerates_torn_records(traced):
-    traced.run("import os\nfor i in range(20):\n    fd=os.open(f'x{i}', os.O_CREAT|os.O_WRONLY); os.write(fd, b'y'*1000); os.close(fd)")
+    traced.run("import os\nfor i in range(20):\n"
+               "    fd=os.open(f'x{i}', os.O_CREAT|os.O_WRONLY); os.write(fd, b'y'*1000); os.close(fd)")
     with open(traced.journal, "rb") as f:
         buf = f.read()
     whole = list(J.parse(buf))
@@ -222,7 +224,8 @@ def test_no_compiler_is_refused_with_exit_2(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="need a C compiler") as ei:
         build.tracer_library()
     assert isinstance(ei.value, UsageError) and ExitCode.USAGE == 2
-    assert not os.path.exists(tmp_path / "cache" / "dataflow-harness") or not os.listdir(tmp_path / "cache" / "dataflow-harness")
+    cache = tmp_path / "cache" / "dataflow-harness"
+    assert not os.path.exists(cache) or not os.listdir(cache)
 
 
 def test_build_is_cached_by_source_hash(tmp_path, monkeypatch):
