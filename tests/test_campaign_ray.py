@@ -120,3 +120,19 @@ def test_killed_ray_campaign_leaves_no_process(tmp_path, sig):
         assert data["summary"]["interrupted"] and data["summary"]["signal"] == "SIGTERM"
         assert sorted(r["seed"] for r in data["runs"]) == list(range(20))
         assert data["summary"]["incomplete"] >= 1 and data["summary"]["unexpected"] == 0
+
+
+def test_simulate_on_ray_gives_the_local_search(tmp_path):
+    """The simulation engine's shares as Ray tasks: same shares, same seeds, same schedules and findings."""
+    from harness.simulate.search import SimSpec, search_parallel
+    from tests.pipeline_zoo import ZOO
+    from tests.test_simulate import sim_workload
+
+    member = ZOO["no_roll_forward"]
+    spec = SimSpec(workload=sim_workload(member), variant=member.variant, expect=[member.violates], shrink=False)
+    local = search_parallel(spec, 24, seed=5, jobs=2)
+    on_ray = search_parallel(spec, 24, seed=5, executor="ray", jobs=2)
+    assert on_ray["errors"] == [] and local["errors"] == []
+    keys = ("schedules", "failures", "faults_fired")
+    assert {k: on_ray[k] for k in keys} == {k: local[k] for k in keys}
+    assert local["failures"] >= 1  # the hunted bug is found both ways

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="the variant must violate P (P1..P8; repeatable): exit 0 when found")
     ap.add_argument("--backend", help="store backend: sqlite | inmemory | private | pkg.mod:Factory")
     ap.add_argument("--jobs", type=int, help="worker processes (default: one per CPU for 50+ examples)")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="where the search's shares run: local worker processes (default) or Ray tasks")
+    ap.add_argument("--address", help="with --executor ray: an existing Ray cluster (default: a local instance)")
     ap.add_argument("--store-kills", action="store_true",
                     help="also kill the in-memory store server (its ledger is lost; the run must fail closed)")
     ap.add_argument("--powercuts", action="store_true",
@@ -109,6 +112,11 @@ def _setup(args) -> Dict[str, Any]:
         raise _Usage(f"--examples must be >= 1, got {args.examples}")
     if args.jobs is not None and args.jobs < 1:
         raise _Usage(f"--jobs must be >= 1, got {args.jobs}")
+    if args.address and args.executor != "ray":
+        raise _Usage(f"--address {args.address!r} needs --executor ray")
+    if args.powercuts and args.executor == "ray":
+        raise _Usage("--powercuts runs under the durability tracer, which Ray workers do not load; "
+                     "use --executor local")
     workload = dict(DEFAULT_WORKLOAD)
     backend, variant, expect, outcomes, label = "sqlite", None, None, ["completed"], "default"
     store_kills = bool(args.store_kills)
@@ -200,7 +208,8 @@ def _search(args, setup) -> int:
     expect_txt = (f"; expecting a violation of {' or '.join(spec.expect)}" if spec.expect else "")
     _say(args, f"simulate {label}: {args.examples} schedules, seed {args.seed}, {jobs} job(s); "
                f"{_describe(spec)}{expect_txt}")
-    r = search_parallel(spec, args.examples, seed=args.seed, jobs=jobs)
+    r = search_parallel(spec, args.examples, seed=args.seed, jobs=jobs, executor=args.executor,
+                        address=args.address)
     for err in r["errors"]:
         print(f"error: {err}", file=sys.stderr)
     fired = ", ".join(f"{v} {k}" for k, v in sorted(r["faults_fired"].items())) or "none"

@@ -252,15 +252,42 @@ def _prepare_process() -> None:
     torch.set_num_threads(1)
 
 
-def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1) -> Dict[str, Any]:
-    """`jobs` searches in parallel (jobs 1: in this process); the combined figures."""
+def _share(args) -> SearchOutcome:
+    """One worker's share of the search as a Ray task (harness.campaign.map_trials)."""
+    spec, examples, seed = args
+    _prepare_process()
+    undo = None
+    if spec.variant:
+        from reference_impl.variant import apply_variant
+
+        undo = apply_variant(spec.variant)
+    try:
+        return search(spec, examples, seed)
+    finally:
+        if undo:
+            undo()
+
+
+def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1, executor: str = "local",
+                    address: Optional[str] = None) -> Dict[str, Any]:
+    """`jobs` searches in parallel (jobs 1: in this process; `executor="ray"`: one Ray task
+    per share, the same shares and seeds, so the same schedules); the combined figures."""
     jobs = max(1, min(int(jobs), int(examples) or 1))
     t0 = time.monotonic()
     outs: List[SearchOutcome] = []
     errors: List[str] = []
     shares = [examples // jobs + (1 if i < examples % jobs else 0) for i in range(jobs)]
     seeds = [seed * 1000 + i for i in range(jobs)]
-    if jobs == 1:
+    if executor == "ray":
+        from harness.campaign import TrialLost, map_trials
+
+        items = [(spec, shares[i], seeds[i]) for i in range(jobs)]
+        for _, res in map_trials(_share, items, "ray", jobs=jobs, address=address):
+            if isinstance(res, TrialLost):
+                errors.append(f"a Ray task was lost: {res}")
+            else:
+                outs.append(res)
+    elif jobs == 1:
         _prepare_process()
         undo = None
         if spec.variant:
