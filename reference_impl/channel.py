@@ -20,7 +20,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import failpoints
-from .fileio import read_json, write_json_atomic  # noqa: F401 (read_json re-exported)
+from .fileio import fsync_dir, read_json, write_json_atomic  # noqa: F401 (read_json re-exported)
 
 CHANNEL = "channel.jsonl"
 CONSUMED = "channel.consumed"
@@ -39,6 +39,13 @@ class ChannelWriter:
         self.torn_bytes_repaired = 0
         self.records, self.ids, size = self._scan()
         self.size = size
+        self._make_durable()
+
+    def _make_durable(self) -> None:
+        """The channel file's entry in the work dir survives a power cut (every open: an earlier
+        writer may have created it and died before this fsync)."""
+        os.fsync(self._fd)
+        fsync_dir(self.workdir)
 
     def _scan(self) -> Tuple[int, List[str], int]:
         with open(self.path, "rb") as f:

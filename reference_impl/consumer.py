@@ -39,7 +39,7 @@ from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
 from .devices import pick_device
 from .feature_store import FeatureStore
-from .fileio import fsync_dir
+from .fileio import fsync_dir, makedirs_durable
 from .history import HistoryWriter, NullHistory
 from .process_loop import FailClosed, load_process, open_history, process_args, run_process
 from .ref_queue import StreamingRefQueue
@@ -71,7 +71,7 @@ def save_checkpoint(cfg: RunConfig, state: Dict[str, Any]) -> None:
     import torch
 
     path = checkpoint_path(cfg)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    makedirs_durable(os.path.dirname(path))  # the checkpoint/ entry itself must survive a power cut
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
         torch.save(state, f)

@@ -1,4 +1,11 @@
-"""Small durable-file helpers: atomic JSON replace, directory fsync, tolerant JSON read."""
+"""Small durable-file helpers: atomic JSON replace, directory fsync, durable mkdir, tolerant JSON read.
+
+A new directory entry (a created file, a rename into place, a new directory)
+survives a power failure only once its directory is fsynced: `fsync_dir`
+after the rename, `makedirs_durable` for a directory the protocol keeps files
+in (its parent's entry for it fsynced, every time: an earlier incarnation may
+have created it and died before the fsync).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,13 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def makedirs_durable(path: str) -> None:
+    """`os.makedirs(path, exist_ok=True)`, then fsync its parent, so the directory survives a power cut."""
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    fsync_dir(os.path.dirname(path))
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

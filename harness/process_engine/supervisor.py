@@ -159,7 +159,8 @@ class Supervisor:
         if self.launcher == "spawn" or module not in zygote.ZYGOTE_MODULES:
             return None
         try:
-            client = zygote.get_client(self.python)
+            # A traced run (power loss) forks from a zygote started with the tracer preloaded.
+            client = zygote.get_client(self.python, self.extra_env.get("LD_PRELOAD", ""))
             return client if module in client.modules else None
         except Exception as exc:
             if self.launcher == "zygote":
