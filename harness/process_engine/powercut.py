@@ -96,7 +96,6 @@ class PowerLoss:
             except subprocess.TimeoutExpired:
                 raise HarnessError(f"power cut: {p.name}#{p.inc} (pid {p.pid}) still alive {REAP_S:.0f} s after "
                                    f"SIGKILL; the work dir cannot be rebuilt under a live writer") from None
-            p.poll()
             killed.append(f"{p.name}#{p.inc}")
         deadline = time.monotonic() + REAP_S
         for pid in rank_pids:

@@ -329,8 +329,8 @@ def _powercut_due(pl, sup: Supervisor, cfg: RunConfig, schedule, ledger: FaultLe
         return None
     for name in ("producer", "consumer"):
         p = sup.procs.get(name)
-        if p is None or status.get(name) != "running" or p.poll() is not None:
-            continue
+        if p is None or status.get(name) != "running" or p.code is not None:
+            continue  # (never poll here: an end is reaped, and reported, at the top of the loop)
         stopped = p.is_stopped()
         if not stopped and name == "consumer" and cfg.world_size > 1:
             info = read_json(cfg.path(RANKS_FILE)) or {}

@@ -56,6 +56,7 @@ class Proc:
         self.launcher = launcher
         self.started = time.monotonic()
         self.code: Optional[int] = None
+        self.reported = False  # its end was reported by Supervisor.reap (whoever polled it first)
         self.last_signal_error: Optional[str] = None
 
     @property
@@ -205,7 +206,8 @@ class Supervisor:
         """Processes that ended since the last call (each reported once)."""
         ended = []
         for p in list(self.procs.values()):
-            if p.code is None and p.poll() is not None:
+            if not p.reported and p.poll() is not None:
+                p.reported = True
                 self.h.emit("exited", target=p.name, target_inc=p.inc, code=p.code)
                 ended.append(p)
         return ended
