@@ -176,7 +176,27 @@ def read_consumed(workdir: str) -> int:
 
 
 def write_consumed(workdir: str, consumed: int) -> None:
-    write_json_atomic(os.path.join(workdir, CONSUMED), {"consumed": int(consumed)})
+    write_json_atomic(os.path.join(workdir, CONSUMED), {"consumed": int(consumed)},
+                      point="consumer.mid_consumed_replace")
+
+
+def sync_consumed(workdir: str) -> None:
+    """Make the sidecar as it is now durable (file and directory entry).
+
+    A writer killed between its rename and its directory fsync leaves a count
+    that is visible but not durable; a restarted consumer that reads it must
+    make it durable before acting on it, or a power cut takes it back below a
+    count already read (and reported)."""
+    path = os.path.join(workdir, CONSUMED)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(workdir)
 
 
 def sentinel(workdir: str, name: str) -> Optional[Dict[str, Any]]:

@@ -33,7 +33,8 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import failpoints
-from .channel import CLOSED, CONSUMER_DONE, ChannelReader, read_consumed, sentinel, set_sentinel, write_consumed
+from .channel import (CLOSED, CONSUMER_DONE, ChannelReader, read_consumed, sentinel, set_sentinel, sync_consumed,
+                      write_consumed)
 from .config import EXIT_USAGE, RunConfig
 from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
@@ -108,6 +109,7 @@ class Consumer:
         self.finished = False
         self.last_progress = clock()
         self.consumed_written = read_consumed(cfg.workdir)
+        sync_consumed(cfg.workdir)  # what was read is durable before anyone acts on it
         self._final_window = False
         self.ledger_id = None
         self.queue = StreamingRefQueue(ChannelReader(cfg.workdir))

@@ -29,14 +29,21 @@ def makedirs_durable(path: str) -> None:
     fsync_dir(os.path.dirname(path))
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Replace `path` with `obj` as JSON: temp file, fsync, rename, fsync dir."""
+def write_json_atomic(path: str, obj: Any, point: Optional[str] = None) -> None:
+    """Replace `path` with `obj` as JSON: temp file, fsync, rename, fsync dir.
+
+    `point`: a failpoint hit between the rename and the directory fsync (the
+    new content visible, not yet durable)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    if point is not None:
+        from . import failpoints
+
+        failpoints.hit(point)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 

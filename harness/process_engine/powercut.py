@@ -36,6 +36,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -48,6 +49,8 @@ from ..powerloss import arm, powercut
 from ..powerloss.build import tracer_library
 
 JOURNAL = "powerloss.journal"
+#: Set (to anything) to keep each cut's journal as `powerloss.journal.cut<i>` in the report dir.
+KEEP_JOURNALS_ENV = "DFH_POWERLOSS_KEEP_JOURNALS"
 #: Processes that must be dead before the rebuild: how long to wait for each.
 REAP_S = 10.0
 
@@ -105,6 +108,9 @@ class PowerLoss:
                 time.sleep(0.005)
         freeze_ms = (time.monotonic() - t0) * 1000
         i = len(self.cuts)
+        if os.environ.get(KEEP_JOURNALS_ENV):  # diagnosis: each cut's journal and baseline, kept by the report
+            for suffix in ("", ".base"):
+                shutil.copyfile(self.journal + suffix, f"{self.journal}.cut{i}{suffix}")
         stats = powercut(self.root, self.journal, mode=self.mode, seed=self.seed + i)  # 3. the disk
         sup.extra_env.update(self.arm())  # 4. restarted processes are traced against what survived
         d = stats.as_dict()
@@ -141,7 +147,7 @@ class PowerLoss:
         """Remove the journal and its baseline (unless `keep`)."""
         if keep:
             return
-        for p in (self.journal, self.journal + ".base", self.journal + ".base.tmp"):
+        for p in [self.journal, self.journal + ".base", self.journal + ".base.tmp"] + glob.glob(self.journal + ".cut*"):
             try:
                 os.unlink(p)
             except FileNotFoundError:

@@ -1,0 +1,144 @@
+"""Power cuts in the process engine (issue 12): the fault in scenarios, the cut itself, the zoo.
+
+* scenario syntax: `powercut` faults (explicit, random, failpoint action) and
+  `faults.powercut_mode`, with errors that name the bad value; the same seed
+  gives the same schedule;
+* no compiler: a scenario with power cuts is refused with exit 2 before
+  anything is written;
+* the reference survives power cuts (a few seeds of powercut-random and
+  powercut-failpoints), the result has its `powerloss` block, the journal is
+  removed;
+* each power-loss zoo member (a durability bug the cuts exposed, unfixed) is
+  caught by the property it violates;
+* the in-memory store server loses its ledger in a cut: the run fails closed.
+"""
+
+import glob
+import json
+import os
+
+import pytest
+
+from harness.exit_codes import UsageError
+from harness.history import load_merged
+from harness.process_engine import nemesis
+from harness.process_engine.runner import run_scenario
+from harness.reports.render import timeline_series
+from harness.scenario import ScenarioError, load_scenario, scenario_from_dict
+from tests.pipeline_zoo import POWERLOSS_ZOO, scenario_for_powerloss
+
+
+def _sc(faults, **extra):
+    d = {"name": "pc", "faults": faults, "workload": {"samples": 80}}
+    d.update(extra)
+    return scenario_from_dict(d, "test")
+
+
+# -- scenario syntax ------------------------------------------------------------------
+
+def test_powercut_fault_kinds_parse_and_schedule_deterministically():
+    sc = _sc({"powercut_mode": "torn",
+              "explicit": [{"kind": "powercut", "at_published": 10},
+                           {"kind": "failpoint", "target": "consumer", "point": "store.mid_ack_txn",
+                            "action": "powercut", "hit": 2}],
+              "random": {"count": 6, "kinds": ["kill", "powercut"]}})
+    assert sc.powercut_mode == "torn" and sc.has_powercut
+    a, b = nemesis.make_schedule(sc, 7), nemesis.make_schedule(sc, 7)
+    assert a == b
+    assert a["faults"][0]["target"] == "all"
+    assert nemesis.has_powercut(a)
+    assert {f["kind"] for f in nemesis.timed_faults(a)} <= {"kill", "powercut"}
+    again = scenario_from_dict(__import__("tomllib").loads(sc.to_toml()), "roundtrip")
+    assert again.powercut_mode == "torn" and again.explicit_faults == sc.explicit_faults
+    assert not _sc({"random": {"count": 2, "kinds": ["kill"]}}).has_powercut
+
+
+def test_a_failpoint_powercut_moves_every_process_to_its_next_incarnation():
+    sc = _sc({"random": {"count": 4, "kinds": ["failpoint"], "points": ["consumer.*", "producer.*"],
+                         "actions": ["powercut"]}})
+    incs = [(f["target"], f["incarnation"]) for f in nemesis.make_schedule(sc, 3)["faults"]]
+    assert [i for _, i in incs] == [0, 1, 2, 3], incs
+
+
+@pytest.mark.parametrize("faults,key", [
+    ({"powercut_mode": "torm"}, "faults.powercut_mode"),
+    ({"explicit": [{"kind": "powercut", "target": "producer", "at_s": 1}]}, "target"),
+    ({"explicit": [{"kind": "powercut"}]}, "trigger"),
+    ({"explicit": [{"kind": "powercut", "at_s": 1, "duration_s": 1}]}, "duration_s"),
+    ({"random": {"count": 1, "kinds": ["blackout"]}}, "faults.random.kinds"),
+])
+def test_bad_powercut_settings_are_named(faults, key):
+    with pytest.raises(ScenarioError) as e:
+        _sc(faults)
+    assert repr(key) in str(e.value), str(e.value)
+
+
+def test_without_a_compiler_a_powercut_scenario_is_refused_with_exit_2(monkeypatch, tmp_path, capsys):
+    from harness import cli
+    from harness.powerloss import build
+
+    monkeypatch.setattr(build, "_cached", None)
+    monkeypatch.setattr(build, "compiler", lambda: None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    reports = tmp_path / "reports"
+    with pytest.raises(UsageError) as e:
+        run_scenario("powercut-random", 0, reports_dir=str(reports))
+    assert "C compiler" in str(e.value) and "powercut" in str(e.value)
+    assert not reports.exists() or not os.listdir(reports)
+    assert cli.main(["run", "powercut-failpoints", "--seed", "0", "--reports", str(reports)]) == 2
+    assert "C compiler" in capsys.readouterr().err
+    # a scenario without power cuts still runs its checks without the tracer
+    from harness.validation import check_for_run
+
+    check_for_run(load_scenario("kill-random"), 0)
+
+
+# -- the reference under power cuts -------------------------------------------------
+
+@pytest.mark.parametrize("scenario,seed", [("powercut-random", 0), ("powercut-random", 3),
+                                           ("powercut-failpoints", 0), ("powercut-failpoints", 5)])
+def test_the_reference_survives_power_cuts(scenario, seed, tmp_path):
+    r = run_scenario(scenario, seed, reports_dir=str(tmp_path))
+    assert r.as_expected, (r.verdict, r.faults, r.report_dir)
+    with open(os.path.join(r.report_dir, "result.json")) as f:
+        result = json.load(f)
+    pl = result["powerloss"]
+    assert pl["cuts"] >= 1 and len(pl["per_cut"]) == pl["cuts"]
+    assert pl["unsynced_writes_dropped"] == sum(c["unsynced_writes_dropped"] for c in pl["per_cut"])
+    events = load_merged(os.path.join(r.report_dir, "history.jsonl"))
+    cuts = [e for e in events if e.get("proc") == "supervisor" and e.get("ev") == "powercut"]
+    assert len(cuts) == pl["cuts"]
+    for c in cuts:  # every process killed by the cut ended, and its successor started
+        for name_inc in c["killed"]:
+            name, inc = name_inc.split("#")
+            assert any(e.get("ev") == "exited" and e["target"] == name and e["target_inc"] == int(inc)
+                       for e in events)
+            assert any(e.get("ev") == "spawn" and e["target"] == name and e["target_inc"] == int(inc) + 1
+                       for e in events)
+    assert timeline_series(events)["powercuts"]
+    assert "## Power cuts" in open(os.path.join(r.report_dir, "report.md")).read()
+    assert not glob.glob(os.path.join(r.report_dir, "powerloss.journal*"))
+
+
+def test_a_power_cut_loses_the_inmemory_ledger_and_the_run_fails_closed(tmp_path):
+    sc = scenario_from_dict({"name": "pc-inmemory", "store": {"backend": "inmemory"},
+                             "workload": {"samples": 120},
+                             "faults": {"explicit": [{"kind": "powercut", "at_consumed": 40}]},
+                             "expect": {"outcome": ["fail_closed"]}}, "test")
+    r = run_scenario(sc, 0, reports_dir=str(tmp_path))
+    assert r.outcome == "fail_closed" and r.as_expected, (r.verdict, r.faults, r.report_dir)
+    assert r.faults["landed"] == 1
+
+
+# -- the power-loss zoo -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(POWERLOSS_ZOO))
+def test_the_process_engine_catches_each_durability_bug(name, tmp_path):
+    m = POWERLOSS_ZOO[name]
+    r = run_scenario(scenario_for_powerloss(m), 0, reports_dir=str(tmp_path))
+    assert r.faults["landed"] == r.faults["planned"], r.faults
+    if m.violates:
+        assert r.properties[m.violates]["valid"] is False, (r.outcome, r.report_dir)
+    if m.outcome:
+        assert r.outcome == m.outcome, (r.outcome, r.report_dir)
+    assert r.as_expected, (r.verdict, r.report_dir)
