@@ -275,7 +275,7 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
                 _cut_and_restart(pl, sup, cfg, ledger, status, (f["id"], "timed"), start, say)
                 prog = Progress(cfg.workdir)
                 break
-            verdict = _deliver(f, sup, cfg, status, now, resume_at, ledger)
+            verdict = _deliver(f, sup, cfg, status, now, resume_at, ledger, pl)
             if verdict == "retry":
                 first = first_try.setdefault(f["id"], now)
                 if now - first > DELIVERY_RETRY_S:
@@ -368,7 +368,7 @@ DELIVERY_RETRY_S = 30.0  # a target that exists but cannot be signalled for this
 
 
 def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[str, str], now: float,
-             resume_at, ledger: FaultLedger):
+             resume_at, ledger: FaultLedger, pl: Optional[PowerLoss] = None):
     """Send one timed fault: "sent", "retry" (deliver as soon as the target can take it), or a miss reason."""
     target = f["target"]
     if target == "store_server" and cfg.backend != "inmemory":
@@ -394,6 +394,8 @@ def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[st
     if ledger.in_flight(target, p.inc):
         return "retry"  # one fault at a time per incarnation: a second kill of a dying process proves nothing
     if f["kind"] == "kill":
+        if pl is not None and not pl.stop_for_kill(p, cfg.path(RANKS_FILE)):
+            return "retry"  # traced: not while a system call may lack its journal record
         if not sup.kill(target, fault=f["id"]):
             return "retry"
         ledger.kill_sent(f["id"], target, p.inc, p.pid)
