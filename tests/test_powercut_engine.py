@@ -183,3 +183,26 @@ def test_a_traced_process_is_stopped_for_a_kill_only_outside_the_tracer_gap():
     finally:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
+
+
+def _ev(line, proc, ev, **kw):
+    return dict(proc=proc, inc=kw.pop("inc", 0), seq=line, t=float(line), mono=float(line), ev=ev, line=line, **kw)
+
+
+@pytest.mark.parametrize("after_cut,valid", [(64, True), (72, True), (56, False)])
+def test_p3_lets_a_power_cut_revert_the_sidecar_to_its_durable_value_never_lower(after_cut, valid):
+    from harness.checkers import p3_backpressure
+
+    history = [
+        _ev(1, "consumer", "consumed", consumed=64),  # reported: replaced and directory fsynced
+        _ev(2, "producer", "publish", ids=["a"] * 8, published=80, consumed=72, in_flight_before=0),  # not durable
+        _ev(3, "supervisor", "powercut", fault=0, killed=["producer#0", "consumer#0"]),
+        _ev(4, "producer", "publish", inc=1, ids=["b"] * 8, published=88, consumed=after_cut, in_flight_before=0),
+    ]
+    final = {"watermarks": {"high": 64, "low": 32, "publish_batch": 8}, "channel_ids": ["x"] * 88,
+             "outcome": "failed", "consumed": None}
+    r = p3_backpressure.check(history, final)
+    assert r.valid is valid, [a.message for a in r.anomalies]
+    without_cut = [e for e in history if e["ev"] != "powercut"]
+    if after_cut < 72:  # the same readings without a power cut between them go backwards
+        assert p3_backpressure.check(without_cut, final).valid is False
