@@ -206,3 +206,17 @@ def test_p3_lets_a_power_cut_revert_the_sidecar_to_its_durable_value_never_lower
     without_cut = [e for e in history if e["ev"] != "powercut"]
     if after_cut < 72:  # the same readings without a power cut between them go backwards
         assert p3_backpressure.check(without_cut, final).valid is False
+
+
+def test_a_power_cut_in_a_data_parallel_run_kills_and_restarts_the_ranks(tmp_path):
+    sc = scenario_from_dict({"name": "pc-dp2", "topology": {"consumer_ranks": 2}, "workload": {"samples": 96},
+                             "faults": {"explicit": [
+                                 {"kind": "kill", "target": "consumer.rank1", "at_consumed": 16},
+                                 {"kind": "failpoint", "target": "consumer", "point": "rank.after_allreduce_before_ack",
+                                  "action": "powercut", "hit": 2, "incarnation": 1, "rank": 0}]}}, "test")
+    r = run_scenario(sc, 0, reports_dir=str(tmp_path), render=False)
+    assert r.as_expected and r.faults["landed"] == 2, (r.verdict, r.faults, r.report_dir)
+    events = load_merged(os.path.join(r.report_dir, "history.jsonl"))
+    cut = [e for e in events if e.get("ev") == "powercut"]
+    assert cut and cut[0]["cause"].startswith("failpoint in consumer#1")
+    assert any(e.get("proc", "").startswith("consumer.rank") and e.get("inc") == 2 for e in events)

@@ -77,6 +77,20 @@ class PowerLoss:
         extra = _rank_pids(ranks_file, p.inc) if p.name == "consumer" else []
         return stop_outside_gap(p, extra, self.lib)
 
+    def stop_pid_for_kill(self, pid: int, wait_s: float = 0.05) -> bool:
+        """`stop_for_kill` for one pid (a rank of the consumer group)."""
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except (ProcessLookupError, PermissionError):
+            return False
+        deadline = time.monotonic() + wait_s
+        while proc_state(pid) not in ("T", "t", "Z", "X", None) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if proc_state(pid) in ("Z", "X", None) or not in_tracer_gap(pid, self.lib):
+            return True
+        _kill_pid(pid, signal.SIGCONT)
+        return False
+
     def arm(self) -> Dict[str, str]:
         """Baseline the work dir as it is now and empty the journal; the env of a traced process."""
         return arm(self.root, self.journal, exclude=self.exclude)
@@ -237,8 +251,9 @@ def stop_outside_gap(p, extra_pids: List[int], lib: str, wait_s: float = 0.05) -
 
 
 def stopped_at_powercut(workdir: str, target: str, inc: int, faults: List[Dict[str, Any]]) -> Optional[int]:
-    """The id of the `powercut` failpoint fault that `target`#`inc` stopped at (its history says which
-    point), else the first unsettled one planned for that incarnation; None if none is planned."""
+    """The id of the `powercut` failpoint fault that `target`#`inc` stopped at, from its history (the
+    failpoint event is written before the process stops itself); None when its history shows none
+    (a process stopped by a pause is not a power cut)."""
     planned = [f for f in faults if f["kind"] == "failpoint" and f.get("action") == "powercut"
                and f["target"] == target and f["incarnation"] == inc]
     if not planned:
@@ -259,7 +274,7 @@ def stopped_at_powercut(workdir: str, target: str, inc: int, faults: List[Dict[s
     for f in planned:
         if f["point"] in points:
             return f["id"]
-    return planned[0]["id"]
+    return None
 
 
 def _rank_pids(ranks_file: Optional[str], inc: int) -> List[int]:

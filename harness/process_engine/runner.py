@@ -383,7 +383,7 @@ def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[st
         group = sup.procs.get("consumer")
         if group is None or group.poll() is not None or ledger.in_flight(target, group.inc):
             return "retry"
-        return "sent" if _signal_rank(sup, cfg, n, f, now, resume_at, ledger) else "retry"
+        return "sent" if _signal_rank(sup, cfg, n, f, now, resume_at, ledger, pl) else "retry"
     if target not in ("producer", "consumer", "store_server"):
         return f"target not in topology: {target!r}"
     if target != "store_server" and status.get(target) != "running":
@@ -411,7 +411,7 @@ RANKS_FILE = "consumer.ranks.json"  # {"inc": N, "pids": {"0": pid, ...}} writte
 
 
 def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], now: float, resume_at,
-                 ledger: FaultLedger) -> int:
+                 ledger: FaultLedger, pl: Optional[PowerLoss] = None) -> int:
     """Kill or pause one rank of the consumer group by its pid; 1 if it fired."""
     info = read_json(cfg.path(RANKS_FILE)) or {}
     group = sup.procs.get("consumer")
@@ -420,6 +420,8 @@ def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], 
         return 0
     target = f"consumer.rank{rank}"
     if f["kind"] == "kill":
+        if pl is not None and not pl.stop_pid_for_kill(int(pid)):
+            return 0  # traced: not while a system call may lack its journal record
         if not _signal_pid(pid, signal.SIGKILL):
             return 0
         sup.h.emit("kill", target=target, target_inc=group.inc, signal=int(signal.SIGKILL), fault=f["id"])
