@@ -33,8 +33,16 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import failpoints
-from .channel import (CLOSED, CONSUMER_DONE, ChannelReader, read_consumed, sentinel, set_sentinel, sync_consumed,
-                      write_consumed)
+from .channel import (
+    CLOSED,
+    CONSUMER_DONE,
+    ChannelReader,
+    read_consumed,
+    sentinel,
+    set_sentinel,
+    sync_consumed,
+    write_consumed,
+)
 from .config import EXIT_USAGE, RunConfig
 from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
