@@ -87,6 +87,27 @@ def save_checkpoint(cfg: RunConfig, state: Dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    failpoints.hit("consumer.mid_checkpoint_replace")
+    fsync_dir(os.path.dirname(path))
+
+
+def sync_checkpoint(cfg: RunConfig) -> None:
+    """Make the checkpoint as it is now durable: file, `checkpoint/` entry, and its own entry.
+
+    A consumer killed between its rename and its directory fsync leaves a
+    checkpoint that is visible but not durable; reconcile rolls the ledger
+    forward to it, so it must be durable first, or a power cut leaves the
+    ledger ahead of the checkpoint on disk."""
+    path = checkpoint_path(cfg)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    makedirs_durable(os.path.dirname(path))
     fsync_dir(os.path.dirname(path))
 
 
@@ -127,6 +148,8 @@ class Consumer:
     def _resume(self) -> None:
         cfg = self.cfg
         ckpt = load_checkpoint(cfg, map_location=self.device)
+        if ckpt is not None:
+            sync_checkpoint(cfg)  # durable before reconcile rolls the ledger forward to it
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
             self.optim.load_state_dict(ckpt["optim"])

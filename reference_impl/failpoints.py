@@ -41,6 +41,7 @@ POINTS: Dict[str, str] = {
     "consumer.after_checkpoint_before_ack": "checkpoint durable, ack not yet recorded",
     "consumer.after_ack_before_consumed": "ack durable, consumed count not yet published",
     "consumer.after_ack_before_release": "ack durable, feature blobs not yet deleted",
+    "consumer.mid_checkpoint_replace": "checkpoint renamed into place, its directory not yet fsynced",
     "consumer.mid_consumed_replace": "consumed sidecar renamed into place, its directory not yet fsynced",
     "store.mid_ack_txn": "inside the ack transaction: ids written, marker not yet",
     "channel.mid_append": "half of a channel record written (a torn record)",

@@ -281,6 +281,19 @@ def channel_created_without_dir_fsync():
     return [(ChannelWriter, "_make_durable", lambda self: None)]
 
 
+def roll_forward_to_a_checkpoint_not_durable():
+    """Reconcile rolls the ledger forward to the checkpoint it read without making it durable
+    (the reference before its fix).
+
+    A consumer killed between the checkpoint's rename and its directory fsync
+    leaves a visible, non-durable checkpoint; its successor acks up to it; a
+    power cut then reverts the checkpoint below the ledger and the next
+    consumer must fail closed (checkpoint_behind_ledger) where the fixed
+    reference completes.
+    """
+    return [(consumer_mod, "sync_checkpoint", lambda cfg: None)]
+
+
 @dataclass(frozen=True)
 class PowerlossMember:
     """A durability bug: `violates` a property, or ends with `outcome` where the reference completes."""
@@ -307,6 +320,10 @@ POWERLOSS_ZOO: Dict[str, PowerlossMember] = {m.name: m for m in [
                     "blobs renamed into place without a directory fsync vanish in a power cut: samples lost",
                     [{"kind": "powercut", "at_published": 48}], violates="P2",
                     workload={"consumer_step_delay_s": 0.05}),
+    PowerlossMember("roll_forward_to_a_checkpoint_not_durable",
+                    "the ledger rolled forward to a checkpoint a power cut then reverts: fail closed",
+                    [fp("consumer.mid_checkpoint_replace", hit=3),
+                     pc_fp("consumer.after_read_before_train", inc=1)], outcome="fail_closed"),
 ]}
 
 

@@ -220,3 +220,12 @@ def test_a_power_cut_in_a_data_parallel_run_kills_and_restarts_the_ranks(tmp_pat
     cut = [e for e in events if e.get("ev") == "powercut"]
     assert cut and cut[0]["cause"].startswith("failpoint in consumer#1")
     assert any(e.get("proc", "").startswith("consumer.rank") and e.get("inc") == 2 for e in events)
+
+
+@pytest.mark.parametrize("name", sorted(POWERLOSS_ZOO))
+def test_the_fixed_reference_passes_each_zoo_schedule(name, tmp_path):
+    sc = scenario_for_powerloss(POWERLOSS_ZOO[name])
+    sc.topology["variant"] = ""
+    sc.expect.update(violates=[], outcome=["completed"])
+    r = run_scenario(sc, 0, reports_dir=str(tmp_path), render=False)
+    assert r.as_expected and r.outcome == "completed" and r.valid, (r.verdict, r.report_dir)
