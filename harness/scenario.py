@@ -11,7 +11,10 @@ silently turn a fault off).
     [store]      backend = "sqlite" | "inmemory" | "private" | "pkg.mod:Factory"
     [workload]   samples, publish_batch, train_batch, accumulation, checkpoint_every,
                  high_watermark, low_watermark, producer_delay_s, consumer_step_delay_s
-    [[faults.explicit]]  kind = "kill"|"pause"|"failpoint", target, trigger, ...
+    [faults]             powercut_mode = "clean" | "torn" (how a power cut rebuilds the work dir)
+    [[faults.explicit]]  kind = "kill"|"pause"|"failpoint"|"powercut", target, trigger, ...
+                         (a powercut hits every process: no target; failpoint action "powercut"
+                         stops the process at the point and the runner cuts power to all)
     [faults.random]      count, kinds, targets, points, actions, ...
     [expect]     outcome = ["completed"], violates = [] | ["P1", "P2"], bound_s
 """
@@ -43,7 +46,10 @@ RANK_TARGET = re.compile(r"^consumer\.rank(\d+)$")
 
 def valid_target(t: Any, kind: str = "kill") -> bool:
     return t in TARGETS or (isinstance(t, str) and kind != "failpoint" and RANK_TARGET.match(t) is not None)
-FAULT_KINDS = ("kill", "pause", "failpoint")
+FAULT_KINDS = ("kill", "pause", "failpoint", "powercut")
+#: How a power cut rebuilds the work dir (harness.powerloss): `torn` keeps a seeded torn tail.
+POWERCUT_MODES = ("clean", "torn")
+POWERCUT_TARGET = "all"  # a power cut hits every process of the run
 OUTCOMES = ("completed", "fail_closed", "failed", "timeout")
 PROPS = tuple(f"P{i}" for i in range(1, 9))
 DEVICES = ("cpu", "cuda", "auto")
@@ -95,6 +101,15 @@ class Scenario:
     random_faults: Dict[str, Any]
     expect: Dict[str, Any]
     tags: List[str] = field(default_factory=list)
+    powercut_mode: str = "clean"
+
+    @property
+    def has_powercut(self) -> bool:
+        """Whether a schedule of this scenario can hold a power cut (explicit, random, or a failpoint)."""
+        r = self.random_faults
+        return (any(f["kind"] == "powercut" or f.get("action") == "powercut" for f in self.explicit_faults)
+                or bool(r.get("count")) and ("powercut" in r["kinds"]
+                                             or ("failpoint" in r["kinds"] and "powercut" in r["actions"])))
 
     @property
     def backend(self) -> str:
@@ -113,6 +128,9 @@ class Scenario:
         for table, d in (("topology", self.topology), ("store", self.store), ("workload", self.workload)):
             out.append(f"\n[{table}]")
             out += [f"{k} = {_toml(v)}" for k, v in d.items()]
+        if self.powercut_mode != "clean":
+            out.append("\n[faults]")
+            out.append(f"powercut_mode = {_toml(self.powercut_mode)}")
         for f in self.explicit_faults:
             out.append("\n[[faults.explicit]]")
             out += [f"{k} = {_toml(v)}" for k, v in f.items()]
@@ -233,8 +251,12 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
                   f">= train_batch*accumulation*consumer_ranks*checkpoint_every = {need}")
 
     faults = data.get("faults", {})
-    if not isinstance(faults, dict) or set(faults) - {"explicit", "random"}:
-        raise err("faults", faults, "a table with 'explicit' (array of tables) and/or 'random' (a table)")
+    if not isinstance(faults, dict) or set(faults) - {"explicit", "random", "powercut_mode"}:
+        raise err("faults", faults, "a table with 'explicit' (array of tables), 'random' (a table) "
+                                    "and/or 'powercut_mode'")
+    powercut_mode = faults.get("powercut_mode", "clean")
+    if powercut_mode not in POWERCUT_MODES:
+        raise err("faults.powercut_mode", powercut_mode, " | ".join(POWERCUT_MODES))
     explicit = faults.get("explicit", [])
     if not isinstance(explicit, list):
         raise err("faults.explicit", explicit, "an array of tables [[faults.explicit]]")
@@ -284,7 +306,7 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise err("tags", tags, "a list of strings")
-    sc = Scenario(name, desc, source, topology, store, workload, explicit, rnd, expect, tags)
+    sc = Scenario(name, desc, source, topology, store, workload, explicit, rnd, expect, tags, powercut_mode)
     check_fault_targets(sc)
     return sc
 
@@ -331,9 +353,13 @@ def _check_fault(f: Any, where: str) -> Dict[str, Any]:
     if kind not in FAULT_KINDS:
         raise err("kind", kind, " | ".join(FAULT_KINDS))
     target = f.get("target")
-    if not valid_target(target, kind):
+    if kind == "powercut":
+        if target not in (None, POWERCUT_TARGET):
+            raise err("target", target, f"none (or {POWERCUT_TARGET!r}): a power cut hits every process")
+        target = POWERCUT_TARGET
+    elif not valid_target(target, kind):
         raise err("target", target, " | ".join(TARGETS) + " | consumer.rank<N> (kill and pause only)")
-    out = dict(f)
+    out = dict(f, target=target)
     if kind == "failpoint":
         if f.get("point") not in POINTS:
             raise err("point", f.get("point"), ", ".join(POINTS))

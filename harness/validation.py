@@ -7,7 +7,8 @@
 * `check_variant`: `topology.variant` imports and names a callable;
 * `check_for_run`: all of the above for a scenario about to run, plus its
   fault targets against its topology and backend (after a `--backend`
-  override).
+  override), plus, for a scenario with power cuts, the durability tracer
+  (`check_powerloss`: no C compiler to build it is a UsageError, exit 2).
 
 Each failure is a `UsageError` naming the option, key or value at fault.
 """
@@ -120,6 +121,20 @@ def check_for_run(sc, seed: Any) -> None:
     check_backend(sc.backend, f"{source}: store.backend")
     check_variant(sc.topology.get("variant") or "", f"{source}: topology.variant")
     check_fault_targets(sc, "the backend")
+    check_powerloss(sc)
+
+
+def check_powerloss(sc) -> None:
+    """A scenario with power cuts needs the tracer: built here (once), or refused naming why."""
+    if not getattr(sc, "has_powercut", False):
+        return
+    from .powerloss.build import tracer_library
+
+    try:
+        tracer_library()
+    except UsageError as e:
+        raise UsageError(f"{sc.path or sc.name}: this scenario cuts power (faults of kind or action 'powercut'), "
+                         f"which is refused here: {e}") from None
 
 
 def check_against_topology(sc) -> None:

@@ -20,7 +20,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import failpoints
-from .fileio import read_json, write_json_atomic  # noqa: F401 (read_json re-exported)
+from .fileio import fsync_dir, read_json, write_json_atomic  # noqa: F401 (read_json re-exported)
 
 CHANNEL = "channel.jsonl"
 CONSUMED = "channel.consumed"
@@ -39,6 +39,13 @@ class ChannelWriter:
         self.torn_bytes_repaired = 0
         self.records, self.ids, size = self._scan()
         self.size = size
+        self._make_durable()
+
+    def _make_durable(self) -> None:
+        """The channel file's entry in the work dir survives a power cut (every open: an earlier
+        writer may have created it and died before this fsync)."""
+        os.fsync(self._fd)
+        fsync_dir(self.workdir)
 
     def _scan(self) -> Tuple[int, List[str], int]:
         with open(self.path, "rb") as f:
@@ -169,7 +176,27 @@ def read_consumed(workdir: str) -> int:
 
 
 def write_consumed(workdir: str, consumed: int) -> None:
-    write_json_atomic(os.path.join(workdir, CONSUMED), {"consumed": int(consumed)})
+    write_json_atomic(os.path.join(workdir, CONSUMED), {"consumed": int(consumed)},
+                      point="consumer.mid_consumed_replace")
+
+
+def sync_consumed(workdir: str) -> None:
+    """Make the sidecar as it is now durable (file and directory entry).
+
+    A writer killed between its rename and its directory fsync leaves a count
+    that is visible but not durable; a restarted consumer that reads it must
+    make it durable before acting on it, or a power cut takes it back below a
+    count already read (and reported)."""
+    path = os.path.join(workdir, CONSUMED)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(workdir)
 
 
 def sentinel(workdir: str, name: str) -> Optional[Dict[str, Any]]:

@@ -33,13 +33,22 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from . import failpoints
-from .channel import CLOSED, CONSUMER_DONE, ChannelReader, read_consumed, sentinel, set_sentinel, write_consumed
+from .channel import (
+    CLOSED,
+    CONSUMER_DONE,
+    ChannelReader,
+    read_consumed,
+    sentinel,
+    set_sentinel,
+    sync_consumed,
+    write_consumed,
+)
 from .config import EXIT_USAGE, RunConfig
 from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
 from .devices import pick_device
 from .feature_store import FeatureStore
-from .fileio import fsync_dir
+from .fileio import fsync_dir, makedirs_durable
 from .history import HistoryWriter, NullHistory
 from .process_loop import FailClosed, load_process, open_history, process_args, run_process
 from .ref_queue import StreamingRefQueue
@@ -71,13 +80,34 @@ def save_checkpoint(cfg: RunConfig, state: Dict[str, Any]) -> None:
     import torch
 
     path = checkpoint_path(cfg)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    makedirs_durable(os.path.dirname(path))  # the checkpoint/ entry itself must survive a power cut
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    failpoints.hit("consumer.mid_checkpoint_replace")
+    fsync_dir(os.path.dirname(path))
+
+
+def sync_checkpoint(cfg: RunConfig) -> None:
+    """Make the checkpoint as it is now durable: file, `checkpoint/` entry, and its own entry.
+
+    A consumer killed between its rename and its directory fsync leaves a
+    checkpoint that is visible but not durable; reconcile rolls the ledger
+    forward to it, so it must be durable first, or a power cut leaves the
+    ledger ahead of the checkpoint on disk."""
+    path = checkpoint_path(cfg)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    makedirs_durable(os.path.dirname(path))
     fsync_dir(os.path.dirname(path))
 
 
@@ -108,6 +138,7 @@ class Consumer:
         self.finished = False
         self.last_progress = clock()
         self.consumed_written = read_consumed(cfg.workdir)
+        sync_consumed(cfg.workdir)  # what was read is durable before anyone acts on it
         self._final_window = False
         self.ledger_id = None
         self.queue = StreamingRefQueue(ChannelReader(cfg.workdir))
@@ -117,6 +148,8 @@ class Consumer:
     def _resume(self) -> None:
         cfg = self.cfg
         ckpt = load_checkpoint(cfg, map_location=self.device)
+        if ckpt is not None:
+            sync_checkpoint(cfg)  # durable before reconcile rolls the ledger forward to it
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
             self.optim.load_state_dict(ckpt["optim"])

@@ -16,7 +16,9 @@ Actions:
 * `crash`  - SIGKILL this process (nothing after the point runs);
 * `pause`  - SIGSTOP this process; the harness sends SIGCONT later;
 * `eio`, `enospc` - raise OSError with that errno (an injected I/O error);
-* `raise`  - raise `FailpointCrash`, the simulation engine's "killed here".
+* `raise`  - raise `FailpointCrash`, the simulation engine's "killed here";
+* `powercut` - SIGSTOP this process, like `pause`; the harness then cuts power
+  to every process of the run (kills them all and drops unsynced writes).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ POINTS: Dict[str, str] = {
     "consumer.after_checkpoint_before_ack": "checkpoint durable, ack not yet recorded",
     "consumer.after_ack_before_consumed": "ack durable, consumed count not yet published",
     "consumer.after_ack_before_release": "ack durable, feature blobs not yet deleted",
+    "consumer.mid_checkpoint_replace": "checkpoint renamed into place, its directory not yet fsynced",
+    "consumer.mid_consumed_replace": "consumed sidecar renamed into place, its directory not yet fsynced",
     "store.mid_ack_txn": "inside the ack transaction: ids written, marker not yet",
     "channel.mid_append": "half of a channel record written (a torn record)",
     "channel.before_fsync": "a channel record written, not yet fsynced",
@@ -50,7 +54,7 @@ POINTS: Dict[str, str] = {
     "rank0.after_gather_before_ack": "rank 0 gathered every rank's trained ids, no checkpoint or ack yet",
 }
 
-ACTIONS = ("crash", "pause", "eio", "enospc", "raise")
+ACTIONS = ("crash", "pause", "eio", "enospc", "raise", "powercut")
 
 
 class FailpointCrash(BaseException):
@@ -136,7 +140,7 @@ def _trigger(name: str, action: str) -> None:
         _ON_TRIGGER(name, action)
     if action == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
-    elif action == "pause":
+    elif action in ("pause", "powercut"):
         os.kill(os.getpid(), signal.SIGSTOP)
     elif action == "eio":
         raise OSError(errno.EIO, f"injected EIO at failpoint {name}")

@@ -1,8 +1,10 @@
 """Feature store: one file per sample under `features/`, written atomically.
 
 `put` writes a temp file, fsyncs it and renames it into place, so a reader sees
-either no blob or a whole one. Blobs are deleted by the consumer only after the
-sample's durable ack (P7).
+either no blob or a whole one. The rename is durable only after `sync()`
+(fsync of `features/`), which the producer calls once per batch before it
+commits the batch: a committed sample's blob survives a power cut. Blobs are
+deleted by the consumer only after the sample's durable ack (P7).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from urllib.parse import quote, unquote
 import torch
 
 from . import failpoints
+from .fileio import fsync_dir, makedirs_durable
 
 SUFFIX = ".blob"
 
@@ -55,7 +58,7 @@ def decode_blob(data: bytes) -> Dict[str, torch.Tensor]:
 class FeatureStore:
     def __init__(self, root: str) -> None:
         self.root = root
-        os.makedirs(root, exist_ok=True)
+        makedirs_durable(root)
 
     @property
     def uri(self) -> str:
@@ -82,6 +85,11 @@ class FeatureStore:
             raise
         return {k: f"{sample_id}/{k}" for k in tensors}
 
+    def sync(self) -> None:
+        """Make the blobs renamed into place so far durable: fsync the directory (a rename
+        without it is undone by a power failure)."""
+        fsync_dir(self.root)
+
     def get(self, sample_id: str) -> Dict[str, torch.Tensor]:
         with open(self._path(sample_id), "rb") as f:
             return decode_blob(f.read())
@@ -97,6 +105,8 @@ class FeatureStore:
                 gone.append(sid)
             except FileNotFoundError:
                 pass
+        if gone:
+            self.sync()  # a deletion not made durable brings the blob back after a power cut
         return gone
 
     def list_ids(self) -> List[str]:

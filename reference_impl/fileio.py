@@ -1,4 +1,11 @@
-"""Small durable-file helpers: atomic JSON replace, directory fsync, tolerant JSON read."""
+"""Small durable-file helpers: atomic JSON replace, directory fsync, durable mkdir, tolerant JSON read.
+
+A new directory entry (a created file, a rename into place, a new directory)
+survives a power failure only once its directory is fsynced: `fsync_dir`
+after the rename, `makedirs_durable` for a directory the protocol keeps files
+in (its parent's entry for it fsynced, every time: an earlier incarnation may
+have created it and died before the fsync).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +22,28 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Replace `path` with `obj` as JSON: temp file, fsync, rename, fsync dir."""
+def makedirs_durable(path: str) -> None:
+    """`os.makedirs(path, exist_ok=True)`, then fsync its parent, so the directory survives a power cut."""
+    path = os.path.abspath(path)
+    os.makedirs(path, exist_ok=True)
+    fsync_dir(os.path.dirname(path))
+
+
+def write_json_atomic(path: str, obj: Any, point: Optional[str] = None) -> None:
+    """Replace `path` with `obj` as JSON: temp file, fsync, rename, fsync dir.
+
+    `point`: a failpoint hit between the rename and the directory fsync (the
+    new content visible, not yet durable)."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    if point is not None:
+        from . import failpoints
+
+        failpoints.hit(point)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 

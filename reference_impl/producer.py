@@ -136,6 +136,8 @@ class Producer:
                 self._with_io_retry("features", lambda: self.features.put(sid, feats))
                 written.append(sid)
             refs.append(self._make_ref(i, feats))
+        if written:  # the renames durable before the commit says the samples exist
+            self._with_io_retry("features", self.features.sync)
         self.batch = refs
         self.h.emit("features", ids=written)
         failpoints.hit("producer.after_features_before_commit")

@@ -255,6 +255,100 @@ ZOO: Dict[str, ZooMember] = {m.name: m for m in [
 ]}
 
 
+# -- durability bugs: only a power cut shows them (issue 12) -------------------------
+# Each is the reference as it was before its fix; a SIGKILL keeps every page written,
+# so only the process engine's power cut (unsynced writes dropped) exposes them.
+
+def features_rename_without_dir_fsync():
+    """Feature blobs renamed into place, `features/` never fsynced (the reference before its fix).
+
+    A power cut undoes the renames: committed, published samples have no blob,
+    the consumer skips them (`missing_features`) and they are never trained (P2).
+    """
+    from reference_impl.feature_store import FeatureStore
+
+    return [(FeatureStore, "sync", lambda self: None)]
+
+
+def channel_created_without_dir_fsync():
+    """`channel.jsonl` created (and fsynced) without fsyncing the work dir (the reference before its fix).
+
+    A power cut before anything else fsyncs the work dir removes the channel
+    file with every record in it, records the consumer has read already.
+    """
+    from reference_impl.channel import ChannelWriter
+
+    return [(ChannelWriter, "_make_durable", lambda self: None)]
+
+
+def roll_forward_to_a_checkpoint_not_durable():
+    """Reconcile rolls the ledger forward to the checkpoint it read without making it durable
+    (the reference before its fix).
+
+    A consumer killed between the checkpoint's rename and its directory fsync
+    leaves a visible, non-durable checkpoint; its successor acks up to it; a
+    power cut then reverts the checkpoint below the ledger and the next
+    consumer must fail closed (checkpoint_behind_ledger) where the fixed
+    reference completes.
+    """
+    return [(consumer_mod, "sync_checkpoint", lambda cfg: None)]
+
+
+@dataclass(frozen=True)
+class PowerlossMember:
+    """A durability bug: `violates` a property, or ends with `outcome` where the reference completes."""
+    name: str
+    explanation: str
+    faults: List[Dict[str, Any]]
+    violates: Optional[str] = None
+    outcome: Optional[str] = None
+    workload: Optional[Dict[str, Any]] = None
+    backend: str = "sqlite"
+
+    @property
+    def variant(self) -> str:
+        return f"tests.pipeline_zoo:{self.name}"
+
+
+def pc_fp(point: str, target: str = "consumer", hit: int = 1, inc: int = 0) -> Dict[str, Any]:
+    return {"kind": "failpoint", "target": target, "point": point, "action": "powercut", "hit": hit,
+            "incarnation": inc}
+
+
+POWERLOSS_ZOO: Dict[str, PowerlossMember] = {m.name: m for m in [
+    PowerlossMember("features_rename_without_dir_fsync",
+                    "blobs renamed into place without a directory fsync vanish in a power cut: samples lost",
+                    [{"kind": "powercut", "at_published": 48}], violates="P2",
+                    workload={"consumer_step_delay_s": 0.05}),
+    PowerlossMember("roll_forward_to_a_checkpoint_not_durable",
+                    "the ledger rolled forward to a checkpoint a power cut then reverts: fail closed",
+                    [fp("consumer.mid_checkpoint_replace", hit=3),
+                     pc_fp("consumer.after_read_before_train", inc=1)], outcome="fail_closed"),
+]}
+
+
+def scenario_for_powerloss(member: PowerlossMember):
+    """The process-engine scenario (power cuts) that exposes `member`."""
+    from harness.scenario import scenario_from_dict
+
+    workload = {"samples": 120}
+    workload.update(member.workload or {})
+    expect: Dict[str, Any] = {"violates": [member.violates] if member.violates else []}
+    if member.outcome:
+        expect["outcome"] = [member.outcome]
+    if member.violates == "P8":
+        expect.update(timeout_s=20.0, outcome=["timeout"])
+    return scenario_from_dict({
+        "name": f"pzoo-{member.name}",
+        "description": f"power-loss zoo: {member.explanation}",
+        "topology": {"variant": member.variant},
+        "store": {"backend": member.backend},
+        "workload": workload,
+        "faults": {"explicit": member.faults},
+        "expect": expect,
+    }, source=f"powerloss-zoo:{member.name}")
+
+
 def scenario_for(member: ZooMember):
     """The process-engine scenario that exposes `member`."""
     from harness.scenario import scenario_from_dict

@@ -10,7 +10,11 @@ publish batch of `publish_batch` records:
 * at every observation `0 <= consumed <= published`;
 * the sidecar never goes backwards, across consumer restarts too; the
   producer's readings of it never go backwards either, across producer
-  restarts;
+  restarts; across a power cut (a supervisor `powercut` event) a reading may
+  fall back to the sidecar's durable value, which is at least the last value
+  the consumer reported written (`consumed`, `done`, `reconcile.consumed_before`
+  before the cut: each is emitted after the replace and its directory fsync),
+  never below it;
 * the producer publishes only while `in_flight < high`, so after a publish
   `published <= consumed + high + publish_batch`;
 * it pauses exactly when `in_flight >= high` and resumes only at
@@ -35,7 +39,8 @@ Anomalies
    records or below 0.
 2. `consumed_backwards`: a consumer sidecar value lower than an earlier one
    (consumed, reconcile.consumed_before, done; any process and incarnation),
-   or a producer reading lower than an earlier producer reading.
+   or a producer reading lower than an earlier producer reading (after a
+   power cut: lower than the last consumer value reported before the cut).
 3. `published_over_watermark`: a publish with
    `consumed + high + publish_batch < published`, or one made while
    `in_flight_before >= high`.
@@ -83,12 +88,20 @@ def check(history, final, ctx=None):
 
     # -- producer observations ----------------------------------------------
     prod = ctx.events("producer", "publish", "pause", "resume")
+    cuts = ctx.events("supervisor", "powercut")
+    durable = [(e.get("line", 0), _int(e.get("consumed_before") if e.get("ev") == "reconcile" else e.get("consumed")))
+               for e in ctx.events("consumer", "consumed", "reconcile", "done")]
     last_seen = None  # (value, event)
     n_pub = n_pause = n_resume = 0
     for e in prod:
         ev = e.get("ev")
         pub, con = _int(e.get("published")), _int(e.get("consumed"))
         where = f"{ev} by {incarnation(e)} at line {e.get('line')}"
+        for c in cuts:  # a power cut may revert the sidecar to its durable value, no lower
+            if last_seen is not None and last_seen[1].get("line", 0) < c.get("line", 0) < e.get("line", 0):
+                floor = max((v for ln, v in durable if v is not None and ln < c.get("line", 0)), default=0)
+                if floor < last_seen[0]:
+                    last_seen = (floor, c)
         if con is not None and pub is not None and (con < 0 or con > pub):
             add("consumed_exceeds_published",
                 f"{where} observed consumed={con} with published={pub}"

@@ -32,8 +32,8 @@ from . import Anomaly, context, finish, incarnation
 
 PROP = "P8"
 NAME = "liveness"
-FAULT_EVS = ("kill", "pause", "cont")
-FAULT_ACTIONS = ("crash", "pause")
+FAULT_EVS = ("kill", "pause", "cont", "powercut")
+FAULT_ACTIONS = ("crash", "pause", "powercut")
 
 
 def _last_fault(ctx):

@@ -5,4 +5,5 @@ supervisor  spawns, signals, restarts and reaps the run's processes (own process
 zygote      a fork server with torch and reference_impl preloaded, so a restart takes milliseconds
 nemesis     the fault schedule, a pure function of scenario and seed
 fault_ledger  which planned faults were seen to land, and which were missed and why
+powercut    power cuts: every process traced, then frozen, killed, reaped; the work dir rebuilt (issue 12)
 """

@@ -10,7 +10,10 @@ tried to send it:
 2. a pause lands when the target is seen stopped (state `T` in
    /proc/PID/stat) and then, after SIGCONT, seen running again;
 3. a failpoint lands when the targeted incarnation records it in its history
-   (`ev = "failpoint"` with that point, in that rank when one is named).
+   (`ev = "failpoint"` with that point, in that rank when one is named);
+4. a power cut (a timed `powercut`, or a failpoint with action `powercut`)
+   lands when every process of the run was reaped dead and the work dir was
+   rebuilt: the runner calls `land` once `PowerLoss.cut` returned.
 
 Every other planned fault is `missed`, with the reason (the target had exited
 already, was never seen stopped, the trigger never held, the point was never

@@ -9,7 +9,11 @@ Two kinds of fault:
   holds: `at_published` / `at_consumed` (progress, so they land inside the
   run whatever the machine's speed) or `at_s` (seconds after start);
 * failpoint faults (`failpoint`) are armed in one incarnation of one process
-  through `DFH_FAILPOINTS` and fire when the code reaches the point.
+  through `DFH_FAILPOINTS` and fire when the code reaches the point;
+* power cuts (`powercut`, target `all`) are timed faults that kill every
+  process of the run at once; a failpoint with action `powercut` stops its
+  process at the point and the runner then cuts power. After a cut every
+  process runs its next incarnation.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Dict, List
 
 from reference_impl.failpoints import POINTS
 
-from ..scenario import Scenario
+from ..scenario import POWERCUT_TARGET, Scenario
 
 # Which process reaches each failpoint ("rank." / "rank0." points: a rank of the
 # data-parallel consumer group, which the supervisor knows as "consumer").
@@ -54,6 +58,8 @@ def make_schedule(scenario: Scenario, seed: int) -> Dict[str, Any]:
             # successor would never be reached.
             owner = f["target"]
             next_inc[owner] = max(next_inc[owner], f["incarnation"] + (1 if f["action"] == "crash" else 0))
+            if f["action"] == "powercut":  # every process restarts after the cut
+                next_inc = {t: max(n, f["incarnation"] + 1) for t, n in next_inc.items()}
     for _ in range(rnd["count"]):
         kind = rng.choice(rnd["kinds"])
         if kind == "failpoint":
@@ -67,6 +73,12 @@ def make_schedule(scenario: Scenario, seed: int) -> Dict[str, Any]:
                 f["rank"] = rng.randrange(ranks)  # armed in that rank only
             if f["action"] in ("crash", "pause"):
                 next_inc[target] += 1 if f["action"] == "crash" else 0
+            elif f["action"] == "powercut":
+                next_inc = {t: n + 1 for t, n in next_inc.items()}
+        elif kind == "powercut":
+            frac = rng.uniform(*rnd["progress"])
+            key = rng.choice(("at_published", "at_consumed"))
+            f = {"kind": "powercut", "target": POWERCUT_TARGET, key: max(1, int(samples * frac))}
         else:
             target = rng.choice(rnd["targets"])
             frac = rng.uniform(*rnd["progress"])
@@ -92,7 +104,12 @@ def failpoint_rules(schedule: Dict[str, Any], target: str, incarnation: int) -> 
 
 
 def timed_faults(schedule: Dict[str, Any]) -> List[Dict[str, Any]]:
-    return [f for f in schedule["faults"] if f["kind"] in ("kill", "pause")]
+    return [f for f in schedule["faults"] if f["kind"] in ("kill", "pause", "powercut")]
+
+
+def has_powercut(schedule: Dict[str, Any]) -> bool:
+    """Whether the schedule cuts power (a timed power cut or a failpoint with action `powercut`)."""
+    return any(f["kind"] == "powercut" or f.get("action") == "powercut" for f in schedule["faults"])
 
 
 def write_schedule(schedule: Dict[str, Any], path: str) -> None:

@@ -37,6 +37,7 @@ from ..validation import check_for_run
 from ..verdict import judge, verdict_word
 from . import nemesis
 from .fault_ledger import FaultLedger
+from .powercut import PowerLoss, require_tracer, stopped_at_powercut
 from .supervisor import Supervisor, pid_stopped
 
 POLL_S = 0.005
@@ -101,6 +102,8 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     check_for_run(sc, seed)
     check_devices(sc)
     schedule = schedule or nemesis.make_schedule(sc, seed)
+    if nemesis.has_powercut(schedule):
+        require_tracer()  # UsageError (exit 2) without a compiler: refused before anything is written
     # Validate the run's configuration before anything is written: a rejected
     # scenario leaves no report directory behind.
     cfg = config_for(sc, seed, os.path.join(reports_dir, "(not yet created)", "work"))
@@ -132,14 +135,21 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), _REPO_ROOT, os.environ.get("PYTHONPATH", "")])
     sup = Supervisor(work, extra_env=env)
     ledger = FaultLedger(schedule["faults"])
+    pl = PowerLoss(rdir, work, sc.powercut_mode, seed) if nemesis.has_powercut(schedule) else None
     try:
-        outcome, reason = _drive(sc, cfg, schedule, sup, say, ledger)
+        if pl is not None:
+            sup.extra_env.update(pl.arm())
+        outcome, reason = _drive(sc, cfg, schedule, sup, say, ledger, pl)
         final = _final_state(sc, cfg, outcome, reason, sup)
+    except BaseException:
+        if pl is not None:
+            pl.close(keep=True)
+        raise
     finally:
         sup.shutdown()
     wall = time.monotonic() - t0
     try:
-        return _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work, render, say)
+        return _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work, render, say, pl)
     except OSError as e:  # e.g. ENOSPC: a half-written report is worse than none
         _discard(rdir)
         raise HarnessError(f"writing the report {rdir} failed: {describe_os_error(e)}; "
@@ -161,7 +171,8 @@ def _discard(rdir: str) -> None:
     shutil.rmtree(rdir, ignore_errors=True)
 
 
-def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger: FaultLedger) -> tuple:
+def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger: FaultLedger,
+           pl: Optional[PowerLoss] = None) -> tuple:
     config_path = cfg.path("config.json")
     expect = sc.expect
     t0 = time.monotonic()
@@ -250,11 +261,21 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
                 reason = failed.get("reason")
             settle(outcome)
             return outcome, reason
+        cut = _powercut_due(pl, sup, cfg, schedule, ledger, status)
+        if cut is not None:
+            _cut_and_restart(pl, sup, cfg, ledger, status, cut, start, say)
+            prog = Progress(cfg.workdir)  # the channel may be shorter now
+            continue
         prog.update()
         for f in list(pending):
             if not _trigger_holds(f, prog, now - t0):
                 continue
-            verdict = _deliver(f, sup, cfg, status, now, resume_at, ledger)
+            if f["kind"] == "powercut":
+                pending.remove(f)
+                _cut_and_restart(pl, sup, cfg, ledger, status, (f["id"], "timed"), start, say)
+                prog = Progress(cfg.workdir)
+                break
+            verdict = _deliver(f, sup, cfg, status, now, resume_at, ledger, pl)
             if verdict == "retry":
                 first = first_try.setdefault(f["id"], now)
                 if now - first > DELIVERY_RETRY_S:
@@ -302,11 +323,52 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
         time.sleep(POLL_S)
 
 
+def _powercut_due(pl, sup: Supervisor, cfg: RunConfig, schedule, ledger: FaultLedger, status) -> Optional[tuple]:
+    """(fault id, cause) when a process stopped itself at a `powercut` failpoint, else None."""
+    if pl is None:
+        return None
+    for name in ("producer", "consumer"):
+        p = sup.procs.get(name)
+        if p is None or status.get(name) != "running" or p.code is not None:
+            continue  # (never poll here: an end is reaped, and reported, at the top of the loop)
+        stopped = p.is_stopped()
+        if not stopped and name == "consumer" and cfg.world_size > 1:
+            info = read_json(cfg.path(RANKS_FILE)) or {}
+            stopped = info.get("inc") == p.inc and any(pid_stopped(x) for x in (info.get("pids") or {}).values())
+        if not stopped:
+            continue
+        fid = stopped_at_powercut(cfg.workdir, name, p.inc, schedule["faults"])
+        if fid is not None and not ledger.settled(fid):
+            return fid, f"failpoint in {name}#{p.inc}"
+    return None
+
+
+def _cut_and_restart(pl: PowerLoss, sup: Supervisor, cfg: RunConfig, ledger: FaultLedger, status, cut, start,
+                     say) -> None:
+    """Cut power to every process, settle what the cut killed, restart every process that was running."""
+    fid, cause = cut
+    if pl is None:  # cannot happen: a schedule with a power cut always has its PowerLoss
+        raise HarnessError(f"fault {fid}: a power cut in a run started without tracing")
+    rec = pl.cut(sup, fid, cause, cfg.path(RANKS_FILE))
+    for p in sup.reap():
+        ledger.on_exit(p.name, p.inc, p.code)
+    ledger.land(fid, f"power cut ({cause}): every process reaped dead ({', '.join(rec['killed']) or 'none running'}) "
+                     f"and the work dir rebuilt ({rec['unsynced_writes_dropped']} unsynced writes dropped, "
+                     f"{len(rec['files_reverted'])} files reverted)")
+    say(f"  power cut #{rec['index']} ({cause}): killed {rec['killed']}; {rec['unsynced_writes_dropped']} unsynced "
+        f"writes dropped, {rec['bytes_lost']} bytes lost; restarting")
+    if cfg.backend == "inmemory":
+        start("store_server")
+    for name in ("producer", "consumer"):
+        if status.get(name) == "running":
+            start(name)
+
+
 DELIVERY_RETRY_S = 30.0  # a target that exists but cannot be signalled for this long: the fault is missed
 
 
 def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[str, str], now: float,
-             resume_at, ledger: FaultLedger):
+             resume_at, ledger: FaultLedger, pl: Optional[PowerLoss] = None):
     """Send one timed fault: "sent", "retry" (deliver as soon as the target can take it), or a miss reason."""
     target = f["target"]
     if target == "store_server" and cfg.backend != "inmemory":
@@ -321,7 +383,7 @@ def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[st
         group = sup.procs.get("consumer")
         if group is None or group.poll() is not None or ledger.in_flight(target, group.inc):
             return "retry"
-        return "sent" if _signal_rank(sup, cfg, n, f, now, resume_at, ledger) else "retry"
+        return "sent" if _signal_rank(sup, cfg, n, f, now, resume_at, ledger, pl) else "retry"
     if target not in ("producer", "consumer", "store_server"):
         return f"target not in topology: {target!r}"
     if target != "store_server" and status.get(target) != "running":
@@ -332,6 +394,8 @@ def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[st
     if ledger.in_flight(target, p.inc):
         return "retry"  # one fault at a time per incarnation: a second kill of a dying process proves nothing
     if f["kind"] == "kill":
+        if pl is not None and not pl.stop_for_kill(p, cfg.path(RANKS_FILE)):
+            return "retry"  # traced: not while a system call may lack its journal record
         if not sup.kill(target, fault=f["id"]):
             return "retry"
         ledger.kill_sent(f["id"], target, p.inc, p.pid)
@@ -347,7 +411,7 @@ RANKS_FILE = "consumer.ranks.json"  # {"inc": N, "pids": {"0": pid, ...}} writte
 
 
 def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], now: float, resume_at,
-                 ledger: FaultLedger) -> int:
+                 ledger: FaultLedger, pl: Optional[PowerLoss] = None) -> int:
     """Kill or pause one rank of the consumer group by its pid; 1 if it fired."""
     info = read_json(cfg.path(RANKS_FILE)) or {}
     group = sup.procs.get("consumer")
@@ -356,6 +420,8 @@ def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], 
         return 0
     target = f"consumer.rank{rank}"
     if f["kind"] == "kill":
+        if pl is not None and not pl.stop_pid_for_kill(int(pid)):
+            return 0  # traced: not while a system call may lack its journal record
         if not _signal_pid(pid, signal.SIGKILL):
             return 0
         sup.h.emit("kill", target=target, target_inc=group.inc, signal=int(signal.SIGKILL), fault=f["id"])
@@ -419,7 +485,8 @@ def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
     return final
 
 
-def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work, render, say) -> RunResult:
+def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work, render, say,
+            pl: Optional[PowerLoss] = None) -> RunResult:
     from ..checkers import check_all
     from ..history import load_history, write_merged
 
@@ -449,6 +516,7 @@ def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work,
         "incarnations": _incarnations(events),
         "final": {k: v for k, v in final.items() if k not in ("witness", "planned_ids", "channel_ids")},
         "witness_summary": _witness_summary(final),
+        **({"powerloss": pl.summary()} if pl is not None else {}),
         "replay_command": replay_command(rdir),
         "report_dir": rdir,
         "created": datetime.now().isoformat(timespec="seconds"),
@@ -459,8 +527,11 @@ def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work,
         from ..reports.render import render_report
 
         render_report(rdir)
-    if verdict["as_expected"] and not keep_work:
+    kept = keep_work or not verdict["as_expected"]
+    if not kept:
         shutil.rmtree(work, ignore_errors=True)
+    if pl is not None:
+        pl.close(keep=kept)
     word = verdict_word(verdict)
     say(f"{sc.name} seed {seed}: {outcome}, {word} ({wall:.1f} s) -> {rdir}")
     return RunResult(sc.name, seed, outcome, valid, verdict["as_expected"], rdir, props, replay_command(rdir),

@@ -56,6 +56,7 @@ class Proc:
         self.launcher = launcher
         self.started = time.monotonic()
         self.code: Optional[int] = None
+        self.reported = False  # its end was reported by Supervisor.reap (whoever polled it first)
         self.last_signal_error: Optional[str] = None
 
     @property
@@ -159,7 +160,8 @@ class Supervisor:
         if self.launcher == "spawn" or module not in zygote.ZYGOTE_MODULES:
             return None
         try:
-            client = zygote.get_client(self.python)
+            # A traced run (power loss) forks from a zygote started with the tracer preloaded.
+            client = zygote.get_client(self.python, self.extra_env.get("LD_PRELOAD", ""))
             return client if module in client.modules else None
         except Exception as exc:
             if self.launcher == "zygote":
@@ -204,7 +206,8 @@ class Supervisor:
         """Processes that ended since the last call (each reported once)."""
         ended = []
         for p in list(self.procs.values()):
-            if p.code is None and p.poll() is not None:
+            if not p.reported and p.poll() is not None:
+                p.reported = True
                 self.h.emit("exited", target=p.name, target_inc=p.inc, code=p.code)
                 ended.append(p)
         return ended

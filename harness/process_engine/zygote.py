@@ -178,6 +178,11 @@ def _child(req: Dict[str, Any], zygote_pid: int, own_fds: List[int], base_path: 
         env = req["env"]
         os.environ.clear()
         os.environ.update(env)
+        if env.get("DFH_TRACE_ROOT"):  # a power-loss run: the preloaded tracer re-reads its root and journal
+            from harness.powerloss.build import reconfigure_in_process
+
+            if not reconfigure_in_process():
+                raise RuntimeError("power-loss tracing asked for, but this zygote was started without the tracer")
         pp = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         sys.path[:] = [cwd] + [os.path.abspath(p) for p in pp] + base_path
         import random
@@ -432,8 +437,10 @@ class _Keeper:
 
 
 class ZygoteClient:
-    def __init__(self, python: str = sys.executable, *, start_timeout_s: float = START_TIMEOUT_S) -> None:
+    def __init__(self, python: str = sys.executable, *, start_timeout_s: float = START_TIMEOUT_S,
+                 preload: str = "") -> None:
         self.python = python
+        self.preload = preload  # LD_PRELOAD (the power-loss tracer), inactive until a child reconfigures it
         self.owner_pid = os.getpid()
         self._lock = threading.RLock()
         self._buf = b""
@@ -446,14 +453,18 @@ class ZygoteClient:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock = ours
         t0 = time.monotonic()
-        code = ("import sys; sys.path.insert(1, %r); from harness.process_engine.zygote import _server_main; _server_main()"
-                % _REPO_ROOT)
+        code = ("import sys; sys.path.insert(1, %r); "
+                "from harness.process_engine.zygote import _server_main; _server_main()" % _REPO_ROOT)
         parent = os.getpid()
 
         env = dict(os.environ)
         # numpy's OpenBLAS (imported by torch) starts a thread pool at import; the
         # children never use it, and a zygote with one thread forks cleanly.
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        for k in ("DFH_TRACE_ROOT", "DFH_TRACE_JOURNAL", "DFH_TRACE_EXCLUDE"):
+            env.pop(k, None)  # the zygote itself traces nothing
+        if preload:
+            env["LD_PRELOAD"] = preload
 
         def start():
             return subprocess.Popen([python, "-c", code, str(theirs.fileno()), str(parent), " " * CMDLINE_ROOM],
@@ -614,18 +625,20 @@ def _keeper() -> _Keeper:
     return _KEEPER
 
 
-def get_client(python: str = sys.executable) -> ZygoteClient:
-    """This process's zygote for `python`, started (and restarted) on demand."""
+def get_client(python: str = sys.executable, preload: str = "") -> ZygoteClient:
+    """This process's zygote for `python` (and `preload`: a traced zygote is a separate one),
+    started (and restarted) on demand."""
     global _CLIENTS, _OWNER_PID
     with _GLOBAL_LOCK:
         if _OWNER_PID != os.getpid():  # a forked copy of a harness: its zygotes are not ours
             _CLIENTS = {}
             _OWNER_PID = os.getpid()
-        c = _CLIENTS.get(python)
+        key = f"{python}\0{preload}" if preload else python
+        c = _CLIENTS.get(key)
         if c is None or not c.alive():
             if c is not None:
                 c.close(timeout=1.0)
-            c = _CLIENTS[python] = ZygoteClient(python)
+            c = _CLIENTS[key] = ZygoteClient(python, preload=preload)
         return c
 
 

@@ -28,7 +28,7 @@ def _load(rdir: str):
 def timeline_series(events: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Points of the timeline, seconds since the first event."""
     t0 = events[0]["mono"] if events else 0.0
-    pub, con, faults, restarts = [], [], [], []
+    pub, con, faults, restarts, cuts = [], [], [], [], []
     for e in events:
         t = e["mono"] - t0
         ev, proc = e.get("ev"), e.get("proc")
@@ -38,6 +38,9 @@ def timeline_series(events: List[Dict[str, Any]]) -> Dict[str, Any]:
             pub.append((t, e.get("published", 0)))
         elif proc.startswith("consumer") and ev == "consumed":
             con.append((t, e["consumed"]))
+        elif proc == "supervisor" and ev == "powercut":
+            cuts.append((t, f"POWER CUT ({e.get('mode')}): {e.get('unsynced_writes_dropped')} writes dropped, "
+                            f"{len(e.get('entries_undone') or ())} entries undone"))
         elif proc == "supervisor" and ev in ("kill", "pause"):
             faults.append((t, f"{ev} {e['target']}#{e['target_inc']}"))
         elif proc != "supervisor" and ev == "failpoint":
@@ -54,7 +57,8 @@ def timeline_series(events: List[Dict[str, Any]]) -> Dict[str, Any]:
         else:
             c = max(c, v)
         infl.append((t, p - c))
-    return {"published": pub, "consumed": con, "in_flight": infl, "faults": faults, "restarts": restarts}
+    return {"published": pub, "consumed": con, "in_flight": infl, "faults": faults, "restarts": restarts,
+            "powercuts": cuts}
 
 
 def render_timeline(result: Dict[str, Any], events: List[Dict[str, Any]], path: str) -> bool:
@@ -76,9 +80,12 @@ def render_timeline(result: Dict[str, Any], events: List[Dict[str, Any]], path: 
     for t, label in s["faults"]:
         ax.axvline(t, color="black", lw=0.8, alpha=0.7)
         ax.annotate(label, (t, ax.get_ylim()[1]), rotation=90, fontsize=6, va="top", ha="right")
+    for t, label in s["powercuts"]:
+        ax.axvline(t, color="purple", lw=2.0, alpha=0.8)
+        ax.annotate(label, (t, ax.get_ylim()[1]), rotation=90, fontsize=6, va="top", ha="left", color="purple")
     for t, label in s["restarts"]:
         ax.axvline(t, color="green", lw=0.8, ls=":", alpha=0.8)
-    ax.set_xlabel("seconds since start (black: faults, green dotted: restarts)")
+    ax.set_xlabel("seconds since start (black: faults, purple: power cuts, green dotted: restarts)")
     ax.set_ylabel("records")
     ax.set_title(f"{result['scenario']} seed {result['seed']}: {result['outcome']}")
     ax.legend(fontsize=7, loc="upper left")
@@ -95,6 +102,23 @@ def _faults_line(result: Dict[str, Any]) -> str:
     out = f"faults {f['planned']} planned, {f['landed']} landed, {len(f['missed'])} missed"
     for m in f["missed"][:5]:
         out += f"; missed #{m['index']} {m['kind']} {m['target']} ({m['at']}): {m['reason']}"
+    return out
+
+
+def powerloss_lines(result: Dict[str, Any]) -> List[str]:
+    """The report's power-cut section (empty for a run without power cuts)."""
+    pl = result.get("powerloss")
+    if not pl:
+        return []
+    out = [f"{pl['cuts']} power cut(s), mode {pl['mode']}: {pl['unsynced_writes_dropped']} unsynced writes "
+           f"dropped, {pl['bytes_lost']} bytes lost, {pl['files_reverted']} files reverted, "
+           f"{pl['entries_undone']} directory entries undone (rebuild at most {pl['rebuild_ms_max']} ms)."]
+    for c in pl.get("per_cut", []):
+        undone = ", ".join(x.split(" ")[0] for x in c["entries_undone"][:6])
+        out.append(f"- cut {c['index']} (fault {c['fault']}, {c['cause']}): killed {', '.join(c['killed'])}; "
+                   f"{c['unsynced_writes_dropped']} writes dropped, {c['bytes_lost']} bytes lost; reverted "
+                   f"{', '.join(c['files_reverted'][:6]) or 'none'}; undone {undone or 'none'}"
+                   + (f"; unmodeled {len(c['unmodeled'])}" if c.get("unmodeled") else ""))
     return out
 
 
@@ -134,6 +158,9 @@ def markdown(result: Dict[str, Any]) -> str:
                    f"history lines {a.get('lines')[:10]})")
     if len(anomalies) > 50:
         out.append(f"- ... {len(anomalies) - 50} more in result.json")
+    pl = powerloss_lines(result)
+    if pl:
+        out += ["", "## Power cuts", ""] + pl
     out += ["", "## Timeline", "", "![timeline](timeline.png)", ""]
     return "\n".join(out)
 
@@ -168,6 +195,8 @@ tr.bad{{background:#fdd}} tr.na{{color:#888}} img{{max-width:100%}} code{{backgr
 <p>Replay: <code>{html.escape(result['replay_command'])}</code></p>
 <h2>Anomalies</h2><ul>{''.join(anomalies) or '<li>None.</li>'}</ul>
 <h2>Properties</h2><table><tr><th>property</th><th>name</th><th>valid</th><th>counts</th></tr>{''.join(rows)}</table>
+{('<h2>Power cuts</h2><ul>' + ''.join(f'<li>{html.escape(x.lstrip("- "))}</li>' for x in powerloss_lines(result))
+   + '</ul>') if result.get('powerloss') else ''}
 <h2>Timeline</h2>{img}
 <p>Backend {html.escape(result['backend'])}; {html.escape(_faults_line(result))};
 incarnations {html.escape(str(result.get('incarnations')))}; wall {result['wall_s']} s.</p>

@@ -6,6 +6,7 @@ import inspect
 import os
 from typing import Any
 
+from ..fileio import makedirs_durable
 from ..resolve import resolve
 from .base import MetadataStore, StoreUnavailable
 from .memory import InMemoryMetadataStore
@@ -71,7 +72,7 @@ def open_store(backend: str, workdir: str) -> MetadataStore:
         return NoOpMetadataStore()
     if ":" in backend:
         d = os.path.join(workdir, "store-backend")
-        os.makedirs(d, exist_ok=True)
+        makedirs_durable(d)  # the backend's directory itself must survive a power cut
         return build_from_factory(load_factory(backend), d)
     raise ValueError(
         f"unknown store backend {backend!r}; allowed: {', '.join(BUILTIN_BACKENDS)} or package.module:Factory"
