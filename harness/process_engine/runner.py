@@ -67,6 +67,36 @@ class RunResult:
         return 0 if self.as_expected else 1
 
 
+
+@dataclass(frozen=True)
+class Resume:
+    """A SIGCONT due at `at` for incarnation `inc` of `target` (by process group, or by
+    `pid` for one rank of the consumer group); `fault` is the pause's id, None for a
+    failpoint's own stop."""
+
+    at: float
+    target: str
+    inc: int
+    fault: Optional[int]
+    pid: Optional[int] = None
+
+
+@dataclass
+class RunFrame:
+    """What writing a run's result needs besides the final state."""
+
+    sc: Scenario
+    seed: int
+    cfg: RunConfig
+    rdir: str
+    work: str
+    ledger: FaultLedger
+    keep_work: bool
+    render: bool
+    say: Callable[[str], None]
+    pl: Optional[PowerLoss] = None
+
+
 def check_devices(sc: Scenario) -> None:
     """A scenario that demands CUDA where there is none is bad input, said before anything starts."""
     wants = [k for k in ("producer_device", "consumer_device") if sc.topology[k] == "cuda"]
@@ -149,7 +179,8 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
         sup.shutdown()
     wall = time.monotonic() - t0
     try:
-        return _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work, render, say, pl)
+        frame = RunFrame(sc, seed, cfg, rdir, work, ledger, keep_work, render, say, pl)
+        return _finish(frame, final, wall)
     except OSError as e:  # e.g. ENOSPC: a half-written report is worse than none
         _discard(rdir)
         raise HarnessError(f"writing the report {rdir} failed: {describe_os_error(e)}; "
@@ -214,7 +245,7 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
         if f["kind"] == "failpoint" and f["action"] == "pause":
             fp_pause_s.setdefault((f["target"], f["incarnation"]), []).append(f.get("duration_s", 0.3))
     fp_stops: Dict[tuple, int] = {}  # (name, inc) -> stops seen so far
-    resume_at: List[tuple] = []  # (time, name, inc, fault id[, pid])
+    resume_at: List[Resume] = []
     first_try: Dict[int, float] = {}  # fault id -> when its delivery first failed
     outcome, reason = None, None
 
@@ -294,32 +325,32 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
             key = (name, p.inc) if p else None
             if not p or key not in fp_pause_s or ledger.in_flight(name, p.inc):
                 continue  # (a timed pause in flight is resumed by its own fault)
-            if any(it[1].startswith(name) and it[2] == p.inc for it in resume_at):
+            if any(it.target.startswith(name) and it.inc == p.inc for it in resume_at):
                 continue  # this stop's resume is scheduled already
             durations = fp_pause_s[key]
             if p.is_stopped():
                 n = fp_stops[key] = fp_stops.get(key, 0) + 1
-                resume_at.append((now + durations[min(n, len(durations)) - 1], name, p.inc, None))
+                resume_at.append(Resume(now + durations[min(n, len(durations)) - 1], name, p.inc, None))
             elif name == "consumer" and cfg.world_size > 1:
                 # A `pause` failpoint inside one rank stops that rank, not the group.
                 info = read_json(cfg.path(RANKS_FILE)) or {}
                 for rank, pid in sorted((info.get("pids") or {}).items()):
                     if info.get("inc") == p.inc and pid_stopped(pid):
                         n = fp_stops[key] = fp_stops.get(key, 0) + 1
-                        resume_at.append((now + durations[min(n, len(durations)) - 1], f"consumer.rank{rank}",
-                                          p.inc, None, pid))
+                        resume_at.append(Resume(now + durations[min(n, len(durations)) - 1],
+                                                f"consumer.rank{rank}", p.inc, None, pid))
         for item in list(resume_at):
-            if item[0] <= now:
+            if item.at <= now:
                 resume_at.remove(item)
-                if len(item) > 4:  # one rank: SIGCONT by pid
-                    _signal_pid(item[4], signal.SIGCONT)
-                    sup.h.emit("cont", target=item[1], target_inc=item[2], fault=item[3])
-                    if item[3] is not None:
-                        ledger.resume_sent(item[3])
+                if item.pid is not None:  # one rank: SIGCONT by pid
+                    _signal_pid(item.pid, signal.SIGCONT)
+                    sup.h.emit("cont", target=item.target, target_inc=item.inc, fault=item.fault)
+                    if item.fault is not None:
+                        ledger.resume_sent(item.fault)
                     continue
-                p = sup.procs.get(item[1])
-                if p and p.inc == item[2] and sup.cont(item[1], fault=item[3]) and item[3] is not None:
-                    ledger.resume_sent(item[3])
+                p = sup.procs.get(item.target)
+                if p and p.inc == item.inc and sup.cont(item.target, fault=item.fault) and item.fault is not None:
+                    ledger.resume_sent(item.fault)
         time.sleep(POLL_S)
 
 
@@ -403,7 +434,7 @@ def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[st
     if not sup.pause(target, fault=f["id"]):
         return "retry"
     ledger.pause_sent(f["id"], target, p.inc, p.pid)
-    resume_at.append((now + f["duration_s"], target, p.inc, f["id"]))
+    resume_at.append(Resume(now + f["duration_s"], target, p.inc, f["id"]))
     return "sent"
 
 
@@ -431,7 +462,7 @@ def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], 
             return 0
         sup.h.emit("pause", target=target, target_inc=group.inc, fault=f["id"])
         ledger.pause_sent(f["id"], target, group.inc, int(pid), by_pid=True)
-        resume_at.append((now + f["duration_s"], target, group.inc, f["id"], pid))
+        resume_at.append(Resume(now + f["duration_s"], target, group.inc, f["id"], pid))
     return 1
 
 
@@ -485,8 +516,9 @@ def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
     return final
 
 
-def _finish(sc, seed, cfg, rdir, work, schedule, final, wall, ledger, keep_work, render, say,
-            pl: Optional[PowerLoss] = None) -> RunResult:
+def _finish(frame: "RunFrame", final: Dict[str, Any], wall: float) -> RunResult:
+    sc, seed, cfg, rdir, work = frame.sc, frame.seed, frame.cfg, frame.rdir, frame.work
+    ledger, keep_work, render, say, pl = frame.ledger, frame.keep_work, frame.render, frame.say, frame.pl
     from ..checkers import check_all
     from ..history import load_history, write_merged
 
