@@ -14,6 +14,7 @@ import dataclasses
 import json
 import sqlite3
 import threading
+import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from reference_impl.contracts import SampleRef, ref_to_dict
@@ -399,6 +400,7 @@ class RacyMemoryStore(MemoryMarker, MetadataStore):
     def commit_sample(self, ref):
         check_ref(ref)
         fresh = ref.sample_id not in self._refs
+        time.sleep(0)  # the round trip a real backend makes between the check and the insert: other threads run
         if fresh:
             self._refs[ref.sample_id] = copy.deepcopy(ref)
             self._order.append(ref.sample_id)
@@ -465,6 +467,7 @@ class TornMemoryMarkerStore(MetadataStore):
         with self._lock:
             for sid in as_id_set(sample_ids):
                 self._acked.add(sid)
+                time.sleep(0)  # one write per id, as a backend without batch writes does: readers run between
             if global_step is not None:
                 self._step = int(global_step)
             self._flag = bool(optimizer_durable)
