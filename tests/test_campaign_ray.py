@@ -136,3 +136,19 @@ def test_simulate_on_ray_gives_the_local_search(tmp_path):
     keys = ("schedules", "failures", "faults_fired")
     assert {k: on_ray[k] for k in keys} == {k: local[k] for k in keys}
     assert local["failures"] >= 1  # the hunted bug is found both ways
+
+
+def test_certify_power_cut_trials_on_ray(tmp_path):
+    """certify's tier 5 split into Ray tasks: the store that never fsyncs is still rejected,
+    the reference store still passes, with every trial counted."""
+    from harness.certify import FAILED, PASSED, certify
+    from harness.certify.certificate import Budget
+
+    small = Budget("t", t1_examples=5, t1_steps=5, t2_scale=0.3, t3_crashes=10, t4_seeds=1, t1_shrink_s=2)
+    ray_opts = {"executor": "ray", "jobs": 2}
+    bad = certify("tests.store_zoo.powerloss:SyncOffStore", budget=small, tiers=[5], seed=7, reports_dir=None,
+                  progress=None, overrides={"powercuts": 24, **ray_opts})
+    assert bad.tier(5).status == FAILED and "P6 durability" in bad.tier(5).failed_properties()
+    good = certify("reference_impl.stores.sqlite:SQLiteMetadataStore", budget=small, tiers=[5], seed=7,
+                   reports_dir=None, progress=None, overrides={"powercuts": 6, **ray_opts})
+    assert good.tier(5).status == PASSED and good.tier(5).counters["trials"] == 6

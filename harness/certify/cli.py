@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--call-timeout", type=float, metavar="S",
                     help="seconds each construction and store call may take before it is a liveness finding "
                          "(default 120)")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="where tier 5's power-cut trials run: this machine (default) or Ray tasks (--jobs shares)")
+    ap.add_argument("--jobs", type=int, default=2, help="with --executor ray: shares of the power-cut trials")
+    ap.add_argument("--address", help="with --executor ray: an existing Ray cluster (default: a local instance)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return ap
 
@@ -81,6 +85,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         overrides["examples"] = args.examples
     if args.crashes:
         overrides["crashes"] = args.crashes
+    bad = (f"--jobs {args.jobs}: must be at least 1" if args.jobs < 1 else
+           f"--address {args.address!r} needs --executor ray" if args.address and args.executor != "ray" else None)
+    if bad:
+        print(f"certify: error: {bad}", file=sys.stderr)
+        return ExitCode.USAGE
+    if args.executor != "local":
+        overrides.update(executor=args.executor, jobs=args.jobs, address=args.address)
     command = quote_cmd(["python", "-m", "harness", "certify"] + argv)
     try:
         cert = certify(

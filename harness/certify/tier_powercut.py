@@ -299,8 +299,13 @@ def run(ctx: Context, tier: int = 3) -> TierResult:
         res.duration_s = time.monotonic() - t0
         return res
     counters: Dict[str, Any] = {}
-    findings = run_powercut_trials(spec, ctx.subdir("powercut"), trials, ctx.seed, progress=ctx.progress,
-                                   counters=counters)
+    executor = ctx.overrides.get("executor") or "local"
+    if executor == "local":
+        findings = run_powercut_trials(spec, ctx.subdir("powercut"), trials, ctx.seed, progress=ctx.progress,
+                                       counters=counters)
+    else:
+        findings = _trials_on(executor, spec, trials, ctx.seed, int(ctx.overrides.get("jobs") or 2),
+                              ctx.overrides.get("address"), counters, ctx.progress)
     for f in findings:
         res.counterexamples.append(Counterexample(tier=tier, property=f["property"], message=f["message"],
                                                   steps=f["steps"], reproduce=ctx.reproduce(tier) +
@@ -312,6 +317,44 @@ def run(ctx: Context, tier: int = 3) -> TierResult:
         res.status = FAILED
     res.duration_s = time.monotonic() - t0
     return res
+
+
+def _trials_share(args) -> Dict[str, Any]:
+    """One share of the trials in a Ray task: its own scratch dir, its own seed."""
+    import tempfile
+
+    spec, trials, seed = args
+    d = tempfile.mkdtemp(prefix="certify-powercut-")
+    try:
+        counters: Dict[str, Any] = {}
+        findings = run_powercut_trials(spec, d, trials, seed, counters=counters)
+        return {"findings": findings, "counters": counters}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _trials_on(executor: str, spec: str, trials: int, seed: int, jobs: int, address: Optional[str],
+               counters: Dict[str, Any], progress: Callable[[str], None]) -> List[Dict[str, Any]]:
+    """The trials split into `jobs` shares (seeds seed*1000+i) on `executor` (harness.campaign.map_trials);
+    a lost share is a harness error, never a pass."""
+    from harness.campaign import TrialLost, map_trials
+
+    jobs = max(1, min(jobs, trials))
+    shares = [(spec, trials // jobs + (1 if i < trials % jobs else 0), seed * 1000 + i) for i in range(jobs)]
+    findings: List[Dict[str, Any]] = []
+    for item, res in map_trials(_trials_share, shares, executor, jobs=jobs, address=address):
+        if isinstance(res, TrialLost):
+            raise HarnessError(f"power-cut trials (share seed {item[2]}) were lost on {executor}: {res}")
+        findings.extend(res["findings"])
+        for k, v in res["counters"].items():
+            if k == "warnings":
+                counters.setdefault(k, []).extend(v)
+            elif k == "rebuild_ms_max":
+                counters[k] = max(counters.get(k, 0.0), v)
+            elif isinstance(v, (int, float)):
+                counters[k] = counters.get(k, 0) + v
+        progress(f"power-cut trials: share seed {item[2]} done on {executor} ({len(res['findings'])} findings)")
+    return findings
 
 
 if __name__ == "__main__":
