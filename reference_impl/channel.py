@@ -20,7 +20,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import failpoints
-from .fileio import fsync_dir, read_json, write_json_atomic  # noqa: F401 (read_json re-exported)
+from .fileio import fsync_dir, read_json, sync_if_present, write_json_atomic  # noqa: F401 (read_json re-exported)
 
 CHANNEL = "channel.jsonl"
 CONSUMED = "channel.consumed"
@@ -187,16 +187,7 @@ def sync_consumed(workdir: str) -> None:
     that is visible but not durable; a restarted consumer that reads it must
     make it durable before acting on it, or a power cut takes it back below a
     count already read (and reported)."""
-    path = os.path.join(workdir, CONSUMED)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(workdir)
+    sync_if_present(os.path.join(workdir, CONSUMED))
 
 
 def sentinel(workdir: str, name: str) -> Optional[Dict[str, Any]]:

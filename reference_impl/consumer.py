@@ -48,7 +48,7 @@ from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
 from .devices import pick_device
 from .feature_store import FeatureStore
-from .fileio import fsync_dir, makedirs_durable
+from .fileio import fsync_dir, makedirs_durable, sync_if_present
 from .history import HistoryWriter, NullHistory
 from .process_loop import FailClosed, load_process, open_history, process_args, run_process
 from .ref_queue import StreamingRefQueue
@@ -99,16 +99,8 @@ def sync_checkpoint(cfg: RunConfig) -> None:
     forward to it, so it must be durable first, or a power cut leaves the
     ledger ahead of the checkpoint on disk."""
     path = checkpoint_path(cfg)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    makedirs_durable(os.path.dirname(path))
-    fsync_dir(os.path.dirname(path))
+    if sync_if_present(path):
+        makedirs_durable(os.path.dirname(path))
 
 
 class Consumer:

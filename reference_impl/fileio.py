@@ -29,6 +29,23 @@ def makedirs_durable(path: str) -> None:
     fsync_dir(os.path.dirname(path))
 
 
+def sync_if_present(path: str) -> bool:
+    """fsync `path` and its directory when the file exists (False when it does not):
+    a file renamed into place by a writer that was killed before its directory
+    fsync is visible but not durable, and must be made durable before anyone
+    acts on what it says."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(os.path.dirname(path) or ".")
+    return True
+
+
 def write_json_atomic(path: str, obj: Any, point: Optional[str] = None) -> None:
     """Replace `path` with `obj` as JSON: temp file, fsync, rename, fsync dir.
 
