@@ -18,7 +18,9 @@ goal it is held to:
   consecutive trials (N = 200, 20 with --quick);
 * harness overhead: the default scenario with history logging on and off;
 * power loss: tracing overhead, rebuild time, power-cut trials per minute
-  (`powerloss`).
+  (`powerloss`);
+* campaigns on Ray: throughput of a local Ray instance against the local
+  executor on the same seeds, and a two-node cluster's verdicts (`ray`).
 
 This is a measurement, not a test: nothing here is run by CI. Figures depend
 on the machine and on whatever else runs on it (the load average is recorded).
@@ -37,7 +39,7 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional
 
-from . import checks, memory, overhead, powerloss, restart, sqlite, trials  # noqa: F401 (they register their sections)
+from . import checks, memory, overhead, powerloss, ray, restart, sqlite, trials  # noqa: F401 (they register their sections)
 from .registry import GOALS, BenchRun, goal_met
 from .registry import sections as registered
 

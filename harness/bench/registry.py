@@ -20,6 +20,7 @@ GOALS = {
     "tracing_overhead_ratio": ("<=", 1.3),
     "powercut_rebuild_ms": ("<=", 50.0),
     "powercut_trials_per_min": (">=", 40.0),
+    "ray_vs_local_ratio": (">=", 0.8),
 }
 DEFAULT_SCENARIO = "kill-random"
 MEMORY_SCENARIO = "dp4-rank-kills"  # the 4-rank CPU (gloo) data-parallel scenario

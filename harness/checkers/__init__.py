@@ -65,6 +65,17 @@ def by_line(e: Dict[str, Any]) -> int:
     return e.get("line", 0)
 
 
+def ledger_losses(ctx, durable: bool) -> List[Dict[str, Any]]:
+    """The supervisor events after which a volatile store's ledger is gone: a kill of a
+    `store*` target, or a power cut that killed the store server. None for a durable store."""
+    if durable:
+        return []
+    kills = [e for e in ctx.events("supervisor", "kill") if str(e.get("target", "")).startswith("store")]
+    cuts = [e for e in ctx.events("supervisor", "powercut")
+            if any(str(k).startswith("store") for k in e.get("killed") or ())]
+    return sorted(kills + cuts, key=by_line)
+
+
 def role(proc: str) -> str:
     """`consumer.rank1` -> `consumer`; `producer` -> `producer`."""
     return proc.split(".", 1)[0]

@@ -7,8 +7,9 @@ ledger, for every sample id exactly one call returns `fresh=True` for it
 (across processes, incarnations and concurrent callers; a repeated id inside
 one batch is fresh once). A `commit` event (`ids`, `fresh`, same order) is a
 call that returned. A ledger ends only when a volatile store loses it: with
-`final["durable_store"]` False, a supervisor `kill` of a `store*` target or a
-restarted `store_server` incarnation starts a new ledger (epoch), in which every
+`final["durable_store"]` False, a supervisor `kill` of a `store*` target, a
+`powercut` that killed the store server, or a restarted `store_server`
+incarnation starts a new ledger (epoch), in which every
 id may be fresh once again. With a durable store there is one ledger.
 
 A call whose effect reached the store but whose process was killed before the
@@ -22,7 +23,7 @@ at all is fine (crash after the store write, before the event).
 Operations read
 ---------------
 * `commit` events of any process (`ids`, `fresh`);
-* supervisor `kill` (target), `store_server` `start` (inc);
+* supervisor `kill` (target) and `powercut` (killed), `store_server` `start` (inc);
 * final `durable_store`, `committed_ids`.
 
 Anomalies
@@ -36,7 +37,7 @@ Anomalies
 
 from __future__ import annotations
 
-from . import Anomaly, by_line, context, finish, incarnation
+from . import Anomaly, by_line, context, finish, incarnation, ledger_losses
 
 PROP = "P4"
 NAME = "exactly_one_fresh_commit"
@@ -45,7 +46,7 @@ NAME = "exactly_one_fresh_commit"
 def _ledger_events(ctx, durable):
     if durable:
         return []
-    out = [e for e in ctx.events("supervisor", "kill") if str(e.get("target", "")).startswith("store")]
+    out = ledger_losses(ctx, durable)
     out += [e for e in ctx.events("store_server", "start") if int(e.get("inc", 0)) > 0]
     return out
 

@@ -32,13 +32,14 @@ the final state (`final["marker"]`). The checks, precisely:
    empty. A reconcile resolves the interrupted acks of its own process.
 
 With a volatile store (`final["durable_store"]` False) a supervisor kill of a
-`store*` target starts an empty ledger: the sweep for 3 and 4 restarts empty.
+`store*` target, or a power cut that killed the store server, starts an empty
+ledger: the sweep for 3 and 4 restarts empty.
 
 Operations read
 ---------------
 * consumer `ack` (step, ids), `checkpoint` (step, unacked), `reconcile`
   (marker_step, released, rolled_forward);
-* supervisor `kill` of the store server; final `marker`, `durable_store`.
+* supervisor `kill` of the store server, `powercut` (killed); final `marker`, `durable_store`.
 
 Anomalies
 ---------
@@ -49,7 +50,7 @@ Anomalies
 
 from __future__ import annotations
 
-from . import Anomaly, by_line, context, finish, fmt_items, incarnation
+from . import Anomaly, by_line, context, finish, fmt_items, incarnation, ledger_losses
 
 PROP = "P5"
 NAME = "ack_atomicity"
@@ -86,8 +87,7 @@ def check(history, final, ctx=None):
                 anomalies.append(_torn(c, present, [x for x in r if x not in m], reader, interrupted=True))
 
     # -- reconcile readers (checks 3, 4) --------------------------------------
-    kills = [e for e in ctx.events("supervisor", "kill") if not durable
-             and str(e.get("target", "")).startswith("store")]
+    kills = ledger_losses(ctx, durable)
     stream = sorted(acks + recs + interrupted + kills, key=by_line)
     reconciled = set()  # (proc, inc) whose reconcile has been seen
     prelude = {}  # (proc, inc) -> acks emitted before its reconcile (roll-forward)
@@ -106,7 +106,7 @@ def check(history, final, ctx=None):
                 prelude.setdefault(key, []).append(e)
         elif ev == "checkpoint":
             open_txns.append(e)
-        elif ev == "kill":
+        elif ev in ("kill", "powercut"):  # the volatile ledger is gone
             acked_ev, since_last, open_txns = set(), [], []
         else:  # reconcile
             released = e.get("released")

@@ -135,6 +135,20 @@ def test_volatile_ledger_loss_starts_a_new_epoch():
     assert one(p4.check(h.events, final_state(["a"], durable_store=True)), "fresh_twice").sample_ids == ["a"]
 
 
+def test_power_cut_that_killed_the_store_server_starts_a_new_epoch():
+    h = H()
+    h.p("commit", ids=["a"], fresh=[True])
+    h.s("powercut", fault=0, killed=["store_server#0", "producer#0", "consumer#0"], mode="clean")
+    h.p("commit", 1, ids=["a"], fresh=[True])
+    assert p4.check(h.events, final_state(["a"], durable_store=False)).valid is True
+    # a cut that left the store server running (none in this run) keeps the ledger
+    h = H()
+    h.p("commit", ids=["a"], fresh=[True])
+    h.s("powercut", fault=0, killed=["producer#0", "consumer#0"], mode="clean")
+    h.p("commit", 1, ids=["a"], fresh=[True])
+    assert one(p4.check(h.events, final_state(["a"], durable_store=False)), "fresh_twice").sample_ids == ["a"]
+
+
 def test_malformed_commit():
     h = H()
     l1 = h.p("commit", ids=["a", "b"], fresh=[True])

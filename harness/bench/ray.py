@@ -1,6 +1,6 @@
 """Bench: campaign throughput on a local Ray instance against the local executor, same seeds, same verdicts.
 
-    python -m harness.campaign.bench [SCENARIO...] [--seeds 0..19] [-j 2] [--two-nodes] [--json FILE]
+    python -m harness bench --only ray [--quick] [--jobs 2] [--json FILE]
 
 Runs the same campaign with `--executor local` and `--executor ray` (a local
 instance with -j CPUs), reports trials per minute of each (wall clock,
@@ -12,7 +12,6 @@ and compares its verdicts too.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -21,9 +20,10 @@ import tempfile
 import time
 from typing import Any, Dict, List
 
-from .core import parse_seeds, run_campaign
+from ..campaign import run_campaign
+from .registry import BenchRun, goal, section
 
-GOAL_RATIO = 0.8
+SCENARIOS = ["kill-random", "failpoints-consumer"]
 
 
 def _verdicts(cdir: str) -> Dict[str, Any]:
@@ -44,41 +44,33 @@ def _one(label: str, scenarios: List[str], seeds: List[int], base: str, **kw) ->
     return out
 
 
-def main(argv: List[str] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.campaign.bench")
-    ap.add_argument("scenarios", nargs="*", default=["kill-random", "failpoints-consumer"])
-    ap.add_argument("--seeds", default="0..19")
-    ap.add_argument("-j", "--jobs", type=int, default=2)
-    ap.add_argument("--two-nodes", action="store_true")
-    ap.add_argument("--json")
-    args = ap.parse_args(argv)
-    seeds = parse_seeds(args.seeds)
-    base = tempfile.mkdtemp(prefix="dfh-bench-campaign-")
-    out: Dict[str, Any] = {"scenarios": args.scenarios, "seeds": args.seeds, "jobs": args.jobs,
-                           "cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}
-    try:
-        out["local"] = _one("local", args.scenarios, seeds, base, jobs=args.jobs)
-        out["ray"] = _one("ray", args.scenarios, seeds, base, jobs=args.jobs, executor="ray")
-        out["ratio"] = round(out["ray"]["trials_per_min"] / out["local"]["trials_per_min"], 3)
-        out["same_verdicts"] = out["ray"]["verdicts"] == out["local"]["verdicts"]
-        print(f"ray/local throughput ratio {out['ratio']} (goal >= {GOAL_RATIO}); "
-              f"same per-seed verdicts: {out['same_verdicts']}", file=sys.stderr)
-        if args.two_nodes:
-            out["two_nodes"] = _two_nodes(args, seeds, base, out["local"]["verdicts"])
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    out["loadavg_after"] = os.getloadavg()
-    if args.json:
-        from .summary import write_text_atomic
-
-        write_text_atomic(args.json, json.dumps(out, indent=2, sort_keys=True))
-    return 0 if out.get("same_verdicts") else 1
+@section("ray", 80)
+def ray_section(run: BenchRun) -> None:
+    seeds = list(range(4 if run.quick else 12))
+    jobs = run.args.jobs
+    base = tempfile.mkdtemp(prefix="ray-", dir=run.base)
+    out: Dict[str, Any] = {"scenarios": SCENARIOS, "seeds": len(seeds), "jobs": jobs}
+    out["local"] = _one("local", SCENARIOS, seeds, base, jobs=jobs)
+    out["ray"] = _one("ray", SCENARIOS, seeds, base, jobs=jobs, executor="ray")
+    out["ratio"] = round(out["ray"]["trials_per_min"] / out["local"]["trials_per_min"], 3)
+    out["same_verdicts"] = out["ray"]["verdicts"] == out["local"]["verdicts"]
+    out["two_nodes"] = _two_nodes(jobs, SCENARIOS, seeds, base, out["local"]["verdicts"])
+    for k in ("local", "ray", "two_nodes"):
+        out[k].pop("verdicts", None)
+    run.out["ray"] = out
+    run.out["ray_vs_local_ratio"] = out["ratio"]
+    run.say(f"campaign throughput ({', '.join(SCENARIOS)}, {len(seeds)} seeds, -j {jobs}): local "
+            f"{out['local']['trials_per_min']}/min, local Ray instance {out['ray']['trials_per_min']}/min "
+            f"(ratio {out['ratio']}, {goal('ray_vs_local_ratio', out['ratio'])}); same per-seed verdicts: "
+            f"{out['same_verdicts']}; two nodes: " + (f"{out['two_nodes']['trials_per_min']}/min on "
+            f"{out['two_nodes']['nodes_used']} nodes, same verdicts {out['two_nodes']['same_verdicts']}"
+            if out["two_nodes"].get("started") else f"not started ({out['two_nodes'].get('error')})"))
 
 
-def _two_nodes(args, seeds, base, local_verdicts) -> Dict[str, Any]:
+def _two_nodes(jobs, scenarios, seeds, base, local_verdicts) -> Dict[str, Any]:
     from ray.cluster_utils import Cluster
 
-    per = max(1, args.jobs // 2)
+    per = max(1, jobs // 2)
     tmp = tempfile.mkdtemp(prefix="dfh-ray2-")
     os.makedirs(os.path.join(tmp, "ray"))
     os.environ["RAY_TMPDIR"] = tmp  # the cluster utilities write their address file under it
@@ -94,7 +86,7 @@ def _two_nodes(args, seeds, base, local_verdicts) -> Dict[str, Any]:
         return {"started": False, "error": repr(e)}
     start = round(time.monotonic() - t0, 2)
     try:
-        r = _one("two-nodes", args.scenarios, seeds, base, jobs=args.jobs, executor="ray", address=cluster.address)
+        r = _one("two-nodes", scenarios, seeds, base, jobs=jobs, executor="ray", address=cluster.address)
         nodes = {w.rsplit(":", 1)[-1] for w in _workers(base)}
     finally:
         cluster.shutdown()
@@ -113,7 +105,3 @@ def _workers(base: str) -> List[str]:
         with open(os.path.join(d, c, "summary.json")) as f:
             out += [r.get("worker", "?") for r in json.load(f)["runs"]]
     return out
-
-
-if __name__ == "__main__":
-    sys.exit(main())
