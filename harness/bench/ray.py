@@ -65,7 +65,8 @@ def ray_section(run: BenchRun) -> None:
     run.say(f"campaign throughput ({', '.join(SCENARIOS)}, {len(seeds)} seeds, -j {jobs}): local "
             f"{out['local']['trials_per_min']}/min, local Ray instance {out['ray']['trials_per_min']}/min "
             f"(ratio {out['ratio']}, {goal('ray_vs_local_ratio', out['ratio'])}; "
-            f"{out['ratio_after_start']} after Ray's {out['ray']['executor_start_s']} s start); same per-seed verdicts: "
+            f"{out['ratio_after_start']} after Ray's {out['ray']['executor_start_s']} s start); "
+            f"same per-seed verdicts: "
             f"{out['same_verdicts']}; two nodes: " + (f"{out['two_nodes']['trials_per_min']}/min on "
             f"{out['two_nodes']['nodes_used']} nodes, same verdicts {out['two_nodes']['same_verdicts']}"
             if out["two_nodes"].get("started") else f"not started ({out['two_nodes'].get('error')})"))
