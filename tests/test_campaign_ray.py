@@ -144,6 +144,22 @@ def test_simulate_on_ray_gives_the_local_search(tmp_path):
     assert hunted["errors"] == [] and hunted["failures"] >= 1
 
 
+def test_certify_crash_trials_on_ray(tmp_path):
+    """certify's tier 3 split into Ray tasks: a store that loses returned commits is still
+    rejected for P6, the reference store still passes, with every trial counted."""
+    from harness.certify import FAILED, PASSED, certify
+    from harness.certify.certificate import Budget
+
+    small = Budget("t", t1_examples=5, t1_steps=5, t2_scale=0.3, t3_crashes=40, t4_seeds=1, t1_shrink_s=2)
+    ray_opts = {"executor": "ray", "jobs": 2}
+    bad = certify("tests.store_zoo:BufferedCommitsStore", budget=small, tiers=[3], seed=20240601, reports_dir=None,
+                  progress=None, overrides=ray_opts)
+    assert bad.tier(3).status == FAILED and "P6 durability" in bad.tier(3).failed_properties()
+    good = certify("reference_impl.stores.sqlite:SQLiteMetadataStore", budget=small, tiers=[3], seed=7,
+                   reports_dir=None, progress=None, overrides={"crashes": 10, **ray_opts})
+    assert good.tier(3).status == PASSED and good.tier(3).counters["trials"] == 10
+
+
 def test_certify_power_cut_trials_on_ray(tmp_path):
     """certify's tier 5 split into Ray tasks: the store that never fsyncs is still rejected,
     the reference store still passes, with every trial counted."""

@@ -287,6 +287,11 @@ def _run_tier(n: int, ctx: Context, selected, report_dir: Optional[str]) -> Tier
         if n == 3:
             from . import tier3_crash as mod
 
+            executor = ctx.overrides.get("executor") or "local"
+            if executor != "local" and ctx.target.spec:
+                from .tier3_shares import run_on
+
+                return run_on(executor, ctx)
             return mod.run(ctx)
         if n == 5:
             from . import tier_powercut as mod

@@ -42,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="seconds each construction and store call may take before it is a liveness finding "
                          "(default 120)")
     ap.add_argument("--executor", choices=("local", "ray"), default="local",
-                    help="where tier 5's power-cut trials run: this machine (default) or Ray tasks (--jobs shares)")
-    ap.add_argument("--jobs", type=int, default=2, help="with --executor ray: shares of the power-cut trials")
+                    help="where tier 3's crash trials and tier 5's power-cut trials run: this machine "
+                    "(default) or Ray tasks (--jobs shares)")
+    ap.add_argument("--jobs", type=int, default=2, help="with --executor ray: shares of the tier 3 and 5 trials")
     ap.add_argument("--address", help="with --executor ray: an existing Ray cluster (default: a local instance)")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return ap
