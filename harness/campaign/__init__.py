@@ -7,10 +7,10 @@ pool, Ray tasks, `map_trials`), `trial` (one trial, shipped reports) and
 """
 
 from .core import CAMPAIGN_ENV, CampaignInterrupted, load_summary, parse_seeds, run_campaign
-from .executors import EXECUTORS, TrialLost, map_trials
+from .executors import EXECUTORS, TrialLost, map_shares, map_trials, split_shares
 from .summary import exit_code, summarize, summary_table, write_junit
 from .trial import STATUSES, _one, run_trial
 
 __all__ = ["CAMPAIGN_ENV", "CampaignInterrupted", "EXECUTORS", "STATUSES", "TrialLost", "exit_code", "load_summary",
-           "map_trials", "parse_seeds", "run_campaign", "run_trial", "summarize", "summary_table", "write_junit",
-           "_one"]
+           "map_shares", "map_trials", "parse_seeds", "run_campaign", "run_trial", "split_shares", "summarize",
+           "summary_table", "write_junit", "_one"]

@@ -42,20 +42,18 @@ def _share(args) -> TierResult:
 def run_on(executor: str, ctx: Context) -> TierResult:
     """The crash trials split into `jobs` shares (seeds seed*1000+i) on `executor`
     (harness.campaign.map_trials); a lost share is a harness error, never a pass."""
-    from harness.campaign import TrialLost, map_trials
-    from harness.exit_codes import HarnessError
+    from harness.campaign import map_shares, split_shares
 
     t0 = time.monotonic()
     crashes = int(ctx.overrides.get("crashes") or ctx.budget.t3_crashes)
-    jobs = max(1, min(int(ctx.overrides.get("jobs") or 2), crashes))
-    shares = [(ctx.target.spec, ctx.target.records, ctx.profile, ctx.budget, ctx.seed * 1000 + i,
-               crashes // jobs + (1 if i < crashes % jobs else 0), ctx.repro_prefix) for i in range(jobs)]
+    shares = [(ctx.target.spec, ctx.target.records, ctx.profile, ctx.budget, s, n, ctx.repro_prefix)
+              for n, s in split_shares(crashes, int(ctx.overrides.get("jobs") or 2), ctx.seed)]
+    jobs = len(shares)
     res = TierResult(tier=3, status=PASSED, properties=list(tier3.PROPERTIES))
     counters: Dict[str, int] = {}
     ctx.progress(f"tier 3 crash: {crashes} trials in {jobs} shares on {executor}")
-    for item, part in map_trials(_share, shares, executor, jobs=jobs, address=ctx.overrides.get("address")):
-        if isinstance(part, TrialLost):
-            raise HarnessError(f"tier 3 crash trials (share seed {item[4]}) were lost on {executor}: {part}")
+    for item, part in map_shares(_share, shares, executor, what="tier 3 crash trials", jobs=jobs,
+                                 address=ctx.overrides.get("address")):
         res.counterexamples.extend(part.counterexamples)
         res.warnings.extend(part.warnings)
         for k, v in (part.counters or {}).items():

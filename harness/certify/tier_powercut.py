@@ -337,14 +337,12 @@ def _trials_on(executor: str, spec: str, trials: int, seed: int, jobs: int, addr
                counters: Dict[str, Any], progress: Callable[[str], None]) -> List[Dict[str, Any]]:
     """The trials split into `jobs` shares (seeds seed*1000+i) on `executor` (harness.campaign.map_trials);
     a lost share is a harness error, never a pass."""
-    from harness.campaign import TrialLost, map_trials
+    from harness.campaign import map_shares, split_shares
 
-    jobs = max(1, min(jobs, trials))
-    shares = [(spec, trials // jobs + (1 if i < trials % jobs else 0), seed * 1000 + i) for i in range(jobs)]
+    shares = [(spec, n, s) for n, s in split_shares(trials, jobs, seed)]
     findings: List[Dict[str, Any]] = []
-    for item, res in map_trials(_trials_share, shares, executor, jobs=jobs, address=address):
-        if isinstance(res, TrialLost):
-            raise HarnessError(f"power-cut trials (share seed {item[2]}) were lost on {executor}: {res}")
+    for item, res in map_shares(_trials_share, shares, executor, what="power-cut trials", jobs=len(shares),
+                                address=address):
         findings.extend(res["findings"])
         for k, v in res["counters"].items():
             if k == "warnings":

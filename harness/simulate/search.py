@@ -226,20 +226,25 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
 
 # -- several worker processes --------------------------------------------------
 
+def _search_share(spec: SimSpec, examples: int, seed: int, stop=None) -> SearchOutcome:
+    """One share of the search in this process: one torch thread, the variant applied
+    for the share's duration."""
+    _prepare_process()
+    undo = None
+    if spec.variant:
+        from reference_impl.variant import apply_variant
+
+        undo = apply_variant(spec.variant)
+    try:
+        return search(spec, examples, seed, stop=stop)
+    finally:
+        if undo:
+            undo()
+
+
 def _worker(spec: SimSpec, examples: int, seed: int, stop, queue) -> None:
     try:
-        _prepare_process()
-        undo = None
-        if spec.variant:
-            from reference_impl.variant import apply_variant
-
-            undo = apply_variant(spec.variant)
-        try:
-            out = search(spec, examples, seed, stop=stop)
-        finally:
-            if undo:
-                undo()
-        queue.put(("ok", out))
+        queue.put(("ok", _search_share(spec, examples, seed, stop)))
     except BaseException as e:  # report, never hang the parent
         import traceback
 
@@ -253,31 +258,21 @@ def _prepare_process() -> None:
 
 
 def _share(args) -> SearchOutcome:
-    """One worker's share of the search as a Ray task (harness.campaign.map_trials)."""
-    spec, examples, seed = args
-    _prepare_process()
-    undo = None
-    if spec.variant:
-        from reference_impl.variant import apply_variant
-
-        undo = apply_variant(spec.variant)
-    try:
-        return search(spec, examples, seed)
-    finally:
-        if undo:
-            undo()
+    """One share of the search as a Ray task (harness.campaign.map_trials)."""
+    return _search_share(*args)
 
 
 def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1, executor: str = "local",
                     address: Optional[str] = None) -> Dict[str, Any]:
     """`jobs` searches in parallel (jobs 1: in this process; `executor="ray"`: one Ray task
     per share, the same shares and seeds, so the same schedules); the combined figures."""
-    jobs = max(1, min(int(jobs), int(examples) or 1))
+    from harness.campaign.executors import split_shares
+
     t0 = time.monotonic()
     outs: List[SearchOutcome] = []
     errors: List[str] = []
-    shares = [examples // jobs + (1 if i < examples % jobs else 0) for i in range(jobs)]
-    seeds = [seed * 1000 + i for i in range(jobs)]
+    shares, seeds = map(list, zip(*split_shares(examples, jobs, seed)))
+    jobs = len(shares)
     if executor == "ray":
         from harness.campaign import TrialLost, map_trials
 
@@ -288,17 +283,7 @@ def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1, 
             else:
                 outs.append(res)
     elif jobs == 1:
-        _prepare_process()
-        undo = None
-        if spec.variant:
-            from reference_impl.variant import apply_variant
-
-            undo = apply_variant(spec.variant)
-        try:
-            outs.append(search(spec, examples, seeds[0]))
-        finally:
-            if undo:
-                undo()
+        outs.append(_search_share(spec, examples, seeds[0]))
     else:
         import multiprocessing as mp
 
