@@ -83,7 +83,8 @@ def make_campaign_dir(reports_dir: str) -> str:
     for _ in range(20):
         cdir = os.path.join(reports_dir, f"campaign-{stamp}-{os.getpid()}-{secrets.token_hex(3)}")
         try:
-            os.mkdir(cdir)
+            os.mkdir(cdir, 0o700)
+            os.chmod(cdir, 0o700)  # (private: trials keep work dirs with keys in it)
             return cdir
         except FileExistsError:
             continue

@@ -276,7 +276,8 @@ def make_report_dir(reports_dir: str, label: str) -> str:
     path, n = base, 1
     while True:
         try:
-            os.mkdir(path)
+            os.mkdir(path, 0o700)
+            os.chmod(path, 0o700)  # (private: it may keep a store's working files)
             return path
         except FileExistsError:
             n += 1

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from reference_impl.channel import read_json
 from reference_impl.config import EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, RunConfig, write_config
+from reference_impl.private_files import make_private_dir
 
 from ..exit_codes import HarnessError, describe_os_error
 from ..run_plumbing import Progress, durable_store, roll_up
@@ -141,8 +142,9 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     work = os.path.join(rdir, "work")
     cfg.workdir = work
     try:
-        os.makedirs(rdir)
-        os.makedirs(os.path.join(work, "history"))
+        make_private_dir(rdir)  # (0700: the work dir holds the store server's authkey)
+        make_private_dir(work)
+        os.mkdir(os.path.join(work, "history"))
         if not history:
             cfg.extra["history"] = False
         write_config(cfg)

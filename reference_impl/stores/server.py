@@ -2,7 +2,8 @@
 
 `python -m reference_impl.stores.server --address-file FILE` starts one
 InMemoryMetadataStore behind a `multiprocessing` manager on loopback, writes
-`{"address", "authkey", "ledger_id", "pid"}` to FILE atomically, and serves
+`{"address", "authkey", "ledger_id", "pid"}` to FILE atomically (mode 0600: the
+authkey lets a client in, and the manager speaks pickle), and serves
 until killed. Producer and consumer connect with `RemoteMetadataStore`.
 Killing this process loses the ledger: clients then get `StoreUnavailable`,
 and a restarted server has a new `ledger_id`, so the loss is detectable.
@@ -20,7 +21,7 @@ from multiprocessing.managers import BaseManager
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ..contracts import SampleRef
-from ..fileio import write_json_atomic
+from ..private_files import write_secret_json
 from .base import CONTRACT_METHODS, MetadataStore, StoreUnavailable
 from .memory import InMemoryMetadataStore
 
@@ -53,7 +54,8 @@ def serve(address_file: str) -> None:
     authkey = secrets.token_bytes(16)
     mgr = _ServerManager(address=("127.0.0.1", 0), authkey=authkey)
     server = mgr.get_server()
-    write_json_atomic(
+    # The authkey is the only way in: the file is the run owner's alone (mode 0600).
+    write_secret_json(
         address_file,
         {
             "address": list(server.address),
