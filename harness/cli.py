@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                    "default: start a local instance with -j CPUs")
     c.add_argument("--max-retries", type=int, default=2,
                    help="with --executor ray: retries of a trial whose worker or node died (default 2)")
+    c.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
+                   help="with --address: seconds to reach the cluster before giving up with exit 2 (default 30)")
     c.add_argument("--ship-code", action="store_true",
                    help="with --address: upload harness and reference_impl to the cluster (runtime_env py_modules)")
     c.add_argument("--junit", help="also write the results as JUnit XML to this file")
@@ -208,7 +210,7 @@ def _dispatch(args) -> int:
         summary = run_campaign(scenarios, seeds, jobs=args.jobs, reports_dir=args.reports,
                                backend=args.backend, keep_all=args.keep_all, executor=args.executor,
                                address=args.address, junit=args.junit, max_retries=args.max_retries,
-                               ship_code=args.ship_code)
+                               ship_code=args.ship_code, connect_timeout_s=args.connect_timeout)
         print(summary_table(summary))
         print(f"{summary['runs']} runs: {summary['as_expected']} as expected, {summary['unexpected']} unexpected, "
               f"{summary['inconclusive']} inconclusive, {summary['harness_error']} harness errors, "

@@ -166,7 +166,7 @@ def test_sigtermed_campaign_writes_partial_summary_and_marks_incomplete(tmp_path
 
 
 def test_map_trials_local_yields_every_item_and_reports_lost_ones():
-    from harness.campaign import TrialLost, map_trials
+    from harness.executors import TrialLost, map_trials
 
     assert sorted(map_trials(abs, [-3, 1, -2], "local", jobs=2)) == [(-3, 3), (-2, 2), (1, 1)]
     out = dict(map_trials(os._exit, [7], "local", jobs=1))  # the worker dies under the trial

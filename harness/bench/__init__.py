@@ -9,7 +9,7 @@ goal it is held to:
   on a pool of 2 worker processes, with CPU seconds per trial (the worker, its
   zygote and every process they started); baseline: the same with spawn;
 * checkers: `check_all` on synthetic histories of 10k, 100k and 1M events, on
-  one core (harness.checkers.bench);
+  one core (`checks`, on `harness.synthetic_history`);
 * SQLite: `commit_samples` per second at batch 1 divided by the raw
   append+fsync rate of the same directory, measured interleaved; batch 16, 64,
   256 and `record_train_ack`;

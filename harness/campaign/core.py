@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from reference_impl.fileio import write_json_atomic
 
-from ..exit_codes import UsageError
-from .executors import TrialLost, make_executor
+from ..executors import TrialLost, make_executor
+from ..exit_codes import HarnessError, UsageError
 from .reaper import Reaper
 from .summary import progress_bar, summarize, summary_table, write_junit, write_text_atomic
 from .trial import INCOMPLETE_MARKER, error_row, run_trial, scratch_root, unpack_report
@@ -124,7 +124,8 @@ def _mark_incomplete(cdir: str, unfinished: Dict[tuple, Dict[str, Any]], reason:
 def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 2, reports_dir: str = "reports",
                  backend: Optional[str] = None, keep_all: bool = False, progress: bool = True,
                  executor: str = "local", address: Optional[str] = None, junit: Optional[str] = None,
-                 max_retries: int = 2, ship_code: bool = False) -> Dict[str, Any]:
+                 max_retries: int = 2, ship_code: bool = False,
+                 connect_timeout_s: float = 30.0) -> Dict[str, Any]:
     """Run every (scenario, seed); `scenarios` are names, paths or loaded Scenario objects."""
     from ..scenario import load_scenario
 
@@ -145,7 +146,8 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
     ship = executor == "ray"
     specs = [{"scenario": sc, "name": sc.name, "seed": seed, "reports": cdir, "backend": None,
               "keep_all": keep_all, "ship": ship, "campaign_id": cid} for sc in loaded for seed in seeds]
-    extra = {"max_retries": max_retries, "env": {CAMPAIGN_ENV: cid}, "ship_code": ship_code} if ship else {}
+    extra = ({"max_retries": max_retries, "env": {CAMPAIGN_ENV: cid}, "ship_code": ship_code,
+              "connect_timeout_s": connect_timeout_s} if ship else {"max_retries": max_retries})
     ex = make_executor(executor, jobs, address, **extra)
     rows: List[Dict[str, Any]] = []
     interrupted: Optional[str] = None
@@ -177,6 +179,10 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
             interrupted = e.signame if isinstance(e, CampaignInterrupted) else "SIGINT"
             _ignore_signals()
             ex.abort()
+        except (UsageError, HarnessError):  # the executor could not start: no campaign was run
+            if not os.listdir(cdir):
+                os.rmdir(cdir)
+            raise
     finally:
         restore()
         if old_env is None:
@@ -197,16 +203,41 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
                             status="incomplete")
             row["report_dir"] = dirs.get(key)
             rows.append(row)
+    else:
+        _sweep_lost_attempts(cdir, rows)
     summary = summarize(rows)
     summary.update({"campaign_dir": cdir, "wall_s": round(time.monotonic() - t0, 1), "jobs": jobs,
                     "executor": executor, "address": address, "interrupted": bool(interrupted),
-                    "signal": interrupted, "seeds": list(seeds), "executor_start_s": getattr(ex, "start_s", None)})
+                    "signal": interrupted, "seeds": list(seeds), "executor_start_s": getattr(ex, "start_s", None),
+                    "trials_retried": getattr(ex, "retried", None)})
     runs = sorted(rows, key=lambda r: (r["scenario"], r["seed"]))
     write_json_atomic(os.path.join(cdir, "summary.json"), {"summary": summary, "runs": runs})
     write_text_atomic(os.path.join(cdir, "summary.md"), summary_table(summary))
     if junit:
         write_junit(junit, runs, summary)
     return summary
+
+
+def _sweep_lost_attempts(cdir: str, rows: List[Dict[str, Any]]) -> None:
+    """Run dirs without result.json left by attempts whose worker died: removed when a retry of
+    the same (scenario, seed) finished, marked incomplete otherwise."""
+    kept = {r.get("report_dir") for r in rows}
+    lost = {(r["scenario"], r["seed"]): r for r in rows if r["status"] == "harness_error"}
+    try:
+        entries = sorted(os.listdir(cdir))
+    except OSError:
+        return
+    for d in entries:
+        p = os.path.join(cdir, d)
+        if not os.path.isdir(p) or p in kept or os.path.exists(os.path.join(p, "result.json")):
+            continue
+        key = next((k for k in lost if d.startswith(f"{k[0]}-{k[1]}-")), None)
+        if key is None:
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            write_json_atomic(os.path.join(p, INCOMPLETE_MARKER),
+                              {"status": "incomplete", "reason": lost[key].get("error"), "scenario": key[0],
+                               "seed": key[1]})
 
 
 def _row(spec: Dict[str, Any], res: Any, cdir: str) -> Dict[str, Any]:

@@ -41,8 +41,8 @@ def _share(args) -> TierResult:
 
 def run_on(executor: str, ctx: Context) -> TierResult:
     """The crash trials split into `jobs` shares (seeds seed*1000+i) on `executor`
-    (harness.campaign.map_trials); a lost share is a harness error, never a pass."""
-    from harness.campaign import map_shares, split_shares
+    (harness.executors.map_trials); a lost share is a harness error, never a pass."""
+    from harness.executors import map_shares, split_shares
 
     t0 = time.monotonic()
     crashes = int(ctx.overrides.get("crashes") or ctx.budget.t3_crashes)

@@ -335,9 +335,9 @@ def _trials_share(args) -> Dict[str, Any]:
 
 def _trials_on(executor: str, spec: str, trials: int, seed: int, jobs: int, address: Optional[str],
                counters: Dict[str, Any], progress: Callable[[str], None]) -> List[Dict[str, Any]]:
-    """The trials split into `jobs` shares (seeds seed*1000+i) on `executor` (harness.campaign.map_trials);
+    """The trials split into `jobs` shares (seeds seed*1000+i) on `executor` (harness.executors.map_trials);
     a lost share is a harness error, never a pass."""
-    from harness.campaign import map_shares, split_shares
+    from harness.executors import map_shares, split_shares
 
     shares = [(spec, n, s) for n, s in split_shares(trials, jobs, seed)]
     findings: List[Dict[str, Any]] = []

@@ -258,7 +258,7 @@ def _prepare_process() -> None:
 
 
 def _share(args) -> SearchOutcome:
-    """One share of the search as a Ray task (harness.campaign.map_trials)."""
+    """One share of the search as a Ray task (harness.executors.map_trials)."""
     return _search_share(*args)
 
 
@@ -266,7 +266,7 @@ def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1, 
                     address: Optional[str] = None) -> Dict[str, Any]:
     """`jobs` searches in parallel (jobs 1: in this process; `executor="ray"`: one Ray task
     per share, the same shares and seeds, so the same schedules); the combined figures."""
-    from harness.campaign.executors import split_shares
+    from harness.executors import split_shares
 
     t0 = time.monotonic()
     outs: List[SearchOutcome] = []
@@ -274,7 +274,7 @@ def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1, 
     shares, seeds = map(list, zip(*split_shares(examples, jobs, seed)))
     jobs = len(shares)
     if executor == "ray":
-        from harness.campaign import TrialLost, map_trials
+        from harness.executors import TrialLost, map_trials
 
         items = [(spec, shares[i], seeds[i]) for i in range(jobs)]
         for _, res in map_trials(_share, items, "ray", jobs=jobs, address=address):

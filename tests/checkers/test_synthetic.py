@@ -1,8 +1,8 @@
 import pytest
 
+from harness.bench.checks import bench_check
 from harness.checkers import check_all
-from harness.checkers.bench import bench_check
-from harness.checkers.synthetic import SYNTHETIC_BUGS, synthetic_history
+from harness.synthetic_history import SYNTHETIC_BUGS, synthetic_history
 
 
 @pytest.fixture(scope="module")
