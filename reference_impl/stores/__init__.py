@@ -13,7 +13,7 @@ from .memory import InMemoryMetadataStore
 from .noop import NoOpMetadataStore
 from .sqlite import SQLiteMetadataStore
 
-BUILTIN_BACKENDS = ("sqlite", "inmemory", "private", "noop")
+BUILTIN_BACKENDS = ("sqlite", "inmemory", "redis", "private", "noop")
 
 __all__ = [
     "MetadataStore",
@@ -55,6 +55,8 @@ def open_store(backend: str, workdir: str) -> MetadataStore:
 
     * `sqlite`  - the shared WAL file `<workdir>/store.sqlite`;
     * `inmemory` - the store server whose address is in `<workdir>/store.addr`;
+    * `redis`   - RedisMetadataStore on the Redis server named by `<workdir>/store.redis.json`
+      (through this process's node endpoint, `$DFH_STORE_NODE`);
     * `private` - a fresh in-process InMemoryMetadataStore (the pre-O1.1 layout:
       nothing is shared between processes or restarts; known bad);
     * `noop`    - NoOpMetadataStore;
@@ -66,6 +68,10 @@ def open_store(backend: str, workdir: str) -> MetadataStore:
         from .server import RemoteMetadataStore
 
         return RemoteMetadataStore(os.path.join(workdir, "store.addr"))
+    if backend == "redis":
+        from .redis import RedisMetadataStore
+
+        return RedisMetadataStore(os.path.join(workdir, "store.redis.json"))
     if backend == "private":
         return InMemoryMetadataStore()
     if backend == "noop":

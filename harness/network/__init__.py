@@ -1,0 +1,1 @@
+"""The network between client processes and a store server: per-node TCP proxies and their faults."""

@@ -1,0 +1,1 @@
+"""Store servers the harness starts and owns for a run."""
