@@ -5,6 +5,10 @@
 * `check_backend`: `--backend` names a built-in store or resolves to a
   MetadataStore (a subclass, or a callable whose result has its methods);
 * `check_variant`: `topology.variant` imports and names a callable;
+* `check_output_names`: the names a run derives from its scenario's name and
+  seed (its run dir, a shrunk scenario's file) fit the file system under the
+  reports dir: each at most NAME_MAX bytes, and the deepest path a run writes
+  at most PATH_MAX (`fs_limits`);
 * `check_for_run`: all of the above for a scenario about to run, plus its
   fault targets against its topology and backend (after a `--backend`
   override), plus, for a scenario with power cuts, the durability tracer
@@ -20,7 +24,7 @@ import inspect
 import os
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 from .exit_codes import UsageError
 
@@ -112,12 +116,55 @@ def check_variant(spec: str, where: str = "topology.variant") -> None:
             raise UsageError(f"{where} {spec!r}: loading it failed: {type(e).__name__}: {e}") from None
 
 
-def check_for_run(sc, seed: Any) -> None:
-    """Everything about (scenario, seed) that can be said wrong before a run starts."""
+#: "-%Y%m%d-%H%M%S-%f": the time stamp that ends a run dir's name.
+RUN_DIR_STAMP_BYTES = len("-20260101-000000-000000")
+#: The longest path a run writes below its run dir (work/history/consumer.rank0.jsonl, a temp file
+#: next to it: under 64 bytes measured), with room to spare; kept clear of PATH_MAX.
+RUN_DIR_TAIL_BYTES = 128
+_DEFAULT_LIMITS = (255, 4096)
+
+
+def fs_limits(path: str) -> Tuple[int, int]:
+    """(NAME_MAX, PATH_MAX) of the file system that holds `path` (or would: its nearest existing ancestor)."""
+    p = os.path.abspath(path or ".")
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    try:
+        return int(os.pathconf(p, "PC_NAME_MAX")), int(os.pathconf(p, "PC_PATH_MAX"))
+    except (OSError, ValueError):
+        return _DEFAULT_LIMITS
+
+
+def check_output_names(name: str, seed: int, reports_dir: str, where: str,
+                       parents: Sequence[str] = (), reports_option: str = "--reports") -> None:
+    """The run dir `<name>-<seed>-<stamp>` under `reports_dir` (below `parents`, e.g. a campaign's
+    folder), and the shrunk scenario `<name>-shrunk-<seed>.toml` in it, can be created: UsageError
+    naming `where` (the scenario's name) or `reports_option` otherwise."""
+    if "\0" in name:
+        raise UsageError(f"{where} {name!r}: a file name cannot hold a NUL character")
+    name_max, path_max = fs_limits(reports_dir)
+    n = len(name.encode("utf-8", "surrogateescape"))
+    own = [n + len(f"-{seed}") + RUN_DIR_STAMP_BYTES, n + len(f"-shrunk-{seed}.toml")]
+    if max(own) > name_max:
+        raise UsageError(f"{where} {name[:40]!r}... ({n} bytes): too long for a file name here: the run dir named "
+                         f"after it would be {own[0]} bytes, and this file system allows {name_max} per name "
+                         f"(NAME_MAX); allowed: a name of at most {n - (max(own) - name_max)} bytes")
+    depth = (len(os.path.abspath(reports_dir).encode("utf-8", "surrogateescape"))
+             + sum(1 + len(p.encode()) for p in parents) + 1 + max(own) + RUN_DIR_TAIL_BYTES)
+    if depth > path_max:
+        raise UsageError(f"{reports_option} {reports_dir[:60]!r}...: too deep: the files a run writes under it would "
+                         f"have paths of up to {depth} bytes, and this file system allows {path_max} (PATH_MAX)")
+
+
+def check_for_run(sc, seed: Any, reports_dir: Optional[str] = None) -> None:
+    """Everything about (scenario, seed) that can be said wrong before a run starts (and, given
+    `reports_dir`, the names of its output under it)."""
     from .scenario import check_fault_targets
 
     source = sc.path or sc.name
     check_seed(seed, "seed")
+    if reports_dir is not None:
+        check_output_names(sc.name, seed, reports_dir, f"{source}: name")
     check_backend(sc.backend, f"{source}: store.backend")
     check_variant(sc.topology.get("variant") or "", f"{source}: topology.variant")
     check_fault_targets(sc, "the backend")

@@ -199,3 +199,28 @@ def test_interrupt_and_internal_error_exit_3(capsys, monkeypatch):
     monkeypatch.setattr(runner, "run_scenario", bug)
     code, err = _run(["run", "baseline"], capsys)
     assert code == 3 and "harness error: internal error: ValueError: a bug in the harness" in err
+
+
+# -- output names against the file system's limits ---------------------------------------------
+
+def test_scenario_name_too_long_for_a_file_name_exits_2(tmp_path, capsys):
+    reports = tmp_path / "reports"
+    path = str(tmp_path / "long.toml")
+    with open(path, "w") as f:
+        f.write(f'name = "{"n" * 300}"\n' + SMALL)
+    code, err = _run(["run", path, "--reports", str(reports), "--quiet"], capsys)
+    assert code == 2 and f"{path}: name" in err and "NAME_MAX" in err and "at most" in err, err
+    assert not reports.exists() or not os.listdir(reports)
+    code, err = _run(["campaign", path, "--seeds", "0..1", "--reports", str(reports)], capsys)
+    assert code == 2 and "NAME_MAX" in err, err
+    assert not reports.exists() or not os.listdir(reports)  # no campaign folder either
+
+
+def test_reports_dir_too_deep_for_path_max_exits_2(tmp_path, capsys):
+    deep = tmp_path
+    while len(str(deep)) < 4000:
+        deep = deep / ("d" * 200)
+    os.makedirs(deep)
+    code, err = _run(["run", _tiny(tmp_path), "--reports", str(deep), "--quiet"], capsys)
+    assert code == 2 and "--reports" in err and "PATH_MAX" in err, err
+    assert os.listdir(deep) == []

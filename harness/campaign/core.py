@@ -128,6 +128,7 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
                  connect_timeout_s: float = 30.0) -> Dict[str, Any]:
     """Run every (scenario, seed); `scenarios` are names, paths or loaded Scenario objects."""
     from ..scenario import load_scenario
+    from ..validation import check_output_names
 
     if jobs < 1:
         raise UsageError(f"-j/--jobs {jobs}: must be at least 1")
@@ -141,6 +142,9 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
             sc = sc.with_backend(backend)
         if sc.name not in [x.name for x in loaded]:
             loaded.append(sc)
+    for sc in loaded:  # (the campaign's own folder is one more level: its longest name stands for it)
+        check_output_names(sc.name, max(seeds), reports_dir, f"{sc.path or sc.name}: name",
+                           parents=[f"campaign-20260101-000000-{4194304}-abcdef"])
     cdir = make_campaign_dir(reports_dir)
     cid = os.path.basename(cdir)
     ship = executor == "ray"

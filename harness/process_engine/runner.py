@@ -130,7 +130,7 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     if backend:
         sc = sc.with_backend(backend)
     seed = int(seed)
-    check_for_run(sc, seed)
+    check_for_run(sc, seed, reports_dir)
     check_devices(sc)
     schedule = schedule or nemesis.make_schedule(sc, seed)
     if nemesis.has_powercut(schedule):
