@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--ship-code", action="store_true",
                    help="with --address: upload harness and reference_impl to the cluster (runtime_env py_modules)")
     c.add_argument("--junit", help="also write the results as JUnit XML to this file")
+    c.add_argument("--require-coverage", action="store_true",
+                   help="inconclusive (exit 3) when a scenario's runs, summed, never reached a condition of its "
+                        "expect.sometimes or a failpoint it aims faults at")
     s = sub.add_parser("shrink", help="reduce a failing run to the fewest faults that still fail")
     s.add_argument("report_dir")
     s.add_argument("--tries", type=_positive_int, default=2, help="runs per candidate (>= 1)")
@@ -210,7 +213,8 @@ def _dispatch(args) -> int:
         summary = run_campaign(scenarios, seeds, jobs=args.jobs, reports_dir=args.reports,
                                backend=args.backend, keep_all=args.keep_all, executor=args.executor,
                                address=args.address, junit=args.junit, max_retries=args.max_retries,
-                               ship_code=args.ship_code, connect_timeout_s=args.connect_timeout)
+                               ship_code=args.ship_code, connect_timeout_s=args.connect_timeout,
+                               require_coverage=args.require_coverage)
         print(summary_table(summary))
         print(f"{summary['runs']} runs: {summary['as_expected']} as expected, {summary['unexpected']} unexpected, "
               f"{summary['inconclusive']} inconclusive, {summary['harness_error']} harness errors, "
@@ -218,6 +222,8 @@ def _dispatch(args) -> int:
               f"/{summary['faults_planned']}; {summary['wall_s']} s on {summary['executor']}"
               f"{' (INTERRUPTED)' if summary['interrupted'] else ''}; "
               f"summary and kept reports in {summary['campaign_dir']}")
+        if summary.get("coverage_inconclusive"):
+            print(f"INCONCLUSIVE coverage: {', '.join(summary['coverage_inconclusive'])} (see the summary's gaps)")
         return exit_code(summary)
     if args.cmd == "shrink":
         from .shrink import shrink_report

@@ -16,7 +16,8 @@ silently turn a fault off).
                          (a powercut hits every process: no target; failpoint action "powercut"
                          stops the process at the point and the runner cuts power to all)
     [faults.random]      count, kinds, targets, points, actions, ...
-    [expect]     outcome = ["completed"], violates = [] | ["P1", "P2"], bound_s
+    [expect]     outcome = ["completed"], violates = [] | ["P1", "P2"], bound_s,
+                 sometimes = [conditions the campaign must reach] (harness.coverage.sometimes)
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ RANDOM_KEYS = {"count": 0, "kinds": ["kill"], "targets": ["producer", "consumer"
                "actions": ["crash"], "pause_s": [0.05, 0.5], "max_hit": 6, "progress": [0.05, 0.9]}
 EXPECT_KEYS = {"outcome": ["completed"], "violates": [], "bound_s": 60.0, "timeout_s": 120.0,
                # true: planned faults that did not land do not make the run inconclusive
-               "allow_missed_faults": False}
+               "allow_missed_faults": False,
+               # sometimes-conditions (harness.coverage.sometimes) the scenario exists to reach
+               "sometimes": []}
 TOP_KEYS = {"name", "description", "topology", "store", "workload", "faults", "expect", "tags"}
 # Bounds: a run is a few processes on one machine, and per-sample structures
 # (the witness, the final state's planned ids) must stay small.
@@ -300,6 +303,11 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     for p in expect["violates"]:
         if p not in PROPS:
             raise err("expect.violates", expect["violates"], "a list drawn from " + ", ".join(PROPS))
+    from .coverage.sometimes import CONDITIONS
+
+    for c in expect["sometimes"]:
+        if c not in CONDITIONS:
+            raise err("expect.sometimes", expect["sometimes"], "a list drawn from " + ", ".join(CONDITIONS))
     for k in ("timeout_s", "bound_s"):
         if not _finite(expect[k]) or not 0 < expect[k] <= MAX_TIMEOUT_S:
             raise err(f"expect.{k}", expect[k], f"a finite number of seconds, 0 < {k} <= {MAX_TIMEOUT_S:.0f}")

@@ -19,6 +19,11 @@ Actions:
 * `raise`  - raise `FailpointCrash`, the simulation engine's "killed here";
 * `powercut` - SIGSTOP this process, like `pause`; the harness then cuts power
   to every process of the run (kills them all and drops unsynced writes).
+
+Every call of `hit` is also counted, armed or not (one dict update), so that a
+run can say which points it reached: `take_reached()` hands over the counts
+since its previous call, and the process's history writer attaches them to
+its next event (`reached`, docs/history.md).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class FailpointCrash(BaseException):
 _ACTIVE: Optional[Dict[str, List[dict]]] = None
 _COUNTS: Dict[str, int] = {}
 _ON_TRIGGER: Optional[Callable[[str, str], None]] = None
+_REACHED: Dict[str, int] = {}  # hits since the last take_reached()
 
 
 def parse_rules(spec) -> List[dict]:
@@ -123,7 +129,17 @@ def configure_from_env(on_trigger: Optional[Callable[[str, str], None]] = None,
     configure(os.environ.get(ENV_VAR) or None, on_trigger, rank=rank)
 
 
+def take_reached() -> Dict[str, int]:
+    """The points reached since the previous call, with how often (and forget them)."""
+    global _REACHED
+    if not _REACHED:
+        return _REACHED
+    out, _REACHED = _REACHED, {}
+    return out
+
+
 def hit(name: str) -> None:
+    _REACHED[name] = _REACHED.get(name, 0) + 1
     if _ACTIVE is None:
         return
     rules = _ACTIVE.get(name)

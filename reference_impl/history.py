@@ -3,7 +3,9 @@
 Each process appends to its own file with one `write` per event on an O_APPEND
 descriptor, so a SIGKILL loses at most the event being written and never
 interleaves two processes' lines. Every event carries the process name, its
-incarnation, a per-incarnation sequence number, wall time and monotonic time.
+incarnation, a per-incarnation sequence number, wall time and monotonic time,
+and, when failpoints were reached since the previous event, their counts
+(`reached`).
 The event vocabulary is documented in docs/history.md.
 """
 
@@ -13,6 +15,8 @@ import json
 import os
 import time
 from typing import Any, Optional
+
+from . import failpoints
 
 
 class HistoryWriter:
@@ -38,6 +42,9 @@ class HistoryWriter:
             "ev": ev,
         }
         rec.update(fields)
+        reached = failpoints.take_reached()
+        if reached:
+            rec["reached"] = reached
         self.seq += 1
         os.write(self._fd, (json.dumps(rec, separators=(",", ":"), default=_default) + "\n").encode())
 

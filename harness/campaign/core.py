@@ -125,8 +125,12 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
                  backend: Optional[str] = None, keep_all: bool = False, progress: bool = True,
                  executor: str = "local", address: Optional[str] = None, junit: Optional[str] = None,
                  max_retries: int = 2, ship_code: bool = False,
-                 connect_timeout_s: float = 30.0) -> Dict[str, Any]:
-    """Run every (scenario, seed); `scenarios` are names, paths or loaded Scenario objects."""
+                 connect_timeout_s: float = 30.0, require_coverage: bool = False) -> Dict[str, Any]:
+    """Run every (scenario, seed); `scenarios` are names, paths or loaded Scenario objects.
+
+    `require_coverage`: a scenario whose runs, summed, never reached one of its
+    `expect.sometimes` conditions or one of the failpoints it aims at makes
+    the campaign inconclusive (`summary.coverage_inconclusive`)."""
     from ..scenario import load_scenario
     from ..validation import check_output_names
 
@@ -209,12 +213,18 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
             rows.append(row)
     else:
         _sweep_lost_attempts(cdir, rows)
-    summary = summarize(rows)
+    from ..coverage import scenario_points
+
+    require = ({sc.name: (list(sc.expect.get("sometimes") or []), scenario_points(sc)) for sc in loaded}
+               if require_coverage else None)
+    summary = summarize(rows, require)
     summary.update({"campaign_dir": cdir, "wall_s": round(time.monotonic() - t0, 1), "jobs": jobs,
                     "executor": executor, "address": address, "interrupted": bool(interrupted),
                     "signal": interrupted, "seeds": list(seeds), "executor_start_s": getattr(ex, "start_s", None),
                     "trials_retried": getattr(ex, "retried", None)})
-    runs = sorted(rows, key=lambda r: (r["scenario"], r["seed"]))
+    # Each run's coverage is summed into its scenario's row (and kept in its report, if kept).
+    runs = sorted(({k: v for k, v in r.items() if k != "coverage"} for r in rows),
+                  key=lambda r: (r["scenario"], r["seed"]))
     write_json_atomic(os.path.join(cdir, "summary.json"), {"summary": summary, "runs": runs})
     write_text_atomic(os.path.join(cdir, "summary.md"), summary_table(summary))
     if junit:

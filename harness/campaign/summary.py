@@ -2,7 +2,12 @@
 
 `summarize(rows)` counts each scenario's rows per status (as_expected,
 unexpected, inconclusive, harness_error, incomplete) with the faults planned
-and landed; `summary_table` renders it; `write_junit` writes one `testcase`
+and landed, and adds up the runs' coverage (`harness.coverage`): per
+scenario and over the campaign, failpoints reached and fired, faults by
+protocol phase, sometimes-conditions seen. With `require` (scenario ->
+(sometimes-conditions, failpoints)), a scenario whose summed coverage lacks
+one of them has `coverage_gaps`, and the campaign is inconclusive (exit 3).
+`summary_table` renders it, `coverage_section` the coverage; `write_junit` writes one `testcase`
 per (scenario, seed): a `failure` for an unexpected verdict, an `error` for an
 inconclusive run, a harness error or an incomplete run. Every file is written
 to a temp name and renamed, so a reader never sees half a summary.
@@ -14,8 +19,10 @@ import os
 import statistics
 import sys
 import xml.etree.ElementTree as ET
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..coverage import gaps, merge
+from ..coverage.text import markdown as coverage_markdown
 from .trial import HARNESS_STATUSES, STATUSES
 
 
@@ -32,7 +39,8 @@ def write_text_atomic(path: str, text: str) -> None:
             os.remove(tmp)
 
 
-def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+def summarize(rows: List[Dict[str, Any]], require: Optional[Dict[str, Tuple[Sequence[str], Sequence[str]]]] = None
+              ) -> Dict[str, Any]:
     by: Dict[str, List[Dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["scenario"], []).append(r)
@@ -53,18 +61,27 @@ def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
             "violated": sorted({p for r in rs for p in r.get("violated") or []}),
             "median_s": round(statistics.median(walls), 2) if walls else None,
             "failing_seeds": sorted(r["seed"] for r in rs if r["status"] != "as_expected"),
+            "coverage": merge(r.get("coverage") for r in rs),
         })
+        if require is not None and name in require:
+            table[-1]["coverage_gaps"] = gaps(table[-1]["coverage"], *require[name])
     totals = {s: sum(t[s] for t in table) for s in STATUSES}
     return {"rows": table, "runs": len(rows), **totals,
             "faults_planned": sum(t["faults_planned"] for t in table),
-            "faults_landed": sum(t["faults_landed"] for t in table)}
+            "faults_landed": sum(t["faults_landed"] for t in table),
+            "coverage": merge(t["coverage"] for t in table),
+            "coverage_required": require is not None,
+            "coverage_inconclusive": sorted(t["scenario"] for t in table if t.get("coverage_gaps"))}
 
 
 def exit_code(summary: Dict[str, Any]) -> int:
-    """0 all as expected; 1 any unexpected; 3 any harness error, inconclusive, incomplete or interrupted."""
+    """0 all as expected; 1 any unexpected; 3 any harness error, inconclusive (a run, or a scenario's
+    required coverage), incomplete or interrupted."""
     if summary.get("unexpected"):
         return 1
     if summary.get("interrupted") or any(summary.get(s) for s in HARNESS_STATUSES) or not summary.get("runs"):
+        return 3
+    if summary.get("coverage_inconclusive"):
         return 3
     return 0
 
@@ -80,11 +97,26 @@ def summary_table(summary: Dict[str, Any]) -> str:
                    f"{t['faults_landed']}/{t['faults_planned']} | {outcomes} | "
                    f"{', '.join(t['violated']) or '-'} | {'-' if t['median_s'] is None else t['median_s']} | "
                    f"{', '.join(map(str, t['failing_seeds'][:10])) or '-'} |")
+    out += coverage_section(summary)
     if summary.get("interrupted"):
         out.append("")
         out.append(f"INTERRUPTED ({summary.get('signal') or 'interrupt'}): partial summary; runs that had not "
                    f"finished are marked incomplete.")
     return "\n".join(out) + "\n"
+
+
+def coverage_section(summary: Dict[str, Any]) -> List[str]:
+    """The campaign's coverage, summed over every run: gaps first, then the tables."""
+    cov = summary.get("coverage")
+    if not cov or not cov.get("runs"):
+        return []
+    out = ["", "## Coverage (summed over the runs)", ""]
+    for t in summary["rows"]:
+        for g in t.get("coverage_gaps") or []:
+            out.append(f"- INCONCLUSIVE {t['scenario']}: {g}")
+    if summary.get("coverage_required") and not summary.get("coverage_inconclusive"):
+        out.append("- every required sometimes-condition occurred and every aimed-at failpoint was reached")
+    return out + [""] + coverage_markdown(cov)
 
 
 def write_junit(path: str, rows: List[Dict[str, Any]], summary: Dict[str, Any]) -> None:

@@ -107,7 +107,8 @@ def run_trial(spec: Dict[str, Any]) -> Dict[str, Any]:
             shutil.rmtree(r.report_dir, ignore_errors=True)
         row = {"scenario": r.scenario, "seed": seed, "status": status, "as_expected": status == "as_expected",
                "outcome": r.outcome, "violated": (r.verdict or {}).get("violated", []), "wall_s": r.wall_s,
-               "report_dir": r.report_dir if keep else None, "faults": faults, "worker": worker}
+               "report_dir": r.report_dir if keep else None, "faults": faults, "worker": worker,
+               "coverage": getattr(r, "coverage", None) or None}
         if ship and keep:
             row["archive"] = pack_report(r.report_dir)
         return row

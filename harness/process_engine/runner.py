@@ -60,6 +60,7 @@ class RunResult:
     faults_landed: int = 0
     inconclusive: bool = False  # planned faults did not all land: neither a pass nor a failure
     faults: Dict[str, Any] = field(default_factory=dict)
+    coverage: Dict[str, Any] = field(default_factory=dict)  # harness.coverage.coverage_of
 
     @property
     def exit_code(self) -> int:
@@ -522,6 +523,7 @@ def _finish(frame: "RunFrame", final: Dict[str, Any], wall: float) -> RunResult:
     sc, seed, cfg, rdir, work = frame.sc, frame.seed, frame.cfg, frame.rdir, frame.work
     ledger, keep_work, render, say, pl = frame.ledger, frame.keep_work, frame.render, frame.say, frame.pl
     from ..checkers import check_all
+    from ..coverage import coverage_of, gaps, scenario_points
     from ..history import load_history, write_merged
 
     events = load_history(work)
@@ -535,6 +537,7 @@ def _finish(frame: "RunFrame", final: Dict[str, Any], wall: float) -> RunResult:
     outcome = final["outcome"]
     verdict = judge(props, outcome, sc.expect, faults=faults)
     valid = not any(r.get("valid") is False for r in props.values())
+    cov = coverage_of(events, final, list(ledger.faults.values()))
     result = {
         "scenario": sc.name,
         "scenario_path": sc.path,
@@ -550,6 +553,8 @@ def _finish(frame: "RunFrame", final: Dict[str, Any], wall: float) -> RunResult:
         "incarnations": _incarnations(events),
         "final": {k: v for k, v in final.items() if k not in ("witness", "planned_ids", "channel_ids")},
         "witness_summary": _witness_summary(final),
+        "coverage": cov,
+        "coverage_gaps": gaps(cov, sc.expect.get("sometimes") or (), scenario_points(sc)),
         **({"powerloss": pl.summary()} if pl is not None else {}),
         "replay_command": replay_command(rdir),
         "report_dir": rdir,
@@ -569,7 +574,7 @@ def _finish(frame: "RunFrame", final: Dict[str, Any], wall: float) -> RunResult:
     word = verdict_word(verdict)
     say(f"{sc.name} seed {seed}: {outcome}, {word} ({wall:.1f} s) -> {rdir}")
     return RunResult(sc.name, seed, outcome, valid, verdict["as_expected"], rdir, props, replay_command(rdir),
-                     wall, verdict, faults["landed"], bool(verdict.get("inconclusive")), faults)
+                     wall, verdict, faults["landed"], bool(verdict.get("inconclusive")), faults, cov)
 
 
 def _incarnations(events: List[Dict[str, Any]]) -> Dict[str, int]:

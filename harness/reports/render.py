@@ -2,7 +2,9 @@
 
 Reads only `result.json` and `history.jsonl`, so `python -m harness report DIR`
 re-renders any report. The verdict comes first, then the anomalies, then the
-timeline (published, consumed, in_flight and the watermarks; faults; restarts).
+coverage (faults by protocol phase, sometimes-conditions, failpoints reached
+and fired), then the timeline (published, consumed, in_flight and the
+watermarks; faults; restarts).
 """
 
 from __future__ import annotations
@@ -161,6 +163,10 @@ def markdown(result: Dict[str, Any]) -> str:
     pl = powerloss_lines(result)
     if pl:
         out += ["", "## Power cuts", ""] + pl
+    if result.get("coverage"):
+        from ..coverage.text import markdown as coverage_markdown
+
+        out += ["", "## Coverage", ""] + coverage_markdown(result["coverage"], result.get("coverage_gaps") or [])
     out += ["", "## Timeline", "", "![timeline](timeline.png)", ""]
     return "\n".join(out)
 
@@ -197,10 +203,32 @@ tr.bad{{background:#fdd}} tr.na{{color:#888}} img{{max-width:100%}} code{{backgr
 <h2>Properties</h2><table><tr><th>property</th><th>name</th><th>valid</th><th>counts</th></tr>{''.join(rows)}</table>
 {('<h2>Power cuts</h2><ul>' + ''.join(f'<li>{html.escape(x.lstrip("- "))}</li>' for x in powerloss_lines(result))
    + '</ul>') if result.get('powerloss') else ''}
+{coverage_html(result)}
 <h2>Timeline</h2>{img}
 <p>Backend {html.escape(result['backend'])}; {html.escape(_faults_line(result))};
 incarnations {html.escape(str(result.get('incarnations')))}; wall {result['wall_s']} s.</p>
 </body></html>"""
+
+
+def coverage_html(result: Dict[str, Any]) -> str:
+    """The report's coverage section: the same tables as report.md, as HTML."""
+    cov = result.get("coverage")
+    if not cov:
+        return ""
+    from ..coverage.text import failpoint_table, fault_table, sometimes_table
+
+    def table(lines: List[str]) -> str:
+        if not lines or not lines[0].startswith("|"):
+            return f"<p>{html.escape(' '.join(lines))}</p>"
+        rows = [[c.strip().strip("`") for c in ln.strip("|").split("|")] for ln in lines if not ln.startswith("|---")]
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    gaps = "".join(f"<li>gap: {html.escape(g)}</li>" for g in result.get("coverage_gaps") or [])
+    return ("<h2>Coverage</h2>" + (f"<ul>{gaps}</ul>" if gaps else "") + "<h3>Faults by protocol phase</h3>"
+            + table(fault_table(cov)) + "<h3>Sometimes-conditions</h3>" + table(sometimes_table(cov))
+            + "<h3>Failpoints</h3>" + table(failpoint_table(cov)))
 
 
 def render_report(rdir: str) -> None:

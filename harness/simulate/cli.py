@@ -119,6 +119,8 @@ def _setup(args) -> Dict[str, Any]:
                      "use --executor local")
     workload = dict(DEFAULT_WORKLOAD)
     backend, variant, expect, outcomes, label = "sqlite", None, None, ["completed"], "default"
+    sometimes: List[str] = []
+    points: List[str] = []
     store_kills = bool(args.store_kills)
     powercuts = bool(args.powercuts)
     if args.scenario:
@@ -134,6 +136,8 @@ def _setup(args) -> Dict[str, Any]:
         expect = list(sc.expect.get("violates") or []) or None
         outcomes = list(sc.expect.get("outcome") or ["completed"])
         label = sc.name
+        sometimes = list(sc.expect.get("sometimes") or [])
+        points = _sim_points(sc)
         rnd = sc.random_faults
         powercuts |= bool(rnd.get("count")) and "powercut" in rnd.get("kinds", []) or any(
             f.get("kind") == "powercut" for f in sc.explicit_faults)
@@ -182,7 +186,17 @@ def _setup(args) -> Dict[str, Any]:
     spec = SimSpec(workload=workload, backend=backend, variant=variant, expect=expect, outcomes=outcomes,
                    targets=targets, max_ops=max_ops, shrink=not args.no_shrink, shrink_budget_s=args.shrink_budget,
                    powercuts=powercuts)
-    return {"spec": spec, "label": label}
+    return {"spec": spec, "label": label, "sometimes": sometimes, "points": points}
+
+
+def _sim_points(sc) -> List[str]:
+    """The scenario's failpoints that a simulated process reaches (the gate asks for each)."""
+    from harness.coverage import scenario_points
+
+    from .schedule import TARGETS, points_for
+
+    here = {p for t in TARGETS for p in points_for(t, sc.backend)}
+    return [p for p in scenario_points(sc) if p in here]
 
 
 def _say(args, msg: str) -> None:
@@ -216,6 +230,7 @@ def _search(args, setup) -> int:
     _say(args, f"{r['schedules']} schedules in {r['search_s']:.1f} s: {r['schedules_per_min']:.0f} schedules/min "
                f"({r['ms_per_schedule_cpu'] or 0:.1f} ms CPU per schedule, {r['schedules_per_cpu_min']:.0f} per "
                f"CPU-minute, {r['jobs']} job(s)); faults fired: {fired}")
+    gaps = _coverage(args, setup, r)
     found = r["failure"]
     scenario_path = None
     summary = None
@@ -235,6 +250,7 @@ def _search(args, setup) -> int:
             "shrink_runs": best.shrink_runs if best else None,
             "shrink_s": round(best.shrink_s, 3) if best else None,
             "counterexamples": [summary] if summary else [],
+            "coverage_gaps": gaps,
         })
         d = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(d, exist_ok=True)
@@ -247,7 +263,22 @@ def _search(args, setup) -> int:
             print(f"NOT FOUND: no schedule of {r['schedules']} violated {' or '.join(spec.expect)}")
             return EXIT_FOUND
         return EXIT_OK
-    return EXIT_FOUND if found is not None else EXIT_OK
+    if found is not None:
+        return EXIT_FOUND
+    if gaps:  # nothing failed, but the search did not reach what the scenario exists to exercise
+        print(f"INCONCLUSIVE: {len(gaps)} coverage gap(s): {'; '.join(gaps)}")
+        return EXIT_HARNESS
+    return EXIT_OK
+
+
+def _coverage(args, setup, r) -> List[str]:
+    """Print the search's coverage; return the gaps against what the scenario declared."""
+    from harness.coverage import gaps
+    from harness.coverage.text import one_line
+
+    cov = r.get("coverage") or {}
+    _say(args, f"coverage: {one_line(cov)}")
+    return gaps(cov, setup.get("sometimes") or (), setup.get("points") or ())
 
 
 def _report_failure(args, setup, r):

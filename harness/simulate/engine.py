@@ -72,6 +72,7 @@ from reference_impl.config import RunConfig
 from reference_impl.failpoints import FailpointCrash
 from reference_impl.process_loop import Exit, ProcessLoop
 
+from ..coverage import coverage_of
 from ..run_plumbing import durable_store, roll_up, simulation_config, verdict
 from .observation import EventLog, Invariants, SimHistory, Violation
 from .schedule import OP_KINDS, TARGETS, Op, check_ops, format_op, normalize, points_for
@@ -115,6 +116,7 @@ class SimResult:
     error: Optional[str] = None
     properties: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     powerloss: List[Dict[str, Any]] = field(default_factory=list)  # PowercutStats.as_dict() per power cut
+    coverage: Dict[str, Any] = field(default_factory=dict)  # harness.coverage.coverage_of of this schedule
 
     @property
     def violated(self) -> List[str]:
@@ -199,6 +201,7 @@ class Simulation:
         try:
             res = self._run(ops, workdir)
             res.powerloss = list(self.pc.stats) if self.pc is not None else []
+            res.coverage = coverage_of(self.st.log.events, {"powerloss": res.powerloss}, res.faults)
             return res
         finally:
             failpoints.hit = saved_hit
@@ -279,6 +282,8 @@ class Simulation:
             return
         n = p.counts[name] = p.counts.get(name, 0) + 1
         p.last_hit = (name, n, len(self.st.log.events))
+        if p.h is not None:
+            p.h.reached[name] = p.h.reached.get(name, 0) + 1
         if self.st.armed is not None and self.st.armed[0] == p.name and self.st.armed[1] == name:
             self.st.armed = None
             self.st.fired = {"kind": "failpoint", "target": p.name, "point": name, "action": "crash", "hit": n,

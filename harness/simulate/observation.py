@@ -58,17 +58,24 @@ class EventLog:
 
 
 class SimHistory:
-    """Same `emit` as `reference_impl.history.HistoryWriter`, into an EventLog."""
+    """Same `emit` as `reference_impl.history.HistoryWriter`, into an EventLog.
 
-    __slots__ = ("log", "proc", "incarnation", "seq")
+    `reached` counts the failpoints this process reached since its last event
+    (the engine's failpoint hook adds to it); the next event carries them, as
+    the real writer's do."""
+
+    __slots__ = ("log", "proc", "incarnation", "seq", "reached")
 
     def __init__(self, log: EventLog, proc: str, inc: int) -> None:
         self.log = log
         self.proc = proc
         self.incarnation = int(inc)
         self.seq = 0
+        self.reached: Dict[str, int] = {}
 
     def emit(self, ev: str, **fields: Any) -> None:
+        if self.reached:
+            fields["reached"], self.reached = self.reached, {}
         self.log.append(self, ev, fields)
 
     def close(self) -> None:

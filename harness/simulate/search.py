@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..coverage import merge
 from .engine import TARGETS, SimResult, Simulation, points_for
 
 #: Default schedule length bound (operations before the drain).
@@ -56,6 +57,7 @@ class SearchOutcome:
     shrink_s: float = 0.0
     seed: int = 0
     faults_fired: Dict[str, int] = field(default_factory=dict)  # by kind, over the searched schedules
+    coverage: Dict[str, Any] = field(default_factory=dict)  # harness.coverage, summed over the searched schedules
 
     @property
     def per_min(self) -> float:
@@ -161,6 +163,7 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
         sim.run([])  # lazy imports and torch's first-call costs, outside the measured time
     memo: Dict[tuple, Optional[SimResult]] = {}
     fired: Dict[str, int] = {}
+    cov: List[Dict[str, Any]] = []
     st = {"n": 0, "found_t": None, "first": None, "last": None, "shrink_runs": 0, "t_end": None,
           "cpu_end": None}
     t0 = time.monotonic()
@@ -190,6 +193,9 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
                 st["n"] += 1
                 for f in r.faults:
                     fired[f["kind"]] = fired.get(f["kind"], 0) + 1
+                cov.append(r.coverage)
+                if len(cov) >= 64:  # keep memory flat over long searches
+                    cov[:] = [merge(cov)]
                 if on_progress is not None:
                     on_progress(st["n"])
             r = r if fails(r) else None
@@ -212,7 +218,8 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
             pass
     t_end = st["t_end"] or time.monotonic()
     cpu_end = st["cpu_end"] or time.process_time()
-    out = SearchOutcome(schedules=st["n"], search_s=t_end - t0, cpu_s=cpu_end - c0, seed=seed, faults_fired=fired)
+    out = SearchOutcome(schedules=st["n"], search_s=t_end - t0, cpu_s=cpu_end - c0, seed=seed, faults_fired=fired,
+                        coverage=merge(cov))
     if st["first"] is not None:
         out.first_failure = st["first"]
         out.failure = st["last"] or st["first"]
@@ -339,6 +346,7 @@ def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1, 
         "schedules_per_cpu_min": round(60.0 * schedules / cpu, 1) if cpu > 0 else 0.0,
         "ms_per_schedule_cpu": round(1000.0 * cpu / schedules, 2) if schedules else None,
         "faults_fired": fired,
+        "coverage": merge(o.coverage for o in outs),
         "failures": len(failures),
         "failure": best.failure if best else None,
         "outcome": best,
