@@ -143,9 +143,10 @@ def roll_up(statuses: Iterable[str]) -> Optional[str]:
 
 
 def durable_store(backend: str, store_server_restarts: int) -> bool:
-    """Does the store keep what it acknowledged? SQLite and networked (`module:attr`)
-    stores do; the in-memory store server only as long as it was never restarted."""
-    return backend == "sqlite" or ":" in backend or (backend == "inmemory" and store_server_restarts == 0)
+    """Does the store keep what it acknowledged? SQLite, Redis and third-party (`module:attr`)
+    stores say they do (a Redis server's persistence setting decides whether that holds); the
+    in-memory store server only as long as it was never restarted."""
+    return backend in ("sqlite", "redis") or ":" in backend or (backend == "inmemory" and store_server_restarts == 0)
 
 
 def verdict(properties: Dict[str, Dict[str, Any]], outcome: str, violates: Sequence[str] = (),

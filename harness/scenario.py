@@ -47,7 +47,14 @@ RANK_TARGET = re.compile(r"^consumer\.rank(\d+)$")
 
 def valid_target(t: Any, kind: str = "kill") -> bool:
     return t in TARGETS or (isinstance(t, str) and kind != "failpoint" and RANK_TARGET.match(t) is not None)
-FAULT_KINDS = ("kill", "pause", "failpoint", "powercut")
+#: Network faults between one client node and the store server (networked backends: redis).
+NETWORK_KINDS = ("partition", "latency", "reset", "lost_reply")
+FAULT_KINDS = ("kill", "pause", "failpoint", "powercut") + NETWORK_KINDS
+NETWORKED_BACKENDS = ("redis",)
+SERVER_BACKENDS = ("inmemory", "redis")  # backends that run a store server (fault target store_server)
+#: How the run's Redis server persists (redis backend): see harness/stores/redis_server.py.
+PERSISTENCE = ("always", "everysec", "snapshot")
+LATENCY_DIRECTIONS = ("request", "reply", "both")
 #: How a power cut rebuilds the work dir (harness.powerloss): `torn` keeps a seeded torn tail.
 POWERCUT_MODES = ("clean", "torn")
 POWERCUT_TARGET = "all"  # a power cut hits every process of the run
@@ -58,7 +65,7 @@ DEVICES = ("cpu", "cuda", "auto")
 TOPOLOGY_KEYS = {"consumer_ranks": 1, "producer_device": "cpu", "consumer_device": "cpu",
                  # a protocol variant (bug-zoo member) applied in every process, "" for the reference
                  "variant": ""}
-STORE_KEYS = {"backend": "sqlite"}
+STORE_KEYS = {"backend": "sqlite", "persistence": "always"}
 WORKLOAD_KEYS = {
     "samples": 300, "publish_batch": 8, "train_batch": 4, "accumulation": 2, "checkpoint_every": 1,
     "high_watermark": 64, "low_watermark": 32, "producer_delay_s": 0.0, "consumer_step_delay_s": 0.0,
@@ -68,9 +75,11 @@ WORKLOAD_KEYS = {
 # `at_consumed` (the consumer's consumed count), `at_s` (seconds after start).
 FAULT_KEYS = {"kind", "target", "at_published", "at_consumed", "at_s", "duration_s", "point", "action",
               "hit", "times", "incarnation", "signal",
-              "rank"}  # rank: a failpoint of a data-parallel consumer fires only in that rank
+              "rank",  # rank: a failpoint of a data-parallel consumer fires only in that rank
+              "delay_s", "jitter_s", "direction"}  # latency faults
 RANDOM_KEYS = {"count": 0, "kinds": ["kill"], "targets": ["producer", "consumer"], "points": [],
-               "actions": ["crash"], "pause_s": [0.05, 0.5], "max_hit": 6, "progress": [0.05, 0.9]}
+               "actions": ["crash"], "pause_s": [0.05, 0.5], "max_hit": 6, "progress": [0.05, 0.9],
+               "network_s": [0.5, 2.0]}  # how long a random partition or latency window lasts
 EXPECT_KEYS = {"outcome": ["completed"], "violates": [], "bound_s": 60.0, "timeout_s": 120.0,
                # true: planned faults that did not land do not make the run inconclusive
                "allow_missed_faults": False,
@@ -231,8 +240,12 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
             raise err(f"topology.{k}", topology[k], " | ".join(DEVICES))
     store = table("store", STORE_KEYS)
     b = store["backend"]
-    if b not in ("sqlite", "inmemory", "private", "noop") and ":" not in b:
-        raise err("store.backend", b, "sqlite | inmemory | private | noop | package.module:Factory")
+    if b not in ("sqlite", "inmemory", "redis", "private", "noop") and ":" not in b:
+        raise err("store.backend", b, "sqlite | inmemory | redis | private | noop | package.module:Factory")
+    if store["persistence"] not in PERSISTENCE:
+        raise err("store.persistence", store["persistence"], " | ".join(PERSISTENCE))
+    if store["persistence"] != "always" and b != "redis":
+        raise err("store.persistence", store["persistence"], "'always' unless store.backend = 'redis'")
     workload = table("workload", WORKLOAD_KEYS)
     for k in ("samples", "publish_batch", "train_batch", "accumulation", "checkpoint_every", "high_watermark"):
         if workload[k] < 1:
@@ -284,7 +297,7 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
             raise err("faults.random.points", p, "failpoint names (or prefixes ending in *): " + ", ".join(POINTS))
     if "failpoint" in rnd["kinds"] and not rnd["points"]:
         raise err("faults.random.points", rnd["points"], "a non-empty list when kinds has 'failpoint'")
-    for k in ("pause_s", "progress"):
+    for k in ("pause_s", "progress", "network_s"):
         v = rnd[k]
         if not (isinstance(v, list) and len(v) == 2 and all(_finite(x) for x in v) and v[0] <= v[1]):
             raise err(f"faults.random.{k}", v, "[low, high] finite numbers with low <= high")
@@ -329,15 +342,22 @@ def check_fault_targets(sc: Scenario, backend_from: str = "store.backend") -> No
     ranks = sc.topology["consumer_ranks"]
 
     def check(t: Any, key: str) -> None:
-        if t == "store_server" and sc.backend != "inmemory":
+        if t == "store_server" and sc.backend not in SERVER_BACKENDS:
             raise ScenarioError(f"{source}: key {key!r} has value 'store_server', but {backend_from} = "
                                 f"{sc.backend!r} runs no store server; allowed: store_server only with "
-                                f"backend 'inmemory'")
+                                f"backend {' or '.join(SERVER_BACKENDS)}")
         m = RANK_TARGET.match(t) if isinstance(t, str) else None
         if m and int(m.group(1)) >= ranks:
             raise ScenarioError(f"{source}: key {key!r} has value {t!r}, but topology.consumer_ranks = {ranks}; "
                                 f"allowed: consumer.rank0..consumer.rank{ranks - 1}")
 
+    network = [f"faults.explicit[{i}].kind" for i, f in enumerate(sc.explicit_faults) if f["kind"] in NETWORK_KINDS]
+    if sc.random_faults.get("count") and set(sc.random_faults["kinds"]) & set(NETWORK_KINDS):
+        network.append("faults.random.kinds")
+    if network and sc.backend not in NETWORKED_BACKENDS:
+        raise ScenarioError(f"{source}: key {network[0]!r} is a network fault, but {backend_from} = {sc.backend!r} "
+                            f"has no network between its clients and a server; allowed: network faults only with "
+                            f"backend {' or '.join(NETWORKED_BACKENDS)}")
     for i, f in enumerate(sc.explicit_faults):
         check(f["target"], f"faults.explicit[{i}].target")
         if f["kind"] == "failpoint" and f.get("rank") is not None and f["rank"] >= ranks:
@@ -365,6 +385,9 @@ def _check_fault(f: Any, where: str) -> Dict[str, Any]:
         if target not in (None, POWERCUT_TARGET):
             raise err("target", target, f"none (or {POWERCUT_TARGET!r}): a power cut hits every process")
         target = POWERCUT_TARGET
+    elif kind in NETWORK_KINDS:
+        if target not in ("producer", "consumer") and not (isinstance(target, str) and RANK_TARGET.match(target)):
+            raise err("target", target, "producer | consumer | consumer.rank<N> (a client node)")
     elif not valid_target(target, kind):
         raise err("target", target, " | ".join(TARGETS) + " | consumer.rank<N> (kill and pause only)")
     out = dict(f, target=target)
@@ -397,10 +420,28 @@ def _check_fault(f: Any, where: str) -> Dict[str, Any]:
             raise err(triggers[0], v, "a finite number >= 0")
         if triggers[0] != "at_s" and not isinstance(v, int):
             raise err(triggers[0], v, "an integer >= 0 (a count of samples)")
-        if kind == "pause":
-            out.setdefault("duration_s", 0.3)
+        if kind in ("pause", "partition", "latency"):
+            out.setdefault("duration_s", 0.3 if kind == "pause" else 1.0)
             if not _finite(out["duration_s"]) or out["duration_s"] <= 0:
                 raise err("duration_s", out["duration_s"], "a finite number > 0")
         elif "duration_s" in f:
-            raise err("duration_s", f["duration_s"], "only on pause faults")
+            raise err("duration_s", f["duration_s"], "only on pause, partition and latency faults")
+        _check_latency(out, f, kind, err)
     return out
+
+
+def _check_latency(out: Dict[str, Any], f: Dict[str, Any], kind: str, err) -> None:
+    """`delay_s`, `jitter_s`, `direction`: on latency faults only."""
+    keys = [k for k in ("delay_s", "jitter_s", "direction") if k in f]
+    if kind != "latency":
+        if keys:
+            raise err(keys[0], f[keys[0]], "only on latency faults")
+        return
+    out.setdefault("delay_s", 0.1)
+    out.setdefault("jitter_s", 0.0)
+    out.setdefault("direction", "both")
+    for k in ("delay_s", "jitter_s"):
+        if not _finite(out[k]) or not 0 <= out[k] <= 60:
+            raise err(k, out[k], "a finite number of seconds, 0..60")
+    if out["direction"] not in LATENCY_DIRECTIONS:
+        raise err("direction", out["direction"], " | ".join(LATENCY_DIRECTIONS))

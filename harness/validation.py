@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional, Sequence, Tuple
 from .exit_codes import UsageError
 
 MAX_SEED = 2 ** 63 - 1
-BUILTIN_BACKENDS = ("sqlite", "inmemory", "private", "noop")
+BUILTIN_BACKENDS = ("sqlite", "inmemory", "redis", "private", "noop")  # as reference_impl.stores names them
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -53,6 +53,7 @@ from .history import HistoryWriter, NullHistory
 from .process_loop import FailClosed, load_process, open_history, process_args, run_process
 from .ref_queue import StreamingRefQueue
 from .stores import open_store
+from .stores.base import record_network_events
 
 CHECKPOINT = os.path.join("checkpoint", "consumer.pt")
 
@@ -117,6 +118,7 @@ class Consumer:
         self._torch = torch
         self.device = pick_device(cfg.consumer_device, "consumer")
         self.store = store if store is not None else open_store(cfg.backend, cfg.workdir)
+        record_network_events(self.store, self.h)
         self.ctl = DataFlowController(self.store)
         self.features = FeatureStore(cfg.path("features"))
         self.index_of = {cfg.sample_id(i): i for i in range(cfg.num_samples)}

@@ -34,6 +34,7 @@ from .flow_control import Backpressure
 from .history import HistoryWriter, NullHistory
 from .process_loop import Failed, load_process, open_history, process_args, run_process
 from .stores import StoreUnavailable, open_store
+from .stores.base import record_network_events
 
 IO_ERRNOS = (errno.EIO, errno.ENOSPC)
 
@@ -55,6 +56,7 @@ class Producer:
         self.sleep = sleep
         self.device = pick_device(cfg.producer_device, "producer")
         self.store = store if store is not None else open_store(cfg.backend, cfg.workdir)
+        record_network_events(self.store, self.h)
         self.ctl = DataFlowController(self.store)
         self.features = FeatureStore(cfg.path("features"))
         self.features.remove_temp_files()

@@ -25,7 +25,7 @@ from typing import Any, Dict, List
 
 from reference_impl.failpoints import POINTS
 
-from ..scenario import POWERCUT_TARGET, Scenario
+from ..scenario import NETWORK_KINDS, POWERCUT_TARGET, Scenario
 
 # Which process reaches each failpoint ("rank." / "rank0." points: a rank of the
 # data-parallel consumer group, which the supervisor knows as "consumer").
@@ -86,6 +86,10 @@ def make_schedule(scenario: Scenario, seed: int) -> Dict[str, Any]:
             f = {"kind": kind, "target": target, key: max(1, int(samples * frac))}
             if kind == "pause":
                 f["duration_s"] = round(rng.uniform(*rnd["pause_s"]), 3)
+            elif kind in ("partition", "latency"):
+                f["duration_s"] = round(rng.uniform(*rnd["network_s"]), 3)
+                if kind == "latency":
+                    f.update(delay_s=round(rng.uniform(0.01, 0.2), 3), jitter_s=0.05, direction="both")
         f["origin"] = "random"
         faults.append(f)
     for i, f in enumerate(faults):
@@ -104,7 +108,7 @@ def failpoint_rules(schedule: Dict[str, Any], target: str, incarnation: int) -> 
 
 
 def timed_faults(schedule: Dict[str, Any]) -> List[Dict[str, Any]]:
-    return [f for f in schedule["faults"] if f["kind"] in ("kill", "pause", "powercut")]
+    return [f for f in schedule["faults"] if f["kind"] in ("kill", "pause", "powercut") + NETWORK_KINDS]
 
 
 def has_powercut(schedule: Dict[str, Any]) -> bool:

@@ -36,7 +36,7 @@ from ..run_plumbing import scenario_config as config_for  # noqa: F401 (bench, t
 from ..scenario import RANK_TARGET, Scenario, load_scenario
 from ..validation import check_for_run
 from ..verdict import judge, verdict_word
-from . import nemesis
+from . import nemesis, store_servers
 from .fault_ledger import FaultLedger
 from .powercut import PowerLoss, require_tracer, stopped_at_powercut
 from .supervisor import Supervisor, pid_stopped
@@ -67,7 +67,6 @@ class RunResult:
         if self.inconclusive:
             return 3
         return 0 if self.as_expected else 1
-
 
 
 @dataclass(frozen=True)
@@ -136,6 +135,7 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     schedule = schedule or nemesis.make_schedule(sc, seed)
     if nemesis.has_powercut(schedule):
         require_tracer()  # UsageError (exit 2) without a compiler: refused before anything is written
+    store_servers.check_for_run(sc.backend, nemesis.has_powercut(schedule))
     # Validate the run's configuration before anything is written: a rejected
     # scenario leaves no report directory behind.
     cfg = config_for(sc, seed, os.path.join(reports_dir, "(not yet created)", "work"))
@@ -169,17 +169,19 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     sup = Supervisor(work, extra_env=env)
     ledger = FaultLedger(schedule["faults"])
     pl = PowerLoss(rdir, work, sc.powercut_mode, seed) if nemesis.has_powercut(schedule) else None
+    net = store_servers.for_run(cfg.backend, work, sup, sc.store, cfg.world_size, seed)
     try:
         if pl is not None:
             sup.extra_env.update(pl.arm())
-        outcome, reason = _drive(sc, cfg, schedule, sup, say, ledger, pl)
-        final = _final_state(sc, cfg, outcome, reason, sup)
+        outcome, reason = _drive(sc, cfg, schedule, sup, say, ledger, pl, net)
+        final = _final_state(sc, cfg, outcome, reason, sup, net)
     except BaseException:
         if pl is not None:
             pl.close(keep=True)
         raise
     finally:
         sup.shutdown()
+        store_servers.close(net)
     wall = time.monotonic() - t0
     try:
         frame = RunFrame(sc, seed, cfg, rdir, work, ledger, keep_work, render, say, pl)
@@ -206,7 +208,7 @@ def _discard(rdir: str) -> None:
 
 
 def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger: FaultLedger,
-           pl: Optional[PowerLoss] = None) -> tuple:
+           pl: Optional[PowerLoss] = None, net: Optional[store_servers.RunRedisServer] = None) -> tuple:
     config_path = cfg.path("config.json")
     expect = sc.expect
     t0 = time.monotonic()
@@ -216,6 +218,8 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
     def start(name: str) -> None:
         inc = sup.incarnations.get(name, -1) + 1
         rules = nemesis.failpoint_rules(schedule, name, inc)
+        if name == "store_server" and net is not None:
+            return net.start()
         if name == "store_server":
             addr = cfg.path("store.addr")
             if os.path.exists(addr):
@@ -232,10 +236,10 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
         else:  # several data-parallel ranks run under one group process
             module = "reference_impl.consumer" if cfg.world_size == 1 else "reference_impl.dp_consumer"
         args = ["--config", config_path] + (["--resume"] if name == "consumer" and inc > 0 else [])
-        p = sup.spawn(name, module, args, failpoints=rules)
+        p = sup.spawn(name, module, args, failpoints=rules, env=net.env_for(name) if net is not None else None)
         say(f"  spawn {name}#{inc} pid {p.pid}" + (f" failpoints {rules}" if rules else ""))
 
-    if cfg.backend == "inmemory":
+    if cfg.backend == "inmemory" or net is not None:
         start("store_server")
     start("producer")
     start("consumer")
@@ -309,7 +313,8 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
                 _cut_and_restart(pl, sup, cfg, ledger, status, (f["id"], "timed"), start, say)
                 prog = Progress(cfg.workdir)
                 break
-            verdict = _deliver(f, sup, cfg, status, now, resume_at, ledger, pl)
+            verdict = (net.deliver(f) if net is not None and f["kind"] in store_servers.NETWORK_KINDS
+                       else _deliver(f, sup, cfg, status, now, resume_at, ledger, pl))
             if verdict == "retry":
                 first = first_try.setdefault(f["id"], now)
                 if now - first > DELIVERY_RETRY_S:
@@ -323,6 +328,8 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
                 ledger.miss(f["id"], verdict)
         for fid in ledger.poll(now):
             sup.h.emit("fault_landed_stop", fault=fid)
+        for fid, how in net.landed() if net is not None else ():
+            ledger.land(fid, how)
         for name in ("producer", "consumer"):
             p = sup.procs.get(name)
             key = (name, p.inc) if p else None
@@ -391,7 +398,7 @@ def _cut_and_restart(pl: PowerLoss, sup: Supervisor, cfg: RunConfig, ledger: Fau
                      f"{len(rec['files_reverted'])} files reverted)")
     say(f"  power cut #{rec['index']} ({cause}): killed {rec['killed']}; {rec['unsynced_writes_dropped']} unsynced "
         f"writes dropped, {rec['bytes_lost']} bytes lost; restarting")
-    if cfg.backend == "inmemory":
+    if "store_server" in sup.procs:
         start("store_server")
     for name in ("producer", "consumer"):
         if status.get(name) == "running":
@@ -405,8 +412,8 @@ def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[st
              resume_at, ledger: FaultLedger, pl: Optional[PowerLoss] = None):
     """Send one timed fault: "sent", "retry" (deliver as soon as the target can take it), or a miss reason."""
     target = f["target"]
-    if target == "store_server" and cfg.backend != "inmemory":
-        return f"no store_server: backend {cfg.backend!r} runs none (only inmemory does)"
+    if target == "store_server" and "store_server" not in sup.procs:
+        return f"no store_server: backend {cfg.backend!r} runs none (inmemory and redis do)"
     rank = RANK_TARGET.match(target)
     if rank:
         n = int(rank.group(1))
@@ -500,7 +507,7 @@ def _trigger_holds(f: Dict[str, Any], prog: Progress, elapsed: float) -> bool:
     return elapsed >= f.get("at_s", 0)
 
 
-def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
+def _final_state(sc, cfg, outcome, reason, sup, net=None) -> Dict[str, Any]:
     from ..final_state import read_final_state
 
     durable = durable_store(cfg.backend, sup.incarnations.get("store_server", 0))
@@ -516,6 +523,7 @@ def _final_state(sc, cfg, outcome, reason, sup) -> Dict[str, Any]:
                              fail_closed_reason=reason if outcome == "fail_closed" else None)
     final["reason"] = reason
     final["store_server_restarts"] = sup.incarnations.get("store_server", 0)
+    final["store_server"] = net.summary() if net is not None else None
     return final
 
 

@@ -57,6 +57,8 @@ def rank_main(args, cfg: RunConfig) -> int:
         from ..stores import StoreUnavailable
 
         Rank0Consumer, ConsumerFailClosed = rank0_class()
+        if os.environ.get("DFH_STORE_NODE"):  # a networked store: this rank is its own node
+            os.environ["DFH_STORE_NODE"] = f"consumer.rank{rank}"
         try:
             consumer = Rank0Consumer(cfg, incarnation=args.incarnation, history=history)
         except ConsumerFailClosed as e:

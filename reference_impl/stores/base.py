@@ -73,6 +73,13 @@ class MetadataStore(abc.ABC):
         self.close()
 
 
+def record_network_events(store: Any, history: Any) -> None:
+    """A networked store's failed attempts (and the calls that returned after one) as `store_call`
+    events in `history`; a store without `on_network_event` has none to report."""
+    if hasattr(store, "on_network_event"):
+        store.on_network_event = lambda **fields: history.emit("store_call", **fields)
+
+
 def empty_marker() -> Dict[str, Any]:
     return {"acked": set(), "global_step": None, "optimizer_durable": False}
 
