@@ -58,8 +58,8 @@ def coverage_of(events: Iterable[Dict[str, Any]], final: Optional[Dict[str, Any]
         by = cov["faults"].setdefault(kind, {})
         by[phase] = by.get(phase, 0) + 1
     cov["sometimes"] = sometimes_counts(events, final or {})
-    for f in schedule or ():
-        k = str(f.get("kind"))
+    for f in schedule or ():  # typed faults (harness.faults) or their dict form
+        k = str(f.get("kind") if isinstance(f, dict) else getattr(f, "kind", "?"))
         cov["planned"][k] = cov["planned"].get(k, 0) + 1
     return cov
 
