@@ -39,23 +39,18 @@ class RunRedisServer:
     def __init__(self, workdir: str, sup: Supervisor, *, persistence: str, world_size: int, seed: int) -> None:
         self.sup = sup
         self.server = RedisServer(workdir, persistence)
-        self.proxies: Dict[str, NodeProxy] = {}
-        self._nodes = nodes_of(world_size)
-        self._seed = seed
+        # The server's files exist before the power-loss tracer takes its baseline of the work dir.
+        self.server.prepare()
+        self.proxies = {n: NodeProxy(n, ("127.0.0.1", self.server.port), seed=seed) for n in nodes_of(world_size)}
+        self.server.write_connection({n: p.address for n, p in self.proxies.items()})
         self.starts = 0
 
     def start(self) -> None:
-        """First start (files, proxies, ledger) or a restart after a kill or a power cut."""
-        first = self.starts == 0
-        if first:
-            self.server.prepare()
-            for node in self._nodes:
-                self.proxies[node] = NodeProxy(node, ("127.0.0.1", self.server.port), seed=self._seed)
-            self.server.write_connection({n: p.address for n, p in self.proxies.items()})
+        """First start (then the ledger is created) or a restart after a kill or a power cut."""
         p = self.sup.spawn(NAME, "harness.stores.redis_server", self.server.argv())
         self.starts += 1
         self.server.wait_ready(lambda: p.poll() is None)
-        if first:
+        if self.starts == 1:
             self.server.create_ledger()
 
     @staticmethod
