@@ -342,7 +342,7 @@ def check_fault_targets(sc: Scenario, backend_from: str = "store.backend") -> No
     ranks = sc.topology["consumer_ranks"]
 
     def check(t: Any, key: str) -> None:
-        if t == "store_server" and sc.backend not in SERVER_BACKENDS:
+        if t == "store_server" and sc.backend not in SERVER_BACKENDS and ":" not in sc.backend:
             raise ScenarioError(f"{source}: key {key!r} has value 'store_server', but {backend_from} = "
                                 f"{sc.backend!r} runs no store server; allowed: store_server only with "
                                 f"backend {' or '.join(SERVER_BACKENDS)}")
@@ -354,7 +354,7 @@ def check_fault_targets(sc: Scenario, backend_from: str = "store.backend") -> No
     network = [f"faults.explicit[{i}].kind" for i, f in enumerate(sc.explicit_faults) if f["kind"] in NETWORK_KINDS]
     if sc.random_faults.get("count") and set(sc.random_faults["kinds"]) & set(NETWORK_KINDS):
         network.append("faults.random.kinds")
-    if network and sc.backend not in NETWORKED_BACKENDS:
+    if network and sc.backend not in NETWORKED_BACKENDS and ":" not in sc.backend:
         raise ScenarioError(f"{source}: key {network[0]!r} is a network fault, but {backend_from} = {sc.backend!r} "
                             f"has no network between its clients and a server; allowed: network faults only with "
                             f"backend {' or '.join(NETWORKED_BACKENDS)}")

@@ -93,9 +93,24 @@ def close(server: Optional[RunRedisServer]) -> None:
         server.close()
 
 
+def server_kind(backend: str) -> Optional[str]:
+    """The store server a backend needs: `redis` for the built-in backend, else what a third-party
+    factory declares in its `store_server` attribute (None: it needs none the harness starts)."""
+    if backend == "redis":
+        return "redis"
+    if ":" not in backend:
+        return None
+    from reference_impl.stores import load_factory
+
+    kind = getattr(load_factory(backend), "store_server", None)
+    if kind not in (None, "redis"):
+        raise UsageError(f"store backend {backend!r} declares store_server = {kind!r}; allowed: 'redis'")
+    return kind
+
+
 def check_for_run(backend: str, has_powercut: bool) -> None:
     """Refuse, before anything is written, a run whose store server cannot be started or traced."""
-    if backend != "redis":
+    if server_kind(backend) is None:
         return
     from ..stores.redis_server import find_binary, is_dynamic
 
@@ -108,7 +123,11 @@ def check_for_run(backend: str, has_powercut: bool) -> None:
 def for_run(backend: str, workdir: str, sup: Supervisor, store: Dict[str, Any], world_size: int,
             seed: int) -> Optional[RunRedisServer]:
     """The networked store server a run with `backend` needs, or None."""
-    if backend != "redis":
+    if server_kind(backend) is None:
         return None
-    return RunRedisServer(workdir, sup, persistence=store.get("persistence", "always"), world_size=world_size,
-                          seed=seed)
+    persistence = store.get("persistence", "always")
+    if ":" in backend:  # a backend may name the persistence it is meant to run on
+        from reference_impl.stores import load_factory
+
+        persistence = getattr(load_factory(backend), "store_persistence", persistence)
+    return RunRedisServer(workdir, sup, persistence=persistence, world_size=world_size, seed=seed)

@@ -71,7 +71,7 @@ def open_store(backend: str, workdir: str) -> MetadataStore:
     if backend == "redis":
         from .redis import RedisMetadataStore
 
-        return RedisMetadataStore(os.path.join(workdir, "store.redis.json"))
+        return RedisMetadataStore(workdir)
     if backend == "private":
         return InMemoryMetadataStore()
     if backend == "noop":

@@ -46,6 +46,7 @@ from ..contracts import SampleRef, ref_to_dict
 from .base import MetadataStore, StoreUnavailable, as_id_set, check_refs
 
 NODE_ENV = "DFH_STORE_NODE"
+CONNECTION_FILE = "store.redis.json"
 PREFIX = "dfh:"
 KEY_LEDGER, KEY_REFS, KEY_ORDER, KEY_OWNER = PREFIX + "ledger", PREFIX + "refs", PREFIX + "order", PREFIX + "owner"
 KEY_ACKED, KEY_STEP, KEY_DURABLE = PREFIX + "acked", PREFIX + "step", PREFIX + "durable"
@@ -117,14 +118,16 @@ def read_connection(path: str) -> Dict[str, Any]:
 
 
 def connection_path(path: str) -> str:
-    """`path` itself when it names a file that exists or ends in .json, else
-    `store.redis.json` in its directory (certification passes `<dir>/store.db`)."""
+    """`path` itself when it ends in .json, else `store.redis.json` in the directory `path`
+    (or the directory of the file `path`: certification passes `<dir>/store.db`), or in
+    that directory's parent (a backend's own directory inside a run's work dir)."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        return os.path.join(path, "store.redis.json")
-    if path.endswith(".json") or os.path.isfile(path):
+    if path.endswith(".json"):
         return path
-    return os.path.join(os.path.dirname(path) or ".", "store.redis.json")
+    d = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    here = os.path.join(d, CONNECTION_FILE)
+    parent = os.path.join(os.path.dirname(os.path.abspath(d)), CONNECTION_FILE)
+    return here if os.path.exists(here) or not os.path.exists(parent) else parent
 
 
 def create_ledger(path: str) -> str:
