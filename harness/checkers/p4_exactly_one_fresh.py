@@ -20,9 +20,17 @@ seen (in an epoch) in the first commit event of an incarnation > 0 of a
 committer are exempt from (2). An id in `committed_ids` with no commit event
 at all is fine (crash after the store write, before the event).
 
+A networked store's commit that failed on the network and never returned
+(`store_call` events of `commit_samples`/`commit_sample` whose last word is
+`indeterminate` or `failed`, with no `ok` after them in that incarnation) may
+or may not have been applied: its ids are exempt from (2) too. A commit that
+returned after failed attempts (`ok`) is judged by its answer like any other:
+a retry that answers "not fresh" for ids its own lost attempt committed is
+(2).
+
 Operations read
 ---------------
-* `commit` events of any process (`ids`, `fresh`);
+* `commit` events of any process (`ids`, `fresh`); `store_call` events of commits (`outcome`, `ids`);
 * supervisor `kill` (target) and `powercut` (killed), `store_server` `start` (inc);
 * final `durable_store`, `committed_ids`.
 
@@ -60,6 +68,7 @@ def check(history, final, ctx=None):
     events = sorted(commits + _ledger_events(ctx, durable), key=by_line)
     anomalies = []
     seen_inc = {}  # proc -> set of incs with a commit already
+    unresolved = _unresolved_commit_ids(ctx)
     n_commits = n_fresh = n_ids = 0
     epochs = [[]]  # commit events per ledger epoch
     for e in events:
@@ -106,7 +115,7 @@ def check(history, final, ctx=None):
                     sample_ids=[sid], incarnations=list(dict.fromkeys([incarnation(prev), incarnation(e)])),
                     lines=[prev.get("line", 0), e.get("line", 0)]))
         n_ids += len(ids_seen)
-        never = ids_seen.difference(fresh_by, exempt)
+        never = ids_seen.difference(fresh_by, exempt, unresolved)
         if never:
             first = {}
             for e in reversed(evs):
@@ -119,8 +128,18 @@ def check(history, final, ctx=None):
                     f"{incarnation(e)} at line {e.get('line')}, not the replay of an interrupted batch)",
                     sample_ids=[sid], incarnations=[incarnation(e)], lines=[e.get("line", 0)]))
     counts = {"commit_events": n_commits, "fresh_flags": n_fresh, "ids": n_ids,
+              "ids_of_commits_never_returned": len(unresolved),
               "ledger_epochs": len(epochs), "durable_store": durable}
     return finish(PROP, NAME, anomalies, counts)
+
+
+def _unresolved_commit_ids(ctx) -> set:
+    """Ids of commit calls that failed on the network and never returned (their outcome unknown)."""
+    last = {}  # (proc, inc, ids) -> the last store_call outcome of that call
+    for e in sorted((e for e in ctx.history if e.get("ev") == "store_call"
+                     and e.get("call") in ("commit_samples", "commit_sample")), key=by_line):
+        last[(e.get("proc"), e.get("inc"), tuple(e.get("ids") or ()))] = e.get("outcome")
+    return {sid for (_, _, ids), outcome in last.items() if outcome != "ok" for sid in ids}
 
 
 def _multi_committer(ctx) -> bool:

@@ -14,7 +14,9 @@ transactions the history knows:
 * an interrupted ack: a consumer `checkpoint` event at step s with a non-empty
   `unacked` list T whose incarnation wrote no `ack` at step s after it. The
   consumer acks exactly T at step s right after the checkpoint, so a crash
-  leaves that transaction applied whole or not at all.
+  leaves that transaction applied whole or not at all. An ack of a networked
+  store that failed on the network and never returned (`store_call` ending
+  `indeterminate` or `failed`, then the process failed closed) is one too.
 
 Readers of the marker in the history are each restart's `reconcile` (the
 marker as read is `released` minus `rolled_forward`, with `marker_step`) and

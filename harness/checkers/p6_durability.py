@@ -12,6 +12,10 @@ that reconcile, which read the marker before rolling forward. Every later
 reader sees them: each restart's `reconcile` (`marker_step`,
 `marker_acked_count`) and the final state (`committed_ids`, `marker`).
 
+An ack or commit of a networked store that failed on the network and never
+returned (`store_call` ending `indeterminate` or `failed`) has no `ack` or
+`commit` event: nothing is demanded of it, whichever way it went.
+
 Not applicable (valid None) to a volatile store, or when the final store
 could not be read (`committed_ids` None).
 

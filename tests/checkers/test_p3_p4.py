@@ -154,3 +154,24 @@ def test_malformed_commit():
     l1 = h.p("commit", ids=["a", "b"], fresh=[True])
     a = one(p4.check(h.events, final_state(["a", "b"])), "malformed_commit")
     assert a.lines == [l1] and a.sample_ids == ["a", "b"]
+
+
+def test_commit_that_never_returned_is_indeterminate():
+    # a commit failed on the network (reply lost), the caller gave up; a later commit of the same
+    # ids in the same incarnation answers not fresh: either outcome of the lost call is accepted
+    h = H()
+    h.p("store_call", call="commit_samples", outcome="indeterminate", attempt=1, error="reset", ids=["a", "b"])
+    h.p("store_call", call="commit_samples", outcome="failed", attempts=1, ids=["a", "b"])
+    h.p("commit", ids=["a", "b"], fresh=[False, False])
+    r = p4.check(h.events, final_state(["a", "b"]))
+    assert r.valid is True and r.counts["ids_of_commits_never_returned"] == 2
+
+
+def test_commit_retried_after_a_lost_reply_is_judged_by_its_answer():
+    # the store's own retry returned: "not fresh" for ids its lost first attempt committed is a bug
+    h = H()
+    h.p("store_call", call="commit_samples", outcome="indeterminate", attempt=1, error="reset", ids=["a"])
+    h.p("store_call", call="commit_samples", outcome="ok", attempts=2, ids=["a"])
+    line = h.p("commit", ids=["a"], fresh=[False])
+    a = one(p4.check(h.events, final_state(["a"])), "never_fresh")
+    assert a.sample_ids == ["a"] and a.lines == [line]
