@@ -1,5 +1,6 @@
 """The layout holds: no import cycle in harness/ or reference_impl/, no module over 600 lines,
-and reference_impl never imports harness.
+no function over 100 lines, reference_impl never imports harness, checkers import only the
+history and final-state contracts, and harness/ builds its argument parsers in one module.
 
 The import graph is read from the source with `ast` (every import, at module
 level or inside a function: a lazy import still ties two modules together).
@@ -8,6 +9,7 @@ level or inside a function: a lazy import still ties two modules together).
 from __future__ import annotations
 
 import ast
+import functools
 import os
 from typing import Dict, List, Set
 
@@ -142,3 +144,92 @@ def test_no_module_over_600_lines():
 def test_the_cycle_finder_can_fail():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"p": {"p.x"}, "p.x": {"p"}}) == []  # a package and its own submodule
+
+
+#: The one module that builds argument parsers (every subcommand is a subparser of its tree).
+PARSER_MODULE = "harness/arguments.py"
+MAX_FUNCTION_LINES = 100
+#: Functions still over MAX_FUNCTION_LINES ("path:name"); shrink this list, never grow it.
+LONG_FUNCTIONS_ALLOWED: set = {
+    "harness/certify/tier1_contract.py:build_machine",
+    "harness/certify/tier3_crash.py:_check_trial",
+    "harness/process_engine/runner.py:_drive",
+    "harness/scenario.py:scenario_from_dict",
+    "harness/checkers/p3_backpressure.py:check",
+    "harness/certify/tier_powercut.py:_run_trial",
+}
+#: What a checker may import besides the standard library and the checkers package: the contracts
+#: it is a pure function of (the history and the final state).
+CHECKER_IMPORTS_ALLOWED = {"harness.history", "harness.final_state"}
+
+
+@functools.lru_cache(maxsize=1)
+def _trees():
+    out = []
+    for mod, path in modules().items():
+        with open(path) as f:
+            out.append((mod, os.path.relpath(path, ROOT).replace(os.sep, "/"), ast.parse(f.read(), path)))
+    return out
+
+
+def argument_parsers_outside(parser_module: str = PARSER_MODULE) -> List[str]:
+    """`path:line` of every argparse.ArgumentParser(...) built in harness/ outside the parser module."""
+    out = []
+    for mod, rel, tree in _trees():
+        if not rel.startswith("harness/") or rel == parser_module:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                if name == "ArgumentParser":
+                    out.append(f"{rel}:{node.lineno}")
+    return out
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> Dict[str, int]:
+    """`path:name` -> lines, for every function or method over `limit` lines."""
+    out = {}
+    for mod, rel, tree in _trees():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    out[f"{rel}:{node.name}"] = n
+    return out
+
+
+def checker_imports(graph: Dict[str, Set[str]]) -> Dict[str, List[str]]:
+    """checker module -> the modules of our packages it imports beyond checkers/ and the contracts."""
+    bad = {}
+    for mod, deps in graph.items():
+        if mod == "harness.checkers" or mod.startswith("harness.checkers."):
+            extra = sorted(d for d in deps if not (d == "harness.checkers" or d.startswith("harness.checkers.")
+                                                   or d in CHECKER_IMPORTS_ALLOWED))
+            if extra:
+                bad[mod] = extra
+    return bad
+
+
+def test_one_argument_parser():
+    assert argument_parsers_outside() == [], f"build subcommands in {PARSER_MODULE}"
+
+
+def test_no_function_over_100_lines():
+    found = long_functions()
+    over = {k: v for k, v in found.items() if k not in LONG_FUNCTIONS_ALLOWED}
+    assert not over, f"functions over {MAX_FUNCTION_LINES} lines: {over}"
+    stale = sorted(LONG_FUNCTIONS_ALLOWED - set(found))
+    assert not stale, f"no longer over the limit, remove from LONG_FUNCTIONS_ALLOWED: {stale}"
+
+
+def test_checkers_import_only_the_contracts():
+    assert checker_imports(import_graph()) == {}
+
+
+def test_the_layout_checks_can_fail():
+    assert checker_imports({"harness.checkers.p9": {"harness.checkers", "harness.history", "harness.cli"}}) == \
+        {"harness.checkers.p9": ["harness.cli"]}
+    assert long_functions(limit=1000) == {}
+    assert "harness/cli.py:main" in long_functions(limit=2)
+    assert any(p.startswith(PARSER_MODULE + ":") for p in argument_parsers_outside(parser_module="none"))

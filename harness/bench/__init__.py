@@ -6,7 +6,7 @@ goal it is held to:
 * restart: SIGKILL of a consumer to its replacement's first channel event
   (`read` or `skip`), zygote launcher vs cold spawn (`python -m`);
 * trials per minute: the default scenario (kill-random: 3 kills, 300 samples)
-  on a pool of 2 worker processes, with CPU seconds per trial (the worker, its
+  on a pool of -j worker processes (default one per CPU), with CPU seconds per trial (the worker, its
   zygote and every process they started); baseline: the same with spawn;
 * checkers: `check_all` on synthetic histories of 10k, 100k and 1M events, on
   one core (`checks`, on `harness.synthetic_history`);
@@ -32,7 +32,6 @@ memory, overhead; `--only NAME,...` selects them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -44,43 +43,38 @@ from .registry import GOALS, BenchRun, goal_met
 from .registry import sections as registered
 
 
-def _parse(argv: Optional[List[str]]):
-    ap = argparse.ArgumentParser(prog="python -m harness bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", metavar="FILE", help="write the figures as JSON")
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (about 2 minutes instead of 8)")
+def main(argv: Optional[List[str]] = None) -> int:
+    """`python -m harness.bench ARGS`: the same as `python -m harness bench ARGS`."""
+    import sys
+
+    from ..cli import main as harness_main
+
+    return harness_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+def _sections(only: Optional[str]) -> List[str]:
+    from ..exit_codes import UsageError
+
     known = registered()
-    ap.add_argument("--only", default=",".join(known),
-                    help=f"comma-separated sections (default: all: {', '.join(known)})")
-    ap.add_argument("--trials", type=int, help="trials in the throughput/hygiene campaign (default 200, quick 20)")
-    ap.add_argument("--jobs", type=int, default=2, help="worker processes of the trial campaign (default 2)")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    args = ap.parse_args(argv)
-    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    if not only:
+        return list(known)
+    sections = [s.strip() for s in only.split(",") if s.strip()]
     unknown = [s for s in sections if s not in known]
     if unknown:
-        ap.error(f"--only: unknown section {unknown[0]!r} (known: {', '.join(known)})")
-    return args, sections
+        raise UsageError(f"--only: unknown section {unknown[0]!r} (known: {', '.join(known)})")
+    return sections
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def cmd_bench(args) -> int:
     """Exit codes (harness/exit_codes.py): 0 done, 2 bad options or --json path, 3 the bench could not finish."""
-    from ..exit_codes import guarded
-
-    return guarded(_main, argv)
-
-
-def _main(argv: Optional[List[str]] = None) -> int:
+    from ..arguments import jobs_of
     from ..exit_codes import UsageError
     from ..paths import check_output_file
 
-    try:
-        args, sections = _parse(argv)
-    except SystemExit as e:
-        return 2 if e.code else 0
+    sections = _sections(args.only)
+    args.jobs = jobs_of(args)
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials {args.trials}: allowed an integer >= 1")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: allowed an integer >= 1")
     if args.json:
         check_output_file(args.json, "--json")
     base = tempfile.mkdtemp(prefix="dfh-bench-")

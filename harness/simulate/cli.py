@@ -2,9 +2,11 @@
 
     python -m harness simulate [SCENARIO] --examples N [--seed S] [--json FILE]
                                [--variant pkg.mod:name] [--expect-violation P]
-                               [--backend sqlite|inmemory] [--store-kills] [--powercuts] [--jobs J] [--samples N]
-                               [--out FILE] [--no-shrink] [--shrink-budget S]
+                               [--backend sqlite|inmemory] [--store-kills] [--powercuts] [-j J] [--samples N]
+                               [--reports DIR | --out FILE] [--no-shrink] [--shrink-budget S]
     python -m harness simulate --schedule FILE.json      (rerun one saved schedule)
+
+(options: harness.arguments)
 
 SCENARIO (a name in scenarios/ or a .toml path) gives the workload, the
 backend, the variant and the expectation; without it the simulation's small
@@ -30,14 +32,14 @@ interruption).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from harness.exit_codes import ExitCode, UsageError, guarded
+from harness.arguments import DEFAULT_JOBS
+from harness.exit_codes import ExitCode, UsageError
 from harness.paths import check_output_file, read_json_file
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_HARNESS = (ExitCode.AS_EXPECTED, ExitCode.UNEXPECTED, ExitCode.USAGE,
@@ -50,53 +52,19 @@ class _Usage(UsageError):
     pass
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m harness simulate",
-                                 description="Simulation engine: crash schedules of the reference pipeline in one "
-                                             "process, driven and shrunk by Hypothesis.")
-    ap.add_argument("scenario", nargs="?", help="scenario name or .toml path: its workload, backend, variant, "
-                                                "expectation (default: the simulation's small workload on SQLite)")
-    ap.add_argument("--examples", type=int, default=200, help="schedules to draw (default 200)")
-    ap.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
-    ap.add_argument("--json", help="write the figures (schedules_per_min, failures, ...) to this file")
-    ap.add_argument("--variant", help="protocol variant pkg.mod:name (e.g. tests.pipeline_zoo:no_roll_forward)")
-    ap.add_argument("--expect-violation", action="append", default=None, metavar="P",
-                    help="the variant must violate P (P1..P8; repeatable): exit 0 when found")
-    ap.add_argument("--backend", help="store backend: sqlite | inmemory | private | pkg.mod:Factory")
-    ap.add_argument("--jobs", type=int, help="worker processes (default: one per CPU for 50+ examples)")
-    ap.add_argument("--executor", choices=("local", "ray"), default="local",
-                    help="where the search's shares run: local worker processes (default) or Ray tasks")
-    ap.add_argument("--address", help="with --executor ray: an existing Ray cluster (default: a local instance)")
-    ap.add_argument("--store-kills", action="store_true",
-                    help="also kill the in-memory store server (its ledger is lost; the run must fail closed)")
-    ap.add_argument("--powercuts", action="store_true",
-                    help="also cut the power: all processes crash at once and unsynced writes are lost "
-                         "(clean or torn; needs a C compiler for the durability tracer)")
-    ap.add_argument("--samples", type=int, help="override the workload's number of samples")
-    ap.add_argument("--max-ops", type=int, help="longest schedule before the drain (default 24)")
-    ap.add_argument("--out", help="where to write the counterexample scenario (default reports/sim-....toml)")
-    ap.add_argument("--no-shrink", action="store_true", help="report the first failing schedule as found")
-    ap.add_argument("--shrink-budget", type=float, default=60.0, help="seconds of shrinking at most (default 60)")
-    ap.add_argument("--schedule", help="run the schedule of a JSON file (a list of ops, or a --json output) once")
-    ap.add_argument("--quiet", action="store_true")
-    return ap
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return guarded(_main, argv)
+    """`python -m harness.simulate ARGS`: the same as `python -m harness simulate ARGS`."""
+    from harness.cli import main as harness_main
+
+    return harness_main(["simulate", *(sys.argv[1:] if argv is None else argv)])
 
 
-def _main(argv: List[str]) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return EXIT_USAGE if e.code else EXIT_OK
+def cmd_simulate(args) -> int:
     setup = _setup(args)
     if setup["spec"].powercuts:
         from .powercut import run_preloaded
 
-        rc = run_preloaded(argv)  # None: this process is traced already
+        rc = run_preloaded(args.argv)  # None: this process is traced already
         if rc is not None:
             return rc
     if args.schedule:
@@ -105,15 +73,15 @@ def _main(argv: List[str]) -> int:
 
 
 def _setup(args) -> Dict[str, Any]:
+    from harness.arguments import check_executor, jobs_of
+
     from .engine import DEFAULT_WORKLOAD, config_for
     from .search import MAX_OPS, SimSpec
 
     if args.examples < 1:
         raise _Usage(f"--examples must be >= 1, got {args.examples}")
-    if args.jobs is not None and args.jobs < 1:
-        raise _Usage(f"--jobs must be >= 1, got {args.jobs}")
-    if args.address and args.executor != "ray":
-        raise _Usage(f"--address {args.address!r} needs --executor ray")
+    jobs_of(args)
+    check_executor(args)
     if args.powercuts and args.executor == "ray":
         raise _Usage("--powercuts runs under the durability tracer, which Ray workers do not load; "
                      "use --executor local")
@@ -218,7 +186,9 @@ def _search(args, setup) -> int:
     from .search import search_parallel
 
     spec, label = setup["spec"], setup["label"]
-    jobs = args.jobs or (min(os.cpu_count() or 1, 8) if args.examples >= 50 else 1)
+    from harness.arguments import jobs_of
+
+    jobs = jobs_of(args, default=DEFAULT_JOBS if args.examples >= 50 else 1)
     expect_txt = (f"; expecting a violation of {' or '.join(spec.expect)}" if spec.expect else "")
     _say(args, f"simulate {label}: {args.examples} schedules, seed {args.seed}, {jobs} job(s); "
                f"{_describe(spec)}{expect_txt}")
@@ -330,7 +300,7 @@ def _report_failure(args, setup, r):
     faults, text = scenario_text(res, name=name, workload=spec.workload, backend=spec.backend,
                                  variant=spec.variant, expect=spec.expect, outcomes=spec.outcomes, seed=args.seed,
                                  source=label)
-    path = args.out or os.path.join("reports", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.toml")
+    path = args.out or os.path.join(args.reports, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.toml")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
