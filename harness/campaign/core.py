@@ -131,24 +131,12 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
     `require_coverage`: a scenario whose runs, summed, never reached one of its
     `expect.sometimes` conditions or one of the failpoints it aims at makes
     the campaign inconclusive (`summary.coverage_inconclusive`)."""
-    from ..scenario import load_scenario
-    from ..validation import check_output_names
-
     if jobs < 1:
         raise UsageError(f"-j/--jobs {jobs}: must be at least 1")
     if not seeds:
         raise UsageError("--seeds selects no seeds")
     check_junit_path(junit)
-    loaded = []
-    for s in scenarios:
-        sc = load_scenario(s) if isinstance(s, str) else s
-        if backend:
-            sc = sc.with_backend(backend)
-        if sc.name not in [x.name for x in loaded]:
-            loaded.append(sc)
-    for sc in loaded:  # (the campaign's own folder is one more level: its longest name stands for it)
-        check_output_names(sc.name, max(seeds), reports_dir, f"{sc.path or sc.name}: name",
-                           parents=[f"campaign-20260101-000000-{4194304}-abcdef"])
+    loaded = _load_scenarios(scenarios, backend, seeds, reports_dir)
     cdir = make_campaign_dir(reports_dir)
     cid = os.path.basename(cdir)
     ship = executor == "ray"
@@ -158,41 +146,14 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
               "connect_timeout_s": connect_timeout_s} if ship else {"max_retries": max_retries})
     ex = make_executor(executor, jobs, address, **extra)
     rows: List[Dict[str, Any]] = []
-    interrupted: Optional[str] = None
     t0 = time.monotonic()
     # Started before anything carries the marker; sweeps when this process dies or finishes.
     reaper = Reaper(cid, ex.temp_dirs() + ([scratch_root(cid)] if ship else []))
     old_env = os.environ.get(CAMPAIGN_ENV)
     os.environ[CAMPAIGN_ENV] = cid
-    caught: List[str] = []
-    restore = _trap_signals(caught)
     try:
-        try:
-            with ex:
-                _trap_signals(caught)  # again: ray.init installs its own SIGTERM handler
-                try:
-                    for batch in ex.run(run_trial, specs):
-                        for spec, res in batch:
-                            rows.append(_row(spec, res, cdir))
-                        if progress:
-                            progress_bar(len(rows), len(specs), rows, time.monotonic() - t0)
-                        if caught:
-                            raise CampaignInterrupted(caught[0])
-                except (KeyboardInterrupt, CampaignInterrupted) as e:
-                    # Inside the `with`: its exit would wait for the running trials.
-                    interrupted = e.signame if isinstance(e, CampaignInterrupted) else "SIGINT"
-                    _ignore_signals()
-                    ex.abort()
-        except (KeyboardInterrupt, CampaignInterrupted) as e:  # while the executor started or stopped
-            interrupted = e.signame if isinstance(e, CampaignInterrupted) else "SIGINT"
-            _ignore_signals()
-            ex.abort()
-        except (UsageError, HarnessError):  # the executor could not start: no campaign was run
-            if not os.listdir(cdir):
-                os.rmdir(cdir)
-            raise
+        interrupted = _run_specs(ex, specs, cdir, rows, progress, t0)
     finally:
-        restore()
         if old_env is None:
             os.environ.pop(CAMPAIGN_ENV, None)
         else:
@@ -203,14 +164,7 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
     if progress:
         print(file=sys.stderr)
     if interrupted:
-        done = {(r["scenario"], r["seed"]) for r in rows}
-        unfinished = {(s["name"], s["seed"]): s for s in specs if (s["name"], s["seed"]) not in done}
-        dirs = _mark_incomplete(cdir, unfinished, f"campaign interrupted by {interrupted}")
-        for key in unfinished:
-            row = error_row(key[0], key[1], f"not finished: campaign interrupted by {interrupted}",
-                            status="incomplete")
-            row["report_dir"] = dirs.get(key)
-            rows.append(row)
+        _account_unfinished(cdir, specs, rows, interrupted)
     else:
         _sweep_lost_attempts(cdir, rows)
     from ..coverage import scenario_points
@@ -230,6 +184,71 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
     if junit:
         write_junit(junit, runs, summary)
     return summary
+
+
+def _load_scenarios(scenarios: Sequence[Any], backend: Optional[str], seeds: Sequence[int],
+                    reports_dir: str) -> List[Any]:
+    """The distinct scenarios (on `backend` if given), their output names checked against the file system."""
+    from ..scenario import load_scenario
+    from ..validation import check_output_names
+
+    loaded: List[Any] = []
+    for s in scenarios:
+        sc = load_scenario(s) if isinstance(s, str) else s
+        if backend:
+            sc = sc.with_backend(backend)
+        if sc.name not in [x.name for x in loaded]:
+            loaded.append(sc)
+    for sc in loaded:  # (the campaign's own folder is one more level: its longest name stands for it)
+        check_output_names(sc.name, max(seeds), reports_dir, f"{sc.path or sc.name}: name",
+                           parents=[f"campaign-20260101-000000-{4194304}-abcdef"])
+    return loaded
+
+
+def _run_specs(ex: Any, specs: List[Dict[str, Any]], cdir: str, rows: List[Dict[str, Any]], progress: bool,
+               t0: float) -> Optional[str]:
+    """Every spec on the executor, its row appended to `rows`; the name of the signal that stopped it, if any."""
+    caught: List[str] = []
+    restore = _trap_signals(caught)
+    interrupted: Optional[str] = None
+    try:
+        with ex:
+            _trap_signals(caught)  # again: ray.init installs its own SIGTERM handler
+            try:
+                for batch in ex.run(run_trial, specs):
+                    for spec, res in batch:
+                        rows.append(_row(spec, res, cdir))
+                    if progress:
+                        progress_bar(len(rows), len(specs), rows, time.monotonic() - t0)
+                    if caught:
+                        raise CampaignInterrupted(caught[0])
+            except (KeyboardInterrupt, CampaignInterrupted) as e:
+                # Inside the `with`: its exit would wait for the running trials.
+                interrupted = e.signame if isinstance(e, CampaignInterrupted) else "SIGINT"
+                _ignore_signals()
+                ex.abort()
+    except (KeyboardInterrupt, CampaignInterrupted) as e:  # while the executor started or stopped
+        interrupted = e.signame if isinstance(e, CampaignInterrupted) else "SIGINT"
+        _ignore_signals()
+        ex.abort()
+    except (UsageError, HarnessError):  # the executor could not start: no campaign was run
+        if not os.listdir(cdir):
+            os.rmdir(cdir)
+        raise
+    finally:
+        restore()
+    return interrupted
+
+
+def _account_unfinished(cdir: str, specs: List[Dict[str, Any]], rows: List[Dict[str, Any]], interrupted: str) -> None:
+    """An `incomplete` row (and a marked run dir, if it has one) for every spec the interrupt left unfinished."""
+    done = {(r["scenario"], r["seed"]) for r in rows}
+    unfinished = {(s["name"], s["seed"]): s for s in specs if (s["name"], s["seed"]) not in done}
+    dirs = _mark_incomplete(cdir, unfinished, f"campaign interrupted by {interrupted}")
+    for key in unfinished:
+        row = error_row(key[0], key[1], f"not finished: campaign interrupted by {interrupted}", status="incomplete")
+        row["report_dir"] = dirs.get(key)
+        rows.append(row)
 
 
 def _sweep_lost_attempts(cdir: str, rows: List[Dict[str, Any]]) -> None:

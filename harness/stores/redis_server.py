@@ -28,7 +28,6 @@ power-loss tracer preloaded when the run is traced.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -241,15 +240,16 @@ class RedisServer:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m harness.stores.redis_server",
-                                 description="Start redis-server on a configuration file (exec).")
-    ap.add_argument("--conf", required=True)
-    ap.add_argument("--binary", default=None)
-    ap.add_argument("--incarnation", type=int, default=0, help="restart count (informational)")
-    args = ap.parse_args(argv)
-    binary = args.binary or find_binary()
+    """A process entry point, not a command line: `--conf FILE [--binary PATH]` from `argv_for`,
+    then `--incarnation N` from the supervisor (informational)."""
+    argv = sys.argv[1:] if argv is None else argv
+    opts = dict(zip(argv[::2], argv[1::2]))
+    if not opts.get("--conf"):
+        print("python -m harness.stores.redis_server: --conf FILE is required", file=sys.stderr)
+        return 2
+    binary = opts.get("--binary") or find_binary()
     sys.stdout.flush()
-    os.execv(binary, [binary, args.conf])
+    os.execv(binary, [binary, opts["--conf"]])
     return 1  # not reached
 
 
