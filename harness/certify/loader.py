@@ -26,6 +26,7 @@ from reference_impl.resolve import ResolveError
 from reference_impl.resolve import resolve as resolve_spec
 from reference_impl.stores.base import MetadataStore
 
+from ..stores import shared_server
 from .store_calls import READ_METHODS, close_store, missing_methods  # noqa: F401 (re-exported)
 
 PROFILES = ("durable", "volatile")
@@ -134,6 +135,8 @@ class StoreTarget:
         from .guard import watch
 
         os.makedirs(workdir, exist_ok=True)
+        if shared_server.declared_server(self.factory):  # a networked backend: its own ledger on the server
+            shared_server.provision(workdir)
         with watch("constructor", (), None, raw=("constructor", (), {})):
             if self.kind == "class-path":
                 return self.factory(os.path.join(workdir, "store.db"))
@@ -196,6 +199,11 @@ def from_factory(
     else:
         kind = "callable-dir"
     target = StoreTarget(factory=factory, label=name, spec=spec, kind=kind)
+    server = shared_server.start(factory)  # a networked backend's server, before any store is opened
+    if server is not None:
+        target.notes.append(f"store server: {server['software']} {server['version']}, "
+                            f"persistence {server['persistence']} (appendonly {server['appendonly']}, "
+                            f"appendfsync {server['appendfsync']}, save {server['save']}), started by the harness")
     declared = getattr(factory, "profile", None) if inspect.isclass(factory) else None
     try:
         if records:

@@ -2,7 +2,8 @@
 
 Where the server is: a connection file (JSON, written by whoever started the
 server) with `host`, `port`, `password_file` (a file holding the password),
-`ledger_id`, and optionally `endpoints`: per-node addresses (`{"producer":
+`ledger_id`, optionally `namespace` (a prefix that keeps several ledgers apart
+on one server) and `endpoints`: per-node addresses (`{"producer":
 [host, port], ...}`) that a client uses instead of `host`/`port` when its node
 name (environment variable `DFH_STORE_NODE`) is listed, so that each process
 can reach the server through its own network path.
@@ -48,8 +49,14 @@ from .base import MetadataStore, StoreUnavailable, as_id_set, check_refs
 NODE_ENV = "DFH_STORE_NODE"
 CONNECTION_FILE = "store.redis.json"
 PREFIX = "dfh:"
-KEY_LEDGER, KEY_REFS, KEY_ORDER, KEY_OWNER = PREFIX + "ledger", PREFIX + "refs", PREFIX + "order", PREFIX + "owner"
-KEY_ACKED, KEY_STEP, KEY_DURABLE = PREFIX + "acked", PREFIX + "step", PREFIX + "durable"
+KEY_NAMES = ("ledger", "refs", "order", "owner", "acked", "step", "durable")
+
+
+def keys_for(namespace: str = "") -> Dict[str, str]:
+    """The store's Redis keys; a `namespace` keeps several ledgers apart on one server."""
+    base = PREFIX + (f"{namespace}:" if namespace else "")
+    return {name: base + name for name in KEY_NAMES}
+
 LEDGER_LOST = "LEDGER_LOST"
 
 #: One socket operation (connect, send, reply) waits at most this long.
@@ -138,9 +145,9 @@ def create_ledger(path: str) -> str:
     """
     info = read_connection(connection_path(path))
     client = _client(info["host"], info["port"], info["password"], DEFAULT_CALL_TIMEOUT_S)
+    key = keys_for(info.get("namespace", ""))["ledger"]
     try:
-        if not client.set(KEY_LEDGER, info["ledger_id"], nx=True) and \
-                client.get(KEY_LEDGER) != info["ledger_id"].encode():
+        if not client.set(key, info["ledger_id"], nx=True) and client.get(key) != info["ledger_id"].encode():
             raise StoreUnavailable(f"the server at {info['host']}:{info['port']} holds another ledger")
     finally:
         client.close()
@@ -171,6 +178,7 @@ class RedisMetadataStore(MetadataStore):
         host, port = (info.get("endpoints") or {}).get(self.node) or (info["host"], info["port"])
         self.address = (str(host), int(port))
         self.expected_ledger_id = str(info["ledger_id"])
+        self.keys = keys_for(str(info.get("namespace") or ""))
         self.server = dict(info.get("server") or {})
         client_cfg = info.get("client") or {}
         self.call_timeout_s = float(call_timeout_s or client_cfg.get("call_timeout_s") or DEFAULT_CALL_TIMEOUT_S)
@@ -233,7 +241,10 @@ class RedisMetadataStore(MetadataStore):
             self.on_network_event(**fields)
 
     def _read(self, what: str, *args: str):
-        return self._run(what, "read", [KEY_LEDGER, KEY_REFS, KEY_ORDER], [what, *args])
+        return self._run(what, "read", self._keys("ledger", "refs", "order"), [what, *args])
+
+    def _keys(self, *names: str) -> List[str]:
+        return [self.keys[n] for n in names]
 
     # -- contract -----------------------------------------------------------
     def ledger_id(self) -> str:
@@ -250,7 +261,7 @@ class RedisMetadataStore(MetadataStore):
         args: List[Any] = [token]
         for r in refs:
             args += [r.sample_id, json.dumps(ref_to_dict(r), sort_keys=True)]
-        out = self._run("commit_samples", "commit", [KEY_LEDGER, KEY_REFS, KEY_ORDER, KEY_OWNER], args,
+        out = self._run("commit_samples", "commit", self._keys("ledger", "refs", "order", "owner"), args,
                         [r.sample_id for r in refs])
         return [bool(int(x)) for x in out]
 
@@ -272,11 +283,11 @@ class RedisMetadataStore(MetadataStore):
     ) -> None:
         ids = sorted(as_id_set(sample_ids))
         step = "" if global_step is None else str(int(global_step))
-        self._run("record_train_ack", "ack", [KEY_LEDGER, KEY_ACKED, KEY_STEP, KEY_DURABLE],
+        self._run("record_train_ack", "ack", self._keys("ledger", "acked", "step", "durable"),
                   [step, "1" if optimizer_durable else "0", *ids], ids)
 
     def durable_marker(self) -> Dict[str, Any]:
-        acked, step, durable = self._run("durable_marker", "marker", [KEY_LEDGER, KEY_ACKED, KEY_STEP, KEY_DURABLE],
+        acked, step, durable = self._run("durable_marker", "marker", self._keys("ledger", "acked", "step", "durable"),
                                          [])
         return {"acked": {_text(x) for x in acked}, "global_step": None if step is None else int(step),
                 "optimizer_durable": _text(durable or b"0") == "1"}

@@ -15,16 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from reference_impl import failpoints
 from reference_impl.contracts import SampleRef
 from reference_impl.stores.base import as_id_set, check_refs
-from reference_impl.stores.redis import (
-    KEY_ACKED,
-    KEY_DURABLE,
-    KEY_LEDGER,
-    KEY_ORDER,
-    KEY_OWNER,
-    KEY_REFS,
-    KEY_STEP,
-    RedisMetadataStore,
-)
+from reference_impl.stores.redis import RedisMetadataStore
 
 
 class ReferenceRedisStore(RedisMetadataStore):
@@ -44,12 +35,12 @@ class SeparateCommandsAckStore(ReferenceRedisStore):
         ids = sorted(as_id_set(sample_ids))
         conn = self._connection()
         if ids:
-            conn.sadd(KEY_ACKED, *ids)
+            conn.sadd(self.keys["acked"], *ids)
         failpoints.hit("store.mid_ack_txn")
         time.sleep(0.002)  # a round trip's worth of window
         if global_step is not None:
-            conn.set(KEY_STEP, int(global_step))
-        conn.set(KEY_DURABLE, "1" if optimizer_durable else "0")
+            conn.set(self.keys["step"], int(global_step))
+        conn.set(self.keys["durable"], "1" if optimizer_durable else "0")
 
 
 class TwoRoundTripMarkerStore(ReferenceRedisStore):
@@ -58,9 +49,9 @@ class TwoRoundTripMarkerStore(ReferenceRedisStore):
 
     def durable_marker(self) -> Dict[str, Any]:
         conn = self._connection()
-        acked = {x.decode() for x in conn.smembers(KEY_ACKED)}
+        acked = {x.decode() for x in conn.smembers(self.keys["acked"])}
         time.sleep(0.002)
-        step, durable = conn.get(KEY_STEP), conn.get(KEY_DURABLE)
+        step, durable = conn.get(self.keys["step"]), conn.get(self.keys["durable"])
         return {"acked": acked, "global_step": None if step is None else int(step),
                 "optimizer_durable": (durable or b"0") == b"1"}
 
@@ -84,7 +75,7 @@ class RetryNotIdempotentCommitStore(ReferenceRedisStore):
                 args += [r.sample_id, json.dumps(ref_to_dict(r), sort_keys=True)]
             return args
 
-        out = self._run_fresh_token("commit_samples", [KEY_LEDGER, KEY_REFS, KEY_ORDER, KEY_OWNER], attempt_args,
+        out = self._run_fresh_token("commit_samples", self._keys("ledger", "refs", "order", "owner"), attempt_args,
                                     [r.sample_id for r in refs])
         return [bool(int(x)) for x in out]
 
