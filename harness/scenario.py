@@ -26,6 +26,7 @@ import copy
 import math
 import os
 import re
+
 try:
     import tomllib
 except ImportError:  # Python 3.10

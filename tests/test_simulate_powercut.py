@@ -176,24 +176,11 @@ def test_powercut_schedule_shrinks_and_translates(tmp_path, tracer):
 
 
 def test_reference_under_power_cuts(tmp_path, tracer):
-    """(c) the current reference with power cuts must keep P1-P8.
-
-    KNOWN FAILURE until the reference's durability fixes land (issue 12, item 4): a
-    feature blob is renamed into place without a directory fsync, so a power cut
-    right after a publish loses committed samples (P2; shrunk schedule: step
-    producer x5; power cut (clean, seed 0)). Only that failure, recognised by its
-    undone blob entries, is an expected failure (xfail); any other fails the test,
-    and once the reference is fixed the test passes as it stands."""
+    """(c) the reference with power cuts keeps P1-P8 (feature blobs and checkpoints are renamed
+    into place and their directories fsynced before the commit or ack that names them)."""
     proc, data, _ = simulate(tmp_path, "--examples", "60", "--seed", "3", "--powercuts", "--shrink-budget", "20",
                              name="ref")
     assert data is not None, proc.stdout + proc.stderr
-    if _found(data):
-        ce = data["counterexamples"][0]
-        undone = [e for pl in ce.get("powerloss", []) for e in pl["entries_undone"]]
-        if proc.returncode == 1 and ce["violated"] == ["P2"] and any(e.startswith("features/") for e in undone):
-            pytest.xfail("KNOWN reference durability bug (issue 12 item 4, being fixed elsewhere): feature "
-                         f"blobs renamed without a directory fsync are lost by a power cut: {ce['schedule']}; "
-                         f"{undone[:2]}")
     assert proc.returncode == 0 and not _found(data), proc.stdout + proc.stderr
     assert data["faults_fired"].get("powercut", 0) >= 5, data["faults_fired"]
 

@@ -31,9 +31,6 @@ class Budget:
     t4_seeds: int
     t1_shrink_s: float = 20.0
 
-    def scaled(self, n: int, minimum: int = 1) -> int:
-        return max(minimum, int(round(n * self.t2_scale)))
-
 
 BUDGETS = {
     "quick": Budget("quick", t1_examples=100, t1_steps=30, t2_scale=1.0, t3_crashes=200, t4_seeds=1, t1_shrink_s=20),

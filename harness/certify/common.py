@@ -104,10 +104,6 @@ def random_ref(rng: random.Random, sid: str, **meta: Any) -> Any:
     return active().random_ref(rng, sid, **meta)
 
 
-def open_retrying(target: StoreTarget, workdir: str, retrier: Retrier):
-    return retrier.call(target.open, workdir)
-
-
 def safe_close(store: Any) -> None:
     try:
         close_store(store)

@@ -123,9 +123,3 @@ class TimedStore:
 
     def __repr__(self) -> str:
         return f"TimedStore({object.__getattribute__(self, '_inner')!r})"
-
-
-def unwrap(store: Any) -> Any:
-    while isinstance(store, TimedStore):
-        store = object.__getattribute__(store, "_inner")
-    return store

@@ -6,5 +6,5 @@ zygote      the client of the fork server (torch preloaded), so a restart takes 
 zygote_server  the fork server process itself
 nemesis     the fault schedule, a pure function of scenario and seed
 fault_ledger  which planned faults were seen to land, and which were missed and why
-powercut    power cuts: every process traced, then frozen, killed, reaped; the work dir rebuilt (issue 12)
+powercut    power cuts: every process traced, then frozen, killed, reaped; the work dir rebuilt
 """

@@ -83,10 +83,6 @@ class FaultLedger:
         """A kill or pause aimed at this incarnation is not settled yet: another fault must wait for the next."""
         return any(a["name"] == name and a["inc"] == inc for a in self.awaiting.values())
 
-    def stopped_seen(self, fid: int) -> bool:
-        a = self.awaiting.get(fid)
-        return a is not None and a["kind"] == "pause" and a["phase"] in ("stopped", "cont")
-
     def on_exit(self, name: str, inc: int, code: Optional[int]) -> None:
         """A supervised process was reaped: settle the kills and pauses aimed at it."""
         for fid, a in list(self.awaiting.items()):

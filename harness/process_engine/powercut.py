@@ -1,4 +1,4 @@
-"""Power cuts in the process engine (issue 12): every process traced, then all killed at once.
+"""Power cuts in the process engine: every process traced, then all killed at once.
 
 Model
 -----

@@ -91,9 +91,6 @@ class ZygoteChild:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
 
 class _Keeper:
     """A thread that lives as long as the process and forks the zygotes.

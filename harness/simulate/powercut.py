@@ -1,4 +1,4 @@
-"""Power cuts in the simulation engine (issue 12, item 5): the same journal, the same rebuild.
+"""Power cuts in the simulation engine: the same journal, the same rebuild.
 
 The simulated processes are objects in ONE process, so that process is the one
 traced: the durability tracer (`harness.powerloss`, an LD_PRELOAD library) must
