@@ -100,6 +100,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _new_session_dying_with_parent() -> None:
+    from reference_impl.procutil import set_parent_death_signal
+
+    os.setsid()
+    set_parent_death_signal()
+
+
 def _write_private(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -205,18 +212,20 @@ class RedisServer:
 
         create_ledger(self.connection_file)
 
-    def start(self, log_path: Optional[str] = None) -> None:
-        """Standalone use (tests, benchmarks, certification): prepare, start, wait, create the ledger."""
+    def start(self, log_path: Optional[str] = None, env: Optional[Dict[str, str]] = None) -> None:
+        """Standalone use (tests, benchmarks, certification): prepare, start, wait, create the ledger.
+        `env` is added to the server's environment (the power-loss tracer's variables)."""
         if not self.port:
             self.prepare()
             self.write_connection()
             first = True
         else:
             first = False
-        log = open(log_path or os.path.join(self.dir, "server.log"), "ab")
+        log = open(log_path or os.path.join(self.workdir, "redis-server.log"), "ab")
         try:
             self._popen = subprocess.Popen([self.binary, self.conf], stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
+                                           stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                           preexec_fn=_new_session_dying_with_parent)
         finally:
             log.close()
         self.wait_ready(lambda: self._popen.poll() is None)
