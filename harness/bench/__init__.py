@@ -38,7 +38,7 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional
 
-from . import checks, memory, overhead, powerloss, ray, restart, sqlite, trials  # noqa: F401 (they register their sections)
+from . import checks, memory, overhead, powerloss, ray, redis, restart, sqlite, trials  # noqa: F401 (they register their sections)
 from .registry import GOALS, BenchRun, goal_met
 from .registry import sections as registered
 
