@@ -64,10 +64,11 @@ def cmd_gpu_lane(args) -> int:
     from .cli import summary_line
     from .paths import check_output_dir
 
+    devices = check_cuda()  # first: on a machine without CUDA nothing else matters
     jobs = jobs_of(args)
     seeds = parse_seeds(args.seeds)
     check_output_dir(args.reports, "--reports")
-    print(f"gpu-lane: {check_cuda()}", flush=True)
+    print(f"gpu-lane: {devices}", flush=True)
     scenarios = gpu_scenarios()
     if not scenarios:
         raise HarnessError("gpu-lane: no shipped scenario ends in -gpu")

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from harness.cli import main
 
 
@@ -48,3 +50,54 @@ def test_run_then_report_then_replay(tmp_path):
     assert len(runs) == 2
     with open(os.path.join(reports, runs[1], "schedule.json")) as f, open(os.path.join(rdir, "schedule.json")) as g:
         assert json.load(f) == json.load(g)
+
+
+def test_one_argument_tree_shares_option_names_and_defaults():
+    from harness.arguments import DEFAULT_JOBS, build_parser, subcommand_parser
+
+    ap = build_parser()
+    defaults = {}
+    for cmd in ("run", "replay", "campaign", "certify", "simulate", "bench", "gpu-lane", "shrink"):
+        sub = subcommand_parser(ap, cmd)
+        assert sub is not ap, cmd
+        opts = {o: a for a in sub._actions for o in a.option_strings}
+        defaults[cmd] = {o: opts[o].default for o in ("--reports", "--jobs", "--connect-timeout") if o in opts}
+        hidden = {o for o, a in opts.items() if a.help == "==SUPPRESS=="}
+        assert "--reports-dir" not in set(opts) - hidden, cmd  # one visible name for the reports directory
+    assert {c for c, d in defaults.items() if d.get("--reports") == "reports"} == \
+        {"run", "replay", "campaign", "certify", "simulate", "gpu-lane"}
+    assert {c for c, d in defaults.items() if "--jobs" in d} == {"campaign", "certify", "simulate", "bench",
+                                                                  "gpu-lane"}
+    assert {d["--jobs"] for d in defaults.values() if "--jobs" in d} == {None}  # resolved to DEFAULT_JOBS
+    assert DEFAULT_JOBS >= 1
+    assert {d["--connect-timeout"] for d in defaults.values() if "--connect-timeout" in d} == {30.0}
+    old = ap.parse_args(["certify", "x:y", "--reports-dir", "somewhere"])  # the older spelling still works
+    assert old.reports == "somewhere"
+
+
+@pytest.mark.parametrize("cmd", ["run", "campaign", "certify", "simulate", "bench", "gpu-lane"])
+def test_every_subcommand_has_help_and_exit_0(cmd, capsys):
+    assert main([cmd, "--help"]) == 0
+    assert f"usage: python -m harness {cmd}" in capsys.readouterr().out
+
+
+def test_thin_entry_points_are_the_same_tree(capsys):
+    from harness.bench import main as bench_main
+    from harness.certify.cli import main as certify_main
+    from harness.simulate.cli import main as simulate_main
+
+    assert certify_main(["x:y", "--tiers", "9"]) == 2
+    assert "--tiers: '9' is not a tier" in capsys.readouterr().err
+    assert simulate_main(["--examples", "0"]) == 2
+    assert "--examples must be >= 1" in capsys.readouterr().err
+    assert bench_main(["--jobs", "0"]) == 2
+    assert "-j/--jobs 0" in capsys.readouterr().err
+
+
+def test_gpu_lane_without_cuda_exits_2_naming_the_problem(capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: the lane would run")
+    assert main(["gpu-lane"]) == 2
+    err = capsys.readouterr().err
+    assert "gpu-lane:" in err and ("no CUDA support" in err or "no CUDA device is visible" in err), err
