@@ -52,6 +52,8 @@ Anomalies
 
 from __future__ import annotations
 
+from typing import List
+
 from . import Anomaly, context, finish, incarnation
 
 PROP = "P3"
@@ -62,6 +64,28 @@ def _int(v):
     return None if v is None else int(v)
 
 
+class _Scan:
+    """The anomalies found so far, and how one is written."""
+
+    def __init__(self) -> None:
+        self.anomalies: List[Anomaly] = []
+
+    def add(self, kind, msg, e, prev=None, ids=()):
+        lines = ([prev["line"]] if prev else []) + [e.get("line", 0)]
+        incs = list(dict.fromkeys(([incarnation(prev)] if prev else []) + [incarnation(e)]))
+        self.anomalies.append(Anomaly(kind, msg, sample_ids=list(ids), steps=[], incarnations=incs, lines=lines))
+
+    def highest(self, who, last, v, e, where):
+        """The highest (consumed, event) so far, after `v` seen at `e`; a drop below it is consumed_backwards."""
+        if last is not None and v < last[0]:
+            p = last[1]
+            self.add("consumed_backwards",
+                     f"{who} went backwards: consumed={last[0]} ({p.get('ev')} by {incarnation(p)} at line "
+                     f"{p.get('line')}) then consumed={v} ({where})", e, prev=p)
+            return last
+        return (v, e)
+
+
 def check(history, final, ctx=None):
     ctx = context(history, final, ctx)
     final = ctx.final
@@ -69,24 +93,18 @@ def check(history, final, ctx=None):
     high_cfg, low_cfg, batch = wm.get("high"), wm.get("low"), int(wm.get("publish_batch") or 0)
     channel_ids = final.get("channel_ids")
     n_records = len(channel_ids) if channel_ids is not None else None
-    anomalies = []
+    scan = _Scan()
+    n_pub, n_pause, n_resume = _producer_readings(scan, ctx, high_cfg, low_cfg, batch)
+    last, n_cons = _consumer_values(scan, ctx, n_records)
+    if final.get("outcome") == "completed" and n_records is not None:
+        _end_of_run(scan, final, channel_ids, last)
+    counts = {"publishes": n_pub, "pauses": n_pause, "resumes": n_resume, "consumer_values": n_cons,
+              "channel_records": n_records, "high": high_cfg, "low": low_cfg, "publish_batch": batch}
+    return finish(PROP, NAME, scan.anomalies, counts)
 
-    def add(kind, msg, e, prev=None, ids=()):
-        lines = ([prev["line"]] if prev else []) + [e.get("line", 0)]
-        incs = list(dict.fromkeys(([incarnation(prev)] if prev else []) + [incarnation(e)]))
-        anomalies.append(Anomaly(kind, msg, sample_ids=list(ids), steps=[], incarnations=incs, lines=lines))
 
-    def highest(who, last, v, e, where):
-        """The highest (consumed, event) so far, after `v` seen at `e`; a drop below it is consumed_backwards."""
-        if last is not None and v < last[0]:
-            p = last[1]
-            add("consumed_backwards",
-                f"{who} went backwards: consumed={last[0]} ({p.get('ev')} by {incarnation(p)} at line "
-                f"{p.get('line')}) then consumed={v} ({where})", e, prev=p)
-            return last
-        return (v, e)
-
-    # -- producer observations ----------------------------------------------
+def _producer_readings(scan: _Scan, ctx, high_cfg, low_cfg, batch: int):
+    """Anomalies 1 to 5 from the producer's publish, pause and resume events; their counts."""
     prod = ctx.events("producer", "publish", "pause", "resume")
     cuts = ctx.events("supervisor", "powercut")
     durable = [(e.get("line", 0), _int(e.get("consumed_before") if e.get("ev") == "reconcile" else e.get("consumed")))
@@ -103,49 +121,57 @@ def check(history, final, ctx=None):
                 if floor < last_seen[0]:
                     last_seen = (floor, c)
         if con is not None and pub is not None and (con < 0 or con > pub):
-            add("consumed_exceeds_published",
-                f"{where} observed consumed={con} with published={pub}"
-                + (f" (ids {_ids(e.get('ids'))})" if e.get("ids") else ""), e, ids=e.get("ids") or ())
+            scan.add("consumed_exceeds_published",
+                     f"{where} observed consumed={con} with published={pub}"
+                     + (f" (ids {_ids(e.get('ids'))})" if e.get("ids") else ""), e, ids=e.get("ids") or ())
         if con is not None:
-            last_seen = highest("producer reading", last_seen, con, e, where)
+            last_seen = scan.highest("producer reading", last_seen, con, e, where)
         if ev == "publish":
             n_pub += 1
-            high = high_cfg
-            ifb = _int(e.get("in_flight_before"))
-            if ifb is None and pub is not None and con is not None:
-                ifb = pub - len(e.get("ids") or ()) - con
-            ids = e.get("ids") or ()
-            if high is not None and pub is not None and con is not None and con + high + batch < pub:
-                add("published_over_watermark",
-                    f"{where} brought published to {pub} with consumed={con}: in_flight {pub - con} > high {high} "
-                    f"+ publish_batch {batch}; ids {_ids(ids)}", e, ids=ids)
-            elif high is not None and ifb is not None and ifb >= high:
-                add("published_over_watermark",
-                    f"{where} published ids {_ids(ids)} while in_flight_before={ifb} >= high {high}", e, ids=ids)
+            _check_publish(scan, e, where, pub, con, high_cfg, batch)
         elif ev == "pause":
             n_pause += 1
             high = high_cfg if high_cfg is not None else e.get("high")
-            inf = _int(e.get("in_flight"))
-            if inf is None and pub is not None and con is not None:
-                inf = pub - con
+            inf = _in_flight(e, pub, con)
             if high is not None and inf is not None and inf < high:
-                add("pause_without_watermark",
-                    f"{where} paused at in_flight={inf} (published {pub}, consumed {con}) below high {high}", e)
+                scan.add("pause_without_watermark",
+                         f"{where} paused at in_flight={inf} (published {pub}, consumed {con}) below high {high}", e)
         else:
             n_resume += 1
             low = low_cfg if low_cfg is not None else e.get("low")
-            inf = _int(e.get("in_flight"))
-            if inf is None and pub is not None and con is not None:
-                inf = pub - con
+            inf = _in_flight(e, pub, con)
             if low is not None and inf is not None and inf > low:
-                add("resume_above_low",
-                    f"{where} resumed at in_flight={inf} (published {pub}, consumed {con}) above low {low}", e)
+                scan.add("resume_above_low",
+                         f"{where} resumed at in_flight={inf} (published {pub}, consumed {con}) above low {low}", e)
+    return n_pub, n_pause, n_resume
 
-    # -- consumer sidecar values ---------------------------------------------
-    cons = ctx.events("consumer", "consumed", "reconcile", "done")
+
+def _in_flight(e, pub, con):
+    inf = _int(e.get("in_flight"))
+    if inf is None and pub is not None and con is not None:
+        inf = pub - con
+    return inf
+
+
+def _check_publish(scan: _Scan, e, where: str, pub, con, high, batch: int) -> None:
+    ifb = _int(e.get("in_flight_before"))
+    if ifb is None and pub is not None and con is not None:
+        ifb = pub - len(e.get("ids") or ()) - con
+    ids = e.get("ids") or ()
+    if high is not None and pub is not None and con is not None and con + high + batch < pub:
+        scan.add("published_over_watermark",
+                 f"{where} brought published to {pub} with consumed={con}: in_flight {pub - con} > high {high} "
+                 f"+ publish_batch {batch}; ids {_ids(ids)}", e, ids=ids)
+    elif high is not None and ifb is not None and ifb >= high:
+        scan.add("published_over_watermark",
+                 f"{where} published ids {_ids(ids)} while in_flight_before={ifb} >= high {high}", e, ids=ids)
+
+
+def _consumer_values(scan: _Scan, ctx, n_records):
+    """Anomalies from the consumer's sidecar values; the highest value seen and how many there were."""
     last = None
     n_cons = 0
-    for e in cons:
+    for e in ctx.events("consumer", "consumed", "reconcile", "done"):
         ev = e.get("ev")
         v = _int(e.get("consumed_before") if ev == "reconcile" else e.get("consumed"))
         if v is None:
@@ -153,28 +179,28 @@ def check(history, final, ctx=None):
         n_cons += 1
         where = f"{ev} by {incarnation(e)} at line {e.get('line')}"
         if v < 0 or (n_records is not None and v > n_records):
-            add("consumed_exceeds_published",
-                f"{where}: consumed={v} but the channel has {n_records} complete records", e)
-        last = highest("consumer sidecar", last, v, e, where)
+            scan.add("consumed_exceeds_published",
+                     f"{where}: consumed={v} but the channel has {n_records} complete records", e)
+        last = scan.highest("consumer sidecar", last, v, e, where)
+    return last, n_cons
 
-    # -- end of run ----------------------------------------------------------
-    if final.get("outcome") == "completed" and n_records is not None:
-        fc = final.get("consumed")
-        if fc is None or int(fc) != n_records:
-            lines, incs = [], []
-            if last is not None:
-                lines, incs = [last[1].get("line", 0)], [incarnation(last[1])]
-            unconsumed = channel_ids[int(fc):] if isinstance(fc, int) and 0 <= fc < n_records else []
-            anomalies.append(Anomaly(
-                "end_consumed_mismatch",
-                f"run completed with sidecar consumed={fc} but {n_records} channel records (in_flight "
-                f"{n_records - int(fc) if fc is not None else '?'}); last consumer value "
-                f"{last[0] if last else None} at line {lines[0] if lines else None} by "
-                f"{incs[0] if incs else None}; unconsumed ids {_ids(unconsumed)}",
-                sample_ids=list(unconsumed), incarnations=incs, lines=lines))
-    counts = {"publishes": n_pub, "pauses": n_pause, "resumes": n_resume, "consumer_values": n_cons,
-              "channel_records": n_records, "high": high_cfg, "low": low_cfg, "publish_batch": batch}
-    return finish(PROP, NAME, anomalies, counts)
+
+def _end_of_run(scan: _Scan, final, channel_ids, last) -> None:
+    """A completed run consumed exactly the channel's records."""
+    n_records = len(channel_ids)
+    fc = final.get("consumed")
+    if fc is None or int(fc) != n_records:
+        lines, incs = [], []
+        if last is not None:
+            lines, incs = [last[1].get("line", 0)], [incarnation(last[1])]
+        unconsumed = channel_ids[int(fc):] if isinstance(fc, int) and 0 <= fc < n_records else []
+        scan.anomalies.append(Anomaly(
+            "end_consumed_mismatch",
+            f"run completed with sidecar consumed={fc} but {n_records} channel records (in_flight "
+            f"{n_records - int(fc) if fc is not None else '?'}); last consumer value "
+            f"{last[0] if last else None} at line {lines[0] if lines else None} by "
+            f"{incs[0] if incs else None}; unconsumed ids {_ids(unconsumed)}",
+            sample_ids=list(unconsumed), incarnations=incs, lines=lines))
 
 
 def _ids(ids, limit=8):
