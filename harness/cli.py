@@ -106,18 +106,17 @@ def cmd_run(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from .faults import read_schedule
     from .process_engine.runner import run_scenario
     from .scenario import load_scenario
     from .verdict import verdict_word
 
     d = _need_report(args.report_dir)
     result = read_json_file(os.path.join(d, "result.json"), "result")
-    schedule = read_json_file(os.path.join(d, "schedule.json"), "schedule")
-    if not isinstance(schedule, dict) or not isinstance(schedule.get("faults"), list):
-        raise UsageError(f"{os.path.join(d, 'schedule.json')}: not a schedule (no 'faults' list)")
+    schedule = read_schedule(os.path.join(d, "schedule.json"))
     sc = load_scenario(os.path.join(d, "scenario.toml"))
     check_output_dir(args.reports, "--reports")
-    print(f"replaying {sc.name} seed {result['seed']} ({len(schedule['faults'])} faults); "
+    print(f"replaying {sc.name} seed {result['seed']} ({len(schedule.faults)} faults); "
           f"original verdict: {verdict_word(result['verdict']).lower()} "
           f"({', '.join(result['verdict']['violated']) or result['outcome']})", file=sys.stderr)
     r = run_scenario(sc, result["seed"], reports_dir=args.reports, schedule=schedule, quiet=False)

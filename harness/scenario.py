@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import re
 
 try:
     import tomllib
@@ -38,27 +37,24 @@ from typing import Any, Dict, List, Optional
 from reference_impl.failpoints import ACTIONS, POINTS
 
 from .exit_codes import UsageError
+from .faults import (
+    DRAWN_KINDS,
+    NETWORK_KINDS,
+    POWERCUT_MODES,
+    RANK_TARGET,
+    TARGETS,
+    Fault,
+    FaultError,
+    fault_from_dict,
+    has_powercut,
+)
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
-TARGETS = ("producer", "consumer", "store_server")
-# One rank of a data-parallel consumer group ("consumer.rank1"): kill/pause only.
-RANK_TARGET = re.compile(r"^consumer\.rank(\d+)$")
-
-
-def valid_target(t: Any, kind: str = "kill") -> bool:
-    return t in TARGETS or (isinstance(t, str) and kind != "failpoint" and RANK_TARGET.match(t) is not None)
-#: Network faults between one client node and the store server (networked backends: redis).
-NETWORK_KINDS = ("partition", "latency", "reset", "lost_reply")
-FAULT_KINDS = ("kill", "pause", "failpoint", "powercut") + NETWORK_KINDS
 NETWORKED_BACKENDS = ("redis",)
 SERVER_BACKENDS = ("inmemory", "redis")  # backends that run a store server (fault target store_server)
 #: How the run's Redis server persists (redis backend): see harness/stores/redis_server.py.
 PERSISTENCE = ("always", "everysec", "snapshot")
-LATENCY_DIRECTIONS = ("request", "reply", "both")
-#: How a power cut rebuilds the work dir (harness.powerloss): `torn` keeps a seeded torn tail.
-POWERCUT_MODES = ("clean", "torn")
-POWERCUT_TARGET = "all"  # a power cut hits every process of the run
 OUTCOMES = ("completed", "fail_closed", "failed", "timeout")
 PROPS = tuple(f"P{i}" for i in range(1, 9))
 DEVICES = ("cpu", "cuda", "auto")
@@ -72,12 +68,6 @@ WORKLOAD_KEYS = {
     "high_watermark": 64, "low_watermark": 32, "producer_delay_s": 0.0, "consumer_step_delay_s": 0.0,
     "starve_checkpoint_s": 0.5, "io_retries": 3,
 }
-# A fault fires when its trigger holds: `at_published` (records in the channel),
-# `at_consumed` (the consumer's consumed count), `at_s` (seconds after start).
-FAULT_KEYS = {"kind", "target", "at_published", "at_consumed", "at_s", "duration_s", "point", "action",
-              "hit", "times", "incarnation", "signal",
-              "rank",  # rank: a failpoint of a data-parallel consumer fires only in that rank
-              "delay_s", "jitter_s", "direction"}  # latency faults
 RANDOM_KEYS = {"count": 0, "kinds": ["kill"], "targets": ["producer", "consumer"], "points": [],
                "actions": ["crash"], "pause_s": [0.05, 0.5], "max_hit": 6, "progress": [0.05, 0.9],
                "network_s": [0.5, 2.0]}  # how long a random partition or latency window lasts
@@ -110,7 +100,7 @@ class Scenario:
     topology: Dict[str, Any]
     store: Dict[str, Any]
     workload: Dict[str, Any]
-    explicit_faults: List[Dict[str, Any]]
+    explicit_faults: List[Fault]
     random_faults: Dict[str, Any]
     expect: Dict[str, Any]
     tags: List[str] = field(default_factory=list)
@@ -120,9 +110,9 @@ class Scenario:
     def has_powercut(self) -> bool:
         """Whether a schedule of this scenario can hold a power cut (explicit, random, or a failpoint)."""
         r = self.random_faults
-        return (any(f["kind"] == "powercut" or f.get("action") == "powercut" for f in self.explicit_faults)
-                or bool(r.get("count")) and ("powercut" in r["kinds"]
-                                             or ("failpoint" in r["kinds"] and "powercut" in r["actions"])))
+        drawn = bool(r.get("count")) and ("powercut" in r["kinds"]
+                                          or ("failpoint" in r["kinds"] and "powercut" in r["actions"]))
+        return drawn or has_powercut(self.explicit_faults)
 
     @property
     def backend(self) -> str:
@@ -146,7 +136,7 @@ class Scenario:
             out.append(f"powercut_mode = {_toml(self.powercut_mode)}")
         for f in self.explicit_faults:
             out.append("\n[[faults.explicit]]")
-            out += [f"{k} = {_toml(v)}" for k, v in f.items()]
+            out += [f"{k} = {_toml(v)}" for k, v in fault_from_dict(f, self.name).to_dict().items()]
         if self.random_faults.get("count"):
             out.append("\n[faults.random]")
             out += [f"{k} = {_toml(v)}" for k, v in self.random_faults.items()]
@@ -288,8 +278,8 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
         rnd[k] = v
     if not isinstance(rnd["count"], int) or rnd["count"] < 0:
         raise err("faults.random.count", rnd["count"], "an integer >= 0")
-    for k, allowed in (("kinds", FAULT_KINDS), ("targets", TARGETS), ("actions", ACTIONS)):
-        ok = (lambda x: valid_target(x)) if k == "targets" else (lambda x, a=allowed: x in a)
+    for k, allowed in (("kinds", DRAWN_KINDS), ("targets", TARGETS), ("actions", ACTIONS)):
+        ok = (lambda x: x in TARGETS or RANK_TARGET.match(str(x))) if k == "targets" else (lambda x, a=allowed: x in a)
         if not isinstance(rnd[k], list) or not all(ok(x) for x in rnd[k]):
             raise err(f"faults.random.{k}", rnd[k], "a list drawn from " + ", ".join(allowed) +
                       (" (or consumer.rank<N>)" if k == "targets" else ""))
@@ -352,7 +342,7 @@ def check_fault_targets(sc: Scenario, backend_from: str = "store.backend") -> No
             raise ScenarioError(f"{source}: key {key!r} has value {t!r}, but topology.consumer_ranks = {ranks}; "
                                 f"allowed: consumer.rank0..consumer.rank{ranks - 1}")
 
-    network = [f"faults.explicit[{i}].kind" for i, f in enumerate(sc.explicit_faults) if f["kind"] in NETWORK_KINDS]
+    network = [f"faults.explicit[{i}].kind" for i, f in enumerate(sc.explicit_faults) if f.kind in NETWORK_KINDS]
     if sc.random_faults.get("count") and set(sc.random_faults["kinds"]) & set(NETWORK_KINDS):
         network.append("faults.random.kinds")
     if network and sc.backend not in NETWORKED_BACKENDS and ":" not in sc.backend:
@@ -360,89 +350,18 @@ def check_fault_targets(sc: Scenario, backend_from: str = "store.backend") -> No
                             f"has no network between its clients and a server; allowed: network faults only with "
                             f"backend {' or '.join(NETWORKED_BACKENDS)}")
     for i, f in enumerate(sc.explicit_faults):
-        check(f["target"], f"faults.explicit[{i}].target")
-        if f["kind"] == "failpoint" and f.get("rank") is not None and f["rank"] >= ranks:
-            raise ScenarioError(f"{source}: key 'faults.explicit[{i}].rank' has value {f['rank']!r}, but "
+        check(f.target, f"faults.explicit[{i}].target")
+        if getattr(f, "rank", None) is not None and f.rank >= ranks:
+            raise ScenarioError(f"{source}: key 'faults.explicit[{i}].rank' has value {f.rank!r}, but "
                                 f"topology.consumer_ranks = {ranks}; allowed: 0..{ranks - 1}")
     if sc.random_faults.get("count"):
         for t in sc.random_faults["targets"]:
             check(t, "faults.random.targets")
 
 
-def _check_fault(f: Any, where: str) -> Dict[str, Any]:
-    def err(key, value, allowed):
-        return ScenarioError(f"{where}: key {key!r} has value {value!r}; allowed: {allowed}")
-
-    if not isinstance(f, dict):
-        raise err("(fault)", f, "a table")
-    for k in f:
-        if k not in FAULT_KEYS:
-            raise err(k, f[k], "one of " + ", ".join(sorted(FAULT_KEYS)))
-    kind = f.get("kind")
-    if kind not in FAULT_KINDS:
-        raise err("kind", kind, " | ".join(FAULT_KINDS))
-    target = f.get("target")
-    if kind == "powercut":
-        if target not in (None, POWERCUT_TARGET):
-            raise err("target", target, f"none (or {POWERCUT_TARGET!r}): a power cut hits every process")
-        target = POWERCUT_TARGET
-    elif kind in NETWORK_KINDS:
-        if target not in ("producer", "consumer") and not (isinstance(target, str) and RANK_TARGET.match(target)):
-            raise err("target", target, "producer | consumer | consumer.rank<N> (a client node)")
-    elif not valid_target(target, kind):
-        raise err("target", target, " | ".join(TARGETS) + " | consumer.rank<N> (kill and pause only)")
-    out = dict(f, target=target)
-    if kind == "failpoint":
-        if f.get("point") not in POINTS:
-            raise err("point", f.get("point"), ", ".join(POINTS))
-        if f.get("action", "crash") not in ACTIONS:
-            raise err("action", f.get("action"), ", ".join(ACTIONS))
-        out.setdefault("action", "crash")
-        out.setdefault("hit", 1)
-        out.setdefault("times", 1)
-        out.setdefault("incarnation", 0)
-        for k in ("hit", "times", "incarnation"):
-            if not isinstance(out[k], int) or out[k] < 0 or (k != "incarnation" and out[k] < 1):
-                raise err(k, out[k], "an integer >= 1 (incarnation >= 0)")
-        if out["action"] == "pause":
-            out.setdefault("duration_s", 0.3)
-            if not _finite(out["duration_s"]) or out["duration_s"] <= 0:
-                raise err("duration_s", out["duration_s"], "a finite number > 0")
-        if "rank" in out and (not isinstance(out["rank"], int) or out["rank"] < 0):
-            raise err("rank", out["rank"], "an integer >= 0 (a rank of the consumer group)")
-    else:
-        if "rank" in f:
-            raise err("rank", f["rank"], "only on failpoint faults; aim kills and pauses at consumer.rank<N>")
-        triggers = [k for k in ("at_published", "at_consumed", "at_s") if k in f]
-        if len(triggers) != 1:
-            raise err("trigger", triggers, "exactly one of at_published, at_consumed, at_s")
-        v = f[triggers[0]]
-        if not _finite(v) or v < 0:
-            raise err(triggers[0], v, "a finite number >= 0")
-        if triggers[0] != "at_s" and not isinstance(v, int):
-            raise err(triggers[0], v, "an integer >= 0 (a count of samples)")
-        if kind in ("pause", "partition", "latency"):
-            out.setdefault("duration_s", 0.3 if kind == "pause" else 1.0)
-            if not _finite(out["duration_s"]) or out["duration_s"] <= 0:
-                raise err("duration_s", out["duration_s"], "a finite number > 0")
-        elif "duration_s" in f:
-            raise err("duration_s", f["duration_s"], "only on pause, partition and latency faults")
-        _check_latency(out, f, kind, err)
-    return out
-
-
-def _check_latency(out: Dict[str, Any], f: Dict[str, Any], kind: str, err) -> None:
-    """`delay_s`, `jitter_s`, `direction`: on latency faults only."""
-    keys = [k for k in ("delay_s", "jitter_s", "direction") if k in f]
-    if kind != "latency":
-        if keys:
-            raise err(keys[0], f[keys[0]], "only on latency faults")
-        return
-    out.setdefault("delay_s", 0.1)
-    out.setdefault("jitter_s", 0.0)
-    out.setdefault("direction", "both")
-    for k in ("delay_s", "jitter_s"):
-        if not _finite(out[k]) or not 0 <= out[k] <= 60:
-            raise err(k, out[k], "a finite number of seconds, 0..60")
-    if out["direction"] not in LATENCY_DIRECTIONS:
-        raise err("direction", out["direction"], " | ".join(LATENCY_DIRECTIONS))
+def _check_fault(f: Any, where: str) -> Fault:
+    """One `[[faults.explicit]]` table as a typed fault (`harness.faults`); errors name `where` and the key."""
+    try:
+        return fault_from_dict(f, where)
+    except FaultError as e:
+        raise ScenarioError(str(e)) from None

@@ -14,13 +14,14 @@ import os
 import shutil
 from typing import Any, Callable, Dict, List, Optional
 
-from .scenario import FAULT_KEYS, load_scenario
+from .faults import Fault, Schedule, read_schedule
+from .scenario import load_scenario
 
 
 def _still_fails(sc, seed, faults, reports_dir, tries, say) -> bool:
     from .process_engine.runner import run_scenario
 
-    schedule = {"scenario": sc.name, "seed": seed, "faults": faults}
+    schedule = Schedule(sc.name, seed, faults)
     for _ in range(tries):
         r = run_scenario(sc, seed, reports_dir=reports_dir, schedule=schedule, quiet=True, render=False)
         shutil.rmtree(r.report_dir, ignore_errors=True)
@@ -36,12 +37,12 @@ def shrink_report(report_dir: str, *, tries: int = 2, out: Optional[str] = None,
     from .paths import read_json_file
 
     result = read_json_file(os.path.join(report_dir, "result.json"), "result")
-    schedule = read_json_file(os.path.join(report_dir, "schedule.json"), "schedule")
+    schedule = read_schedule(os.path.join(report_dir, "schedule.json"))
     sc = load_scenario(os.path.join(report_dir, "scenario.toml"))
     seed = int(result["seed"])
     scratch = os.path.join(report_dir, "shrink-runs")
     os.makedirs(scratch, exist_ok=True)
-    faults: List[Dict[str, Any]] = list(schedule["faults"])
+    faults: List[Fault] = list(schedule.faults)
     say(f"shrinking {sc.name} seed {seed}: {len(faults)} faults")
     if not _still_fails(sc, seed, faults, scratch, tries, say):
         shutil.rmtree(scratch, ignore_errors=True)
@@ -66,12 +67,12 @@ def shrink_report(report_dir: str, *, tries: int = 2, out: Optional[str] = None,
     shutil.rmtree(scratch, ignore_errors=True)
     shrunk = load_scenario(os.path.join(report_dir, "scenario.toml"))
     shrunk.name = f"{sc.name}-shrunk-{seed}"
-    shrunk.description = (f"Shrunk from {report_dir}: {len(faults)} of {len(schedule['faults'])} faults "
+    shrunk.description = (f"Shrunk from {report_dir}: {len(faults)} of {len(schedule.faults)} faults "
                           f"still give an unexpected verdict. {sc.description}")
-    shrunk.explicit_faults = [{k: v for k, v in f.items() if k in FAULT_KEYS} for f in faults]
+    shrunk.explicit_faults = [f.replace(id=None, origin=None) for f in faults]
     shrunk.random_faults = dict(shrunk.random_faults, count=0)
     out = out or os.path.join(report_dir, f"{shrunk.name}.toml")
     with open(out, "w") as f:
         f.write(shrunk.to_toml())
     say(f"shrunk to {len(faults)} fault(s): {out}\nreplay: python -m harness run {out} --seed {seed}")
-    return {"path": out, "faults": faults, "original": len(schedule["faults"]), "seed": seed}
+    return {"path": out, "faults": [f.to_dict() for f in faults], "original": len(schedule.faults), "seed": seed}

@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from harness.faults import make_schedule, owner
+from harness.faults.points import is_rank_point
 from harness.history import load_merged
 from harness.process_engine.runner import run_scenario
 from harness.scenario import load_scenario, scenario_from_dict
@@ -55,15 +57,12 @@ def test_scenario_gets_its_expected_verdict(scenario, seed, tmp_path):
         assert r.valid
 
 
-PRODUCER_POINTS = [p for p in POINTS if p.startswith(("producer.", "channel.", "features."))]
-
-
-SINGLE_RANK_POINTS = sorted(p for p in POINTS if not p.startswith("rank"))  # rank.* need a DP group
+SINGLE_RANK_POINTS = sorted(p for p in POINTS if not is_rank_point(p))  # rank points need a DP group
 
 
 @pytest.mark.parametrize("point", SINGLE_RANK_POINTS)
 def test_crash_at_every_failpoint_is_recovered(point, tmp_path):
-    target = "producer" if point in PRODUCER_POINTS else "consumer"
+    target = owner(point)
     sc = scenario_from_dict({
         "name": f"fp-{point.replace('.', '-')}",
         "workload": {"samples": 96},
@@ -89,8 +88,6 @@ def test_process_engine_catches_bug_zoo_member(name, tmp_path):
 
 
 def test_same_seed_same_schedule():
-    from harness.process_engine.nemesis import make_schedule
-
     sc = load_scenario("failpoints-all")
     assert make_schedule(sc, 42) == make_schedule(sc, 42)
     assert make_schedule(sc, 42) != make_schedule(sc, 43)

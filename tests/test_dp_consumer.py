@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
+from harness.faults import make_schedule
 from harness.history import load_merged
-from harness.process_engine.nemesis import failpoint_rules, make_schedule
 from harness.process_engine.runner import run_scenario
 from harness.scenario import load_scenario, scenario_from_dict
 from reference_impl import failpoints
@@ -130,25 +130,24 @@ def test_rank_failpoint_rules_arm_only_their_rank():
         failpoints.configure(None)
 
 
-def test_nemesis_sends_rank_failpoints_to_the_consumer_group_with_a_rank():
+def test_planner_sends_rank_failpoints_to_the_consumer_group_with_a_rank():
     sc = load_scenario("dp4-rank-kills")
     seen = []
     for seed in range(40):
         sched = make_schedule(sc, seed)
-        for f in sched["faults"]:
-            if f["kind"] == "failpoint":
-                assert f["point"] in RANK_POINTS + ("consumer.after_checkpoint_before_ack",)
-                assert f["target"] == "consumer"
-                if f["point"].startswith("rank."):
-                    assert 0 <= f["rank"] < 4
-                    rules = failpoint_rules(sched, "consumer", f["incarnation"])
-                    assert any(r.get("rank") == f["rank"] for r in rules)
-                seen.append(f["point"])
+        for f in sched.failpoints():
+            assert f.point in RANK_POINTS + ("consumer.after_checkpoint_before_ack",)
+            assert f.target == "consumer"
+            if f.point.startswith("rank."):
+                assert 0 <= f.rank < 4
+                rules = sched.failpoint_rules("consumer", f.incarnation)
+                assert any(r.get("rank") == f.rank for r in rules)
+            seen.append(f.point)
     assert set(RANK_POINTS) <= set(seen)
     # single-rank scenarios never draw a rank point
     for seed in range(20):
-        assert not any(f.get("point", "").startswith(("rank.", "rank0."))
-                       for f in make_schedule(load_scenario("failpoints-all"), seed)["faults"])
+        assert not any(f.point.startswith(("rank.", "rank0."))
+                       for f in make_schedule(load_scenario("failpoints-all"), seed).failpoints())
 
 
 def test_rank_devices_and_backends(monkeypatch):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from harness.faults import Failpoint, Kill, Pause
 from harness.process_engine.fault_ledger import FaultLedger
 from harness.process_engine.runner import run_scenario
 from harness.process_engine.supervisor import Supervisor
@@ -60,11 +61,10 @@ def test_signal_group_reports_esrch_instead_of_swallowing_it(tmp_path):
 
 
 def test_ledger_kill_lands_only_on_death_by_that_signal():
-    ledger = FaultLedger([{"id": 0, "kind": "kill", "target": "consumer", "at_s": 0.0},
-                          {"id": 1, "kind": "kill", "target": "producer", "at_s": 0.0},
-                          {"id": 2, "kind": "pause", "target": "producer", "at_s": 0.0, "duration_s": 0.1},
-                          {"id": 3, "kind": "failpoint", "target": "consumer", "point": "consumer.before_train",
-                           "action": "crash", "hit": 1, "incarnation": 1}])
+    ledger = FaultLedger([Kill(id=0, target="consumer", at_s=0.0), Kill(id=1, target="producer", at_s=0.0),
+                          Pause(id=2, target="producer", at_s=0.0, duration_s=0.1),
+                          Failpoint(id=3, target="consumer", point="consumer.after_read_before_train", hit=1,
+                                    incarnation=1)])
     ledger.kill_sent(0, "consumer", 0, pid=1)
     ledger.kill_sent(1, "producer", 0, pid=2)
     ledger.on_exit("consumer", 0, -signal.SIGKILL)

@@ -232,3 +232,53 @@ def test_the_layout_checks_can_fail():
     assert long_functions(limit=1000) == {}
     assert "harness/cli.py:main" in long_functions(limit=2)
     assert any(p.startswith(PARSER_MODULE + ":") for p in argument_parsers_outside(parser_module="none"))
+
+
+FAULT_LAYER = "harness/faults/"
+
+
+def fault_kinds_defined_outside(sources: Dict[str, str], kinds) -> List[str]:
+    """Where `sources` (path -> text) define a fault kind outside the fault layer: a class built on a
+    fault class or registered with `fault_kind`, a fault written as a dict (`"kind"` naming a kind, with
+    a `"target"`), or a name bound to a list of kind names of its own."""
+    from harness import faults
+
+    bases = {name for name, obj in vars(faults).items() if isinstance(obj, type) and issubclass(obj, faults.Fault)}
+    found = []
+    for path, text in sorted(sources.items()):
+        if path.replace(os.sep, "/").startswith(FAULT_LAYER):
+            continue
+        for node in ast.walk(ast.parse(text, path)):
+            if isinstance(node, ast.ClassDef):
+                names = {getattr(b, "id", getattr(b, "attr", None)) for b in node.bases}
+                names |= {getattr(d, "id", getattr(d, "attr", None)) for d in node.decorator_list}
+                if names & (bases | {"fault_kind"}):
+                    found.append(f"{path}:{node.lineno} class {node.name}")
+            elif isinstance(node, ast.Dict):
+                keys = {k.value: v for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant)}
+                kind = keys.get("kind")
+                if "target" in keys and isinstance(kind, ast.Constant) and kind.value in kinds:
+                    found.append(f"{path}:{node.lineno} a {kind.value!r} fault as a dict")
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, (ast.Tuple, ast.List)) \
+                    and len(node.value.elts) >= 2 and all(isinstance(e, ast.Constant) and e.value in kinds
+                                                         for e in node.value.elts):
+                found.append(f"{path}:{node.lineno} a list of fault kinds")
+    return found
+
+
+def test_fault_kinds_are_defined_only_in_the_fault_layer():
+    from harness.faults import KINDS
+
+    sources = {}
+    for path in modules().values():
+        rel = os.path.relpath(path, ROOT)
+        if rel.startswith("harness"):
+            with open(path) as f:
+                sources[rel] = f.read()
+    assert not fault_kinds_defined_outside(sources, set(KINDS))
+    planted = {"harness/x.py": 'from harness.faults import Timed\nclass Nuke(Timed):\n    kind = "nuke"\n',
+               "harness/y.py": 'F = {"kind": "kill", "target": "consumer", "at_s": 1}\n',
+               "harness/z.py": 'FAULT_KINDS = ("kill", "pause")\n',
+               "harness/faults/ok.py": 'FAULT_KINDS = ("kill", "pause")\n'}
+    assert [w.split(":")[0] for w in fault_kinds_defined_outside(planted, set(KINDS))] == [
+        "harness/x.py", "harness/y.py", "harness/z.py"]

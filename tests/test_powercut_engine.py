@@ -20,8 +20,8 @@ import os
 import pytest
 
 from harness.exit_codes import UsageError
+from harness.faults import Kill, make_schedule
 from harness.history import load_merged
-from harness.process_engine import nemesis
 from harness.process_engine.runner import run_scenario
 from harness.reports.render import timeline_series
 from harness.scenario import ScenarioError, load_scenario, scenario_from_dict
@@ -43,11 +43,11 @@ def test_powercut_fault_kinds_parse_and_schedule_deterministically():
                             "action": "powercut", "hit": 2}],
               "random": {"count": 6, "kinds": ["kill", "powercut"]}})
     assert sc.powercut_mode == "torn" and sc.has_powercut
-    a, b = nemesis.make_schedule(sc, 7), nemesis.make_schedule(sc, 7)
+    a, b = make_schedule(sc, 7), make_schedule(sc, 7)
     assert a == b
-    assert a["faults"][0]["target"] == "all"
-    assert nemesis.has_powercut(a)
-    assert {f["kind"] for f in nemesis.timed_faults(a)} <= {"kill", "powercut"}
+    assert a.faults[0].target == "all"
+    assert a.has_powercut
+    assert {f.kind for f in a.timed()} <= {"kill", "powercut"}
     again = scenario_from_dict(__import__("tomllib").loads(sc.to_toml()), "roundtrip")
     assert again.powercut_mode == "torn" and again.explicit_faults == sc.explicit_faults
     assert not _sc({"random": {"count": 2, "kinds": ["kill"]}}).has_powercut
@@ -56,7 +56,7 @@ def test_powercut_fault_kinds_parse_and_schedule_deterministically():
 def test_a_failpoint_powercut_moves_every_process_to_its_next_incarnation():
     sc = _sc({"random": {"count": 4, "kinds": ["failpoint"], "points": ["consumer.*", "producer.*"],
                          "actions": ["powercut"]}})
-    incs = [(f["target"], f["incarnation"]) for f in nemesis.make_schedule(sc, 3)["faults"]]
+    incs = [(f.target, f.incarnation) for f in make_schedule(sc, 3).faults]
     assert [i for _, i in incs] == [0, 1, 2, 3], incs
 
 
@@ -150,14 +150,14 @@ def test_a_power_cut_report_replays_and_shrinks_to_its_cut(tmp_path):
 
     m = POWERLOSS_ZOO["features_rename_without_dir_fsync"]
     sc = scenario_for_powerloss(m)
-    sc.explicit_faults.insert(0, {"kind": "kill", "target": "producer", "at_published": 16})
+    sc.explicit_faults.insert(0, Kill(target="producer", at_published=16))
     sc.expect["violates"] = []  # expected valid: the bug makes the run unexpected, which shrink needs
     r = run_scenario(sc, 0, reports_dir=str(tmp_path / "runs"), render=False)
     assert not r.as_expected and m.violates in r.verdict["violated"], r.verdict
     assert cli.main(["replay", r.report_dir, "--reports", str(tmp_path / "replays")]) == 1
     out = shrink_report(r.report_dir, tries=1, out=str(tmp_path / "shrunk.toml"), say=lambda s: None)
     shrunk = load_scenario(str(tmp_path / "shrunk.toml"))
-    assert [f["kind"] for f in shrunk.explicit_faults] == ["powercut"], (out, shrunk.explicit_faults)
+    assert [f.kind for f in shrunk.explicit_faults] == ["powercut"], (out, shrunk.explicit_faults)
 
 
 def test_a_traced_process_is_stopped_for_a_kill_only_outside_the_tracer_gap():

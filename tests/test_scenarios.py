@@ -1,6 +1,6 @@
 import pytest
 
-from harness.process_engine.nemesis import make_schedule
+from harness.faults import make_schedule
 from harness.scenario import ScenarioError, load_scenario, scenario_from_dict, scenario_paths
 
 
@@ -45,6 +45,6 @@ def test_bad_toml_and_unknown_name(tmp_path):
 def test_schedule_is_a_pure_function_of_scenario_and_seed():
     sc = load_scenario("kill-random")
     a, b = make_schedule(sc, 5), make_schedule(sc, 5)
-    assert a == b and len(a["faults"]) == 3
+    assert a == b and len(a.faults) == 3
     assert any(make_schedule(sc, s) != a for s in range(6, 10))
-    assert all(f["target"] in ("producer", "consumer") for f in a["faults"])
+    assert all(f.target in ("producer", "consumer") for f in a.faults)

@@ -29,7 +29,7 @@ def test_shrink_keeps_only_the_fault_that_matters(tmp_path):
     assert len(out["faults"]) == 1
     assert out["faults"][0]["point"] == "consumer.after_checkpoint_before_ack"
     shrunk = load_scenario(out["path"])
-    assert [f.get("point") for f in shrunk.explicit_faults] == ["consumer.after_checkpoint_before_ack"]
+    assert [f.point for f in shrunk.explicit_faults] == ["consumer.after_checkpoint_before_ack"]
     assert shrunk.topology["variant"] == "tests.pipeline_zoo:no_roll_forward"
     again = run_scenario(shrunk, out["seed"], reports_dir=str(tmp_path), render=False)
     assert "P1" in again.verdict["violated"]

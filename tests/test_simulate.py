@@ -16,6 +16,8 @@ import pytest
 
 from harness.checkers import p3_backpressure as p3
 from harness.checkers import p4_exactly_one_fresh as p4
+from harness.faults import Failpoint
+from harness.faults.simulated import to_scenario
 from harness.scenario import load_scenario
 from harness.simulate.cli import main as simulate_main
 from harness.simulate.engine import (
@@ -28,7 +30,6 @@ from harness.simulate.engine import (
     points_for,
 )
 from harness.simulate.search import SimSpec, _prepare_process, search
-from harness.simulate.translate import to_scenario
 from reference_impl.variant import apply_variant
 from tests.pipeline_zoo import ZOO
 
@@ -81,7 +82,7 @@ def test_finds_zoo_member_with_its_property(name, variant):
     # A schedule is a pure function of its ops: rerunning the shrunk one (steps merged) fails the same way.
     again = Simulation(spec.workload).run(normalize(out.failure.ops))
     assert member.violates in again.violated
-    assert [f["kind"] for f in again.faults] == [f["kind"] for f in out.failure.faults]
+    assert [f.kind for f in again.faults] == [f.kind for f in out.failure.faults]
 
 
 def test_reference_sqlite_finds_nothing():
@@ -107,8 +108,7 @@ def test_reference_inmemory_checkpoint_k4_with_server_kills_finds_nothing():
 def test_crash_inside_the_ack_transaction_is_rolled_back():
     sim = Simulation()
     r = sim.run([("step", "producer", 5), ("fail", "consumer", "store.mid_ack_txn")])
-    assert r.faults == [{"kind": "failpoint", "target": "consumer", "point": "store.mid_ack_txn", "action": "crash",
-                         "hit": 1, "incarnation": 0}]
+    assert r.faults == [Failpoint(target="consumer", point="store.mid_ack_txn", action="crash", hit=1, incarnation=0)]
     assert r.outcome == "completed" and r.violations == [], r.summary()
     assert r.properties["P5"]["valid"] is True and r.properties["P2"]["valid"] is True
     # the restarted consumer found no part of the interrupted ack: it re-trained or rolled forward
@@ -120,12 +120,12 @@ def test_kill_maps_to_a_progress_trigger_and_failpoint_to_its_hit():
     point = "producer.after_commit_before_publish"
     r = sim.run([("fail", "producer", point), ("fail", "producer", point), ("step", "producer", 8),
                  ("step", "consumer", 12), ("kill", "consumer")])
-    assert [f["kind"] for f in r.faults] == ["failpoint", "failpoint", "kill"], r.faults
+    assert [f.kind for f in r.faults] == ["failpoint", "failpoint", "kill"], r.faults
     # each restart is a new incarnation whose hit count starts again
-    assert [(f["incarnation"], f["hit"]) for f in r.faults[:2]] == [(0, 1), (1, 1)]
+    assert [(f.incarnation, f.hit) for f in r.faults[:2]] == [(0, 1), (1, 1)]
     kill = r.faults[2]
-    assert kill["target"] == "consumer" and set(kill) == {"kind", "target", "at_consumed"}
-    assert 0 < kill["at_consumed"] < DEFAULT_WORKLOAD["samples"]
+    assert kill.target == "consumer" and set(kill.to_dict()) == {"kind", "target", "at_consumed"}
+    assert 0 < kill.at_consumed < DEFAULT_WORKLOAD["samples"]
     assert r.outcome == "completed" and not r.violations, r.summary()
 
 
@@ -133,8 +133,8 @@ def test_kill_right_after_a_step_ending_at_a_failpoint_is_that_failpoint(variant
     """A crash between the checkpoint step and the ack step is the after_checkpoint_before_ack crash."""
     variant(ZOO["no_roll_forward"].variant)
     r = Simulation().run([("step", "producer", 5), ("step", "consumer", 4), ("kill", "consumer")])
-    assert r.faults == [{"kind": "failpoint", "target": "consumer", "point": "consumer.after_checkpoint_before_ack",
-                         "action": "crash", "hit": 1, "incarnation": 0}], r.trace
+    assert r.faults == [Failpoint(target="consumer", point="consumer.after_checkpoint_before_ack", action="crash",
+                                  hit=1, incarnation=0)], r.trace
     assert "P1" in r.violated
 
 
@@ -142,7 +142,7 @@ def test_store_server_kill_loses_the_ledger_and_the_run_fails_closed():
     sim = Simulation(backend="inmemory")
     r = sim.run([("step", "producer", 6), ("step", "consumer", 8), ("kill", "store_server"),
                  ("step", "producer", 4), ("step", "consumer", 4)])
-    assert [f["target"] for f in r.faults] == ["store_server"]
+    assert [f.target for f in r.faults] == ["store_server"]
     assert r.outcome == "fail_closed" and not r.failed(), r.summary()
     assert r.properties["P1"]["valid"] is True  # never trained twice
     assert r.properties["P2"]["valid"] is None  # not applicable: the run stopped fail-closed
@@ -199,7 +199,7 @@ def test_counterexample_as_scenario_round_trips(tmp_path, variant):
     path = tmp_path / "sim-test.toml"
     path.write_text(sc.to_toml())
     back = load_scenario(str(path))
-    assert back.explicit_faults == [dict(f, times=1) for f in r.faults]
+    assert back.explicit_faults == r.faults
     assert back.topology["variant"] == member.variant and back.expect["violates"] == ["P1"]
     assert back.workload["samples"] == DEFAULT_WORKLOAD["samples"]
 
@@ -240,8 +240,8 @@ def test_cli_counterexample_replays_in_the_process_engine(tmp_path):
                         "--examples", "300", "--jobs", "1", "--shrink-budget", "10", "--out", str(out), "--quiet"])
     assert rc == 0
     sc = load_scenario(str(out))
-    assert [f["kind"] for f in sc.explicit_faults] == ["failpoint"]
-    assert sc.explicit_faults[0]["point"] == "producer.after_commit_before_publish"
+    assert [f.kind for f in sc.explicit_faults] == ["failpoint"]
+    assert sc.explicit_faults[0].point == "producer.after_commit_before_publish"
     r = run_scenario(sc, 0, reports_dir=str(tmp_path / "reports"), render=False)
     assert r.as_expected and "P2" in r.verdict["violated"], r.verdict
     assert os.path.isdir(r.report_dir)

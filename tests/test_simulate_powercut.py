@@ -162,7 +162,7 @@ def test_powercut_schedule_shrinks_and_translates(tmp_path, tracer):
     assert len(ce["ops"]) <= 6, ce["schedule"]
     text = toml_path.read_text()
     sc = tomllib.loads(text)
-    cuts = [f for f in sc["faults"]["explicit"] if f["kind"] == "powercut"]
+    cuts = [f for f in sc["faults"]["explicit"] if f["kind"] == "powercut" or f.get("action") == "powercut"]
     assert cuts and sc["faults"]["powercut_mode"] in ("clean", "torn"), text
     assert all(sum(k in f for k in ("at_consumed", "at_published", "point")) == 1 for f in cuts), cuts
     assert sc["topology"]["variant"] == f"{HERE}:channel_no_fsync"
@@ -205,7 +205,7 @@ def test_powercuts_refused_without_compiler(tmp_path):
 
 
 def test_powercut_op_needs_the_flag():
-    from harness.simulate.schedule import check_ops
+    from harness.faults.simulated import check_ops
 
     assert check_ops([["powercut", "torn", 3]], powercuts=True) == [("powercut", "torn", 3)]
     at = ("powercut", "clean", 0, "producer", "channel.before_fsync")

@@ -94,9 +94,9 @@ def scenario_points(scenario) -> List[str]:
     in-memory backend (its store code runs in the store server, which keeps
     no history).
     """
-    from ..process_engine.nemesis import points_matching
+    from ..faults import points_matching
 
-    pts: List[str] = [f["point"] for f in scenario.explicit_faults if f.get("kind") == "failpoint"]
+    pts: List[str] = [f.point for f in scenario.explicit_faults if f.kind == "failpoint"]
     rnd = scenario.random_faults
     if rnd.get("count") and "failpoint" in rnd.get("kinds", ()):
         pts += points_matching(rnd.get("points") or [])

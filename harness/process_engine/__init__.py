@@ -1,10 +1,9 @@
-"""The process engine: real processes, real signals, real devices.
+"""The process engine: real processes, real signals, real devices (its faults: `harness.faults`).
 
 runner      one scenario with one seed: schedule -> processes -> history -> checkers -> verdict -> report
 supervisor  spawns, signals, restarts and reaps the run's processes (own process group, parent-death signal)
 zygote      the client of the fork server (torch preloaded), so a restart takes milliseconds
 zygote_server  the fork server process itself
-nemesis     the fault schedule, a pure function of scenario and seed
 fault_ledger  which planned faults were seen to land, and which were missed and why
 powercut    power cuts: every process traced, then frozen, killed, reaped; the work dir rebuilt
 """

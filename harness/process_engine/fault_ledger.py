@@ -28,22 +28,23 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from reference_impl.procutil import proc_state as pid_state
 
+from ..faults import Failpoint, Fault, Timed
+
 #: How long a signalled target may take to show the effect before the fault is missed.
 CONFIRM_S = 10.0
 
 
-def _where(f: Dict[str, Any]) -> str:
-    for k in ("at_published", "at_consumed", "at_s"):
-        if k in f:
-            return f"{k}={f[k]}"
-    if f.get("kind") == "failpoint":
-        return f"{f.get('point')} hit {f.get('hit')} inc {f.get('incarnation')}"
+def _where(f: Fault) -> str:
+    if isinstance(f, Timed):
+        return f"{f.trigger}={f.at}"
+    if isinstance(f, Failpoint):
+        return f"{f.point} hit {f.hit} inc {f.incarnation}"
     return "?"
 
 
 class FaultLedger:
-    def __init__(self, faults: Iterable[Dict[str, Any]]) -> None:
-        self.faults = {int(f["id"]): f for f in faults}
+    def __init__(self, faults: Iterable[Fault]) -> None:
+        self.faults = {int(f.id): f for f in faults}
         self.landed: Dict[int, str] = {}  # id -> how it was seen
         self.missed: Dict[int, str] = {}  # id -> reason
         # Awaiting confirmation: id -> dict(kind, name, inc, pid, sig, phase, since)
@@ -132,12 +133,12 @@ class FaultLedger:
         for fid, f in self.faults.items():
             if self.settled(fid):
                 continue
-            if f.get("kind") == "failpoint":
+            if isinstance(f, Failpoint):
                 if _failpoint_recorded(f, events):
-                    self.land(fid, f"{f['target']}#{f['incarnation']} recorded failpoint {f['point']}")
+                    self.land(fid, f"{f.target}#{f.incarnation} recorded failpoint {f.point}")
                 else:
-                    self.miss(fid, f"failpoint {f['point']} ({f['action']}, hit {f['hit']}) not reached in "
-                                   f"{f['target']}#{f['incarnation']}")
+                    self.miss(fid, f"failpoint {f.point} ({f.action}, hit {f.hit}) not reached in "
+                                   f"{f.target}#{f.incarnation}")
                 continue
             a = self.awaiting.get(fid)
             if a is None:
@@ -153,13 +154,13 @@ class FaultLedger:
         missed = []
         for fid, reason in sorted(self.missed.items()):
             f = self.faults[fid]
-            missed.append({"index": fid, "kind": f.get("kind"), "target": f.get("target"), "at": _where(f),
+            missed.append({"index": fid, "kind": f.kind, "target": f.target, "at": _where(f),
                            "reason": reason})
         return {"planned": len(self.faults), "landed": len(self.landed), "missed": missed}
 
 
-def _failpoint_recorded(f: Dict[str, Any], events: List[Dict[str, Any]]) -> bool:
-    target, inc, point, rank = f["target"], f["incarnation"], f["point"], f.get("rank")
+def _failpoint_recorded(f: Failpoint, events: List[Dict[str, Any]]) -> bool:
+    target, inc, point, rank = f.target, f.incarnation, f.point, f.rank
     for e in events:
         if e.get("ev") != "failpoint" or e.get("point") != point or e.get("inc") != inc:
             continue

@@ -45,6 +45,7 @@ from typing import Any, Dict, List, Optional
 from reference_impl.procutil import proc_state
 
 from ..exit_codes import HarnessError
+from ..faults import Failpoint
 from ..powerloss import arm, powercut
 from ..powerloss.build import tracer_library
 
@@ -251,12 +252,11 @@ def stop_outside_gap(p, extra_pids: List[int], lib: str, wait_s: float = 0.05) -
     return False
 
 
-def stopped_at_powercut(workdir: str, target: str, inc: int, faults: List[Dict[str, Any]]) -> Optional[int]:
+def stopped_at_powercut(workdir: str, target: str, inc: int, faults: List[Failpoint]) -> Optional[int]:
     """The id of the `powercut` failpoint fault that `target`#`inc` stopped at, from its history (the
     failpoint event is written before the process stops itself); None when its history shows none
     (a process stopped by a pause is not a power cut)."""
-    planned = [f for f in faults if f["kind"] == "failpoint" and f.get("action") == "powercut"
-               and f["target"] == target and f["incarnation"] == inc]
+    planned = [f for f in faults if f.action == "powercut" and f.target == target and f.incarnation == inc]
     if not planned:
         return None
     points = set()
@@ -273,8 +273,8 @@ def stopped_at_powercut(workdir: str, target: str, inc: int, faults: List[Dict[s
         except OSError:
             continue
     for f in planned:
-        if f["point"] in points:
-            return f["id"]
+        if f.point in points:
+            return f.id
     return None
 
 

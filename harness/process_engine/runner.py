@@ -1,7 +1,7 @@
 """Run one scenario with one seed on real processes: the process engine.
 
 `run_scenario(scenario, seed)` builds the run directory, draws the schedule
-(nemesis), starts the store server (in-memory backend), the producer and the
+(`harness.faults.make_schedule`), starts the store server (in-memory backend), the producer and the
 consumer under the supervisor, fires the faults, restarts what was killed with
 the next incarnation, and stops at completion, at a clean failure, or at the
 time limit. It then reads the final state, merges the history, runs the
@@ -31,12 +31,13 @@ from reference_impl.config import EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, RunCon
 from reference_impl.private_files import make_private_dir
 
 from ..exit_codes import HarnessError, describe_os_error
+from ..faults import NETWORK_KINDS, Kill, Powercut, Schedule, Timed, make_schedule, rank_of
 from ..run_plumbing import Progress, durable_store, roll_up
 from ..run_plumbing import scenario_config as config_for  # noqa: F401 (bench, tests)
-from ..scenario import RANK_TARGET, Scenario, load_scenario
+from ..scenario import Scenario, load_scenario
 from ..validation import check_for_run
 from ..verdict import judge, verdict_word
-from . import nemesis, store_servers
+from . import store_servers
 from .fault_ledger import FaultLedger
 from .powercut import PowerLoss, require_tracer, stopped_at_powercut
 from .supervisor import Supervisor, pid_stopped
@@ -124,7 +125,7 @@ def replay_command(report_dir: str) -> str:
 
 def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional[str] = None,
                  reports_dir: str = "reports", quiet: bool = True, keep_work: bool = False,
-                 history: bool = True, schedule: Optional[Dict[str, Any]] = None,
+                 history: bool = True, schedule: Union[Schedule, Dict[str, Any], None] = None,
                  on_event: Optional[Callable[[str], None]] = None, render: bool = True) -> RunResult:
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     if backend:
@@ -132,10 +133,10 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     seed = int(seed)
     check_for_run(sc, seed, reports_dir)
     check_devices(sc)
-    schedule = schedule or nemesis.make_schedule(sc, seed)
-    if nemesis.has_powercut(schedule):
+    schedule = Schedule.from_dict(schedule, "schedule") if schedule is not None else make_schedule(sc, seed)
+    if schedule.has_powercut:
         require_tracer()  # UsageError (exit 2) without a compiler: refused before anything is written
-    store_servers.check_for_run(sc.backend, nemesis.has_powercut(schedule))
+    store_servers.check_for_run(sc.backend, schedule.has_powercut)
     # Validate the run's configuration before anything is written: a rejected
     # scenario leaves no report directory behind.
     cfg = config_for(sc, seed, os.path.join(reports_dir, "(not yet created)", "work"))
@@ -151,7 +152,7 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
         write_config(cfg)
         with open(os.path.join(rdir, "scenario.toml"), "w") as f:
             f.write(sc.to_toml())
-        nemesis.write_schedule(schedule, os.path.join(rdir, "schedule.json"))
+        schedule.write(os.path.join(rdir, "schedule.json"))
     except FileExistsError as e:
         raise HarnessError(f"the run directory {rdir} exists already") from e
     except OSError as e:
@@ -167,8 +168,8 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
         # Variants live outside the installed packages (the bug zoo in tests/).
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), _REPO_ROOT, os.environ.get("PYTHONPATH", "")])
     sup = Supervisor(work, extra_env=env)
-    ledger = FaultLedger(schedule["faults"])
-    pl = PowerLoss(rdir, work, sc.powercut_mode, seed) if nemesis.has_powercut(schedule) else None
+    ledger = FaultLedger(schedule.faults)
+    pl = PowerLoss(rdir, work, sc.powercut_mode, seed) if schedule.has_powercut else None
     net = store_servers.for_run(cfg.backend, work, sup, sc.store, cfg.world_size, seed)
     try:
         if pl is not None:
@@ -217,7 +218,7 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
 
     def start(name: str) -> None:
         inc = sup.incarnations.get(name, -1) + 1
-        rules = nemesis.failpoint_rules(schedule, name, inc)
+        rules = schedule.failpoint_rules(name, inc)
         if name == "store_server" and net is not None:
             return net.start()
         if name == "store_server":
@@ -244,13 +245,13 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
     start("producer")
     start("consumer")
     status = {"producer": "running", "consumer": "running"}
-    pending = sorted(nemesis.timed_faults(schedule), key=lambda f: f["id"])
+    pending = schedule.timed()
     # `pause` failpoints: each stop they cause is resumed after its duration (in
     # schedule order when one incarnation has several).
     fp_pause_s: Dict[tuple, List[float]] = {}
-    for f in schedule["faults"]:
-        if f["kind"] == "failpoint" and f["action"] == "pause":
-            fp_pause_s.setdefault((f["target"], f["incarnation"]), []).append(f.get("duration_s", 0.3))
+    for f in schedule.failpoints():
+        if f.action == "pause":
+            fp_pause_s.setdefault((f.target, f.incarnation), []).append(f.duration_s)
     fp_stops: Dict[tuple, int] = {}  # (name, inc) -> stops seen so far
     resume_at: List[Resume] = []
     first_try: Dict[int, float] = {}  # fault id -> when its delivery first failed
@@ -260,8 +261,8 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
         why = (f"the run ended ({outcome_now}) before the trigger held "
                f"(published {prog.published}, consumed {prog.consumed})")
         for f in pending:
-            ledger.miss(f["id"], f"the run ended ({outcome_now}) before {f['target']} could take it"
-                        if f["id"] in first_try else why)
+            ledger.miss(f.id, f"the run ended ({outcome_now}) before {f.target} could take it"
+                        if f.id in first_try else why)
         for p in sup.reap():
             ledger.on_exit(p.name, p.inc, p.code)
 
@@ -306,26 +307,26 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
             continue
         prog.update()
         for f in list(pending):
-            if not _trigger_holds(f, prog, now - t0):
+            if not (_incarnation_reached(f, sup, status) and f.holds(prog.published, prog.consumed, now - t0)):
                 continue
-            if f["kind"] == "powercut":
+            if isinstance(f, Powercut):
                 pending.remove(f)
-                _cut_and_restart(pl, sup, cfg, ledger, status, (f["id"], "timed"), start, say)
+                _cut_and_restart(pl, sup, cfg, ledger, status, (f.id, "timed"), start, say)
                 prog = Progress(cfg.workdir)
                 break
-            verdict = (net.deliver(f) if net is not None and f["kind"] in store_servers.NETWORK_KINDS
+            verdict = (net.deliver(f) if net is not None and f.kind in NETWORK_KINDS
                        else _deliver(f, sup, cfg, status, now, resume_at, ledger, pl))
             if verdict == "retry":
-                first = first_try.setdefault(f["id"], now)
+                first = first_try.setdefault(f.id, now)
                 if now - first > DELIVERY_RETRY_S:
                     pending.remove(f)
-                    p = sup.procs.get(f["target"])
-                    ledger.miss(f["id"], f"could not signal {f['target']} for {DELIVERY_RETRY_S:.0f} s: "
+                    p = sup.procs.get(f.target)
+                    ledger.miss(f.id, f"could not signal {f.target} for {DELIVERY_RETRY_S:.0f} s: "
                                          f"{(p.last_signal_error if p else None) or 'its ranks were not published'}")
                 continue
             pending.remove(f)
             if isinstance(verdict, str) and verdict != "sent":
-                ledger.miss(f["id"], verdict)
+                ledger.miss(f.id, verdict)
         for fid in ledger.poll(now):
             sup.h.emit("fault_landed_stop", fault=fid)
         for fid, how in net.landed() if net is not None else ():
@@ -378,7 +379,7 @@ def _powercut_due(pl, sup: Supervisor, cfg: RunConfig, schedule, ledger: FaultLe
             stopped = info.get("inc") == p.inc and any(pid_stopped(x) for x in (info.get("pids") or {}).values())
         if not stopped:
             continue
-        fid = stopped_at_powercut(cfg.workdir, name, p.inc, schedule["faults"])
+        fid = stopped_at_powercut(cfg.workdir, name, p.inc, schedule.failpoints())
         if fid is not None and not ledger.settled(fid):
             return fid, f"failpoint in {name}#{p.inc}"
     return None
@@ -408,15 +409,14 @@ def _cut_and_restart(pl: PowerLoss, sup: Supervisor, cfg: RunConfig, ledger: Fau
 DELIVERY_RETRY_S = 30.0  # a target that exists but cannot be signalled for this long: the fault is missed
 
 
-def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[str, str], now: float,
+def _deliver(f: Timed, sup: Supervisor, cfg: RunConfig, status: Dict[str, str], now: float,
              resume_at, ledger: FaultLedger, pl: Optional[PowerLoss] = None):
     """Send one timed fault: "sent", "retry" (deliver as soon as the target can take it), or a miss reason."""
-    target = f["target"]
+    target = f.target
     if target == "store_server" and "store_server" not in sup.procs:
         return f"no store_server: backend {cfg.backend!r} runs none (inmemory and redis do)"
-    rank = RANK_TARGET.match(target)
-    if rank:
-        n = int(rank.group(1))
+    n = rank_of(target)
+    if n is not None:
         if n >= cfg.world_size:
             return f"no such rank: {target} with consumer_ranks = {cfg.world_size}"
         if status.get("consumer") != "running":
@@ -434,24 +434,25 @@ def _deliver(f: Dict[str, Any], sup: Supervisor, cfg: RunConfig, status: Dict[st
         return "retry"  # being restarted: the next incarnation takes it
     if ledger.in_flight(target, p.inc):
         return "retry"  # one fault at a time per incarnation: a second kill of a dying process proves nothing
-    if f["kind"] == "kill":
+    if isinstance(f, Kill):
         if pl is not None and not pl.stop_for_kill(p, cfg.path(RANKS_FILE)):
             return "retry"  # traced: not while a system call may lack its journal record
-        if not sup.kill(target, fault=f["id"]):
+        sig = f.signal or signal.SIGKILL
+        if not sup.kill(target, fault=f.id, sig=sig):
             return "retry"
-        ledger.kill_sent(f["id"], target, p.inc, p.pid)
+        ledger.kill_sent(f.id, target, p.inc, p.pid, sig=sig)
         return "sent"
-    if not sup.pause(target, fault=f["id"]):
+    if not sup.pause(target, fault=f.id):
         return "retry"
-    ledger.pause_sent(f["id"], target, p.inc, p.pid)
-    resume_at.append(Resume(now + f["duration_s"], target, p.inc, f["id"]))
+    ledger.pause_sent(f.id, target, p.inc, p.pid)
+    resume_at.append(Resume(now + f.duration_s, target, p.inc, f.id))
     return "sent"
 
 
 RANKS_FILE = "consumer.ranks.json"  # {"inc": N, "pids": {"0": pid, ...}} written by the group process
 
 
-def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], now: float, resume_at,
+def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Timed, now: float, resume_at,
                  ledger: FaultLedger, pl: Optional[PowerLoss] = None) -> int:
     """Kill or pause one rank of the consumer group by its pid; 1 if it fired."""
     info = read_json(cfg.path(RANKS_FILE)) or {}
@@ -460,19 +461,19 @@ def _signal_rank(sup: Supervisor, cfg: RunConfig, rank: int, f: Dict[str, Any], 
     if pid is None or group is None or info.get("inc") != group.inc:
         return 0
     target = f"consumer.rank{rank}"
-    if f["kind"] == "kill":
+    if isinstance(f, Kill):
         if pl is not None and not pl.stop_pid_for_kill(int(pid)):
             return 0  # traced: not while a system call may lack its journal record
         if not _signal_pid(pid, signal.SIGKILL):
             return 0
-        sup.h.emit("kill", target=target, target_inc=group.inc, signal=int(signal.SIGKILL), fault=f["id"])
-        ledger.kill_sent(f["id"], target, group.inc, int(pid), by_pid=True)
+        sup.h.emit("kill", target=target, target_inc=group.inc, signal=int(signal.SIGKILL), fault=f.id)
+        ledger.kill_sent(f.id, target, group.inc, int(pid), by_pid=True)
     else:
         if not _signal_pid(pid, signal.SIGSTOP):
             return 0
-        sup.h.emit("pause", target=target, target_inc=group.inc, fault=f["id"])
-        ledger.pause_sent(f["id"], target, group.inc, int(pid), by_pid=True)
-        resume_at.append(Resume(now + f["duration_s"], target, group.inc, f["id"], pid))
+        sup.h.emit("pause", target=target, target_inc=group.inc, fault=f.id)
+        ledger.pause_sent(f.id, target, group.inc, int(pid), by_pid=True)
+        resume_at.append(Resume(now + f.duration_s, target, group.inc, f.id, pid))
     return 1
 
 
@@ -499,12 +500,15 @@ def _peers_settled(sup: Supervisor, now: float, grace_s: float = 10.0) -> bool:
     return False
 
 
-def _trigger_holds(f: Dict[str, Any], prog: Progress, elapsed: float) -> bool:
-    if "at_published" in f:
-        return prog.published >= f["at_published"]
-    if "at_consumed" in f:
-        return prog.consumed >= f["at_consumed"]
-    return elapsed >= f.get("at_s", 0)
+def _incarnation_reached(f: Timed, sup: Supervisor, status: Dict[str, str]) -> bool:
+    """Whether the incarnations the plan holds `f` back for are alive (or their process has ended)."""
+    need = dict(f.after or {}) if isinstance(f, Powercut) else (
+        {f.process: f.incarnation} if f.incarnation is not None else {})
+    for name, inc in need.items():
+        p = sup.procs.get(name)
+        if status.get(name, "running") == "running" and (p is None or p.inc < inc):
+            return False
+    return True
 
 
 def _final_state(sc, cfg, outcome, reason, sup, net=None) -> Dict[str, Any]:

@@ -18,13 +18,12 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from ..exit_codes import UsageError
+from ..faults import Latency, Network, Partition, Reset
 from ..network.proxy import NodeProxy
 from ..stores.redis_server import RedisServer
 from .supervisor import Supervisor
 
 NAME = "store_server"
-#: The network fault kinds (delivered to one node's proxy).
-NETWORK_KINDS = ("partition", "latency", "reset", "lost_reply")
 NODE_ENV = "DFH_STORE_NODE"
 
 
@@ -57,18 +56,17 @@ class RunRedisServer:
     def env_for(name: str) -> Dict[str, str]:
         return {NODE_ENV: name}
 
-    def deliver(self, f: Dict[str, Any]) -> str:
+    def deliver(self, f: Network) -> str:
         """Apply network fault `f` to its node's proxy: "sent", or why it cannot land."""
-        proxy = self.proxies.get(f["target"])
+        proxy = self.proxies.get(f.target)
         if proxy is None:
-            return f"no network node {f['target']!r}; nodes: {', '.join(self.proxies)}"
-        kind, fid = f["kind"], int(f["id"])
-        if kind == "partition":
-            proxy.partition(float(f["duration_s"]), fault=fid)
-        elif kind == "latency":
-            proxy.latency(float(f["delay_s"]), float(f.get("jitter_s", 0.0)), f.get("direction", "both"),
-                          float(f["duration_s"]), fault=fid)
-        elif kind == "reset":
+            return f"no network node {f.target!r}; nodes: {', '.join(self.proxies)}"
+        fid = int(f.id)
+        if isinstance(f, Partition):
+            proxy.partition(float(f.duration_s), fault=fid)
+        elif isinstance(f, Latency):
+            proxy.latency(float(f.delay_s), float(f.jitter_s), f.direction, float(f.duration_s), fault=fid)
+        elif isinstance(f, Reset):
             proxy.reset(fault=fid)
         else:
             proxy.lose_next_reply(fault=fid)

@@ -108,9 +108,9 @@ def _setup(args) -> Dict[str, Any]:
         points = _sim_points(sc)
         rnd = sc.random_faults
         powercuts |= bool(rnd.get("count")) and "powercut" in rnd.get("kinds", []) or any(
-            f.get("kind") == "powercut" for f in sc.explicit_faults)
+            f.kind == "powercut" for f in sc.explicit_faults)
         store_kills |= bool(rnd.get("count")) and "store_server" in rnd.get("targets", []) or any(
-            f.get("target") == "store_server" for f in sc.explicit_faults)
+            f.target == "store_server" for f in sc.explicit_faults)
     if args.backend:
         backend = args.backend
     if backend not in BACKENDS and ":" not in backend:
@@ -252,8 +252,9 @@ def _coverage(args, setup, r) -> List[str]:
 
 
 def _report_failure(args, setup, r):
+    from harness.faults.simulated import scenario_text
+
     from .engine import Simulation, format_op, normalize
-    from .translate import scenario_text
 
     spec, label = setup["spec"], setup["label"]
     best = r["outcome"]

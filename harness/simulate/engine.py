@@ -73,12 +73,13 @@ from reference_impl.failpoints import FailpointCrash
 from reference_impl.process_loop import Exit, ProcessLoop
 
 from ..coverage import coverage_of
+from ..faults import PIPELINE, Failpoint, Fault, Kill, Pause, points_for
+from ..faults.simulated import OP_KINDS, Op, check_ops, format_op, normalize
 from ..run_plumbing import durable_store, roll_up, simulation_config, verdict
 from .observation import EventLog, Invariants, SimHistory, Violation
-from .schedule import OP_KINDS, TARGETS, Op, check_ops, format_op, normalize, points_for
 from .state import RunState, ServerStore, SimProc
 
-__all__ = ["ARM_STEPS", "DEFAULT_WORKLOAD", "OP_KINDS", "STEP_DT", "TARGETS", "EventLog", "Invariants", "Op",
+__all__ = ["ARM_STEPS", "DEFAULT_WORKLOAD", "OP_KINDS", "PIPELINE", "STEP_DT", "EventLog", "Invariants", "Op",
            "ServerStore", "SimHistory", "SimResult", "Simulation", "Violation", "check_ops", "config_for",
            "default_workdir_root", "format_op", "normalize", "points_for"]
 
@@ -109,7 +110,7 @@ class SimResult:
     ops: List[Op]
     outcome: str
     violations: List[Violation]
-    faults: List[Dict[str, Any]]  # process-engine faults (scenario syntax)
+    faults: List[Fault]  # the faults it fired, as process-engine faults
     trace: List[str]  # what each effective fault did
     steps: int
     events: int
@@ -117,6 +118,7 @@ class SimResult:
     properties: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     powerloss: List[Dict[str, Any]] = field(default_factory=list)  # PowercutStats.as_dict() per power cut
     coverage: Dict[str, Any] = field(default_factory=dict)  # harness.coverage.coverage_of of this schedule
+    workload: Dict[str, Any] = field(default_factory=dict)  # the workload it ran (defaults merged)
 
     @property
     def violated(self) -> List[str]:
@@ -124,12 +126,12 @@ class SimResult:
 
     @property
     def ledger_lost(self) -> bool:
-        return any(f["kind"] == "kill" and f["target"] == "store_server" for f in self.faults)
+        return any(isinstance(f, Kill) and f.target == "store_server" for f in self.faults)
 
     @property
-    def powercuts(self) -> List[Dict[str, Any]]:
-        """The power cuts this schedule made (scenario syntax)."""
-        return [f for f in self.faults if f["kind"] == "powercut"]
+    def powercuts(self) -> List[Fault]:
+        """The power cuts this schedule made (timed, or at a failpoint)."""
+        return [f for f in self.faults if f.kind == "powercut" or getattr(f, "action", None) == "powercut"]
 
     @property
     def acceptable_outcomes(self) -> List[str]:
@@ -150,7 +152,7 @@ class SimResult:
     def summary(self) -> Dict[str, Any]:
         return {"ops": [list(o) for o in self.ops], "schedule": [format_op(o) for o in self.ops],
                 "outcome": self.outcome, "violated": self.violated,
-                "violations": [v.to_dict() for v in self.violations[:20]], "faults": self.faults,
+                "violations": [v.to_dict() for v in self.violations[:20]], "faults": [f.to_dict() for f in self.faults],
                 "trace": self.trace, "steps": self.steps, "events": self.events, "error": self.error,
                 **({"powerloss": self.powerloss} if self.powerloss else {})}
 
@@ -226,7 +228,7 @@ class Simulation:
         inv = Invariants(cfg, observer)
         log = EventLog(inv.on_event)
         self.st = RunState(cfg=cfg, shared_store=shared_store, observer=observer, inv=inv, log=log,
-                           sup=log.writer("supervisor", 0), procs={t: SimProc(t) for t in TARGETS})
+                           sup=log.writer("supervisor", 0), procs={t: SimProc(t) for t in PIPELINE})
         outcome = "completed"
         try:
             for i, op in enumerate(ops):
@@ -251,7 +253,8 @@ class Simulation:
                                         if self.st.error else "error"))
         st = self.st
         return SimResult(ops=ops, outcome=outcome, violations=violations, faults=st.faults, trace=st.trace,
-                         steps=st.steps, events=len(st.log.events), error=st.error, properties=properties)
+                         steps=st.steps, events=len(st.log.events), error=st.error, properties=properties,
+                         workload=dict(self.workload))
 
     def _observer_store(self, cfg: RunConfig, shared_store):
         """The engine's own store connection, for the marker checks (None: no shared store)."""
@@ -286,8 +289,7 @@ class Simulation:
             p.h.reached[name] = p.h.reached.get(name, 0) + 1
         if self.st.armed is not None and self.st.armed[0] == p.name and self.st.armed[1] == name:
             self.st.armed = None
-            self.st.fired = {"kind": "failpoint", "target": p.name, "point": name, "action": "crash", "hit": n,
-                          "incarnation": p.inc}
+            self.st.fired = Failpoint(target=p.name, point=name, action="crash", hit=n, incarnation=p.inc)
             if p.h is not None:
                 p.h.emit("failpoint", point=name, action="crash")
             raise FailpointCrash(name)
@@ -451,12 +453,12 @@ class Simulation:
                 # The last step ended right at a failpoint (nothing recorded after it): a
                 # crash there is this crash, and replays exactly in the process engine.
                 point, hit = p.tail_hit
-                self.st.faults.append({"kind": "failpoint", "target": target, "point": point, "action": "crash",
-                                    "hit": hit, "incarnation": p.inc})
+                self.st.faults.append(Failpoint(target=target, point=point, action="crash", hit=hit,
+                                                incarnation=p.inc))
                 self.st.trace.append(f"kill {target}#{p.inc} between steps, right after {point} (hit {hit}); "
                                   f"next phase {phase}; {where}")
             else:
-                self.st.faults.append({"kind": "kill", "target": target, **trig})
+                self.st.faults.append(Kill(target=target, **trig))
                 self.st.trace.append(f"kill {target}#{p.inc} between steps (next phase {phase}; "
                                   f"{_fmt_trig(trig)}; {where})")
             self._drop(p, killed=True)
@@ -485,7 +487,7 @@ class Simulation:
                 f, self.st.fired = self.st.fired, None
                 self.st.faults.append(f)
                 inv = self.st.inv
-                self.st.trace.append(f"crash {target}#{f['incarnation']} at {f['point']} (hit {f['hit']}; "
+                self.st.trace.append(f"crash {target}#{f.incarnation} at {f.point} (hit {f.hit}; "
                                      f"published {inv.update_published()}, consumed {inv.read_consumed()})")
         elif kind == "pause":
             # The target is frozen (or, when down, not restarted) while the other side steps.
@@ -505,8 +507,7 @@ class Simulation:
             if running:
                 self.st.sup.emit("cont", target=target, target_inc=p.inc, fault=len(self.st.faults))
             if n and running:
-                self.st.faults.append({"kind": "pause", "target": target, **trig,
-                                    "duration_s": round(max(0.05, 0.01 * n), 3)})
+                self.st.faults.append(Pause(target=target, **trig, duration_s=round(max(0.05, 0.01 * n), 3)))
                 self.st.trace.append(f"pause {target}#{p.inc} for {n} steps of {other.name} ({_fmt_trig(trig)})")
         else:
             raise ValueError(f"unknown op {op!r}")
@@ -527,7 +528,7 @@ class Simulation:
         self.st.sup.emit("spawn", target="store_server", target_inc=self.st.server_inc, pid=0, failpoints=[])
         self.st.inv.ledger_lost(self.st.shared_store)
         self.st.observer = self.st.shared_store
-        self.st.faults.append({"kind": "kill", "target": "store_server", **trig})
+        self.st.faults.append(Kill(target="store_server", **trig))
         self.st.trace.append(f"kill store_server#{self.st.server_inc - 1}: ledger lost, an empty server restarts "
                           f"({_fmt_trig(trig)}; published {self.st.inv.published})")
 

@@ -41,11 +41,11 @@ Between steps a correct pipeline has fsynced everything the protocol relies on,
 so whatever the rebuild takes away and a checker then misses is a durability
 bug (P2, P3, P5, P6 or a fail-closed outcome the run did not allow).
 
-As a process-engine fault (`Simulation.faults`): `kind = "powercut"` with the
-trigger keys a kill uses (the consumer's `at_consumed` while it runs, else the
-producer's `at_published`), or at a failpoint the keys a failpoint crash uses
-(`target`, `point`, `hit`, `incarnation`); `powercut_mode` = the mode (the
-scenario's `faults.powercut_mode`, set by `translate`).
+As a process-engine fault (`Simulation.faults`): a `Powercut` with the
+trigger a kill uses (the consumer's `at_consumed` while it runs, else the
+producer's `at_published`), or at a failpoint a `Failpoint` with action
+`powercut` (`target`, `point`, `hit`, `incarnation`); the mode becomes the
+scenario's `faults.powercut_mode` (`harness.faults.simulated`).
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from harness.exit_codes import HarnessError, UsageError
+from harness.faults import POWERCUT_MODES, Powercut
 
-MODES = ("clean", "torn")
+MODES = POWERCUT_MODES
 #: Set in the child that `run_preloaded` starts: it must find the tracer loaded.
 ENV_PRELOADED = "DFH_SIM_PRELOADED"
 BACKENDS = ("sqlite",)
@@ -170,14 +171,14 @@ class PowerCuts:
         if len(op) == 5:  # inside an operation: reach the point as a `fail` does
             n = len(st.faults)
             sim._apply(("fail", op[3], op[4]))
-            if st.error or len(st.faults) == n or st.faults[-1]["kind"] != "failpoint":
+            if st.error or len(st.faults) == n or st.faults[-1].kind != "failpoint":
                 return  # not reached: no fault
             at = st.faults.pop()
             st.trace.pop()
         running = [p for p in procs if p.status == "running"]
         if at is not None:
-            target = at["target"]
-            trig = {k: at[k] for k in ("point", "hit", "incarnation")}
+            target = at.target
+            trig = {"point": at.point, "hit": at.hit, "incarnation": at.incarnation}
         else:
             target = "consumer" if st.procs["consumer"].status == "running" or not running else "producer"
             trig = sim._progress(target)
@@ -198,9 +199,9 @@ class PowerCuts:
         d = stats.as_dict()
         d["channel_bytes_lost"] = lost
         self.stats.append(d)
-        st.faults.append({"kind": "powercut", "target": target, **trig, "powercut_mode": mode, "seed": seed})
+        st.faults.append(at.replace(action="powercut") if at is not None else Powercut(**trig))
         who = ", ".join([f"{p.name}#{p.inc}" for p in running] +
-                        ([f"{target}#{at['incarnation']} inside an operation"] if at else [])) or "no process running"
+                        ([f"{target}#{at.incarnation} inside an operation"] if at else [])) or "no process running"
         st.trace.append(f"power cut ({mode}, seed {seed}; {', '.join(f'{k}={v}' for k, v in trig.items())}): "
                         f"killed {who}; {stats.summary()}"
                         + (f"; the channel lost {lost} bytes of complete records" if lost else ""))

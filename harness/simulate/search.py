@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..coverage import merge
-from .engine import TARGETS, SimResult, Simulation, points_for
+from .engine import PIPELINE, SimResult, Simulation, points_for
 
 #: Default schedule length bound (operations before the drain).
 MAX_OPS = 24
@@ -35,7 +35,7 @@ class SimSpec:
     variant: Optional[str] = None
     expect: Optional[Sequence[str]] = None  # properties whose violation counts as found (None: any failure)
     outcomes: Sequence[str] = ("completed",)
-    targets: Sequence[str] = TARGETS  # fault targets; add "store_server" (in-memory backend) for server kills
+    targets: Sequence[str] = PIPELINE  # fault targets; add "store_server" (in-memory backend) for server kills
     max_ops: int = MAX_OPS
     workdir_root: Optional[str] = None
     shrink: bool = True
@@ -76,7 +76,7 @@ class SearchOutcome:
         }
 
 
-def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS, max_ops: int = MAX_OPS,
+def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = PIPELINE, max_ops: int = MAX_OPS,
                       powercuts: bool = False):
     """Hypothesis strategy for a schedule: a list of engine operations.
 
@@ -90,9 +90,9 @@ def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS,
     """
     from hypothesis import strategies as st
 
-    fault_targets = [t for t in TARGETS if t in targets]
+    fault_targets = [t for t in PIPELINE if t in targets]
     kill_targets = fault_targets + (["store_server"] if "store_server" in targets and backend == "inmemory" else [])
-    points = {t: points_for(t, backend) for t in TARGETS}
+    points = {t: points_for(t, backend) for t in PIPELINE}
     kinds = ["step"] * 4 + ["kill"] * 2 + ["fail"] * 3 + ["pause"]
     if not fault_targets:
         kinds = ["step"] * 4 + (["kill"] if kill_targets else [])
@@ -104,7 +104,7 @@ def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = TARGETS,
         k, t, n, pt = raw
         kind = kinds[k % len(kinds)]
         if kind == "step":
-            return ("step", TARGETS[t % 2], 1 + n % 8)
+            return ("step", PIPELINE[t % 2], 1 + n % 8)
         if kind == "kill":
             return ("kill", kill_targets[t % len(kill_targets)])
         if kind == "powercut":
@@ -192,7 +192,7 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
             else:
                 st["n"] += 1
                 for f in r.faults:
-                    fired[f["kind"]] = fired.get(f["kind"], 0) + 1
+                    fired[f.kind] = fired.get(f.kind, 0) + 1
                 cov.append(r.coverage)
                 if len(cov) >= 64:  # keep memory flat over long searches
                     cov[:] = [merge(cov)]

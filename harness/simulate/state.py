@@ -91,9 +91,9 @@ class RunState:
     server_inc: int = 0
     current: Optional[SimProc] = None  # the process being stepped (failpoint hits are its)
     armed: Optional[Tuple[str, str]] = None  # (target, point) of a running `fail` operation
-    fired: Optional[Dict[str, Any]] = None  # the fault the armed point fired
+    fired: Optional[Any] = None  # the Failpoint fault the armed point fired
     vtime: float = 0.0  # virtual seconds (the consumer's clock)
     steps: int = 0
-    faults: List[Dict[str, Any]] = field(default_factory=list)  # process-engine faults (scenario syntax)
+    faults: List[Any] = field(default_factory=list)  # the faults fired (harness.faults kinds)
     trace: List[str] = field(default_factory=list)
     error: Optional[str] = None  # a traceback: a process raised, or the engine has a bug
