@@ -77,12 +77,7 @@ class Schedule:
 
 
 def read_schedule(path: str) -> Schedule:
-    """`schedule.json` of a report, validated (FaultError, exit 2, names the file and the fault)."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FaultError(f"{path}: no such schedule file") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise FaultError(f"{path}: not a JSON schedule ({e})") from None
-    return Schedule.from_dict(data, path)
+    """`schedule.json` of a report, validated (a UsageError, exit 2, names the file and the fault)."""
+    from ..paths import read_json_file
+
+    return Schedule.from_dict(read_json_file(path, "schedule"), path)

@@ -40,6 +40,7 @@ from ..verdict import judge, verdict_word
 from . import store_servers
 from .fault_ledger import FaultLedger
 from .powercut import PowerLoss, require_tracer, stopped_at_powercut
+from .run_summary import incarnations, witness_summary
 from .supervisor import Supervisor, pid_stopped
 
 POLL_S = 0.005
@@ -562,9 +563,9 @@ def _finish(frame: "RunFrame", final: Dict[str, Any], wall: float) -> RunResult:
         "properties": props,
         "wall_s": round(wall, 3),
         "faults": faults,
-        "incarnations": _incarnations(events),
+        "incarnations": incarnations(events),
         "final": {k: v for k, v in final.items() if k not in ("witness", "planned_ids", "channel_ids")},
-        "witness_summary": _witness_summary(final),
+        "witness_summary": witness_summary(final),
         "coverage": cov,
         "coverage_gaps": gaps(cov, sc.expect.get("sometimes") or (), scenario_points(sc)),
         **({"powerloss": pl.summary()} if pl is not None else {}),
@@ -587,22 +588,3 @@ def _finish(frame: "RunFrame", final: Dict[str, Any], wall: float) -> RunResult:
     say(f"{sc.name} seed {seed}: {outcome}, {word} ({wall:.1f} s) -> {rdir}")
     return RunResult(sc.name, seed, outcome, valid, verdict["as_expected"], rdir, props, replay_command(rdir),
                      wall, verdict, faults["landed"], bool(verdict.get("inconclusive")), faults, cov)
-
-
-def _incarnations(events: List[Dict[str, Any]]) -> Dict[str, int]:
-    out: Dict[str, int] = {}
-    for e in events:
-        if e.get("ev") == "spawn":
-            out[e["target"]] = max(out.get(e["target"], 0), e["target_inc"] + 1)
-    return out
-
-
-def _witness_summary(final: Dict[str, Any]) -> Optional[Dict[str, int]]:
-    w = final.get("witness")
-    if w is None:
-        return None
-    out: Dict[str, int] = {}
-    for v in w:
-        k = str(int(round(v)))
-        out[k] = out.get(k, 0) + 1
-    return out

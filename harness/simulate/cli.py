@@ -160,10 +160,9 @@ def _setup(args) -> Dict[str, Any]:
 def _sim_points(sc) -> List[str]:
     """The scenario's failpoints that a simulated process reaches (the gate asks for each)."""
     from harness.coverage import scenario_points
+    from harness.faults import PIPELINE, points_for
 
-    from .schedule import TARGETS, points_for
-
-    here = {p for t in TARGETS for p in points_for(t, sc.backend)}
+    here = {p for t in PIPELINE for p in points_for(t, sc.backend)}
     return [p for p in scenario_points(sc) if p in here]
 
 
