@@ -41,9 +41,9 @@ def test_reference_survives_lost_replies(tmp_path, scenario, call, node):
 
 def _with(scenario: str, **changes):
     sc = load_scenario(scenario)
+    faults = [f.to_dict() for f in sc.explicit_faults]
     data = json.loads(json.dumps({"name": sc.name, "topology": sc.topology, "store": sc.store,
-                                  "workload": sc.workload, "faults": {"explicit": sc.explicit_faults},
-                                  "expect": sc.expect}))
+                                  "workload": sc.workload, "faults": {"explicit": faults}, "expect": sc.expect}))
     for f in data["faults"]["explicit"]:
         f.pop("origin", None)
     for k, v in changes.items():
