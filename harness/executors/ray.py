@@ -48,9 +48,9 @@ def check_reachable(address: str, timeout_s: float) -> None:
         with socket.create_connection(hp, timeout=timeout_s):
             pass
     except OSError as e:
-        why = f"no answer within {timeout_s:g} s" if isinstance(e, socket.timeout) else (e.strerror or str(e))
-        raise UsageError(f"--address {address}: cannot reach the Ray cluster ({why}; the limit is "
-                         f"--connect-timeout)") from None
+        why = (f"no answer within {timeout_s:g} s, the limit set by --connect-timeout"
+               if isinstance(e, socket.timeout) else (e.strerror or str(e)))
+        raise UsageError(f"--address {address}: cannot reach the Ray cluster ({why})") from None
 
 
 class RayExecutor:
