@@ -188,10 +188,35 @@ def load_scenario(name_or_path: str) -> Scenario:
     return scenario_from_dict(data, str(path))
 
 
-def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenario:
+def _errors(source: str):
+    """A function making the ScenarioError for (key, value, what is allowed) in `source`."""
     def err(key: str, value: Any, allowed: str) -> ScenarioError:
         return ScenarioError(f"{source}: key {key!r} has value {value!r}; allowed: {allowed}")
 
+    return err
+
+
+def _table(data: Dict[str, Any], key: str, defaults: Dict[str, Any], err) -> Dict[str, Any]:
+    """The table `key` over its defaults: only known keys, each of its default's type."""
+    raw = data.get(key, {})
+    if not isinstance(raw, dict):
+        raise err(key, raw, "a table")
+    for k, v in raw.items():
+        if k not in defaults:
+            raise err(f"{key}.{k}", v, "one of " + ", ".join(defaults))
+        dv = defaults[k]
+        if isinstance(dv, bool) != isinstance(v, bool) or (
+                isinstance(dv, (int, float)) and not isinstance(v, (int, float))) or (
+                isinstance(dv, str) and not isinstance(v, str)) or (
+                isinstance(dv, list) and not isinstance(v, list)):
+            raise err(f"{key}.{k}", v, f"a {type(dv).__name__}")
+        if isinstance(dv, int) and not isinstance(dv, bool) and not isinstance(v, int):
+            raise err(f"{key}.{k}", v, "an integer")
+    return {**copy.deepcopy(defaults), **raw}
+
+
+def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenario:
+    err = _errors(source)
     unknown = set(data) - TOP_KEYS
     if unknown:
         k = sorted(unknown)[0]
@@ -202,25 +227,21 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     desc = data.get("description", "")
     if not isinstance(desc, str):
         raise err("description", desc, "a string")
+    topology = _topology(data, err)
+    store = _store(data, err)
+    workload = _workload(data, topology, err)
+    explicit, rnd, powercut_mode = _faults(data, source, err)
+    expect = _expect(data, err)
+    tags = data.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise err("tags", tags, "a list of strings")
+    sc = Scenario(name, desc, source, topology, store, workload, explicit, rnd, expect, tags, powercut_mode)
+    check_fault_targets(sc)
+    return sc
 
-    def table(key: str, defaults: Dict[str, Any]) -> Dict[str, Any]:
-        raw = data.get(key, {})
-        if not isinstance(raw, dict):
-            raise err(key, raw, "a table")
-        for k, v in raw.items():
-            if k not in defaults:
-                raise err(f"{key}.{k}", v, "one of " + ", ".join(defaults))
-            dv = defaults[k]
-            if isinstance(dv, bool) != isinstance(v, bool) or (
-                    isinstance(dv, (int, float)) and not isinstance(v, (int, float))) or (
-                    isinstance(dv, str) and not isinstance(v, str)) or (
-                    isinstance(dv, list) and not isinstance(v, list)):
-                raise err(f"{key}.{k}", v, f"a {type(dv).__name__}")
-            if isinstance(dv, int) and not isinstance(dv, bool) and not isinstance(v, int):
-                raise err(f"{key}.{k}", v, "an integer")
-        return {**copy.deepcopy(defaults), **raw}
 
-    topology = table("topology", TOPOLOGY_KEYS)
+def _topology(data: Dict[str, Any], err) -> Dict[str, Any]:
+    topology = _table(data, "topology", TOPOLOGY_KEYS, err)
     if not 1 <= topology["consumer_ranks"] <= MAX_CONSUMER_RANKS:
         raise err("topology.consumer_ranks", topology["consumer_ranks"], f"an integer 1..{MAX_CONSUMER_RANKS}")
     v = topology["variant"]
@@ -229,7 +250,11 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     for k in ("producer_device", "consumer_device"):
         if topology[k] not in DEVICES:
             raise err(f"topology.{k}", topology[k], " | ".join(DEVICES))
-    store = table("store", STORE_KEYS)
+    return topology
+
+
+def _store(data: Dict[str, Any], err) -> Dict[str, Any]:
+    store = _table(data, "store", STORE_KEYS, err)
     b = store["backend"]
     if b not in ("sqlite", "inmemory", "redis", "private", "noop") and ":" not in b:
         raise err("store.backend", b, "sqlite | inmemory | redis | private | noop | package.module:Factory")
@@ -237,7 +262,11 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
         raise err("store.persistence", store["persistence"], " | ".join(PERSISTENCE))
     if store["persistence"] != "always" and b != "redis":
         raise err("store.persistence", store["persistence"], "'always' unless store.backend = 'redis'")
-    workload = table("workload", WORKLOAD_KEYS)
+    return store
+
+
+def _workload(data: Dict[str, Any], topology: Dict[str, Any], err) -> Dict[str, Any]:
+    workload = _table(data, "workload", WORKLOAD_KEYS, err)
     for k in ("samples", "publish_batch", "train_batch", "accumulation", "checkpoint_every", "high_watermark"):
         if workload[k] < 1:
             raise err(f"workload.{k}", workload[k], "an integer >= 1")
@@ -256,7 +285,11 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     if workload["high_watermark"] < need:
         raise err("workload.high_watermark", workload["high_watermark"],
                   f">= train_batch*accumulation*consumer_ranks*checkpoint_every = {need}")
+    return workload
 
+
+def _faults(data: Dict[str, Any], source: str, err):
+    """(explicit faults, the random-fault table, the power-cut mode) of the `faults` table."""
     faults = data.get("faults", {})
     if not isinstance(faults, dict) or set(faults) - {"explicit", "random", "powercut_mode"}:
         raise err("faults", faults, "a table with 'explicit' (array of tables), 'random' (a table) "
@@ -268,7 +301,10 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     if not isinstance(explicit, list):
         raise err("faults.explicit", explicit, "an array of tables [[faults.explicit]]")
     explicit = [_check_fault(f, f"{source}: faults.explicit[{i}]") for i, f in enumerate(explicit)]
-    rnd_raw = faults.get("random", {})
+    return explicit, _random_faults(faults.get("random", {}), err), powercut_mode
+
+
+def _random_faults(rnd_raw: Any, err) -> Dict[str, Any]:
     if not isinstance(rnd_raw, dict):
         raise err("faults.random", rnd_raw, "a table")
     rnd = {**copy.deepcopy(RANDOM_KEYS)}
@@ -299,8 +335,11 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
         raise err("faults.random.pause_s", rnd["pause_s"], "[low, high] seconds with 0 < low <= high")
     if not isinstance(rnd["max_hit"], int) or isinstance(rnd["max_hit"], bool) or rnd["max_hit"] < 1:
         raise err("faults.random.max_hit", rnd["max_hit"], "an integer >= 1")
+    return rnd
 
-    expect = table("expect", EXPECT_KEYS)
+
+def _expect(data: Dict[str, Any], err) -> Dict[str, Any]:
+    expect = _table(data, "expect", EXPECT_KEYS, err)
     for o in expect["outcome"]:
         if o not in OUTCOMES:
             raise err("expect.outcome", expect["outcome"], "a list drawn from " + ", ".join(OUTCOMES))
@@ -315,12 +354,7 @@ def scenario_from_dict(data: Dict[str, Any], source: str = "scenario") -> Scenar
     for k in ("timeout_s", "bound_s"):
         if not _finite(expect[k]) or not 0 < expect[k] <= MAX_TIMEOUT_S:
             raise err(f"expect.{k}", expect[k], f"a finite number of seconds, 0 < {k} <= {MAX_TIMEOUT_S:.0f}")
-    tags = data.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise err("tags", tags, "a list of strings")
-    sc = Scenario(name, desc, source, topology, store, workload, explicit, rnd, expect, tags, powercut_mode)
-    check_fault_targets(sc)
-    return sc
+    return expect
 
 
 def check_fault_targets(sc: Scenario, backend_from: str = "store.backend") -> None:
