@@ -1,9 +1,10 @@
 """Shrink a failing run: the fewest faults that still give the unexpected verdict.
 
-Greedy delta debugging over the run's schedule: try removing halves, then
-single faults; keep a removal when a rerun with the smaller schedule is still
-unexpected (a real-process run is not perfectly repeatable, so a candidate
-counts as failing if any of `tries` reruns fails). The result is written as a
+Delta debugging over the run's schedule (`harness.minimize.ddmin`): remove
+halves, then smaller chunks, then single faults; keep a removal when a rerun
+with the smaller schedule is still unexpected (a real-process run is not
+perfectly repeatable, so a candidate counts as failing if any of `tries`
+reruns fails). The result is written as a
 scenario file with explicit faults only, which `python -m harness run FILE
 --seed N` replays.
 """
@@ -15,6 +16,7 @@ import shutil
 from typing import Any, Callable, Dict, List, Optional
 
 from .faults import Fault, Schedule, read_schedule
+from .minimize import ddmin
 from .scenario import load_scenario
 
 
@@ -48,22 +50,7 @@ def shrink_report(report_dir: str, *, tries: int = 2, out: Optional[str] = None,
         shutil.rmtree(scratch, ignore_errors=True)
         raise RuntimeError("the run does not fail again with its full schedule; nothing to shrink "
                            f"(tried {tries} times)")
-    n = 2
-    while len(faults) >= 1:
-        chunk = max(1, len(faults) // n)
-        reduced = False
-        for start in range(0, len(faults), chunk):
-            cand = faults[:start] + faults[start + chunk:]
-            if _still_fails(sc, seed, cand, scratch, tries, say):
-                faults, reduced = cand, True
-                n = max(n - 1, 2)
-                break
-        if not reduced:
-            if chunk == 1:
-                break
-            n = min(len(faults), n * 2)
-        if not faults:
-            break
+    faults, _ = ddmin(faults, lambda cand: _still_fails(sc, seed, cand, scratch, tries, say))
     shutil.rmtree(scratch, ignore_errors=True)
     shrunk = load_scenario(os.path.join(report_dir, "scenario.toml"))
     shrunk.name = f"{sc.name}-shrunk-{seed}"

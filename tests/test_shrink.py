@@ -34,3 +34,17 @@ def test_shrink_keeps_only_the_fault_that_matters(tmp_path):
     again = run_scenario(shrunk, out["seed"], reports_dir=str(tmp_path), render=False)
     assert "P1" in again.verdict["violated"]
     assert not os.path.exists(os.path.join(r.report_dir, "shrink-runs"))
+
+
+def test_ddmin_finds_a_one_minimal_sublist_and_its_answer():
+    from harness.minimize import ddmin
+
+    calls = []
+
+    def test(cand):
+        calls.append(len(cand))
+        return f"fails with {len(cand)}" if {3, 7} <= set(cand) else None
+
+    assert ddmin(list(range(10)), test) == ([3, 7], "fails with 2")
+    assert ddmin([1, 2], lambda c: None) == ([1, 2], None)  # nothing removable: the input, no answer
+    assert ddmin(list(range(10)), test, deadline=0.0) == (list(range(10)), None)  # out of time at once

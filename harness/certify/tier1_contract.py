@@ -9,7 +9,6 @@ recorded as that step list.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 import time
@@ -28,6 +27,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from ..minimize import ddmin, hypothesis_shrink_limit
 from .certificate import FAILED, NOT_RUN, PASSED, Counterexample, TierResult
 from .common import Context, in_child, safe_close
 from .model import (
@@ -364,38 +364,13 @@ def minimise(machine_cls, calls, prop: str, seconds: float) -> Optional[Tuple[Li
     v, log = _replay(machine_cls, calls)
     if v is None or v.prop != prop:
         return None  # not reproducible outside Hypothesis: keep its own result
-    best = (list(calls), log, v)
-    changed = True
-    while changed and time.monotonic() < deadline:
-        changed = False
-        i = len(best[0]) - 1
-        while i >= 0 and time.monotonic() < deadline:
-            trial = best[0][:i] + best[0][i + 1:]
-            v2, log2 = _replay(machine_cls, trial)
-            if v2 is not None and v2.prop == prop:
-                best = (trial, log2, v2)
-                changed = True
-            i -= 1
-    return best
 
+    def same_failure(trial):
+        v2, log2 = _replay(machine_cls, trial)
+        return (log2, v2) if v2 is not None and v2.prop == prop else None
 
-@contextlib.contextmanager
-def _shrink_limit(seconds: float):
-    """Bound Hypothesis's shrinking time (an internal knob; skipped if it moved)."""
-    try:
-        from hypothesis.internal.conjecture import engine
-    except Exception:  # noqa: BLE001
-        yield
-        return
-    old = getattr(engine, "MAX_SHRINKING_SECONDS", None)
-    if old is None:
-        yield
-        return
-    engine.MAX_SHRINKING_SECONDS = seconds
-    try:
-        yield
-    finally:
-        engine.MAX_SHRINKING_SECONDS = old
+    steps, got = ddmin(calls, same_failure, deadline=deadline)
+    return (steps, *(got or (log, v)))
 
 
 def run(ctx: Context) -> TierResult:
@@ -422,7 +397,7 @@ def run(ctx: Context) -> TierResult:
     report: List[str] = []
     ctx.progress(f"tier 1 contract: up to {examples} examples of up to {ctx.budget.t1_steps} steps")
     try:
-        with with_reporter(report.append), _shrink_limit(ctx.budget.t1_shrink_s):
+        with with_reporter(report.append), hypothesis_shrink_limit(ctx.budget.t1_shrink_s):
             run_state_machine_as_test(machine, settings=cfg)
     except RecordBuildError as e:  # the harness's fault: never counted against the backend
         res.status = NOT_RUN

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..coverage import merge
+from ..minimize import hypothesis_shrink_limit
 from .engine import PIPELINE, SimResult, Simulation, points_for
 
 #: Default schedule length bound (operations before the drain).
@@ -128,30 +129,6 @@ class _Found(Exception):
     pass
 
 
-class _shrink_deadline:
-    """Hypothesis stops shrinking after MAX_SHRINKING_SECONDS (300 s); use our budget."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-    def __enter__(self):
-        try:
-            from hypothesis.internal.conjecture import engine as hengine
-        except ImportError:  # pragma: no cover - a Hypothesis without that module
-            self.mod = None
-            return self
-        self.mod = hengine
-        self.saved = getattr(hengine, "MAX_SHRINKING_SECONDS", None)
-        if self.saved is not None:
-            hengine.MAX_SHRINKING_SECONDS = min(self.saved, self.seconds)
-        return self
-
-    def __exit__(self, *exc):
-        if self.mod is not None and self.saved is not None:
-            self.mod.MAX_SHRINKING_SECONDS = self.saved
-        return False
-
-
 def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progress=None,
            warmup: bool = True) -> SearchOutcome:
     """Draw up to `examples` schedules; stop at the first failure and shrink it."""
@@ -211,7 +188,7 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
             raise _Found()
 
     test = hseed(seed)(test)
-    with _shrink_deadline(spec.shrink_budget_s + 1.0):
+    with hypothesis_shrink_limit(spec.shrink_budget_s + 1.0):
         try:
             test()
         except _Found:
