@@ -51,7 +51,7 @@ from .faults import (
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
-NETWORKED_BACKENDS = ("redis",)
+NETWORKED_BACKENDS = ("inmemory", "redis")
 SERVER_BACKENDS = ("inmemory", "redis")  # backends that run a store server (fault target store_server)
 #: How the run's Redis server persists (redis backend): see harness/stores/redis_server.py.
 PERSISTENCE = ("always", "everysec", "snapshot")

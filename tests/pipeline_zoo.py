@@ -363,3 +363,46 @@ def scenario_for(member: ZooMember):
         "faults": {"explicit": member.faults},
         "expect": {"violates": [member.violates]},
     }, source=f"zoo:{member.name}")
+
+
+# -- network bugs: only a lost reply shows them -----------------------------------------
+# Each is a store client of the reference as it was before its fix, run on the in-memory
+# store server behind the harness's node proxies (backend inmemory).
+
+def retry_commit_without_token():
+    """The in-memory store's client retries a commit whose reply was lost as a new call.
+
+    Before its fix the client failed closed on any network error (safe, but a lost
+    reply stopped training); the first fix retried the call as it was: the retry
+    finds the ids committed by its own lost attempt and answers "not fresh", so no
+    commit ever answers fresh for them (P4), and a producer that trusted the
+    answer would never publish them.
+    """
+    from reference_impl.stores import server as server_mod
+
+    def commit_samples(self, refs):
+        refs = list(refs)
+        return self._call("commit_samples", refs, ids=[r.sample_id for r in refs])
+
+    return [(server_mod.RemoteMetadataStore, "commit_samples", commit_samples)]
+
+
+NETWORK_ZOO: Dict[str, ZooMember] = {m.name: m for m in [
+    ZooMember("retry_commit_without_token", "P4", "a commit retried after a lost reply answers not fresh",
+              [{"kind": "lost_reply", "target": "producer", "at_published": n} for n in (16, 48, 88)]),
+]}
+
+
+def scenario_for_network(member: ZooMember):
+    """The process-engine scenario (in-memory store server behind the proxies) that exposes `member`."""
+    from harness.scenario import scenario_from_dict
+
+    return scenario_from_dict({
+        "name": f"zoo-{member.name}",
+        "description": f"bug zoo: {member.explanation} (expected {member.violates})",
+        "topology": {"variant": member.variant},
+        "store": {"backend": "inmemory"},
+        "workload": {"samples": 120},
+        "faults": {"explicit": member.faults},
+        "expect": {"violates": [member.violates]},
+    }, source=f"zoo:{member.name}")

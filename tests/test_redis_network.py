@@ -16,6 +16,7 @@ import pytest
 
 from harness.process_engine.runner import run_scenario
 from harness.scenario import load_scenario, scenario_from_dict
+from tests.pipeline_zoo import NETWORK_ZOO, scenario_for_network
 
 
 def _store_calls(report_dir: str):
@@ -72,3 +73,15 @@ def test_everysec_presented_as_durable_is_caught(tmp_path):
     r = run_scenario("redis-powercut-everysec", 0, backend=ZOO + "EverysecAsDurableStore",
                      reports_dir=str(tmp_path))
     assert "P6" in r.verdict["violated"], r.verdict
+
+
+@pytest.mark.parametrize("name", sorted(NETWORK_ZOO))
+def test_network_zoo_member_is_caught_and_the_reference_is_not(tmp_path, name):
+    member = NETWORK_ZOO[name]
+    sc = scenario_for_network(member)
+    r = run_scenario(sc, 0, reports_dir=str(tmp_path))
+    assert r.faults["landed"] == r.faults["planned"] and r.as_expected, r.verdict
+    assert member.violates in r.verdict["violated"]
+    sc.topology["variant"] = ""  # the reference client under the same lost replies
+    ok = run_scenario(sc, 0, reports_dir=str(tmp_path))
+    assert ok.valid and ok.outcome == "completed" and ok.faults["landed"] == ok.faults["planned"], ok.verdict

@@ -210,7 +210,7 @@ def _discard(rdir: str) -> None:
 
 
 def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger: FaultLedger,
-           pl: Optional[PowerLoss] = None, net: Optional[store_servers.RunRedisServer] = None) -> tuple:
+           pl: Optional[PowerLoss] = None, net: Optional[store_servers.ServedStore] = None) -> tuple:
     config_path = cfg.path("config.json")
     expect = sc.expect
     t0 = time.monotonic()
@@ -220,19 +220,8 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
     def start(name: str) -> None:
         inc = sup.incarnations.get(name, -1) + 1
         rules = schedule.failpoint_rules(name, inc)
-        if name == "store_server" and net is not None:
-            return net.start()
         if name == "store_server":
-            addr = cfg.path("store.addr")
-            if os.path.exists(addr):
-                os.unlink(addr)
-            sup.spawn(name, "reference_impl.stores.server", ["--address-file", addr])
-            limit = time.monotonic() + 30
-            while not os.path.exists(addr):
-                if time.monotonic() > limit or sup.procs[name].poll() is not None:
-                    raise RuntimeError(f"store server did not start: {sup.procs[name].stderr_tail()}")
-                time.sleep(0.01)
-            return
+            return net.start()
         if name == "producer":
             module = "reference_impl.producer"
         else:  # several data-parallel ranks run under one group process
@@ -241,7 +230,7 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
         p = sup.spawn(name, module, args, failpoints=rules, env=net.env_for(name) if net is not None else None)
         say(f"  spawn {name}#{inc} pid {p.pid}" + (f" failpoints {rules}" if rules else ""))
 
-    if cfg.backend == "inmemory" or net is not None:
+    if net is not None:
         start("store_server")
     start("producer")
     start("consumer")

@@ -1,23 +1,32 @@
-"""The run's networked store server and the network between it and each process.
+"""The run's store server and the network between it and each client process.
 
-`RunRedisServer` starts the run's Redis server as the supervisor's process
-`store_server` (so it is killed and restarted like any process, and traced for
-power cuts when the run is traced), puts one `NodeProxy` in front of it for
-each client node (the producer, the consumer, each consumer rank), writes the
-connection file with each node's endpoint, and delivers the network faults
-(`partition`, `latency`, `reset`, `lost_reply`) to the target node's proxy.
-A client process learns its node name from `DFH_STORE_NODE` (`env_for`).
+A run whose backend has a server (`inmemory`, `redis`, or a third-party
+backend that declares `store_server = "redis"`) gets one here: the server runs
+as the supervisor's process `store_server` (killed and restarted like any
+process, traced for power cuts when the run is traced), with one `NodeProxy`
+in front of it for each client node (the producer, the consumer, each
+consumer rank). The server's address file lists each node's endpoint; a
+client process learns its node name from `DFH_STORE_NODE` (`env_for`).
+Network faults (`partition`, `latency`, `reset`, `lost_reply`) go to the
+target node's proxy.
 
-The server's first start creates the ledger; a restart must bring it back
-from the server's own files (a server that lost them makes every client fail
-closed).
+* `RunRedisServer`: the Redis server, its files laid out before the power-loss
+  baseline; its first start creates the ledger, a restart must bring it back
+  from the server's own files (else every client fails closed);
+* `RunMemoryServer`: the volatile in-memory store server; each start has a new
+  ledger (and a new port: the proxies follow it).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from typing import Any, Dict, List, Optional
 
-from ..exit_codes import UsageError
+from reference_impl.private_files import write_secret_json
+
+from ..exit_codes import HarnessError, UsageError
 from ..faults import Latency, Network, Partition, Reset
 from ..network.proxy import NodeProxy
 from ..stores.redis_server import RedisServer
@@ -32,25 +41,19 @@ def nodes_of(world_size: int) -> List[str]:
     return ["producer", "consumer"] + ([f"consumer.rank{r}" for r in range(world_size)] if world_size > 1 else [])
 
 
-class RunRedisServer:
-    """One run's Redis server under `sup`, with a proxy per client node."""
+class ServedStore:
+    """What both servers share: the supervisor, the proxies, fault delivery, the summary."""
 
-    def __init__(self, workdir: str, sup: Supervisor, *, persistence: str, world_size: int, seed: int) -> None:
+    def __init__(self, sup: Supervisor, world_size: int, seed: int, upstream_port: int) -> None:
         self.sup = sup
-        self.server = RedisServer(workdir, persistence)
-        # The server's files exist before the power-loss tracer takes its baseline of the work dir.
-        self.server.prepare()
-        self.proxies = {n: NodeProxy(n, ("127.0.0.1", self.server.port), seed=seed) for n in nodes_of(world_size)}
-        self.server.write_connection({n: p.address for n, p in self.proxies.items()})
+        self.proxies = {n: NodeProxy(n, ("127.0.0.1", upstream_port), seed=seed) for n in nodes_of(world_size)}
         self.starts = 0
 
-    def start(self) -> None:
-        """First start (then the ledger is created) or a restart after a kill or a power cut."""
-        p = self.sup.spawn(NAME, "harness.stores.redis_server", self.server.argv())
-        self.starts += 1
-        self.server.wait_ready(lambda: p.poll() is None)
-        if self.starts == 1:
-            self.server.create_ledger()
+    def endpoints(self) -> Dict[str, Any]:
+        return {n: list(p.address) for n, p in self.proxies.items()}
+
+    def describe(self) -> Dict[str, Any]:
+        raise NotImplementedError
 
     @staticmethod
     def env_for(name: str) -> Dict[str, str]:
@@ -77,7 +80,7 @@ class RunRedisServer:
         return [(x.fault, x.detail) for p in self.proxies.values() for x in p.landed if x.fault is not None]
 
     def summary(self) -> Dict[str, Any]:
-        return {"server": self.server.describe(), "starts": self.starts,
+        return {"server": self.describe(), "starts": self.starts,
                 "proxies": [p.summary() for p in self.proxies.values()]}
 
     def close(self) -> None:
@@ -85,7 +88,55 @@ class RunRedisServer:
             p.close()
 
 
-def close(server: Optional[RunRedisServer]) -> None:
+class RunRedisServer(ServedStore):
+    """One run's Redis server under `sup`, with a proxy per client node."""
+
+    def __init__(self, workdir: str, sup: Supervisor, *, persistence: str, world_size: int, seed: int) -> None:
+        self.server = RedisServer(workdir, persistence)
+        # The server's files exist before the power-loss tracer takes its baseline of the work dir.
+        self.server.prepare()
+        super().__init__(sup, world_size, seed, self.server.port)
+        self.server.write_connection({n: p.address for n, p in self.proxies.items()})
+
+    def start(self) -> None:
+        """First start (then the ledger is created) or a restart after a kill or a power cut."""
+        p = self.sup.spawn(NAME, "harness.stores.redis_server", self.server.argv())
+        self.starts += 1
+        self.server.wait_ready(lambda: p.poll() is None)
+        if self.starts == 1:
+            self.server.create_ledger()
+
+    def describe(self) -> Dict[str, Any]:
+        return self.server.describe()
+
+
+class RunMemoryServer(ServedStore):
+    """The in-memory store server (`python -m reference_impl.stores.server`) behind the node proxies."""
+
+    def __init__(self, workdir: str, sup: Supervisor, *, world_size: int, seed: int) -> None:
+        self.address_file = os.path.join(workdir, "store.addr")
+        super().__init__(sup, world_size, seed, 0)
+
+    def start(self) -> None:
+        if os.path.exists(self.address_file):
+            os.unlink(self.address_file)
+        p = self.sup.spawn(NAME, "reference_impl.stores.server", ["--address-file", self.address_file])
+        self.starts += 1
+        limit = time.monotonic() + 30
+        while not os.path.exists(self.address_file):
+            if time.monotonic() > limit or p.poll() is not None:
+                raise HarnessError(f"store server did not start: {p.stderr_tail()}")
+            time.sleep(0.01)
+        with open(self.address_file) as f:
+            info = json.load(f)
+        for proxy in self.proxies.values():  # a new incarnation listens on a new port
+            proxy.upstream = (str(info["address"][0]), int(info["address"][1]))
+        write_secret_json(self.address_file, dict(info, endpoints=self.endpoints()))
+
+    def describe(self) -> Dict[str, Any]:
+        return {"software": "reference_impl.stores.server", "persistence": "none (volatile)"}
+
+def close(server: Optional[ServedStore]) -> None:
     """Close a run's proxies (the server process is the supervisor's to stop)."""
     if server is not None:
         server.close()
@@ -119,8 +170,10 @@ def check_for_run(backend: str, has_powercut: bool) -> None:
 
 
 def for_run(backend: str, workdir: str, sup: Supervisor, store: Dict[str, Any], world_size: int,
-            seed: int) -> Optional[RunRedisServer]:
-    """The networked store server a run with `backend` needs, or None."""
+            seed: int) -> Optional[ServedStore]:
+    """The store server a run with `backend` needs (behind its node proxies), or None."""
+    if backend == "inmemory":
+        return RunMemoryServer(workdir, sup, world_size=world_size, seed=seed)
     if server_kind(backend) is None:
         return None
     persistence = store.get("persistence", "always")

@@ -24,6 +24,7 @@ class InMemoryMetadataStore(MetadataStore):
         self._lock = threading.RLock()
         self._refs: Dict[str, SampleRef] = {}
         self._order: List[str] = []
+        self._owner: Dict[str, str] = {}  # sample id -> the token of the call that committed it
         self._acked: set = set()
         self._global_step: Optional[int] = None
         self._optimizer_durable = False
@@ -37,14 +38,26 @@ class InMemoryMetadataStore(MetadataStore):
         return self.commit_samples([ref])[0]
 
     def commit_samples(self, refs: Sequence[SampleRef]) -> List[bool]:
+        return self.commit_samples_once(None, refs)
+
+    def commit_samples_once(self, token: Optional[str], refs: Sequence[SampleRef]) -> List[bool]:
+        """`commit_samples`, idempotent under retry: an id first committed by a call with the same
+        `token` (a retry of one call whose reply was lost) is answered fresh again, once per call."""
         refs = check_refs(refs)
         with self._lock:
             out = []
+            seen = set()
             for r in refs:
-                fresh = r.sample_id not in self._refs
+                sid = r.sample_id
+                fresh = sid not in self._refs
                 if fresh:
-                    self._refs[r.sample_id] = copy.deepcopy(r)
-                    self._order.append(r.sample_id)
+                    self._refs[sid] = copy.deepcopy(r)
+                    self._order.append(sid)
+                    if token is not None:
+                        self._owner[sid] = token
+                elif token is not None and sid not in seen and self._owner.get(sid) == token:
+                    fresh = True
+                seen.add(sid)
                 out.append(fresh)
             return out
 

@@ -17,15 +17,20 @@ import os
 import secrets
 import signal
 import sys
+import time
+import uuid
 from multiprocessing.managers import BaseManager
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from ..contracts import SampleRef
 from ..private_files import write_secret_json
 from .base import CONTRACT_METHODS, MetadataStore, StoreUnavailable
 from .memory import InMemoryMetadataStore
 
-_EXPOSED = CONTRACT_METHODS
+_EXPOSED = CONTRACT_METHODS + ("commit_samples_once",)
+NODE_ENV = "DFH_STORE_NODE"
+#: One call retries network failures for at most this long, then fails closed.
+DEFAULT_RETRY_BUDGET_S = 60.0
 
 _STORE: Optional[InMemoryMetadataStore] = None
 
@@ -69,39 +74,87 @@ def serve(address_file: str) -> None:
 
 
 class RemoteMetadataStore(MetadataStore):
-    """Client of the store server; every transport failure is StoreUnavailable."""
+    """Client of the store server.
+
+    A call that fails on the network (its reply lost, the connection reset or
+    hung by a partition) is retried on a new connection, read from the address
+    file again, until `retry_budget_s` runs out (then StoreUnavailable). A
+    server that came back with another ledger (it was restarted: the volatile
+    ledger is gone) is StoreUnavailable at once. Retries are idempotent: a
+    commit carries one token per call, so a retry answers fresh for the ids its
+    own lost attempt committed. `DFH_STORE_NODE` picks this node's endpoint
+    (its network proxy) when the address file lists one.
+    """
 
     profile = "volatile"
 
-    def __init__(self, address_file: str) -> None:
-        try:
-            with open(address_file) as f:
-                info = json.load(f)
-        except FileNotFoundError as e:
-            raise StoreUnavailable(f"store server address file {address_file} is missing") from e
+    def __init__(self, address_file: str, *, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S) -> None:
         self.address_file = address_file
+        self.retry_budget_s = float(retry_budget_s)
+        self.node = os.environ.get(NODE_ENV, "")
+        info = self._read()
         self.expected_ledger_id = info["ledger_id"]
+        self.on_network_event: Optional[Callable[..., None]] = None
+        self._proxy = None
         try:
-            mgr = _ClientManager(address=tuple(info["address"]), authkey=bytes.fromhex(info["authkey"]))
-            mgr.connect()
-            self._proxy = mgr.store()
+            self._connect(info)
         except (OSError, EOFError) as e:
             raise StoreUnavailable(f"cannot reach the store server at {info['address']}: {e}") from e
 
-    def _call(self, name: str, *args, **kwargs):
+    def _read(self) -> Dict[str, Any]:
         try:
-            return getattr(self._proxy, name)(*args, **kwargs)
-        except (OSError, EOFError) as e:
-            raise StoreUnavailable(f"store server connection lost during {name}: {e}") from e
+            with open(self.address_file) as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError) as e:
+            raise StoreUnavailable(f"store server address file {self.address_file} is missing") from e
+
+    def _connect(self, info: Dict[str, Any]) -> None:
+        if info["ledger_id"] != self.expected_ledger_id:
+            raise StoreUnavailable(f"store server ledger lost: the server now holds ledger {info['ledger_id']}, "
+                                   f"not {self.expected_ledger_id}")
+        address = (info.get("endpoints") or {}).get(self.node) or info["address"]
+        mgr = _ClientManager(address=tuple(address), authkey=bytes.fromhex(info["authkey"]))
+        mgr.connect()
+        self._proxy = mgr.store()
+
+    def _call(self, name: str, *args, ids: Sequence[str] = (), **kwargs):
+        deadline = time.monotonic() + self.retry_budget_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if self._proxy is None:
+                    self._connect(self._read())
+                out = getattr(self._proxy, name)(*args, **kwargs)
+            except (OSError, EOFError, StoreUnavailable) as e:
+                if isinstance(e, StoreUnavailable) and "ledger lost" in str(e):
+                    raise
+                self._proxy = None
+                self._note(call=name, outcome="indeterminate", attempt=attempt, error=f"{type(e).__name__}: {e}",
+                           ids=list(ids))
+                if time.monotonic() > deadline:
+                    self._note(call=name, outcome="failed", attempts=attempt, ids=list(ids))
+                    raise StoreUnavailable(f"store server connection lost during {name}: {e}") from e
+                time.sleep(min(0.5, 0.02 * attempt))
+                continue
+            if attempt > 1:
+                self._note(call=name, outcome="ok", attempts=attempt, ids=list(ids))
+            return out
+
+    def _note(self, **fields: Any) -> None:
+        if self.on_network_event is not None:
+            self.on_network_event(**fields)
 
     def ledger_id(self) -> str:
         return self._call("ledger_id")
 
     def commit_sample(self, ref: SampleRef) -> bool:
-        return self._call("commit_sample", ref)
+        return self.commit_samples([ref])[0]
 
     def commit_samples(self, refs: Sequence[SampleRef]) -> List[bool]:
-        return self._call("commit_samples", list(refs))
+        refs = list(refs)
+        token = uuid.uuid4().hex  # one per call: every retry of this call carries it
+        return self._call("commit_samples_once", token, refs, ids=[r.sample_id for r in refs])
 
     def is_committed(self, sample_id: str) -> bool:
         return self._call("is_committed", sample_id)
@@ -118,9 +171,8 @@ class RemoteMetadataStore(MetadataStore):
     def record_train_ack(
         self, sample_ids: Iterable[str], *, global_step: Optional[int], optimizer_durable: bool
     ) -> None:
-        self._call(
-            "record_train_ack", list(sample_ids), global_step=global_step, optimizer_durable=optimizer_durable
-        )
+        ids = list(sample_ids)
+        self._call("record_train_ack", ids, global_step=global_step, optimizer_durable=optimizer_durable, ids=ids)
 
     def durable_marker(self) -> Dict[str, Any]:
         return self._call("durable_marker")
