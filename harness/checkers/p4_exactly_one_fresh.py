@@ -21,9 +21,10 @@ committer are exempt from (2). An id in `committed_ids` with no commit event
 at all is fine (crash after the store write, before the event).
 
 A networked store's commit that failed on the network and never returned
-(`store_call` events of `commit_samples`/`commit_sample` whose last word is
-`indeterminate` or `failed`, with no `ok` after them in that incarnation) may
-or may not have been applied: its ids are exempt from (2) too. A commit that
+(a `store_call` event of `commit_samples`/`commit_sample` with outcome
+`failed`, or `indeterminate` with no `commit` event of the same ids after it
+in that incarnation) may or may not have been applied: its ids are exempt from
+(2) too. A commit that
 returned after failed attempts (`ok`) is judged by its answer like any other:
 a retry that answers "not fresh" for ids its own lost attempt committed is
 (2).
@@ -134,12 +135,27 @@ def check(history, final, ctx=None):
 
 
 def _unresolved_commit_ids(ctx) -> set:
-    """Ids of commit calls that failed on the network and never returned (their outcome unknown)."""
-    last = {}  # (proc, inc, ids) -> the last store_call outcome of that call
-    for e in sorted((e for e in ctx.history if e.get("ev") == "store_call"
-                     and e.get("call") in ("commit_samples", "commit_sample")), key=by_line):
-        last[(e.get("proc"), e.get("inc"), tuple(e.get("ids") or ()))] = e.get("outcome")
-    return {sid for (_, _, ids), outcome in last.items() if outcome != "ok" for sid in ids}
+    """Ids of commit calls that failed on the network and never returned (their outcome unknown):
+    a failed attempt (`store_call`) of a commit not followed, in its process incarnation, by the
+    `commit` event of the same ids (the call's return)."""
+    pending = {}  # (proc, inc) -> ids of the commit call in flight with a failed attempt
+    out = set()
+    for e in sorted((e for e in ctx.history if e.get("ev") in ("store_call", "commit")), key=by_line):
+        key = (e.get("proc"), e.get("inc"))
+        ids = tuple(e.get("ids") or ())
+        if e.get("ev") == "commit":
+            if pending.get(key) == ids:
+                del pending[key]
+        elif e.get("call") in ("commit_samples", "commit_sample") and e.get("outcome") == "failed":
+            out.update(ids)  # the call raised: it never returns
+            pending.pop(key, None)
+        elif e.get("call") in ("commit_samples", "commit_sample") and e.get("outcome") == "indeterminate":
+            if key in pending and pending[key] != ids:
+                out.update(pending[key])  # an earlier call never returned
+            pending[key] = ids
+    for ids in pending.values():
+        out.update(ids)
+    return out
 
 
 def _multi_committer(ctx) -> bool:
