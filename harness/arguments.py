@@ -50,9 +50,10 @@ def check_executor(args: argparse.Namespace) -> None:
         raise UsageError(f"--connect-timeout {args.connect_timeout}: must be a number of seconds > 0")
     if getattr(args, "max_retries", 0) < 0:
         raise UsageError(f"--max-retries {args.max_retries}: must be at least 0")
-    if args.address:
-        from .executors.ray import check_reachable
+    from .executors.ray import check_reachable, set_default_connect_timeout
 
+    set_default_connect_timeout(args.connect_timeout)
+    if args.address:
         check_reachable(args.address, args.connect_timeout)
 
 

@@ -6,7 +6,8 @@ instance with `jobs` CPUs and its temp dir in a private folder removed at the
 end. Each Ray worker process keeps its own zygote across tasks (the runner's
 per-process zygote client).
 
-Reaching a cluster is bounded by `connect_timeout_s` (default 30 s): Ray
+Reaching a cluster is bounded by `connect_timeout_s` (default 30 s, or what
+`set_default_connect_timeout` set: the command line's --connect-timeout): Ray
 itself retries an unreachable GCS for minutes. Past the bound, or when the
 address refuses the connection, the executor stops with a UsageError (exit
 2) naming the address.
@@ -28,6 +29,16 @@ from .lost import TrialLost
 TICK_S = 1.0
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+_connect_timeout_s = DEFAULT_CONNECT_TIMEOUT_S
+
+
+def set_default_connect_timeout(seconds: float) -> None:
+    """The bound of every RayExecutor made afterwards in this process (and its forks) that is given none:
+    the command line's --connect-timeout, so certify's and simulate's inner executors honour it too."""
+    global _connect_timeout_s
+    _connect_timeout_s = float(seconds)
 
 
 def host_port(address: str) -> Optional[Tuple[str, int]]:
@@ -58,9 +69,9 @@ class RayExecutor:
 
     def __init__(self, jobs: int, address: Optional[str] = None, *, max_retries: int = 2,
                  env: Optional[Dict[str, str]] = None, ship_code: bool = False,
-                 connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S) -> None:
+                 connect_timeout_s: Optional[float] = None) -> None:
         self.jobs, self.address, self.max_retries = jobs, address, max_retries
-        self.connect_timeout_s = connect_timeout_s
+        self.connect_timeout_s = _connect_timeout_s if connect_timeout_s is None else connect_timeout_s
         self.start_s: Optional[float] = None
         self.env = dict(env or {})
         self.ship_code = ship_code
