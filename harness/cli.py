@@ -14,7 +14,6 @@ full disk, an internal bug, an interruption, an inconclusive run).
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from typing import List, Optional
@@ -39,11 +38,9 @@ def _need_report(d: str) -> str:
 
 
 def _print_result(r) -> None:
-    from .reports.render import _verdict_line
+    from .verdict import verdict_line
 
-    with open(os.path.join(r.report_dir, "result.json")) as f:
-        result = json.load(f)
-    print(_verdict_line(result))
+    print(verdict_line(r.verdict, r.outcome))
     for prop, d in sorted(r.properties.items()):
         mark = {True: "ok ", False: "VIOLATED", None: "n/a"}[d.get("valid")]
         print(f"  {prop} {d.get('name', ''):28s} {mark}")

@@ -26,6 +26,14 @@ def verdict_word(verdict: Dict[str, Any]) -> str:
     return "AS EXPECTED" if verdict.get("as_expected") else "UNEXPECTED"
 
 
+def verdict_line(verdict: Dict[str, Any], outcome: str) -> str:
+    """One line: the verdict word, the outcome, what was violated and what was expected."""
+    exp = ("violation of " + " or ".join(verdict["expected"]["violates"])) if verdict["expected"]["violates"] else \
+        "valid, outcome " + " | ".join(verdict["expected"]["outcome"])
+    return (f"{verdict_word(verdict)}: outcome {outcome}, violated {', '.join(verdict['violated']) or 'none'} "
+            f"(expected {exp})")
+
+
 def judge(properties: Dict[str, Dict[str, Any]], outcome: str, expect: Dict[str, Any],
           faults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     violated = sorted(p for p, r in properties.items() if r.get("valid") is False)

@@ -125,14 +125,9 @@ def powerloss_lines(result: Dict[str, Any]) -> List[str]:
 
 
 def _verdict_line(result: Dict[str, Any]) -> str:
-    from ..verdict import verdict_word
+    from ..verdict import verdict_line
 
-    v = result["verdict"]
-    word = verdict_word(v)
-    exp = ("violation of " + " or ".join(v["expected"]["violates"])) if v["expected"]["violates"] else \
-        "valid, outcome " + " | ".join(v["expected"]["outcome"])
-    return (f"{word}: outcome {result['outcome']}, violated {', '.join(v['violated']) or 'none'} "
-            f"(expected {exp})")
+    return verdict_line(result["verdict"], result["outcome"])
 
 
 def markdown(result: Dict[str, Any]) -> str:
