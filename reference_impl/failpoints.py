@@ -18,7 +18,10 @@ Actions:
 * `eio`, `enospc` - raise OSError with that errno (an injected I/O error);
 * `raise`  - raise `FailpointCrash`, the simulation engine's "killed here";
 * `powercut` - SIGSTOP this process, like `pause`; the harness then cuts power
-  to every process of the run (kills them all and drops unsynced writes).
+  to every process of the run (kills them all and drops unsynced writes);
+* `lost_reply` - SIGSTOP this process, like `pause`; the harness arms a lost
+  reply on this process's network path to the store server and resumes it, so
+  its next store call reaches the server and its answer is lost.
 
 Every call of `hit` is also counted, armed or not (one dict update), so that a
 run can say which points it reached: `take_reached()` hands over the counts
@@ -59,7 +62,7 @@ POINTS: Dict[str, str] = {
     "rank0.after_gather_before_ack": "rank 0 gathered every rank's trained ids, no checkpoint or ack yet",
 }
 
-ACTIONS = ("crash", "pause", "eio", "enospc", "raise", "powercut")
+ACTIONS = ("crash", "pause", "eio", "enospc", "raise", "powercut", "lost_reply")
 
 
 class FailpointCrash(BaseException):
@@ -156,7 +159,7 @@ def _trigger(name: str, action: str) -> None:
         _ON_TRIGGER(name, action)
     if action == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
-    elif action in ("pause", "powercut"):
+    elif action in ("pause", "powercut", "lost_reply"):
         os.kill(os.getpid(), signal.SIGSTOP)
     elif action == "eio":
         raise OSError(errno.EIO, f"injected EIO at failpoint {name}")

@@ -29,10 +29,11 @@ def _store_calls(report_dir: str):
 def test_reference_survives_lost_replies(tmp_path, scenario, call, node):
     r = run_scenario(scenario, 0, reports_dir=str(tmp_path), keep_work=True)
     assert r.outcome == "completed" and r.as_expected and r.valid, r.verdict
-    assert r.faults["planned"] == 3 and r.faults["landed"] == 3, r.faults
+    assert r.faults["planned"] == r.faults["landed"] >= 3, r.faults
     calls = _store_calls(r.report_dir)
     lost = [e for e in calls if e["outcome"] == "indeterminate"]
-    assert len(lost) == 3 and {e["call"] for e in lost} == {call} and {e["proc"] for e in lost} == {node}
+    assert len(lost) == r.faults["planned"]
+    assert {e["call"] for e in lost} == {call} and {e["proc"] for e in lost} == {node}
     retried = [e for e in calls if e["outcome"] == "ok"]
     assert [e["ids"] for e in retried] == [e["ids"] for e in lost]  # each returned on its retry
     with open(os.path.join(r.report_dir, "result.json")) as f:

@@ -252,11 +252,12 @@ def stop_outside_gap(p, extra_pids: List[int], lib: str, wait_s: float = 0.05) -
     return False
 
 
-def stopped_at_powercut(workdir: str, target: str, inc: int, faults: List[Failpoint]) -> Optional[int]:
-    """The id of the `powercut` failpoint fault that `target`#`inc` stopped at, from its history (the
-    failpoint event is written before the process stops itself); None when its history shows none
-    (a process stopped by a pause is not a power cut)."""
-    planned = [f for f in faults if f.action == "powercut" and f.target == target and f.incarnation == inc]
+def stopped_at_powercut(workdir: str, target: str, inc: int, faults: List[Failpoint],
+                        action: str = "powercut") -> Optional[int]:
+    """The id of the `powercut` (or other stopping `action`) failpoint fault that `target`#`inc`
+    stopped at, from its history (the failpoint event is written before the process stops itself);
+    None when its history shows none (a process stopped by a pause is not a power cut)."""
+    planned = [f for f in faults if f.action == action and f.target == target and f.incarnation == inc]
     if not planned:
         return None
     points = set()
@@ -268,7 +269,7 @@ def stopped_at_powercut(workdir: str, target: str, inc: int, faults: List[Failpo
                         e = json.loads(line)
                     except ValueError:
                         continue
-                    if e.get("ev") == "failpoint" and e.get("action") == "powercut" and e.get("inc") == inc:
+                    if e.get("ev") == "failpoint" and e.get("action") == action and e.get("inc") == inc:
                         points.add(e.get("point"))
         except OSError:
             continue

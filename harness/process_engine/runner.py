@@ -290,6 +290,8 @@ def _drive(sc: Scenario, cfg: RunConfig, schedule, sup: Supervisor, say, ledger:
                 reason = failed.get("reason")
             settle(outcome)
             return outcome, reason
+        if net is not None:
+            net.arm_at_failpoints(sup, cfg.workdir, schedule.failpoints())
         cut = _powercut_due(pl, sup, cfg, schedule, ledger, status)
         if cut is not None:
             _cut_and_restart(pl, sup, cfg, ledger, status, cut, start, say)

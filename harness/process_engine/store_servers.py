@@ -48,6 +48,7 @@ class ServedStore:
         self.sup = sup
         self.proxies = {n: NodeProxy(n, ("127.0.0.1", upstream_port), seed=seed) for n in nodes_of(world_size)}
         self.starts = 0
+        self._armed: set = set()  # lost_reply failpoint faults already armed
 
     def endpoints(self) -> Dict[str, Any]:
         return {n: list(p.address) for n, p in self.proxies.items()}
@@ -74,6 +75,22 @@ class ServedStore:
         else:
             proxy.lose_next_reply(fault=fid)
         return "sent"
+
+    def arm_at_failpoints(self, sup: Supervisor, workdir: str, failpoints: List[Any]) -> None:
+        """A process that stopped itself at a `lost_reply` failpoint: arm a lost reply on its
+        node's proxy, then resume it (its next store call is the one whose answer is lost)."""
+        from .powercut import stopped_at_powercut
+
+        for name in ("producer", "consumer"):
+            p = sup.procs.get(name)
+            if p is None or p.poll() is not None or name not in self.proxies or not p.is_stopped():
+                continue
+            fid = stopped_at_powercut(workdir, name, p.inc, failpoints, action="lost_reply")
+            if fid is None or fid in self._armed:
+                continue
+            self._armed.add(fid)
+            self.proxies[name].lose_next_reply(fault=fid)
+            sup.cont(name, fault=fid)
 
     def landed(self) -> List[tuple]:
         """(fault id, how it was seen) for every network fault that took effect so far."""
