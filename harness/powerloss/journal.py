@@ -21,6 +21,9 @@ Rules:
    the end, is torn (a process killed inside its journal write); it is skipped
    and reading resumes at the next magic whose record is whole.
 2. Data is returned as memoryviews into one buffer (no copy per record).
+3. A journal still being written is read in steps (`scan(final=False)`): a
+   step stops where a decision needs bytes not written yet, so the steps
+   decide exactly what one read of the finished journal would.
 """
 
 from __future__ import annotations
@@ -84,13 +87,29 @@ class JournalStats:
         self.records = 0
         self.torn = 0
         self.bytes = 0
+        self.consumed = 0  # bytes scanned to a decision (all of them for a final scan)
 
 
 def parse(buf: Union[bytes, bytearray, memoryview], stats: Optional[JournalStats] = None) -> Iterator[Record]:
+    """Every whole record of a finished journal `buf`, in order (rule 1: torn ones skipped)."""
+    return scan(buf, stats=stats)
+
+
+def scan(buf: Union[bytes, bytearray, memoryview], stats: Optional[JournalStats] = None, final: bool = True,
+         start_seq: int = 0) -> Iterator[Record]:
+    """The records of `buf`, numbered from `start_seq`.
+
+    `final`: `buf` is the whole rest of the journal (every writer is dead): a
+    record running past its end is torn. Otherwise (`final=False`, writers
+    alive) the scan stops before such a record, and before torn bytes with no
+    whole record after them yet, as more may still come: `stats.consumed` says
+    where, so a later scan resumes there and decides exactly as one scan of
+    the whole journal would have.
+    """
     mv = memoryview(buf)
     n = len(mv)
     pos = 0
-    seq = 0
+    seq = start_seq
     unpack = HEADER.unpack_from
     trailer = TRAILER.unpack_from
     hsize = HEADER.size
@@ -99,10 +118,14 @@ def parse(buf: Union[bytes, bytearray, memoryview], stats: Optional[JournalStats
     while pos + hsize + 8 <= n:
         (magic, op, flags, total, pid, fd, l1, l2, _pad, nonce, dev, ino, a, b, c, dlen) = unpack(raw, pos)
         end = pos + total
-        if (magic != MAGIC or total != hsize + l1 + l2 + dlen + 8 or end > n
-                or trailer(raw, end - 8)[0] != nonce):
-            torn += 1
+        well_formed = magic == MAGIC and total == hsize + l1 + l2 + dlen + 8
+        if not final and well_formed and end > n:
+            break  # still being written
+        if not well_formed or end > n or trailer(raw, end - 8)[0] != nonce:
             nxt = raw.find(MAGIC_BYTES, pos + 1)
+            if nxt < 0 and not final:
+                break  # torn, but where the next record starts is not written yet
+            torn += 1
             if nxt < 0:
                 break
             pos = nxt
@@ -116,9 +139,10 @@ def parse(buf: Union[bytes, bytearray, memoryview], stats: Optional[JournalStats
         seq += 1
         pos = end
     if stats is not None:
-        stats.records = seq
+        stats.records = seq - start_seq
         stats.torn = torn
         stats.bytes = n
+        stats.consumed = n if final else pos
 
 
 def read_journal(path: str, stats: Optional[JournalStats] = None) -> List[Record]:

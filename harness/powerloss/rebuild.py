@@ -127,7 +127,7 @@ def load_baseline(journal: str) -> Baseline:
 
 
 class Node:
-    __slots__ = ("base", "dur", "ino", "kind", "name", "ops", "order", "size", "synced", "vol")
+    __slots__ = ("base", "dur", "folded", "ino", "kind", "name", "ops", "order", "size", "synced", "vol")
 
     def __init__(self, kind: str, ino: int, order: int, name: str, base: bytes = b"") -> None:
         self.kind = kind
@@ -137,9 +137,33 @@ class Node:
         self.base = base
         self.ops: List[tuple] = []
         self.synced = 0
+        self.folded = False  # synced ops were folded into `base` (the node has been written to)
         self.size = len(base)  # the volatile size, after every journaled op
         self.vol: Dict[str, "Node"] = {}
         self.dur: Dict[str, "Node"] = {}
+
+    def fold(self) -> int:
+        """Fold the synced ops into `base` (what a later rebuild makes of the node is unchanged);
+        the bytes of op data released."""
+        if not self.synced:
+            return 0
+        freed = sum(len(o[2]) for o in self.ops[:self.synced] if o[0] == "w")
+        self.base = materialize(self)
+        del self.ops[:self.synced]
+        self.synced = 0
+        self.folded = True
+        return freed
+
+
+class _Gone(Node):
+    """Stands for every file that left both trees: ops on it (a write to an unlinked
+    but open file) change nothing a rebuild reports, so they are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__("f", -1, 0, "(gone)")
+
+    def fold(self) -> int:
+        return 0
 
 
 @dataclass
@@ -168,6 +192,22 @@ class PowercutStats:
                 f"{len(self.entries_undone)} directory entries undone")
 
 
+#: Unmodeled operations kept (a rebuild reports the first 50).
+UNMODELED_KEPT = 50
+
+
+class _Notes(list):
+    """A list that keeps its first UNMODELED_KEPT items (and counts the rest)."""
+
+    dropped = 0
+
+    def append(self, item) -> None:
+        if len(self) < UNMODELED_KEPT:
+            super().append(item)
+        else:
+            self.dropped += 1
+
+
 class Model:
     def __init__(self, base: Baseline) -> None:
         self.root = base.root
@@ -175,7 +215,8 @@ class Model:
         self.n = 0
         self.top = self._node("d", base.root_ino, "")
         self.inodes: Dict[int, Node] = {base.root_ino: self.top}
-        self.unmodeled: List[str] = []
+        self.unmodeled: List[str] = _Notes()
+        self.gone = _Gone()
         for rel in sorted(base.entries, key=lambda p: p.count("/")):
             e = base.entries[rel]
             parent, name = self._walk_parent(rel)
@@ -227,12 +268,16 @@ class Model:
             if node is None or node.kind != "f":
                 self.unmodeled.append(f"{r!r}: write to a file not seen created")
                 return
+            if node is self.gone:
+                return
             node.ops.append(("w", r.a, r.data))
             node.size = max(node.size, r.a + len(r.data))
         elif op == J.TRUNCATE or op == J.FALLOCATE:
             node = self.inodes.get(r.ino)
             if node is None or node.kind != "f":
                 self.unmodeled.append(f"{r!r}: size change of a file not seen created")
+                return
+            if node is self.gone:
                 return
             keep = bool(r.c & FALLOC_KEEP_SIZE)
             if op == J.TRUNCATE:
@@ -320,6 +365,23 @@ class Model:
         elif op == J.SYNC or (op == J.SYNCFS and r.dev == self.dev):
             self.sync_all()
 
+    def fold(self) -> int:
+        """Compact the model: every file's synced ops folded into its base, and every
+        node that left both trees replaced by `gone` (its ops can no longer matter).
+        A rebuild from the folded model reports exactly what it would have without.
+        Returns the bytes of op data released."""
+        live = {id(n) for n in self.tree(True).values()} | {id(n) for n in self.tree(False).values()}
+        live.add(id(self.top))
+        freed = 0
+        for ino, node in list(self.inodes.items()):
+            if id(node) not in live:
+                if node is not self.gone:
+                    freed += sum(len(o[2]) for o in node.ops if o[0] == "w") + len(node.base)
+                    self.inodes[ino] = self.gone
+            elif node.kind == "f":
+                freed += node.fold()
+        return freed
+
     def tree(self, durable: bool) -> Dict[str, Node]:
         out: Dict[str, Node] = {}
         stack = [("", self.top)]
@@ -391,18 +453,29 @@ def durable_state(records, base: Baseline, mode: str = "clean", seed: int = 0, n
         raise UsageError(f"power-cut mode {mode!r} is not one of {', '.join(MODES)}")
     if namespace not in NAMESPACES:
         raise UsageError(f"power-cut namespace model {namespace!r} is not one of {', '.join(NAMESPACES)}")
-    st = stats or PowercutStats()
-    st.mode, st.namespace, st.seed = mode, namespace, seed
     m = Model(base)
     pids = set()
+    n = 0
     for r in records:
-        st.records += 1
+        n += 1
         if r.op == J.HELLO:
             pids.add(r.pid)
         else:
             m.apply(r, namespace)
-    st.processes = len(pids)
-    st.unmodeled = m.unmodeled[:50]
+    return durable_state_of(m, n, len(pids), mode, seed, namespace, stats)
+
+
+def durable_state_of(m: Model, records: int, processes: int, mode: str = "clean", seed: int = 0,
+                     namespace: str = "strict", stats: Optional[PowercutStats] = None):
+    """`durable_state` of a model that has seen the journal's `records` (of `processes` processes)
+    already (a `JournalCompactor`'s, folded or not: the same result)."""
+    if mode not in MODES:
+        raise UsageError(f"power-cut mode {mode!r} is not one of {', '.join(MODES)}")
+    st = stats or PowercutStats()
+    st.mode, st.namespace, st.seed = mode, namespace, seed
+    st.records += records
+    st.processes = processes
+    st.unmodeled = list(m.unmodeled[:50])
     dur, vol = m.tree(True), m.tree(False)
     rng = random.Random(seed)
     content: Dict[int, bytes] = {}
@@ -459,25 +532,35 @@ def _remove(path: str) -> None:
 
 
 def powercut(root: str, journal: str, mode: str = "clean", seed: int = 0, namespace: str = "strict",
-             baseline: Optional[Baseline] = None) -> PowercutStats:
+             baseline: Optional[Baseline] = None, compactor=None) -> PowercutStats:
     """Rewrite `root` in place to the state the model says survived a power cut.
 
-    Every traced process must be dead already. Raises HarnessError naming the path
-    that could not be rewritten."""
+    Every traced process must be dead already. `compactor`: the journal's
+    `JournalCompactor`, which has read it as it grew (its last records are read
+    now); without one the whole journal is read. Raises HarnessError naming the
+    path that could not be rewritten."""
     t0 = time.perf_counter()
-    base = baseline if baseline is not None else load_baseline(journal)
     r = os.path.realpath(root)
-    if r != base.root:
-        raise UsageError(f"the baseline at {baseline_path(journal)} is for {base.root}, not {root}")
-    jst = J.JournalStats()
-    try:
-        with open(journal, "rb") as f:
-            buf = f.read()
-    except FileNotFoundError:
-        buf = b""
     st = PowercutStats()
-    dur, vol, content, st = durable_state(J.parse(buf, jst), base, mode, seed, namespace, st)
-    st.torn_records = jst.torn
+    if compactor is not None:  # the journal was read (and folded) while the run went on
+        if r != compactor.model.root:
+            raise UsageError(f"the power-loss compactor of {journal} is for {compactor.model.root}, not {root}")
+        compactor.step(final=True)
+        dur, vol, content, st = durable_state_of(compactor.model, compactor.records, len(compactor.pids), mode,
+                                                 seed, namespace, st)
+        st.torn_records = compactor.torn
+    else:
+        base = baseline if baseline is not None else load_baseline(journal)
+        if r != base.root:
+            raise UsageError(f"the baseline at {baseline_path(journal)} is for {base.root}, not {root}")
+        jst = J.JournalStats()
+        try:
+            with open(journal, "rb") as f:
+                buf = f.read()
+        except FileNotFoundError:
+            buf = b""
+        dur, vol, content, st = durable_state(J.parse(buf, jst), base, mode, seed, namespace, st)
+        st.torn_records = jst.torn
     try:
         # 1. entries that are on disk but do not survive (deepest first)
         for p in sorted(vol, key=lambda p: -p.count("/")):
@@ -502,7 +585,7 @@ def powercut(root: str, journal: str, mode: str = "clean", seed: int = 0, namesp
                     size = os.lstat(full).st_size
                 except FileNotFoundError:
                     size = None
-                if size is not None and (size == node.size or not node.ops):
+                if size is not None and (size == node.size or not (node.ops or node.folded)):
                     continue  # unchanged: the disk already holds the durable content
                 # missing, or changed by an op whose process died before journaling it
                 data = materialize(node)

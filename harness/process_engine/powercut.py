@@ -23,6 +23,12 @@ A cut (`PowerLoss.cut`):
 4. arms the tracer again (a new baseline: the rebuilt dir), so the restarted
    processes are traced against what survived.
 
+While the processes run, a compactor thread (`harness.powerloss.compactor`)
+reads the journal as it grows, folds writes that a later fsync made durable
+into the rebuild's model and frees the journal's read bytes, so the journal
+holds only what was appended since its last step; the cut's rebuild uses that
+model. `summary()` reports the journal's peak size on disk.
+
 The runner then restarts every process that was running with its next
 incarnation (the store server first). The supervisor's `powercut` event
 carries the cut's figures; `summary()` is result.json's `powerloss` block.
@@ -46,8 +52,9 @@ from reference_impl.procutil import proc_state
 
 from ..exit_codes import HarnessError
 from ..faults import Failpoint
-from ..powerloss import arm, powercut
+from ..powerloss import arm, load_baseline, powercut
 from ..powerloss.build import tracer_library
+from ..powerloss.compactor import CompactorThread, JournalCompactor
 
 JOURNAL = "powerloss.journal"
 #: Set (to anything) to keep each cut's journal as `powerloss.journal.cut<i>` in the report dir.
@@ -72,6 +79,10 @@ class PowerLoss:
         self.seed = int(seed)
         self.cuts: List[Dict[str, Any]] = []
         self.lib = tracer_library()
+        self._compacting: Optional[CompactorThread] = None
+        self._journal_peak = 0  # of the journals of earlier arms
+        self._journal_read = 0
+        self._hole_punching = True
 
     def stop_for_kill(self, p, ranks_file: Optional[str] = None) -> bool:
         """Before a kill fault: stop `p` outside the tracer's gap (False: resumed, retry)."""
@@ -93,8 +104,42 @@ class PowerLoss:
         return False
 
     def arm(self) -> Dict[str, str]:
-        """Baseline the work dir as it is now and empty the journal; the env of a traced process."""
-        return arm(self.root, self.journal, exclude=self.exclude)
+        """Baseline the work dir as it is now, empty the journal and start compacting it; the env of a
+        traced process."""
+        self._stop_compacting()
+        env = arm(self.root, self.journal, exclude=self.exclude)
+        self._compacting = CompactorThread(JournalCompactor(self.journal, load_baseline(self.journal)))
+        return env
+
+    def _stop_compacting(self, count: bool = True) -> Optional[JournalCompactor]:
+        """Stop the compactor thread; its compactor (None when none ran), its figures added unless
+        `count` is False (the caller reads more first). Raises HarnessError when it had failed
+        (its model is then incomplete)."""
+        t, self._compacting = self._compacting, None
+        if t is None:
+            return None
+        c = t.stop()
+        if count:
+            self._count(c)
+        if t.error is not None:
+            raise HarnessError(f"the power-loss journal {self.journal} could not be read as it grew: "
+                               f"{t.error}") from t.error
+        return c
+
+    def _count(self, c: Optional[JournalCompactor]) -> None:
+        if c is not None:
+            self._journal_peak = max(self._journal_peak, c.peak_bytes)
+            self._journal_read += c.bytes_read
+            self._hole_punching = self._hole_punching and c.hole_punching
+
+    def journal_figures(self) -> Dict[str, Any]:
+        """The journal's peak size on disk (bytes, sampled at each compaction step), all it ever held,
+        and whether its read bytes were freed (hole punching)."""
+        t = self._compacting
+        c = t.compactor if t is not None else None
+        return {"journal_peak_bytes": max(self._journal_peak, c.peak_bytes if c else 0),
+                "journal_bytes_written": self._journal_read + (c.bytes_read if c else 0),
+                "journal_compacted": self._hole_punching and (c.hole_punching if c else True)}
 
     def cut(self, sup, fault: Optional[int], cause: str, ranks_file: Optional[str] = None) -> Dict[str, Any]:
         """Freeze, kill and reap every process of `sup`, rebuild the work dir, re-arm the tracer.
@@ -132,7 +177,9 @@ class PowerLoss:
         if os.environ.get(KEEP_JOURNALS_ENV):  # diagnosis: each cut's journal and baseline, kept by the report
             for suffix in ("", ".base"):
                 shutil.copyfile(self.journal + suffix, f"{self.journal}.cut{i}{suffix}")
-        stats = powercut(self.root, self.journal, mode=self.mode, seed=self.seed + i)  # 3. the disk
+        compactor = self._stop_compacting(count=False)
+        stats = powercut(self.root, self.journal, mode=self.mode, seed=self.seed + i, compactor=compactor)  # 3.
+        self._count(compactor)
         sup.extra_env.update(self.arm())  # 4. restarted processes are traced against what survived
         d = stats.as_dict()
         record = {
@@ -161,11 +208,16 @@ class PowerLoss:
             "files_reverted": sum(len(x["files_reverted"]) for x in c),
             "entries_undone": sum(len(x["entries_undone"]) for x in c),
             "rebuild_ms_max": max((x["rebuild_ms"] for x in c), default=0.0),
+            **self.journal_figures(),
             "per_cut": c,
         }
 
     def close(self, keep: bool = False) -> None:
-        """Remove the journal and its baseline (unless `keep`)."""
+        """Stop compacting; remove the journal and its baseline (unless `keep`)."""
+        try:
+            self._stop_compacting()
+        except HarnessError:
+            pass  # (the run is over: its model is not needed any more)
         if keep:
             return
         for p in [self.journal, self.journal + ".base", self.journal + ".base.tmp"] + glob.glob(self.journal + ".cut*"):
