@@ -10,18 +10,25 @@ consumer, not in what a run is. Both use, from here:
   its files (`Progress`, on `reference_impl.channel.ChannelReader`);
 * the outcome of the processes' end statuses (`roll_up`);
 * whether the store keeps what it acknowledged (`durable_store`);
-* one verdict (`verdict`, through `harness.verdict.judge`).
+* one verdict (`verdict`, through `harness.verdict.judge`);
+* what a run that could not finish leaves behind (`abandon_run_dir`): a run
+  dir that a full disk cut short is removed (its space is wanted back and
+  nothing in it can be finished); any other failure keeps it for diagnosis,
+  and the error says so, with its size.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from reference_impl.channel import CONSUMED, ChannelReader, ChannelShrank
 from reference_impl.config import RunConfig
 
+from .exit_codes import HarnessError, describe_os_error
 from .verdict import judge
 
 # -- config -----------------------------------------------------------------------
@@ -153,3 +160,72 @@ def verdict(properties: Dict[str, Dict[str, Any]], outcome: str, violates: Seque
             outcomes: Sequence[str] = ("completed",)) -> Dict[str, Any]:
     """`harness.verdict.judge` of a run with the expectation given as its two parts."""
     return judge(properties, outcome, {"violates": list(violates), "outcome": list(outcomes)})
+
+
+# -- a run that could not finish ---------------------------------------------------
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(e: Optional[BaseException]) -> bool:
+    """Whether `e`, or an error it was raised from, is a full disk (ENOSPC, EDQUOT)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+#: A file system with less than this free is full (a write of a page or a feature blob fails there).
+FULL_BELOW_BYTES = 1 << 20
+
+
+def check_disk_after(workdir: str, outcome: str) -> None:
+    """A run whose processes ended in an error while the disk under `workdir` was full failed for its
+    environment, not for what it tests: raise ENOSPC naming the path (the caller removes the run)."""
+    if outcome != "error":
+        return
+    try:
+        st = os.statvfs(workdir)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if free < FULL_BELOW_BYTES:
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (a process of the run ended in an error "
+                                    f"with {free} bytes free there)", workdir)
+
+
+def tree_bytes(path: str) -> int:
+    """Bytes allocated under `path` (what removing it frees)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def abandon_run_dir(rdir: str, e: BaseException) -> BaseException:
+    """The error to raise for a run that failed with `e` after creating `rdir`, having dealt with `rdir`:
+
+    * a full disk: `rdir` is removed (HarnessError naming it and the bytes freed);
+    * an interruption: `rdir` stays as it is (the caller marks it incomplete);
+    * anything else: `rdir` stays for diagnosis, and the error names it, its size and why.
+    """
+    if isinstance(e, (KeyboardInterrupt, SystemExit)) or not os.path.isdir(rdir):
+        return e
+    what = describe_os_error(e) if isinstance(e, OSError) else str(e)
+    size = tree_bytes(rdir)
+    if disk_full(e):
+        shutil.rmtree(rdir, ignore_errors=True)
+        gone = "removed" if not os.path.exists(rdir) else "could not remove all of"
+        return HarnessError(f"{what}; the disk is full: {gone} the half-written run dir {rdir} ({size} bytes)")
+    note = f"the run dir {rdir} ({size} bytes) is left for diagnosis: the run could not finish ({type(e).__name__})"
+    if isinstance(e, (HarnessError, OSError)):
+        return HarnessError(f"{what}; {note}")
+    e.add_note(note)  # an internal error keeps its type (and traceback); the note says what it left
+    return e

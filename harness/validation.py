@@ -168,11 +168,12 @@ def check_for_run(sc, seed: Any, reports_dir: Optional[str] = None) -> None:
     check_backend(sc.backend, f"{source}: store.backend")
     check_variant(sc.topology.get("variant") or "", f"{source}: topology.variant")
     check_fault_targets(sc, "the backend")
-    check_powerloss(sc)
+    check_powerloss(sc, reports_dir)
 
 
-def check_powerloss(sc) -> None:
-    """A scenario with power cuts needs the tracer: built here (once), or refused naming why."""
+def check_powerloss(sc, reports_dir: Optional[str] = None) -> None:
+    """A scenario with power cuts needs the tracer (built here, once) and, under `reports_dir`, room
+    for its journal (`harness.powerloss.compactor.JOURNAL_SPACE_BYTES` free); else refused naming why."""
     if not getattr(sc, "has_powercut", False):
         return
     from .powerloss.build import tracer_library
@@ -182,6 +183,22 @@ def check_powerloss(sc) -> None:
     except UsageError as e:
         raise UsageError(f"{sc.path or sc.name}: this scenario cuts power (faults of kind or action 'powercut'), "
                          f"which is refused here: {e}") from None
+    if reports_dir is not None:
+        check_journal_space(reports_dir, f"{sc.path or sc.name}")
+
+
+def check_journal_space(reports_dir: str, source: str) -> None:
+    """The file system of `reports_dir` has room for a power-loss journal (its bound)."""
+    from .powerloss.compactor import JOURNAL_SPACE_BYTES
+
+    p = os.path.abspath(reports_dir)
+    while not os.path.exists(p) and os.path.dirname(p) != p:
+        p = os.path.dirname(p)
+    st = os.statvfs(p)
+    free = st.f_bavail * st.f_frsize
+    if free < JOURNAL_SPACE_BYTES:
+        raise UsageError(f"--reports {reports_dir}: {source} cuts power, and its power-loss journal may take up to "
+                         f"{JOURNAL_SPACE_BYTES >> 20} MiB there; only {free >> 20} MiB are free")
 
 
 def check_against_topology(sc) -> None:

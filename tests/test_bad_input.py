@@ -224,3 +224,88 @@ def test_reports_dir_too_deep_for_path_max_exits_2(tmp_path, capsys):
     code, err = _run(["run", _tiny(tmp_path), "--reports", str(deep), "--quiet"], capsys)
     assert code == 2 and "--reports" in err and "PATH_MAX" in err, err
     assert os.listdir(deep) == []
+
+
+# -- a run that cannot finish: what it leaves ----------------------------------------------------
+
+def test_disk_full_during_the_run_removes_the_run_dir(tmp_path, capsys, monkeypatch):
+    """Injected (honestly: a monkeypatched step, not a real disk): ENOSPC raised while the run is
+    under way, after the run dir holds files; the small-tmpfs test below fills a real disk."""
+    import harness.process_engine.runner as runner
+
+    def full(sc, cfg, *a, **k):
+        path = os.path.join(cfg.workdir, "filler")
+        with open(path, "wb") as f:
+            f.write(b"x" * 100000)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(runner, "_final_state", full)
+    reports = tmp_path / "reports"
+    code, err = _run(["run", _tiny(tmp_path), "--reports", str(reports), "--quiet"], capsys)
+    assert code == 3, err
+    assert "No space left on device" in err and "filler" in err and "removed the half-written run dir" in err, err
+    assert os.listdir(reports) == []
+
+
+def test_other_failure_during_the_run_names_the_run_dir_it_leaves(tmp_path, capsys, monkeypatch):
+    import harness.process_engine.runner as runner
+    from harness.exit_codes import HarnessError
+
+    def broken(*a, **k):
+        raise HarnessError("the final state could not be read")
+
+    monkeypatch.setattr(runner, "_final_state", broken)
+    reports = tmp_path / "reports"
+    code, err = _run(["run", _tiny(tmp_path), "--reports", str(reports), "--quiet"], capsys)
+    (left,) = os.listdir(reports)
+    assert code == 3 and "the final state could not be read" in err, err
+    assert f"the run dir {reports / left}" in err and "left for diagnosis" in err, err
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+
+    def mount(size: str):
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"mount -t tmpfs not permitted here: {r.stderr.decode().strip()}")
+        return mnt
+
+    yield mount
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def _free(path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def test_power_cut_run_without_room_for_its_journal_is_refused_up_front(small_tmpfs):
+    mnt = small_tmpfs("3m")
+    code, err = _cli("run", "powercut-random", "--reports", str(mnt / "r"), "--quiet", timeout=300)
+    assert code == 2 and "--reports" in err and str(mnt / "r") in err and "power-loss journal" in err, err
+    assert "MiB are free" in err and not os.path.exists(mnt / "r")
+
+
+def test_disk_filling_during_a_power_cut_run_removes_the_run_dir(small_tmpfs, capsys, monkeypatch):
+    """A real full disk in the middle of a power-cut run: once the run has passed its checks, a filler
+    file leaves 1 MiB of a 70 MiB tmpfs; the baseline, journal and report then hit ENOSPC."""
+    from harness.process_engine.powercut import PowerLoss
+
+    mnt = small_tmpfs("70m")
+    arm = PowerLoss.arm
+
+    def fill_then_arm(self):
+        if not os.path.exists(mnt / "filler"):
+            with open(mnt / "filler", "wb") as f:
+                f.write(b"\0" * (_free(mnt) - (1 << 20)))
+        return arm(self)
+
+    monkeypatch.setattr(PowerLoss, "arm", fill_then_arm)
+    code, err = _run(["run", "powercut-random", "--reports", str(mnt / "r"), "--quiet"], capsys)
+    assert code == 3, err
+    assert "No space left on device" in err and str(mnt / "r") in err and "removed" in err, err
+    assert os.listdir(mnt / "r") == []
+    assert _free(mnt) >= 1 << 20  # what the run wrote is gone: only the filler fills the disk

@@ -106,11 +106,16 @@ def arm(root: str, journal: str, exclude: Sequence[str] = ()) -> Dict[str, str]:
     env = tracer_env(root, journal, exclude=exclude)
     base = snapshot_baseline(root, exclude)
     tmp = baseline_path(journal) + ".tmp"
-    with open(tmp, "wb") as f:
-        pickle.dump(base, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, baseline_path(journal))
-    with open(journal, "wb"):
-        pass
+    try:
+        with open(tmp, "wb") as f:
+            pickle.dump(base, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, baseline_path(journal))
+        with open(journal, "wb"):
+            pass
+    except OSError as e:  # (a write that fails with ENOSPC names no file: say which)
+        if e.filename is None:
+            e.filename = tmp
+        raise
     return env
 
 
@@ -148,7 +153,9 @@ class Node:
         if not self.synced:
             return 0
         freed = sum(len(o[2]) for o in self.ops[:self.synced] if o[0] == "w")
-        self.base = materialize(self)
+        if not isinstance(self.base, bytearray):
+            self.base = bytearray(self.base)
+        _apply_ops(self.base, self.ops[:self.synced])  # in place: a big file is not copied at every fold
         del self.ops[:self.synced]
         self.synced = 0
         self.folded = True

@@ -32,14 +32,14 @@ from reference_impl.private_files import make_private_dir
 
 from ..exit_codes import HarnessError, describe_os_error
 from ..faults import NETWORK_KINDS, Kill, Powercut, Schedule, Timed, make_schedule, rank_of
-from ..run_plumbing import Progress, durable_store, roll_up
+from ..run_plumbing import Progress, abandon_run_dir, check_disk_after, disk_full, durable_store, roll_up
 from ..run_plumbing import scenario_config as config_for  # noqa: F401 (bench, tests)
 from ..scenario import Scenario, load_scenario
 from ..validation import check_for_run
 from ..verdict import judge, verdict_word
 from . import store_servers
 from .fault_ledger import FaultLedger
-from .powercut import PowerLoss, require_tracer, stopped_at_powercut
+from .powercut import KEEP_JOURNALS_ENV, PowerLoss, require_tracer, stopped_at_powercut
 from .run_summary import incarnations, witness_summary
 from .supervisor import Supervisor, pid_stopped
 
@@ -177,10 +177,15 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
             sup.extra_env.update(pl.arm())
         outcome, reason = _drive(sc, cfg, schedule, sup, say, ledger, pl, net)
         final = _final_state(sc, cfg, outcome, reason, sup, net)
-    except BaseException:
-        if pl is not None:
-            pl.close(keep=True)
-        raise
+        check_disk_after(work, final["outcome"])  # (a full disk is the environment's failure, not a finding)
+    except BaseException as e:
+        sup.shutdown()  # (before the run dir is removed: nothing may write into it any more)
+        if pl is not None and not disk_full(e):
+            pl.close(keep=bool(os.environ.get(KEEP_JOURNALS_ENV)))  # (a diagnosis rarely needs the journal)
+        err = abandon_run_dir(rdir, e)
+        if err is e:
+            raise
+        raise err from e
     finally:
         sup.shutdown()
         store_servers.close(net)
