@@ -20,7 +20,9 @@ goal it is held to:
 * power loss: tracing overhead, rebuild time, power-cut trials per minute
   (`powerloss`);
 * campaigns on Ray: throughput of a local Ray instance against the local
-  executor on the same seeds, and a two-node cluster's verdicts (`ray`).
+  executor on the same seeds, and a two-node cluster's verdicts (`ray`);
+* soak: a campaign of 2,000 small trials; descriptors, threads, RSS and disk
+  used at its start and its end (`soak`).
 
 This is a measurement, not a test: nothing here is run by CI. Figures depend
 on the machine and on whatever else runs on it (the load average is recorded).
@@ -38,7 +40,7 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional
 
-from . import checks, memory, overhead, powerloss, ray, redis, restart, sqlite, trials  # noqa: F401 (they register their sections)
+from . import checks, memory, overhead, powerloss, ray, redis, restart, soak, sqlite, trials  # noqa: F401 (they register their sections)
 from .registry import GOALS, BenchRun, goal_met
 from .registry import sections as registered
 
@@ -94,6 +96,8 @@ def cmd_bench(args) -> int:
     out["goals"] = {k: goal_met(k, out.get(k)) for k in GOALS}
     if "hygiene" in out:
         out["goals"]["hygiene_no_growth"] = out["hygiene"]["no_growth"]
+    if "soak" in out:
+        out["goals"]["soak_no_growth"] = out["soak"].get("no_growth")
     say(f"load average at the end {out['loadavg_end']}; goals: "
         + ", ".join(f"{k} {'met' if v else ('n/a' if v is None else 'NOT MET')}" for k, v in out["goals"].items()))
     if args.json:
