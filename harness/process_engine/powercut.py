@@ -83,6 +83,7 @@ class PowerLoss:
         self._journal_peak = 0  # of the journals of earlier arms
         self._journal_read = 0
         self._hole_punching = True
+        self._compaction_cpu_s = 0.0
 
     def stop_for_kill(self, p, ranks_file: Optional[str] = None) -> bool:
         """Before a kill fault: stop `p` outside the tracer's gap (False: resumed, retry)."""
@@ -131,6 +132,7 @@ class PowerLoss:
             self._journal_peak = max(self._journal_peak, c.peak_bytes)
             self._journal_read += c.bytes_read
             self._hole_punching = self._hole_punching and c.hole_punching
+            self._compaction_cpu_s += c.cpu_s
 
     def journal_figures(self) -> Dict[str, Any]:
         """The journal's peak size on disk (bytes, sampled at each compaction step), all it ever held,
@@ -139,7 +141,8 @@ class PowerLoss:
         c = t.compactor if t is not None else None
         return {"journal_peak_bytes": max(self._journal_peak, c.peak_bytes if c else 0),
                 "journal_bytes_written": self._journal_read + (c.bytes_read if c else 0),
-                "journal_compacted": self._hole_punching and (c.hole_punching if c else True)}
+                "journal_compacted": self._hole_punching and (c.hole_punching if c else True),
+                "journal_compaction_cpu_s": round(self._compaction_cpu_s + (c.cpu_s if c else 0.0), 3)}
 
     def cut(self, sup, fault: Optional[int], cause: str, ranks_file: Optional[str] = None) -> Dict[str, Any]:
         """Freeze, kill and reap every process of `sup`, rebuild the work dir, re-arm the tracer.

@@ -145,3 +145,19 @@ os.fsync(fd)
     comp.step(final=True)
     st = powercut(traced.root, traced.journal, compactor=comp)
     assert st.unsynced_writes_dropped == 0 and st.files_reverted == []
+
+
+def test_a_power_cut_run_reports_its_journal_peak(tmp_path):
+    import json
+
+    from harness.process_engine.runner import run_scenario
+    from harness.scenario import load_scenario
+
+    sc = load_scenario("powercut-random")
+    sc.workload = dict(sc.workload, samples=600)
+    r = run_scenario(sc, 1, reports_dir=str(tmp_path), render=False, keep_work=True)
+    with open(os.path.join(r.report_dir, "result.json")) as f:
+        pl = json.load(f)["powerloss"]
+    assert pl["journal_compacted"] is True and pl["cuts"] >= 1
+    assert 0 < pl["journal_peak_bytes"] < pl["journal_bytes_written"]
+    assert pl["journal_compaction_cpu_s"] >= 0
