@@ -171,7 +171,7 @@ def soak_worker(trials: int, jobs: int, base: str) -> Dict[str, Any]:
     return out
 
 
-@section("soak", order=9)
+@section("soak", 90)
 def soak_section(run: BenchRun) -> None:
     trials = getattr(run.args, "trials", None) or SOAK_TRIALS
     jobs = getattr(run.args, "jobs", None) or 2
