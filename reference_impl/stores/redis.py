@@ -169,6 +169,9 @@ class RedisMetadataStore(MetadataStore):
     """The contract over one Redis server; see the module docstring for the protocol."""
 
     profile = "durable"
+    #: The server this backend needs; certification and runs start one (see docs/networked-stores.md).
+    store_server = "redis"
+    store_persistence = "always"
 
     def __init__(self, path: str, *, node: Optional[str] = None, call_timeout_s: Optional[float] = None,
                  retry_budget_s: Optional[float] = None) -> None:
