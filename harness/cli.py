@@ -38,9 +38,7 @@ def _need_report(d: str) -> str:
 
 
 def _print_result(r) -> None:
-    from .verdict import verdict_line
-
-    print(verdict_line(r.verdict, r.outcome))
+    print(r.verdict_line)
     for prop, d in sorted(r.properties.items()):
         mark = {True: "ok ", False: "VIOLATED", None: "n/a"}[d.get("valid")]
         print(f"  {prop} {d.get('name', ''):28s} {mark}")

@@ -34,20 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from reference_impl.failpoints import ACTIONS, POINTS
-
 from .exit_codes import UsageError
-from .faults import (
-    DRAWN_KINDS,
-    NETWORK_KINDS,
-    POWERCUT_MODES,
-    RANK_TARGET,
-    TARGETS,
-    Fault,
-    FaultError,
-    fault_from_dict,
-    has_powercut,
-)
+from .faults import NETWORK_KINDS, RANK_TARGET, Fault, FaultError, fault_from_dict, faults_table, has_powercut
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"
 
@@ -68,9 +56,6 @@ WORKLOAD_KEYS = {
     "high_watermark": 64, "low_watermark": 32, "producer_delay_s": 0.0, "consumer_step_delay_s": 0.0,
     "starve_checkpoint_s": 0.5, "io_retries": 3,
 }
-RANDOM_KEYS = {"count": 0, "kinds": ["kill"], "targets": ["producer", "consumer"], "points": [],
-               "actions": ["crash"], "pause_s": [0.05, 0.5], "max_hit": 6, "progress": [0.05, 0.9],
-               "network_s": [0.5, 2.0]}  # how long a random partition or latency window lasts
 EXPECT_KEYS = {"outcome": ["completed"], "violates": [], "bound_s": 60.0, "timeout_s": 120.0,
                # true: planned faults that did not land do not make the run inconclusive
                "allow_missed_faults": False,
@@ -289,53 +274,12 @@ def _workload(data: Dict[str, Any], topology: Dict[str, Any], err) -> Dict[str, 
 
 
 def _faults(data: Dict[str, Any], source: str, err):
-    """(explicit faults, the random-fault table, the power-cut mode) of the `faults` table."""
-    faults = data.get("faults", {})
-    if not isinstance(faults, dict) or set(faults) - {"explicit", "random", "powercut_mode"}:
-        raise err("faults", faults, "a table with 'explicit' (array of tables), 'random' (a table) "
-                                    "and/or 'powercut_mode'")
-    powercut_mode = faults.get("powercut_mode", "clean")
-    if powercut_mode not in POWERCUT_MODES:
-        raise err("faults.powercut_mode", powercut_mode, " | ".join(POWERCUT_MODES))
-    explicit = faults.get("explicit", [])
-    if not isinstance(explicit, list):
-        raise err("faults.explicit", explicit, "an array of tables [[faults.explicit]]")
-    explicit = [_check_fault(f, f"{source}: faults.explicit[{i}]") for i, f in enumerate(explicit)]
-    return explicit, _random_faults(faults.get("random", {}), err), powercut_mode
-
-
-def _random_faults(rnd_raw: Any, err) -> Dict[str, Any]:
-    if not isinstance(rnd_raw, dict):
-        raise err("faults.random", rnd_raw, "a table")
-    rnd = {**copy.deepcopy(RANDOM_KEYS)}
-    for k, v in rnd_raw.items():
-        if k not in RANDOM_KEYS:
-            raise err(f"faults.random.{k}", v, "one of " + ", ".join(RANDOM_KEYS))
-        rnd[k] = v
-    if not isinstance(rnd["count"], int) or rnd["count"] < 0:
-        raise err("faults.random.count", rnd["count"], "an integer >= 0")
-    for k, allowed in (("kinds", DRAWN_KINDS), ("targets", TARGETS), ("actions", ACTIONS)):
-        ok = (lambda x: x in TARGETS or RANK_TARGET.match(str(x))) if k == "targets" else (lambda x, a=allowed: x in a)
-        if not isinstance(rnd[k], list) or not all(ok(x) for x in rnd[k]):
-            raise err(f"faults.random.{k}", rnd[k], "a list drawn from " + ", ".join(allowed) +
-                      (" (or consumer.rank<N>)" if k == "targets" else ""))
-    for p in rnd["points"]:
-        if p not in POINTS and not p.endswith("*"):
-            raise err("faults.random.points", p, "failpoint names (or prefixes ending in *): " + ", ".join(POINTS))
-    if "failpoint" in rnd["kinds"] and not rnd["points"]:
-        raise err("faults.random.points", rnd["points"], "a non-empty list when kinds has 'failpoint'")
-    for k in ("pause_s", "progress", "network_s"):
-        v = rnd[k]
-        if not (isinstance(v, list) and len(v) == 2 and all(_finite(x) for x in v) and v[0] <= v[1]):
-            raise err(f"faults.random.{k}", v, "[low, high] finite numbers with low <= high")
-    if not 0.0 <= rnd["progress"][0] <= rnd["progress"][1] <= 1.0:
-        raise err("faults.random.progress", rnd["progress"],
-                  "[low, high] fractions of the workload with 0 <= low <= high <= 1")
-    if not 0.0 < rnd["pause_s"][0] <= rnd["pause_s"][1]:
-        raise err("faults.random.pause_s", rnd["pause_s"], "[low, high] seconds with 0 < low <= high")
-    if not isinstance(rnd["max_hit"], int) or isinstance(rnd["max_hit"], bool) or rnd["max_hit"] < 1:
-        raise err("faults.random.max_hit", rnd["max_hit"], "an integer >= 1")
-    return rnd
+    """(explicit faults, the random-fault table, the power-cut mode) of the `faults` table (`harness.faults.table`)."""
+    try:
+        powercut_mode, explicit, rnd = faults_table(data.get("faults", {}), source)
+    except FaultError as e:
+        raise ScenarioError(str(e)) from None
+    return explicit, rnd, powercut_mode
 
 
 def _expect(data: Dict[str, Any], err) -> Dict[str, Any]:
@@ -391,11 +335,3 @@ def check_fault_targets(sc: Scenario, backend_from: str = "store.backend") -> No
     if sc.random_faults.get("count"):
         for t in sc.random_faults["targets"]:
             check(t, "faults.random.targets")
-
-
-def _check_fault(f: Any, where: str) -> Fault:
-    """One `[[faults.explicit]]` table as a typed fault (`harness.faults`); errors name `where` and the key."""
-    try:
-        return fault_from_dict(f, where)
-    except FaultError as e:
-        raise ScenarioError(str(e)) from None

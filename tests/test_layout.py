@@ -153,7 +153,6 @@ MAX_FUNCTION_LINES = 100
 LONG_FUNCTIONS_ALLOWED: set = {
     "harness/certify/tier1_contract.py:build_machine",
     "harness/certify/tier3_crash.py:_check_trial",
-    "harness/process_engine/runner.py:_drive",
     "harness/certify/tier_powercut.py:_run_trial",
 }
 #: What a checker may import besides the standard library and the checkers package: the contracts

@@ -5,6 +5,7 @@
     kinds       one dataclass per fault kind, read from / written to dicts with validation
     schedule    a run's planned faults (`schedule.json`), `has_powercut`
     plan        the planner: (scenario, seed) -> schedule, with plans that can land
+    table       a scenario file's [faults] table: power-cut mode, explicit faults, random spec
     simulated   the simulation engine's operations, and a simulated run's faults as a scenario
 
 Delivery is per engine: the process engine sends timed faults from its run
@@ -45,12 +46,13 @@ from .kinds import (
 from .plan import DRAWN_KINDS, make_schedule
 from .points import POINT_ROLE, owner, points_for, points_matching
 from .schedule import Schedule, has_powercut, read_schedule
+from .table import RANDOM_KEYS, faults_table
 from .vocabulary import PIPELINE, POWERCUT_MODES, POWERCUT_TARGET, RANK_TARGET, TARGETS, TRIGGERS, process_of, rank_of
 
 __all__ = [
     "DRAWN_KINDS", "KINDS", "LATENCY_DIRECTIONS", "NETWORK_KINDS", "PIPELINE", "POINT_ROLE", "POWERCUT_MODES",
-    "POWERCUT_TARGET", "RANK_TARGET", "TARGETS", "TRIGGERS", "Failpoint", "Fault", "FaultError", "Kill", "Latency",
-    "LostReply", "Network", "Partition", "Pause", "Powercut", "Reset", "Schedule", "Timed", "fault_from_dict",
-    "fault_kind", "has_powercut", "make_schedule", "owner", "points_for", "points_matching", "process_of", "rank_of",
-    "read_schedule",
+    "POWERCUT_TARGET", "RANDOM_KEYS", "RANK_TARGET", "TARGETS", "TRIGGERS", "Failpoint", "Fault", "FaultError",
+    "Kill", "Latency", "LostReply", "Network", "Partition", "Pause", "Powercut", "Reset", "Schedule", "Timed",
+    "fault_from_dict", "fault_kind", "faults_table", "has_powercut", "make_schedule", "owner", "points_for",
+    "points_matching", "process_of", "rank_of", "read_schedule",
 ]

@@ -1,6 +1,7 @@
 """The process engine: real processes, real signals, real devices (its faults: `harness.faults`).
 
-runner      one scenario with one seed: schedule -> processes -> history -> checkers -> verdict -> report
+runner      one scenario with one seed: schedule -> run -> history -> checkers -> verdict -> report
+run         one run's processes, faults, progress and status in one object (the loop that delivers faults)
 supervisor  spawns, signals, restarts and reaps the run's processes (own process group, parent-death signal)
 zygote      the client of the fork server (torch preloaded), so a restart takes milliseconds
 zygote_server  the fork server process itself
