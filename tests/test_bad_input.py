@@ -118,6 +118,7 @@ def _tiny(tmp_path) -> str:
     return _scenario(tmp_path, SMALL, "tiny")
 
 
+@pytest.mark.slow
 def test_full_disk_simulated_exits_3_names_the_path_and_cleans_up(tmp_path, capsys, monkeypatch):
     import harness.history as history
 
@@ -134,6 +135,7 @@ def test_full_disk_simulated_exits_3_names_the_path_and_cleans_up(tmp_path, caps
     assert os.listdir(reports) == []  # the half-written report is removed
 
 
+@pytest.mark.slow
 def test_full_disk_on_a_small_tmpfs(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()

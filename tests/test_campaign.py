@@ -80,6 +80,7 @@ def test_summary_counts_exit_code_and_junit_round_trip(tmp_path):
     assert "boom" in cases["b seed 0"].find("error").text
 
 
+@pytest.mark.slow
 def test_campaign_statuses_kept_reports_and_junit(tmp_path):
     base = load_scenario("baseline")
     wrong = copy.deepcopy(base)
@@ -102,6 +103,7 @@ def test_campaign_statuses_kept_reports_and_junit(tmp_path):
     assert cases["baseline seed 0"].find("failure") is None
 
 
+@pytest.mark.slow
 def test_two_campaigns_at_once_get_their_own_dirs(tmp_path):
     reports = tmp_path / "r"
     procs = [start_campaign(["baseline", "--seeds", "0..0", "-j", "1"], reports) for _ in range(2)]
@@ -133,6 +135,7 @@ def running_campaign(reports):
         kill_leftovers(cdir, seen)
 
 
+@pytest.mark.slow
 def test_sigkilled_campaign_leaves_no_process(tmp_path):
     with running_campaign(tmp_path / "r") as (p, cdir, seen):
         assert len(leftovers(cdir, seen)) >= 4  # the check sees the campaign's processes while it runs
@@ -141,6 +144,7 @@ def test_sigkilled_campaign_leaves_no_process(tmp_path):
         assert wait_no_leftovers(cdir, seen) == {}, "processes outlived the SIGKILLed campaign"
 
 
+@pytest.mark.slow
 def test_sigtermed_campaign_writes_partial_summary_and_marks_incomplete(tmp_path):
     with running_campaign(tmp_path / "r") as (p, cdir, seen):
         p.send_signal(signal.SIGTERM)

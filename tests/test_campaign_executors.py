@@ -71,6 +71,7 @@ def _worker_in_a_run(campaign_pid):
     return None
 
 
+@pytest.mark.slow
 def test_sigkilled_pool_worker_costs_no_trial(tmp_path):
     args = ["kill-random", "--seeds", "0..3", "-j", "2"]
     quiet = start_campaign(args, tmp_path / "a")
@@ -117,6 +118,7 @@ def test_ray_address_that_refuses_fails_at_once_with_exit_2(tmp_path):
     assert took < 30
 
 
+@pytest.mark.slow
 def test_ray_address_that_never_answers_fails_within_the_connect_timeout(tmp_path):
     pytest.importorskip("ray")
     with socket.socket() as s:  # accepts connections (the kernel's backlog) and never speaks

@@ -24,6 +24,7 @@ def _verdicts(summary_dir):
                                          r["faults"]["planned"]) for r in runs}
 
 
+@pytest.mark.slow
 def test_ray_executor_gives_the_local_executors_verdicts(tmp_path):
     scenarios, seeds = ["kill-random", "failpoints-consumer"], [0, 1]
     local = run_campaign(scenarios, seeds, jobs=2, reports_dir=str(tmp_path / "local"), progress=False)
@@ -65,6 +66,7 @@ def _kill_one_running_trial(killed, stop):
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retries", [1, 0])
 def test_a_ray_worker_killed_mid_trial_is_retried_or_reported(tmp_path, retries):
     seeds = [0, 1, 2]
@@ -95,6 +97,7 @@ def _rows(summary):
         return json.load(f)["runs"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_ray_campaign_leaves_no_process(tmp_path, sig):
     reports = tmp_path / "r"
@@ -122,6 +125,7 @@ def test_killed_ray_campaign_leaves_no_process(tmp_path, sig):
         assert data["summary"]["incomplete"] >= 1 and data["summary"]["unexpected"] == 0
 
 
+@pytest.mark.slow
 def test_simulate_on_ray_gives_the_local_search(tmp_path):
     """The simulation engine's shares as Ray tasks: same shares, same seeds, so the same
     schedules; a hunted bug is found both ways. (Local workers stop each other at the
@@ -144,6 +148,7 @@ def test_simulate_on_ray_gives_the_local_search(tmp_path):
     assert hunted["errors"] == [] and hunted["failures"] >= 1
 
 
+@pytest.mark.slow
 def test_certify_crash_trials_on_ray(tmp_path):
     """certify's tier 3 split into Ray tasks: a store that loses returned commits is still
     rejected for P6, the reference store still passes, with every trial counted."""
@@ -160,6 +165,7 @@ def test_certify_crash_trials_on_ray(tmp_path):
     assert good.tier(3).status == PASSED and good.tier(3).counters["trials"] == 10
 
 
+@pytest.mark.slow
 def test_certify_power_cut_trials_on_ray(tmp_path):
     """certify's tier 5 split into Ray tasks: the store that never fsyncs is still rejected,
     the reference store still passes, with every trial counted."""

@@ -33,6 +33,7 @@ def _certificate(tmp_path):
     return cert, md
 
 
+@pytest.mark.slow
 def test_sqlite_store_passes_tiers_1_to_3_quick(tmp_path):
     r = _run(["reference_impl.stores.sqlite:SQLiteMetadataStore", "--quick", "--tiers", "1,2,3", "--seed", "7"],
              tmp_path)
@@ -46,6 +47,7 @@ def test_sqlite_store_passes_tiers_1_to_3_quick(tmp_path):
     assert "PASSED the selected tiers" in md and "| 3 crash | passed" in md
 
 
+@pytest.mark.slow
 def test_inmemory_store_passes_1_and_2_and_3_4_are_not_applicable(tmp_path):
     r = _run(["reference_impl.stores.memory:InMemoryMetadataStore", "--quick", "--examples", "30", "--seed", "3"],
              tmp_path)
@@ -67,6 +69,7 @@ def test_noop_store_gets_one_readable_verdict_not_counterexamples(tmp_path):
     assert "retains nothing" in md and "Counterexamples" not in md
 
 
+@pytest.mark.slow
 def test_a_tier1_counterexample_is_minimal_with_guarantee_and_cause(tmp_path):
     r = _run(["tests.store_zoo:NoneErasesStepStore", "--quick", "--tiers", "1", "--seed", "5"], tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
@@ -117,6 +120,7 @@ def test_bad_options_exit_2(tmp_path, capsys):
     assert main([spec, "--quick", "--thorough"]) == 2
 
 
+@pytest.mark.slow
 def test_callable_taking_a_working_directory_is_accepted(tmp_path):
     cert = certify("tests.store_zoo:factory_in_dir", budget=Budget("t", 10, 15, 0.5, 10, 1, 5), tiers=[1],
                    reports_dir=None, progress=None, seed=1)
@@ -140,6 +144,7 @@ def test_volatile_profile_never_reports_crash_tiers_as_passed(tmp_path):
     assert "passed" not in [t.status for t in cert.tiers]
 
 
+@pytest.mark.slow
 def test_tier4_runs_the_reference_pipeline_on_the_backend(tmp_path):
     cert = certify("reference_impl.stores.sqlite:SQLiteMetadataStore", tiers=[4], reports_dir=str(tmp_path),
                    budget=Budget("t4", 10, 10, 0.5, 10, 1, 5), progress=None, seed=3)
@@ -158,6 +163,7 @@ class _SegfaultingStore(InMemoryMetadataStore):
         return super().commit_samples(refs)
 
 
+@pytest.mark.slow
 def test_a_store_that_crashes_the_process_is_rejected_not_passed():
     cert = certify(_SegfaultingStore, budget=Budget("t", 20, 10, 0.5, 5, 1, 5), tiers=[1, 2], reports_dir=None,
                    progress=None, seed=1)

@@ -4,6 +4,7 @@ comparison, and whose fault a rejected record is (exit 2 naming --records)."""
 import dataclasses
 import random
 
+import pytest
 import specforge.runtime.contracts as sf_contracts
 import specforge.runtime.control_plane.metadata_store as sf_store
 from hypothesis import find
@@ -46,6 +47,7 @@ def test_reference_feature_spec_has_specforge_fields_order_and_defaults():
         f.name for f in dataclasses.fields(sf_contracts.SampleRef)]
 
 
+@pytest.mark.slow
 def test_strategies_come_from_the_types_and_reach_every_field():
     recs = Records(foreign_records.SampleRef, "test")
     s = recs.strategy(st.just("x"))
@@ -67,6 +69,7 @@ def test_refs_compare_field_by_field_never_by_type():
     assert sf.canon(r) != sf.canon(dataclasses.replace(r, num_tokens=r.num_tokens + 1))
 
 
+@pytest.mark.slow
 def test_a_store_rejecting_the_harness_records_stops_with_exit_2_naming_its_records(tmp_path, capsys):
     assert main(["tests.store_zoo.hidden_records:UnannotatedForeignStore", "--quick",
                  "--reports-dir", str(tmp_path)]) == 2
@@ -82,6 +85,7 @@ def test_a_store_rejecting_the_harness_records_stops_with_exit_2_naming_its_reco
     assert active().ref_cls is not foreign_records.SampleRef  # restored after the certification
 
 
+@pytest.mark.slow
 def test_an_extra_field_the_store_drops_is_caught_with_derived_records():
     cert = certify(hidden_records.DropsShardStore, budget=SMALL, tiers=[1], reports_dir=None, progress=None, seed=4)
     t = cert.tier(1)

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import specforge.runtime.control_plane.metadata_store as sf_store  # noqa: F401 - a missing package fails here
 
 from harness.certify import certify
@@ -42,6 +43,7 @@ def _repro(path, *args, seconds):
                           cwd=os.path.dirname(path))
 
 
+@pytest.mark.slow
 def test_sqlite_store_is_rejected_for_p5_only_and_its_reproducer_tells_the_fix(tmp_path):
     cert, c = _certificate("SQLiteMetadataStore", tmp_path, seed=11)
     status = {t["tier"]: t["status"] for t in c["tiers"]}
@@ -67,6 +69,7 @@ def test_sqlite_store_is_rejected_for_p5_only_and_its_reproducer_tells_the_fix(t
     assert "no torn marker read" in good.stdout
 
 
+@pytest.mark.slow
 def test_inmemory_store_is_certified_volatile(tmp_path):
     cert, c = _certificate("InMemoryMetadataStore", tmp_path, seed=12)
     assert c["verdict"] == "CERTIFIED (volatile profile)" and c["verdict_code"] == "certified"

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -71,6 +73,7 @@ def _run_repro(path, *args):
     return subprocess.run([sys.executable, path, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_hanging_constructor_is_a_liveness_finding_in_bounded_time(tmp_path):
     c, out = _hang_case("HangingConstructorStore", tmp_path)
     f = c["finding"]
@@ -82,6 +85,7 @@ def test_hanging_constructor_is_a_liveness_finding_in_bounded_time(tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
 
+@pytest.mark.slow
 def test_hanging_commit_sample_is_a_liveness_finding_naming_call_and_arguments(tmp_path):
     c, out = _hang_case("HangingCommitStore", tmp_path)
     f = c["finding"]

@@ -29,6 +29,7 @@ def _certify(name, tier, profile, **kw):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(store_zoo.ZOO))
 def test_broken_store_is_rejected_naming_the_property(name):
     tier, prop, profile = store_zoo.ZOO[name]
@@ -42,6 +43,7 @@ def test_broken_store_is_rejected_naming_the_property(name):
     assert cex.message and cex.reproduce and cex.steps
 
 
+@pytest.mark.slow
 def test_tier1_counterexample_is_shrunk_to_the_minimal_steps():
     cert = _certify("NoneErasesStepStore", 1, "durable")
     (cex,) = cert.tier(1).counterexamples
@@ -52,6 +54,7 @@ def test_tier1_counterexample_is_shrunk_to_the_minimal_steps():
     assert "--tiers 1" in cex.reproduce and "--seed 20240601" in cex.reproduce
 
 
+@pytest.mark.slow
 def test_old_contract_store_is_driven_through_the_adapter_and_passes():
     cert = _certify("OldContractStore", 1, "durable", overrides={"examples": 30})
     assert cert.tier(1).status == PASSED
@@ -59,11 +62,13 @@ def test_old_contract_store_is_driven_through_the_adapter_and_passes():
     assert any("adapter" in w for w in cert.warnings)
 
 
+@pytest.mark.slow
 def test_store_returning_its_own_ref_type_passes_field_by_field():
     cert = _certify("ForeignRefStore", 1, "durable", overrides={"examples": 30})
     assert cert.tier(1).status == PASSED, cert.tier(1).counterexamples
 
 
+@pytest.mark.slow
 def test_batch_torn_by_a_crash_is_a_warning_not_a_failure():
     cert = _certify("NonAtomicBatchStore", 3, "durable", overrides={"crashes": 30})
     t = cert.tier(3)
@@ -72,6 +77,7 @@ def test_batch_torn_by_a_crash_is_a_warning_not_a_failure():
     assert any("torn" in w for w in t.warnings)
 
 
+@pytest.mark.slow
 def test_lock_errors_under_load_are_retried_not_failed():
     cert = _certify("ImpatientStore", 2, "durable")
     t = cert.tier(2)

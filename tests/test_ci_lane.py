@@ -38,6 +38,7 @@ def _events(result):
     return load_merged(os.path.join(result.report_dir, "history.jsonl"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario,seed", CI_PAIRS, ids=[f"{s}-{n}" for s, n in CI_PAIRS])
 def test_scenario_gets_its_expected_verdict(scenario, seed, tmp_path):
     r = run_scenario(scenario, seed, reports_dir=str(tmp_path))
@@ -60,6 +61,7 @@ def test_scenario_gets_its_expected_verdict(scenario, seed, tmp_path):
 SINGLE_RANK_POINTS = sorted(p for p in POINTS if not is_rank_point(p))  # rank points need a DP group
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", SINGLE_RANK_POINTS)
 def test_crash_at_every_failpoint_is_recovered(point, tmp_path):
     target = owner(point)

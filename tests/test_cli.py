@@ -29,6 +29,7 @@ def test_bad_inputs_exit_2_with_the_cause(tmp_path, capsys):
     assert main(["frobnicate"]) == 2
 
 
+@pytest.mark.slow
 def test_run_then_report_then_replay(tmp_path):
     reports = str(tmp_path / "reports")
     env = dict(os.environ)

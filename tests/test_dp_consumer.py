@@ -47,6 +47,7 @@ def _rank_starts(events):
 
 # -- CPU (gloo) ----------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario,seed,ranks", [("dp2-rank-kills", 1, 2), ("dp4-rank-kills", 1, 4)])
 def test_rank_kills_restart_the_group_and_train_exactly_once(scenario, seed, ranks, tmp_path):
     r = run_scenario(scenario, seed, reports_dir=str(tmp_path))

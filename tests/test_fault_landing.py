@@ -103,6 +103,7 @@ def test_kill0_lands_both_kills(tmp_path):
     assert r.as_expected and r.exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_fault_that_cannot_land_is_inconclusive_exit_3(tmp_path, capsys):
     from harness.cli import main
 

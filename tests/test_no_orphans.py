@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from reference_impl.procutil import parent_of, proc_state
 
 
@@ -33,6 +35,7 @@ def _alive(pid):
     return proc_state(pid) not in (None, "Z")
 
 
+@pytest.mark.slow
 def test_sigkilled_harness_leaves_no_children(tmp_path):
     reports = tmp_path / "reports"
     h = subprocess.Popen([sys.executable, "-m", "harness", "run", "slow-consumer", "--seed", "1",

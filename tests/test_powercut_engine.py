@@ -97,6 +97,7 @@ def test_without_a_compiler_a_powercut_scenario_is_refused_with_exit_2(monkeypat
 
 @pytest.mark.parametrize("scenario,seed", [("powercut-random", 0), ("powercut-random", 3),
                                            ("powercut-failpoints", 0), ("powercut-failpoints", 5)])
+@pytest.mark.slow
 def test_the_reference_survives_power_cuts(scenario, seed, tmp_path):
     r = run_scenario(scenario, seed, reports_dir=str(tmp_path))
     assert r.as_expected, (r.verdict, r.faults, r.report_dir)
@@ -120,6 +121,7 @@ def test_the_reference_survives_power_cuts(scenario, seed, tmp_path):
     assert not glob.glob(os.path.join(r.report_dir, "powerloss.journal*"))
 
 
+@pytest.mark.slow
 def test_a_power_cut_loses_the_inmemory_ledger_and_the_run_fails_closed(tmp_path):
     sc = scenario_from_dict({"name": "pc-inmemory", "store": {"backend": "inmemory"},
                              "workload": {"samples": 120},
@@ -144,6 +146,7 @@ def test_the_process_engine_catches_each_durability_bug(name, tmp_path):
     assert r.as_expected, (r.verdict, r.report_dir)
 
 
+@pytest.mark.slow
 def test_a_power_cut_report_replays_and_shrinks_to_its_cut(tmp_path):
     from harness import cli
     from harness.shrink import shrink_report

@@ -70,6 +70,7 @@ def test_ack_as_separate_commands_is_caught(tmp_path):
     assert r.faults["landed"] == 1 and "P5" in r.verdict["violated"], r.verdict
 
 
+@pytest.mark.slow
 def test_everysec_presented_as_durable_is_caught(tmp_path):
     r = run_scenario("redis-powercut-everysec", 0, backend=ZOO + "EverysecAsDurableStore",
                      reports_dir=str(tmp_path))

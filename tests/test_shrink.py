@@ -1,10 +1,13 @@
 import os
 
+import pytest
+
 from harness.process_engine.runner import run_scenario
 from harness.scenario import load_scenario, scenario_from_dict
 from harness.shrink import shrink_report
 
 
+@pytest.mark.slow
 def test_shrink_keeps_only_the_fault_that_matters(tmp_path):
     # A buggy variant run as if it were correct: the run is unexpected (P1),
     # but only the crash between checkpoint and ack exposes the bug.

@@ -67,6 +67,7 @@ def variant():
         u()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_finds_zoo_member_with_its_property(name, variant):
     member = ZOO[name]
@@ -85,6 +86,7 @@ def test_finds_zoo_member_with_its_property(name, variant):
     assert [f.kind for f in again.faults] == [f.kind for f in out.failure.faults]
 
 
+@pytest.mark.slow
 def test_reference_sqlite_finds_nothing():
     spec = SimSpec()
     out = search(spec, REFERENCE_EXAMPLES, seed=1)
@@ -96,6 +98,7 @@ def test_reference_sqlite_finds_nothing():
     assert out.faults_fired.get("pause", 0) > 5, out.faults_fired
 
 
+@pytest.mark.slow
 def test_reference_inmemory_checkpoint_k4_with_server_kills_finds_nothing():
     spec = SimSpec(workload={"checkpoint_every": 4, "high_watermark": 16, "low_watermark": 8}, backend="inmemory",
                    targets=("producer", "consumer", "store_server"))
@@ -231,6 +234,7 @@ def test_cli_scenario_gives_workload_backend_and_expectation(tmp_path):
     assert sc.backend == "private" and set(sc.expect["violates"]) == {"P1", "P2"}
 
 
+@pytest.mark.slow
 def test_cli_counterexample_replays_in_the_process_engine(tmp_path):
     """publish_only_fresh: found, shrunk to one failpoint crash, written, replayed with real processes."""
     from harness.process_engine.runner import run_scenario

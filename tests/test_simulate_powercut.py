@@ -121,6 +121,7 @@ def tracer():
         pytest.fail(f"no tracer on this machine: {e}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["channel_no_fsync", "store_sync_off"])
 def test_powercut_rule_finds_what_only_power_loss_shows(tmp_path, tracer, variant):
     """(a) found with power cuts (seed 3: channel_no_fsync -> P7, blobs of lost records leak;
@@ -142,6 +143,7 @@ def test_powercut_rule_finds_what_only_power_loss_shows(tmp_path, tracer, varian
     assert "powercut" not in data["faults_fired"] and data["faults_fired"].get("kill", 0) >= 5
 
 
+@pytest.mark.slow
 def test_durable_reference_passes_power_cuts(tmp_path, tracer):
     """No false alarm: with its directory entries made durable the reference keeps P1-P8 under
     power cuts, clean and torn, between steps and inside operations."""
@@ -151,6 +153,7 @@ def test_durable_reference_passes_power_cuts(tmp_path, tracer):
     assert data["faults_fired"].get("powercut", 0) >= 10, data["faults_fired"]
 
 
+@pytest.mark.slow
 def test_powercut_schedule_shrinks_and_translates(tmp_path, tracer):
     """(b) a failing power-cut schedule is shrunk and written as a scenario with kind = "powercut"."""
     proc, data, toml_path = simulate(tmp_path, "--variant", f"{HERE}:channel_no_fsync", "--examples", "60",
@@ -175,6 +178,7 @@ def test_powercut_schedule_shrinks_and_translates(tmp_path, tracer):
         assert p in proc.stdout
 
 
+@pytest.mark.slow
 def test_reference_under_power_cuts(tmp_path, tracer):
     """(c) the reference with power cuts keeps P1-P8 (feature blobs and checkpoints are renamed
     into place and their directories fsynced before the commit or ack that names them)."""
@@ -185,6 +189,7 @@ def test_reference_under_power_cuts(tmp_path, tracer):
     assert data["faults_fired"].get("powercut", 0) >= 5, data["faults_fired"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_schedules(tmp_path, tracer):
     a = simulate(tmp_path, "--examples", "12", "--seed", "5", "--powercuts", "--no-shrink",
                  "--variant", f"{HERE}:durable_reference", name="a")[1]
@@ -267,6 +272,7 @@ print(json.dumps(dict(seen, error=r.error)))
 """
 
 
+@pytest.mark.slow
 def test_cut_closes_sqlite_without_a_checkpoint(tracer):
     """The last connection's close must not checkpoint (write, fdatasync, unlink the WAL): a
     SIGKILL does not, and a checkpoint would make durable what a power cut loses."""

@@ -6,6 +6,8 @@ pipeline and belongs to the harness's own scenario tests) and on the
 in-memory store (volatile: tiers 3 and 4 are skipped as not applicable).
 """
 
+import pytest
+
 from harness.certify.certificate import Budget
 from harness.certify.suite import MetadataStoreSuite
 from reference_impl.stores.memory import InMemoryMetadataStore
@@ -16,6 +18,7 @@ SMOKE = Budget("smoke", t1_examples=30, t1_steps=20, t2_scale=0.5, t3_crashes=25
 
 
 class TestSQLiteStoreContract(MetadataStoreSuite):
+    pytestmark = pytest.mark.slow
     store_factory = SQLiteMetadataStore
     profile = "durable"
     budget = SMOKE
@@ -23,5 +26,6 @@ class TestSQLiteStoreContract(MetadataStoreSuite):
 
 
 class TestInMemoryStoreContract(MetadataStoreSuite):
+    pytestmark = pytest.mark.slow
     store_factory = InMemoryMetadataStore
     budget = SMOKE

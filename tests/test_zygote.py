@@ -152,6 +152,7 @@ HARNESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_no_child_outlives_a_sigkilled_harness(tmp_path):
     h = subprocess.Popen([sys.executable, "-c", HARNESS, str(tmp_path / "run")], stdout=subprocess.PIPE,
                          cwd=REPO, text=True)

@@ -13,6 +13,7 @@ from .conftest import needs_cc
 pytestmark = needs_cc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", sorted(POWERLOSS_ZOO))
 def test_powerloss_zoo_rejected(spec, tmp_path):
     findings = tier_powercut.run_powercut_trials(spec, str(tmp_path), trials=15, seed=7)
@@ -22,6 +23,7 @@ def test_powerloss_zoo_rejected(spec, tmp_path):
     assert list(tmp_path.iterdir()) == []  # store dirs and the journal cleaned up
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", POWERLOSS_PASSING)
 def test_correct_stores_pass(spec, tmp_path):
     counters = {}
@@ -30,6 +32,7 @@ def test_correct_stores_pass(spec, tmp_path):
     assert counters["trials"] == 6
 
 
+@pytest.mark.slow
 def test_a_sigkill_alone_does_not_catch_sync_off(tmp_path, monkeypatch):
     """Without the rebuild (a plain SIGKILL keeps every written page) synchronous=OFF passes:
     it is the power cut that exposes it."""
@@ -52,6 +55,7 @@ def test_tier_result_wrapper(tmp_path):
     assert res.counters["trials"] >= 1 and res.counters["unsynced_writes_dropped"] > 0
 
 
+@pytest.mark.slow
 def test_certify_tier5_rejects_sync_off_and_certifies_the_reference(tmp_path):
     """Tier 5 of `certify` (durable profile) is these trials: a store that never fsyncs
     is no longer certified durable; the reference SQLite store still is."""
