@@ -17,7 +17,7 @@ def _closure_over(n):
     return lambda: (Local().value(), __import__("os").getpid())
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_a_closure_runs_in_a_child(tmp_path, monkeypatch, method):
     monkeypatch.setenv(START_ENV, method)
     fn = _closure_over(21)

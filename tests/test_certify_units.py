@@ -2,7 +2,9 @@
 
 import random
 
-from harness.certify import model, tier3_crash
+from harness.certify import model
+from harness.certify.tier3_crash.check import check_trial
+from harness.certify.tier3_crash.trials import CrashModel, Trial
 from harness.certify.common import random_ref
 from harness.certify.tier2_concurrency import AckPlan
 from reference_impl.contracts import SampleRef, ref_to_dict
@@ -66,7 +68,7 @@ def test_model_repeated_id_in_a_batch_is_fresh_once_and_none_keeps_the_step():
 
 
 def _trial_with(ops_a):
-    t = tier3_crash.Trial.__new__(tier3_crash.Trial)
+    t = Trial.__new__(Trial)
     t.no = 0
     t.workers = {"A": ops_a}
     t.new_ids = {}
@@ -78,7 +80,7 @@ def test_crash_check_flags_a_returned_commit_missing_after_reopen():
     trial = _trial_with([("commit", refs)])
     logs = {"A": {"error": None, "began": {0}, "done": {0: [True, True, True]}, "ready": True, "end": True}}
     snap = {"all_ids": ["n0"], "count": 1, "marker": _marker([], None, False), "refs": {}, "committed": {}}
-    bad = tier3_crash._check_trial(trial, logs, snap, tier3_crash.CrashModel(), [], {})
+    bad = check_trial(trial, logs, snap, CrashModel(), [], {})
     assert [p for p, _, _ in bad] == ["P6 durability"]
 
 
@@ -88,23 +90,23 @@ def test_crash_check_accepts_a_torn_in_flight_batch_as_a_warning():
     logs = {"A": {"error": None, "began": {0}, "done": {}, "ready": True, "end": False}}
     snap = {"all_ids": ["n0"], "count": 1, "marker": _marker([], None, False), "refs": {}, "committed": {}}
     warnings = []
-    assert tier3_crash._check_trial(trial, logs, snap, tier3_crash.CrashModel(), warnings, {}) == []
+    assert check_trial(trial, logs, snap, CrashModel(), warnings, {}) == []
     assert warnings and "torn" in warnings[0]
 
 
 def test_crash_check_flags_a_half_applied_ack():
     trial = _trial_with([])
     trial.workers = {"B": [("ack", ["a", "b"], 5, True)]}
-    m = tier3_crash.CrashModel()
+    m = CrashModel()
     m.refs = {"a": {}, "b": {}}
     m.order = ["a", "b"]
     logs = {"B": {"error": None, "began": {0}, "done": {}, "ready": True, "end": False}}
     snap = {"all_ids": ["a", "b"], "count": 2, "marker": _marker(["a"], None, False), "refs": {}, "committed": {}}
-    bad = tier3_crash._check_trial(trial, logs, snap, m, [], {})
+    bad = check_trial(trial, logs, snap, m, [], {})
     assert [p for p, _, _ in bad] == ["P5 ack atomicity"]
     # all or nothing is fine
     for state in (_marker([], None, False), _marker(["a", "b"], 5, True)):
         snap["marker"] = state
-        m2 = tier3_crash.CrashModel()
+        m2 = CrashModel()
         m2.refs, m2.order = {"a": {}, "b": {}}, ["a", "b"]
-        assert tier3_crash._check_trial(trial, logs, snap, m2, [], {}) == []
+        assert check_trial(trial, logs, snap, m2, [], {}) == []

@@ -92,7 +92,7 @@ def rebuild(root: str, base, journal: str):
 
 def _trials(args):
     spec, n, seed = args
-    from harness.certify.tier_powercut import run_powercut_trials
+    from harness.certify.tier5_power_loss import run_powercut_trials
 
     d = tempfile.mkdtemp(prefix="bench-powercut-")
     try:

@@ -11,14 +11,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from . import tiers as _tiers
+
 PASSED = "passed"
 FAILED = "failed"
 NOT_APPLICABLE = "not applicable"
 NOT_RUN = "not run"  # applicable but could not run: counts as a failure
 NOT_SELECTED = "not selected"  # left out with --tiers: neither pass nor fail
 
-TIER_NAMES = {1: "contract", 2: "concurrency", 3: "crash", 4: "end-to-end", 5: "power loss"}
-ALL_TIERS = tuple(TIER_NAMES)
 
 
 @dataclass
@@ -70,7 +70,7 @@ class TierResult:
 
     @property
     def name(self) -> str:
-        return TIER_NAMES[self.tier]
+        return _tiers.name_of(self.tier)
 
     @property
     def failing(self) -> bool:
@@ -119,7 +119,7 @@ class Certificate:
     def verdict_code(self) -> str:
         """certified | rejected | retains_nothing | liveness | partial (tiers left out)."""
         if self.finding:
-            return self.finding["kind"]
+            return str(self.finding.get("kind", "rejected"))
         if any(t.failing for t in self.tiers):
             return "rejected"
         if any(t.harness_error for t in self.tiers):
@@ -130,10 +130,11 @@ class Certificate:
 
     @property
     def verdict(self) -> str:
-        if self.finding and self.finding["kind"] == "retains_nothing":
-            return "REJECTED: retains nothing (" + self.finding["message"] + ")"
         if self.finding:
-            return f"REJECTED: {self.finding['kind']} ({self.finding['message']})"
+            kind, message = self.finding.get("kind", "rejected"), self.finding.get("message", "")
+            if kind == "retains_nothing":
+                return f"REJECTED: retains nothing ({message})"
+            return f"REJECTED: {kind} ({message})"
         if any(t.failing for t in self.tiers):
             bad = ", ".join(f"tier {t.tier} {t.name} {t.status}" for t in self.tiers if t.failing)
             return f"REJECTED ({bad})"
@@ -172,6 +173,21 @@ def _bullets(L: List[str], title: str, items: List[str]) -> None:
         L.append("")
 
 
+def _one_line(x: Any) -> str:
+    """Any value a finding carries, as text for one table cell or heading."""
+    return (x if isinstance(x, str) else repr(x)).replace("\n", " ").replace("|", "\\|")
+
+
+def _lines(items: Any) -> List[str]:
+    """A finding's steps (or any value) as text lines."""
+    if isinstance(items, str):
+        return items.splitlines()
+    try:
+        return [ln for x in items for ln in (x if isinstance(x, str) else repr(x)).splitlines()]
+    except TypeError:
+        return [repr(items)]
+
+
 def render_md(cert: Certificate) -> str:
     L: List[str] = []
     L.append(f"# MetadataStore certificate: `{cert.backend}`")
@@ -200,27 +216,29 @@ def render_md(cert: Certificate) -> str:
     L.append("| tier | status | time | tried | properties |")
     L.append("|---|---|---|---|---|")
     for t in cert.tiers:
-        tried = ", ".join(f"{k}={v}" for k, v in t.counters.items() if not isinstance(v, (dict, list)))
-        status = t.status + (f": {t.reason}" if t.reason else "")
+        tried = ", ".join(f"{k}={_one_line(v)}" for k, v in (t.counters or {}).items()
+                          if not isinstance(v, (dict, list)))
+        status = _one_line(t.status) + (f": {_one_line(t.reason)}" if t.reason else "")
         L.append(
-            f"| {t.tier} {t.name} | {status} | {t.duration_s:.1f} s | {tried or '-'} | "
-            f"{', '.join(t.properties) or '-'} |"
+            f"| {t.tier} {t.name} | {status} | {float(t.duration_s or 0):.1f} s | {tried or '-'} | "
+            f"{', '.join(map(_one_line, t.properties)) or '-'} |"
         )
     L.append("")
-    all_warn = list(cert.warnings) + [f"tier {t.tier}: {w}" for t in cert.tiers for w in t.warnings]
+    all_warn = list(map(_one_line, cert.warnings)) + [f"tier {t.tier}: {_one_line(w)}" for t in cert.tiers
+                                                      for w in t.warnings]
     _bullets(L, "Warnings", all_warn)
-    _bullets(L, "Notes", [f"tier {t.tier}: {n}" for t in cert.tiers for n in t.notes])
+    _bullets(L, "Notes", [f"tier {t.tier}: {_one_line(n)}" for t in cert.tiers for n in t.notes])
     cex = [c for t in cert.tiers for c in t.counterexamples]
     if cex:
         L.append("## Counterexamples")
         L.append("")
         for i, c in enumerate(cex, 1):
-            L.append(f"### {i}. tier {c.tier} ({TIER_NAMES[c.tier]}), property `{c.property}`")
+            L.append(f"### {i}. tier {c.tier} ({_tiers.name_of(c.tier)}), property `{_one_line(c.property)}`")
             L.append("")
             if c.guarantee:
                 L.append(f"**Guarantee:** {c.guarantee}")
                 L.append("")
-            L.append(c.message)
+            L.extend(_lines(c.message))
             L.append("")
             if c.cause:
                 L.append(f"**Likely cause:** {c.cause}")
@@ -230,15 +248,10 @@ def render_md(cert: Certificate) -> str:
                          "exits 1 while the bug is there)")
                 L.append("")
             if c.steps:
-                L.append({
-                    1: "Minimal steps (shrunk by Hypothesis, then 1-minimal):",
-                    2: "What the readers and the final check saw:",
-                    3: "The trial (the operations that show it):",
-                    4: "Anomalies:",
-                }[c.tier])
+                L.append(_tiers.steps_heading(c.tier))
                 L.append("")
                 L.append("```")
-                L.extend(c.steps)
+                L.extend(_lines(c.steps))
                 L.append("```")
                 L.append("")
             if c.reproduce:

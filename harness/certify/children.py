@@ -1,14 +1,29 @@
 """Certify's child processes: run fn(*args) in a child, bounded by a timeout, and
-bring its return value (or its exception, or a hang) back through a file.
+bring its return value (or its exception, its death, or a hang) back through a file.
 
-A child that is still running at the deadline is killed and reported hung (a
-liveness finding); no child outlives the wait, even when the certifier is
-interrupted.
+Start method: a child is forked by a fork server (`forkserver`), a fresh
+interpreter started without threads that forks every child; the certifier
+itself never forks, so threads it has (Ray, torch, a test runner) cannot leave
+a child with a lock held. `spawn` is the alternative (DFH_CERTIFY_START).
+Both come from `multiprocess`, which pickles with dill, so factories that plain
+pickle cannot carry (lambdas, closures, classes defined inside a test) still
+reach the child. What the certifier set for this certification (the call
+timeout, the record types) is handed to each child explicitly.
+
+Death: every store call a child makes is written to its call board (`guard`)
+while it runs. A child that ends without a result is reported at once with
+its exit status or signal and the store call(s) it was in (`died`); with no
+store call in flight the death is not the backend's and `died["in_store"]` is
+False. `run_children` then stops the other children of the same run at once
+instead of letting them wait for a peer that is gone.
+
+A child still running at the deadline is killed and reported hung (a liveness
+finding); no child outlives the wait, even when the certifier is interrupted.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
 import os
 import pickle
 import signal
@@ -18,37 +33,87 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional
 
 START_ENV = "DFH_CERTIFY_START"
+START_METHODS = ("forkserver", "spawn")
+#: imported once by the fork server, so that a child does not import them again
+PRELOAD = ["harness.certify.children", "harness.certify.tier1_contract", "harness.certify.tier2_concurrency",
+           "harness.certify.tier3_crash", "reference_impl.contracts", "reference_impl.stores.sqlite"]
 
 
 class StoreStuck(RuntimeError):
     pass
 
 
-# -- child processes -----------------------------------------------------------------
+# -- the start method ---------------------------------------------------------------
 
 
 def mp_context(method: Optional[str] = None):
-    """The start method of certify's children: `fork` where the OS has it (fast, the
-    store factory is inherited), else `spawn` (macOS, Windows), or what
-    DFH_CERTIFY_START says. A spawned child gets its function and arguments by
-    pickling; `multiprocess` pickles with dill, so factories that plain pickle
-    cannot carry (lambdas, closures, classes defined inside a test) still work."""
-    method = (method or os.environ.get(START_ENV)
-              or ("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"))
-    if method == "fork":
-        return multiprocessing.get_context("fork")
-    if method != "spawn":
-        raise ValueError(f"{START_ENV}={method!r}: allowed fork or spawn")
+    """The `multiprocess` context of certify's children: `forkserver` (default) or `spawn`."""
+    method = method or os.environ.get(START_ENV) or "forkserver"
+    if method not in START_METHODS:
+        raise ValueError(f"{START_ENV}={method!r}: allowed {', '.join(START_METHODS)}")
     import multiprocess
 
-    return multiprocess.get_context("spawn")
+    ctx = multiprocess.get_context(method)
+    if method == "forkserver":
+        from multiprocess import forkserver
+
+        if not forkserver._forkserver._forkserver_pid:  # not started yet: choose what it imports once
+            ctx.set_forkserver_preload(PRELOAD)
+    return ctx
 
 
-def _child_main(fn: Callable, args: tuple, result_path: str) -> None:
-    from . import guard
+@contextlib.contextmanager
+def _main_not_rerun():
+    """While a child is started: a `__main__` run from a file (a user's script, stdin) is not
+    re-imported in the child. dill carries what the child runs from `__main__` by value, and a
+    script without `if __name__ == "__main__":` would otherwise run again in every child."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(getattr(main, "__spec__", None), "name", None):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+def start(proc) -> None:
+    """Start a `multiprocess` Process of certify (`Child` and tier 3's workers)."""
+    with _main_not_rerun():
+        proc.start()
+
+
+def signal_name(code: Optional[int]) -> str:
+    """`killed by SIGSEGV` / `exited with status 0` for a child's exit code."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+# -- inside the child ------------------------------------------------------------------
+
+
+def _parent_state() -> Dict[str, Any]:
+    """What the certifier set for this certification, handed to the child."""
+    from . import guard, records
+
+    return {"call_timeout": guard.timeout_s(), "records": records.active()}
+
+
+def _child_main(fn: Callable, args: tuple, result_path: str, state: Dict[str, Any]) -> None:
+    from . import guard, records
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the certifier's cleanup handler is not ours
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    guard.configure(state["call_timeout"])
+    records.use(state["records"])
     guard.arm(result_path)
     try:
         value = fn(*args)
@@ -73,16 +138,36 @@ def _child_main(fn: Callable, args: tuple, result_path: str) -> None:
     os._exit(0)
 
 
+# -- in the certifier --------------------------------------------------------------------
+
+
+def death_report(name: str, code: Optional[int], calls: List[str]) -> Dict[str, Any]:
+    """The result of a child `name` that ended without one: how it ended, in which store call."""
+    how = signal_name(code)
+    if calls:
+        error = (f"the process running the store ({name}) {how} during {' / '.join(calls)}: the store's code "
+                 "ended the process")
+    else:
+        error = f"child {name} {how} without a result, outside any store call"
+    return {"ok": False, "error": error, "prop": "exception" if calls else None, "traceback": "",
+            "died": {"exit_code": code, "how": how, "calls": calls, "in_store": bool(calls), "child": name}}
+
+
 class Child:
-    """A forked child running fn(*args); its return value comes back through a file."""
+    """A child running fn(*args); its return value comes back through a file."""
 
     def __init__(self, name: str, fn: Callable, args: tuple, workdir: str) -> None:
         self.name = name
         self.result_path = os.path.join(workdir, f"result-{name}-{os.getpid()}-{id(self)}.pkl")
-        self.proc = mp_context().Process(target=_child_main, args=(fn, args, self.result_path), daemon=False)
+        self.proc = mp_context().Process(target=_child_main, args=(fn, args, self.result_path, _parent_state()),
+                                         daemon=False)
+        self.stopped = False  # killed by the certifier because a peer died
 
     def start(self) -> "Child":
-        self.proc.start()
+        from .guard import board_create
+
+        board_create(self.result_path)
+        start(self.proc)
         return self
 
     @property
@@ -99,60 +184,89 @@ class Child:
         self.proc.join(timeout)
         return not self.proc.is_alive()
 
+    def died(self) -> bool:
+        """Ended without writing a result."""
+        return self.proc.exitcode is not None and not os.path.exists(self.result_path)
+
     def result(self) -> Dict[str, Any]:
+        from .guard import board_read
+
         try:
             with open(self.result_path, "rb") as f:
                 return pickle.load(f)
         except FileNotFoundError:
-            code = self.proc.exitcode
-            return {
-                "ok": False,
-                "error": f"child {self.name} died without a result (exit code {code})",
-                "prop": None,
-                "traceback": "",
-            }
+            return death_report(self.name, self.proc.exitcode, board_read(self.result_path))
         finally:
-            try:
-                os.unlink(self.result_path)
-            except OSError:
-                pass
+            self.cleanup()
+
+    def cleanup(self) -> None:
+        from .guard import board_remove
+
+        board_remove(self.result_path)
+        try:
+            os.unlink(self.result_path)
+        except OSError:
+            pass
+
+
+def _wait_all(children: List[Child], timeout: float) -> List[Child]:
+    """Wait for every child up to `timeout`; a child that dies without a result stops the
+    others at once. Returns the children still running at the deadline."""
+    from multiprocess.connection import wait
+
+    deadline = time.monotonic() + timeout
+    running = [c for c in children if c.proc.exitcode is None]
+    while running:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return running
+        ended = wait([c.proc.sentinel for c in running], left)
+        for c in [c for c in running if c.proc.sentinel in ended]:
+            c.join(10)
+            if c.died():
+                for other in children:
+                    if other.proc.exitcode is None:
+                        other.stopped = True
+                        other.kill()
+                        other.join(10)
+                return []
+        running = [c for c in running if c.proc.exitcode is None]
+    return []
+
+
+def _stop(children: List[Child]) -> None:
+    for c in children:
+        if c.proc.pid is not None and c.proc.is_alive():
+            c.kill()
+            c.join(10)
 
 
 def run_children(children: List[Child], timeout: float,
                  after_start: Optional[Callable[[], Any]] = None) -> List[Dict[str, Any]]:
     """Start all, wait up to `timeout` in all; a child still running is killed and reported hung."""
+    hung: List[Child] = []
     try:
         for c in children:
             c.start()
         if after_start is not None:
             after_start()
-        deadline = time.monotonic() + timeout
-        hung = []
+        hung = _wait_all(children, timeout)
+    except BaseException:  # interrupted (SIGTERM, Ctrl-C): no child outlives the wait, no file stays
+        _stop(children)
         for c in children:
-            if not c.join(max(0.0, deadline - time.monotonic())):
-                hung.append(c)
-    finally:  # interrupted (SIGTERM, Ctrl-C) or hung: no child outlives the wait
-        for c in children:
-            if c.proc.pid is not None and c.proc.is_alive():
-                c.kill()
-                c.join(10)
-                if c.proc.exitcode is not None:
-                    try:
-                        os.unlink(c.result_path)
-                    except OSError:
-                        pass
+            c.cleanup()
+        raise
+    _stop(children)
     out = []
     for c in children:
         if c in hung:
-            out.append(
-                {
-                    "ok": False,
-                    "error": f"child {c.name} still running after {timeout:.0f}s (hang); killed",
-                    "prop": "liveness",
-                    "traceback": "",
-                    "hung": True,
-                }
-            )
+            c.cleanup()
+            out.append({"ok": False, "error": f"child {c.name} still running after {timeout:.0f}s (hang); killed",
+                        "prop": "liveness", "traceback": "", "hung": True})
+        elif c.stopped:
+            c.cleanup()
+            out.append({"ok": False, "error": f"child {c.name} stopped: another process of the run died",
+                        "prop": None, "traceback": "", "stopped": True})
         else:
             out.append(c.result())
     return out

@@ -10,6 +10,7 @@ import sys
 from typing import List, Optional
 
 from ..exit_codes import HarnessError, UsageError
+from . import tiers as _tiers
 from .common import quote_cmd
 
 
@@ -18,11 +19,12 @@ def parse_tiers(text: str) -> List[int]:
     for part in text.replace(" ", "").split(","):
         if not part:
             continue
-        if not part.isdigit() or int(part) not in (1, 2, 3, 4, 5):
-            raise UsageError(f"--tiers: {part!r} is not a tier; tiers are 1, 2, 3, 4, 5 (for example --tiers 1,2)")
+        if not part.isdigit() or _tiers.get(int(part)) is None:
+            raise UsageError(f"--tiers: {part!r} is not a tier; tiers are {_tiers.listing()} "
+                             "(for example --tiers 1,2)")
         out.append(int(part))
     if not out:
-        raise UsageError("--tiers: no tier given; tiers are 1, 2, 3, 4, 5")
+        raise UsageError(f"--tiers: no tier given; tiers are {_tiers.listing()}")
     return sorted(set(out))
 
 
@@ -35,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def cmd_certify(args) -> int:
     from ..arguments import check_executor, jobs_of
-    from . import Interrupted, LoadError, certify
+    from . import CertifyRequest, Interrupted, certify_request
 
     tiers = parse_tiers(args.tiers)
     if args.examples is not None and args.examples < 1 or args.crashes is not None and args.crashes < 1:
@@ -50,12 +52,11 @@ def cmd_certify(args) -> int:
     if args.executor != "local":
         overrides.update(executor=args.executor, jobs=jobs, address=args.address)
     command = quote_cmd(["python", "-m", "harness", "certify"] + args.argv)
+    req = CertifyRequest(args.factory, profile=args.profile, budget=args.budget, tiers=tiers, seed=args.seed,
+                         reports_dir=args.reports, progress=None if args.quiet else _progress, overrides=overrides,
+                         command=command, records=args.records, call_timeout=args.call_timeout)
     try:
-        cert = certify(args.factory, profile=args.profile, budget=args.budget, tiers=tiers, seed=args.seed,
-                       reports_dir=args.reports, progress=(lambda m: None) if args.quiet else _progress,
-                       overrides=overrides, command=command, records=args.records, call_timeout=args.call_timeout)
-    except LoadError as e:
-        raise UsageError(str(e)) from None
+        cert = certify_request(req)  # a LoadError is a UsageError: exit 2
     except Interrupted:
         raise HarnessError("certify interrupted by SIGTERM; temporary folders and an empty certificate folder "
                            "removed") from None

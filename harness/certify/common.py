@@ -25,6 +25,8 @@ class Context:
     #: command prefix that reproduces this certification, or None (suite use)
     repro_prefix: Optional[str] = None
     overrides: Dict[str, Any] = field(default_factory=dict)
+    #: the certificate folder (tier 4 keeps its run reports there), or None
+    report_dir: Optional[str] = None
 
     def reproduce(self, tier: int, *extra: str) -> str:
         if self.repro_prefix is None:
@@ -91,7 +93,6 @@ class Retrier:
                     on_retry()
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
-
 
 
 # -- refs for tiers 2 and 3 ------------------------------------------------------------

@@ -67,7 +67,7 @@ CAUSES = [
 
 
 def likely_cause(c: Counterexample) -> str:
-    text = c.message + " " + " ".join(c.steps[:5])
+    text = f"{c.message} " + " ".join(map(str, list(c.steps)[:5]))
     for prop, words, cause in CAUSES:
         if c.property.startswith(prop) and (not words or any(w in text for w in words)):
             return cause
@@ -150,6 +150,22 @@ def liveness_counterexample(tier: int, r: Dict[str, Any], ctx) -> Counterexample
     return Counterexample(tier, "liveness", msg, steps=[msg], reproduce=ctx.reproduce(tier), detail={"hang": hang})
 
 
+def child_failure(tier: int, r: Dict[str, Any], ctx) -> Counterexample:
+    """A child that brought back no value, as the backend's counterexample (detail["reason"]
+    says what happened in a few words); a failure that is the harness's own raises RuntimeError."""
+    if r.get("hang"):
+        cex = liveness_counterexample(tier, r, ctx)
+        cex.detail["reason"] = "a store call did not return"
+        return cex
+    if r.get("hung"):
+        return Counterexample(tier, "liveness", r["error"], reproduce=ctx.reproduce(tier),
+                              detail={"reason": "the tier did not finish (a store call hangs?)"})
+    if r.get("died"):
+        return Counterexample(tier, "exception", r["error"], reproduce=ctx.reproduce(tier),
+                              detail={"reason": "the process running the store died", "death": r["died"]})
+    raise RuntimeError(r["error"] + "\n" + r.get("traceback", ""))
+
+
 def store_level(target, ctx, cert: Certificate, report_dir: Optional[str]) -> str:
     """A finding about the whole store, as the reason the tiers do not run; '' if none."""
     probe = target.probe or {}
@@ -176,7 +192,7 @@ def annotate(cert: Certificate, target, ctx, report_dir: Optional[str]) -> None:
     n = 0
     for t in cert.tiers:
         for c in t.counterexamples:
-            base = c.property.split(" (")[0]
+            base = str(c.property).split(" (")[0]
             c.guarantee = GUARANTEES.get(c.property) or GUARANTEES.get(base, "")
             c.cause = likely_cause(c)
             if report_dir is None:

@@ -10,16 +10,24 @@ into a `liveness` counterexample with a standalone reproducer.
 Outside a child (no result file to write) `watch` only times the call: the
 certifier cannot be stopped from a thread, so there the tier-level timeouts of
 `run_children` bound the time.
+
+The call board: a small shared file per child (`<result>.calls`), one slot per
+thread, holding the name of the store call the thread is in (empty between
+calls). It costs a memory write per call, no system call, and outlives the
+child: when a child dies without a result, the certifier reads which store
+call(s) were running (`board_read`), so a segfault or an `os._exit` inside
+`record_train_ack` is reported as that call's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import pickle
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple  # noqa: F401
+from typing import Any, Dict, List, Optional, Tuple  # noqa: F401
 
 DEFAULT_CALL_TIMEOUT_S = 120.0
 
@@ -27,6 +35,74 @@ _timeout_s: float = DEFAULT_CALL_TIMEOUT_S
 _result_path: Optional[str] = None
 _inflight: Dict[int, Tuple[str, tuple, dict, float, Any]] = {}
 _watchdog: Optional[threading.Thread] = None
+
+SLOTS = 64  # threads per child with a slot on the call board
+SLOT = 64  # bytes per slot: a call name
+_board: Optional[mmap.mmap] = None
+_slots: Dict[int, int] = {}
+
+
+def _board_path(result_path: str) -> str:
+    return result_path + ".calls"
+
+
+def board_create(result_path: str) -> None:
+    """In the certifier, before the child starts: an empty board."""
+    with open(_board_path(result_path), "wb") as f:
+        f.write(b"\0" * (SLOTS * SLOT))
+
+
+def board_read(result_path: str) -> List[str]:
+    """The store calls in progress when the child ended (one per thread), oldest slot first."""
+    try:
+        with open(_board_path(result_path), "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    out = []
+    for i in range(0, len(data), SLOT):
+        name = data[i:i + SLOT].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if name:
+            out.append(name)
+    return out
+
+
+def board_remove(result_path: str) -> None:
+    try:
+        os.unlink(_board_path(result_path))
+    except OSError:
+        pass
+
+
+def _board_open(result_path: str) -> None:
+    global _board
+    _slots.clear()
+    try:
+        fd = os.open(_board_path(result_path), os.O_RDWR)
+    except OSError:
+        _board = None
+        return
+    try:
+        _board = mmap.mmap(fd, SLOTS * SLOT)
+    finally:
+        os.close(fd)
+
+
+def _board_enter(name: str) -> Optional[int]:
+    board = _board
+    if board is None:
+        return None
+    tid = threading.get_ident()
+    i = _slots.get(tid)
+    if i is None:
+        i = _slots.setdefault(tid, len(_slots) % SLOTS)
+    board[i * SLOT:(i + 1) * SLOT] = name.encode("utf-8", "replace")[:SLOT - 1].ljust(SLOT, b"\0")
+    return i
+
+
+def _board_leave(i: Optional[int]) -> None:
+    if i is not None and _board is not None:
+        _board[i * SLOT] = 0
 
 
 def configure(timeout_s: float) -> None:
@@ -43,6 +119,7 @@ def arm(result_path: str) -> None:
     global _result_path, _watchdog
     _result_path = result_path
     _inflight.clear()
+    _board_open(result_path)
     _watchdog = threading.Thread(target=_watch_loop, name="certify-call-watchdog", daemon=True)
     _watchdog.start()
 
@@ -60,9 +137,11 @@ def describe_args(args: tuple, kw: dict) -> str:
 def watch(call: str, args: tuple = (), kw: Optional[dict] = None, raw: Any = None):
     tid = threading.get_ident()
     _inflight[tid] = (call, args, kw or {}, time.monotonic(), raw)  # one dict store: atomic, no lock
+    slot = _board_enter(call)
     try:
         yield
     finally:
+        _board_leave(slot)
         _inflight.pop(tid, None)
 
 
@@ -105,12 +184,16 @@ class TimedStore:
 
         get_ident, now, inflight = threading.get_ident, time.monotonic, _inflight
 
+        enter, leave = _board_enter, _board_leave
+
         def call(*args, **kw):
             tid = get_ident()
             inflight[tid] = (name, args, kw, now(), None)
+            slot = enter(name)
             try:
                 return v(*args, **kw)
             finally:
+                leave(slot)
                 inflight.pop(tid, None)
 
         call.__name__ = name

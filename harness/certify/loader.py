@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from harness.exit_codes import UsageError
 from reference_impl.resolve import ResolveError
 from reference_impl.resolve import resolve as resolve_spec
 from reference_impl.stores.base import MetadataStore
@@ -32,8 +33,8 @@ from .store_calls import READ_METHODS, close_store, missing_methods  # noqa: F40
 PROFILES = ("durable", "volatile")
 
 
-class LoadError(Exception):
-    """Bad input: the factory cannot be resolved, built, or is not a store."""
+class LoadError(UsageError):
+    """Bad input: the factory cannot be resolved, built, or is not a store (exit 2)."""
 
 
 class OneByOneAdapter(MetadataStore):

@@ -152,8 +152,8 @@ def run(target, workdir: str) -> Dict[str, Any]:
         hang = r.get("hang") or {"call": "first calls", "args": "", "seconds": guard.timeout_s() * 2 + 60,
                                  "timeout_s": guard.timeout_s()}
         return {"hang": hang, "error": r["error"]}
-    if "died without a result" in r.get("error", ""):
-        return {"construct_error": r["error"] + " (the store crashed the process)"}
+    if r.get("died") and r["died"]["in_store"]:
+        return {"construct_error": r["error"]}
     raise RuntimeError(f"probing the store failed inside the certifier: {r['error']}\n{r.get('traceback', '')}")
 
 

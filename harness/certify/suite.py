@@ -9,19 +9,21 @@
         store_spec = "my_backend:MyStore"  # optional: lets tier 4 start the pipeline on it
         profile = "durable"                # optional: default from the store
         budget = "quick"                   # quick | standard | thorough | a Budget
-        tiers = (1, 2, 3, 4, 5)
+        tiers = (1, 2, 3, 4, 5)            # default: every tier
 
-Each tier is one test (`test_tier1_contract` ... `test_tier4_end_to_end`). A
-failing tier fails its test with the counterexamples and how to reproduce
-them; a tier that does not apply to the profile, or that is not in `tiers`, is
-skipped with the reason (never passed). Set `reports_dir` to also keep a
-certificate per tier.
+Each tier of the registry (`harness.certify.tiers.TIERS`) is one test:
+`test_tier1_contract`, `test_tier2_concurrency`, `test_tier3_crash`,
+`test_tier4_end_to_end`, `test_tier5_power_loss`. A failing tier fails its
+test with the counterexamples and how to reproduce them; a tier that does not
+apply to the store or profile, or that is not in `tiers`, is skipped with the
+reason (never passed). Set `reports_dir` to also keep a certificate per tier.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union
 
+from . import tiers as _tiers
 from .certificate import NOT_APPLICABLE, Budget, TierResult
 
 
@@ -58,7 +60,7 @@ class MetadataStoreSuite:
     store_spec: Optional[str] = None
     profile: Optional[str] = None
     budget: Union[str, Budget] = "quick"
-    tiers: Sequence[int] = (1, 2, 3, 4, 5)
+    tiers: Sequence[int] = _tiers.NUMBERS
     seed: Optional[int] = None
     reports_dir: Optional[str] = None
     overrides: Optional[dict] = None
@@ -101,14 +103,18 @@ class MetadataStoreSuite:
             pytest.fail(format_tier(t) + f"\n(profile {cert.profile}, seed {cert.seed})", pytrace=False)
         return t
 
-    def test_tier1_contract(self):
-        self.run_tier(1)
 
-    def test_tier2_concurrency(self):
-        self.run_tier(2)
+def _tier_test(n: int):
+    def test(self):
+        self.run_tier(n)
 
-    def test_tier3_crash(self):
-        self.run_tier(3)
+    test.__doc__ = f"Tier {n} {_tiers.name_of(n)} of the certification."
+    return test
 
-    def test_tier4_end_to_end(self):
-        self.run_tier(4)
+
+for _tier in _tiers.TIERS:  # one test per tier, named from the registry
+    _name = _tiers.suite_test_name(_tier)
+    _test = _tier_test(_tier.number)
+    _test.__name__ = _test.__qualname__ = _name
+    setattr(MetadataStoreSuite, _name, _test)
+del _tier, _name, _test

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 import traceback
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import hypothesis
 from hypothesis import HealthCheck, Phase, settings
@@ -103,194 +103,212 @@ class _Stats:
         self.last_calls: List[tuple] = []
 
 
+class _Steps(RuleBasedStateMachine):
+    """The contract's steps on one store; `build_machine` binds them to Hypothesis rules.
+
+    The subclass sets `cfg` = (target, stats, workroot, progress, every).
+    """
+
+    cfg: Tuple[Any, _Stats, str, Any, int]
+
+    def __init__(self) -> None:
+        super().__init__()
+        target, stats, workroot, progress, every = self.cfg
+        stats.examples += 1
+        if stats.examples % every == 0:
+            progress(f"tier 1 contract: {stats.examples} examples, {stats.steps} store calls")
+        self.dir = tempfile.mkdtemp(prefix="t1-", dir=workroot)
+        self.model = ContractModel()
+        self.log: List[str] = []
+        self.calls: List[tuple] = []  # (rule name, kwargs): replayable by minimise()
+        stats.last_steps = self.log
+        stats.last_calls = self.calls
+        self.store = None
+        self.log.append("store = open(fresh working directory)")
+        try:
+            self.store = target.open(self.dir)
+        except Exception as e:  # noqa: BLE001
+            raise Violation("open", f"constructing the store raised {type(e).__name__}: {e}") from e
+
+    # -- helpers ---------------------------------------------------------------
+    def _call(self, name: str, *args, **kw):
+        self.cfg[1].steps += 1
+        try:
+            return getattr(self.store, name)(*args, **kw)
+        except Violation:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise Violation("exception", f"{name} raised {type(e).__name__}: {e}") from e
+
+    def _check_refs(self, ids) -> None:
+        for sid in dict.fromkeys(ids):
+            if not self._call("is_committed", sid):
+                raise Violation("is_committed", f"is_committed({_sid(sid)}) is False after it was committed")
+            got = self._call("get_committed", sid)
+            if got is None:
+                raise Violation("round-trip", f"get_committed({_sid(sid)}) returned None after it was committed")
+            d = diff_refs(self.model.refs[sid], canon_ref(got))
+            if d:
+                raise Violation("round-trip", f"get_committed({_sid(sid)}) differs from the first commit: {d}")
+
+    # -- the steps -------------------------------------------------------------
+    def do_commit_sample(self, ref) -> None:
+        self.calls.append(("commit_sample", dict(ref=ref)))
+        self.log.append(f"store.commit_sample({fmt_ref(ref)})")
+        expected = self.model.commit([ref])[0]
+        got = self._call("commit_sample", ref)
+        if bool(got) != expected:
+            raise Violation(
+                "freshness",
+                f"commit_sample({_sid(ref.sample_id)}) returned {got!r}, expected {expected!r} "
+                + ("(the id was committed before)" if not expected else "(the id was never committed)"),
+            )
+        self._check_refs([ref.sample_id])
+
+    def do_commit_samples(self, refs) -> None:
+        self.calls.append(("commit_samples", dict(refs=refs)))
+        self.log.append("store.commit_samples([" + ", ".join(fmt_ref(r) for r in refs) + "])")
+        before = set(self.model.refs)
+        expected = self.model.commit(refs)
+        got = self._call("commit_samples", list(refs))
+        try:
+            got = [bool(x) for x in got]
+        except TypeError:
+            raise Violation("freshness", f"commit_samples returned {got!r}, not a list of flags")
+        if len(got) != len(expected):
+            raise Violation("freshness", f"commit_samples of {len(refs)} refs returned {len(got)} flags: {got!r}")
+        if got != expected:
+            i = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+            sid = refs[i].sample_id
+            if expected[i]:
+                why = "the id was never committed"
+            elif sid in before:
+                why = "the id was committed before"
+            else:
+                why = "the id appears earlier in the same batch (a repeated id is fresh once)"
+            raise Violation(
+                "freshness",
+                f"commit_samples returned {got!r}, expected {expected!r}: flag {i} for "
+                f"{_sid(sid)} is {got[i]!r} but {why}",
+            )
+        self._check_refs([r.sample_id for r in refs])
+
+    def do_record_train_ack(self, picks, global_step, optimizer_durable) -> None:
+        self.calls.append(("record_train_ack", dict(picks=picks, global_step=global_step,
+                                                    optimizer_durable=optimizer_durable)))
+        order = self.model.order
+        ids = sorted({order[p % len(order)] for p in picks}) if order else []
+        self.log.append(
+            f"store.record_train_ack([{', '.join(_sid(i) for i in ids)}], global_step={global_step!r}, "
+            f"optimizer_durable={optimizer_durable!r})"
+        )
+        self.model.ack(ids, global_step, optimizer_durable)
+        self._call("record_train_ack", list(ids), global_step=global_step, optimizer_durable=optimizer_durable)
+
+    def do_lookup(self, sid) -> None:
+        self.calls.append(("lookup", dict(sid=sid)))
+        self.log.append(f"store.is_committed({_sid(sid)}); store.get_committed({_sid(sid)})")
+        if sid in self.model.refs:
+            self._check_refs([sid])
+            return
+        if self._call("is_committed", sid):
+            raise Violation("is_committed", f"is_committed({_sid(sid)}) is True but it was never committed")
+        got = self._call("get_committed", sid)
+        if got is not None:
+            raise Violation("round-trip", f"get_committed({_sid(sid)}) returned {got!r} but it was never committed")
+
+    def do_reopen(self) -> None:
+        self.calls.append(("reopen", {}))
+        self.log.append("store.close(); store = open(same working directory)")
+        self.cfg[1].reopens += 1
+        try:
+            closer = getattr(self.store, "close", None)
+            if callable(closer):
+                closer()
+        except Exception as e:  # noqa: BLE001
+            raise Violation("exception", f"close raised {type(e).__name__}: {e}") from e
+        self.store = None
+        try:
+            self.store = self.cfg[0].open(self.dir)
+        except Exception as e:  # noqa: BLE001
+            raise Violation("reopen", f"reopening the store raised {type(e).__name__}: {e}") from e
+        count = self._call("committed_count")
+        if count != len(self.model.order):
+            raise Violation(
+                "reopen",
+                f"after reopen committed_count() is {count!r}, expected {len(self.model.order)} "
+                "(commits that returned were lost)",
+            )
+        d = marker_diff(self.model.marker(), normalise_marker(self._call("durable_marker")))
+        if d:
+            raise Violation("reopen", f"after reopen {d[1]} (acks that returned were lost)")
+        self._check_refs(self.model.order)
+
+    def check_observable_state(self) -> None:
+        """After every step: count, order and marker equal the model's."""
+        if self.store is None:
+            return
+        count = self._call("committed_count")
+        if count != len(self.model.order):
+            raise Violation("committed_count", f"committed_count() is {count!r}, expected {len(self.model.order)}")
+        ids = self._call("all_committed_ids")
+        try:
+            ids = [str(i) for i in ids]
+        except TypeError:
+            raise Violation("all_committed_ids order", f"all_committed_ids() returned {ids!r}")
+        if ids != self.model.order:
+            if sorted(ids) == sorted(self.model.order):
+                msg = "not in first-commit order"
+            else:
+                msg = f"holds {short(set(ids) ^ set(self.model.order))} wrongly"
+            raise Violation(
+                "all_committed_ids order",
+                f"all_committed_ids() is {[_sid(i) for i in ids]}, expected "
+                f"{[_sid(i) for i in self.model.order]} ({msg})",
+            )
+        d = marker_diff(self.model.marker(), normalise_marker(self._call("durable_marker")))
+        if d:
+            raise Violation({"marker": "durable_marker"}.get(d[0], d[0]), d[1])
+
+    def teardown(self):
+        if self.store is not None:
+            safe_close(self.store)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def build_machine(ctx: Context, stats: _Stats, workroot: str):
-    target = ctx.target
+    """The Hypothesis state machine: `_Steps` bound to rules over the backend's record types."""
     durable = ctx.profile == "durable"
-    progress = ctx.progress
-    every = max(10, ctx.budget.t1_examples // 4)
     REFS = active().strategy(_ids)
 
-    class StoreContract(RuleBasedStateMachine):
-        def __init__(self) -> None:
-            super().__init__()
-            stats.examples += 1
-            if stats.examples % every == 0:
-                progress(f"tier 1 contract: {stats.examples} examples, {stats.steps} store calls")
-            self.dir = tempfile.mkdtemp(prefix="t1-", dir=workroot)
-            self.model = ContractModel()
-            self.log: List[str] = []
-            self.calls: List[tuple] = []  # (rule name, kwargs): replayable by minimise()
-            stats.last_steps = self.log
-            stats.last_calls = self.calls
-            self.store = None
-            self.log.append("store = open(fresh working directory)")
-            try:
-                self.store = target.open(self.dir)
-            except Exception as e:  # noqa: BLE001
-                raise Violation("open", f"constructing the store raised {type(e).__name__}: {e}") from e
+    class StoreContract(_Steps):
+        cfg = (ctx.target, stats, workroot, ctx.progress, max(10, ctx.budget.t1_examples // 4))
 
-        # -- helpers ---------------------------------------------------------------
-        def _call(self, name: str, *args, **kw):
-            stats.steps += 1
-            try:
-                return getattr(self.store, name)(*args, **kw)
-            except Violation:
-                raise
-            except Exception as e:  # noqa: BLE001
-                raise Violation(
-                    "exception", f"{name} raised {type(e).__name__}: {e}"
-                ) from e
-
-        def _check_refs(self, ids) -> None:
-            for sid in dict.fromkeys(ids):
-                if not self._call("is_committed", sid):
-                    raise Violation("is_committed", f"is_committed({_sid(sid)}) is False after it was committed")
-                got = self._call("get_committed", sid)
-                if got is None:
-                    raise Violation("round-trip", f"get_committed({_sid(sid)}) returned None after it was committed")
-                d = diff_refs(self.model.refs[sid], canon_ref(got))
-                if d:
-                    raise Violation("round-trip", f"get_committed({_sid(sid)}) differs from the first commit: {d}")
-
-        # -- rules -----------------------------------------------------------------
         @rule(ref=REFS)
         def commit_sample(self, ref):
-            self.calls.append(("commit_sample", dict(ref=ref)))
-            self.log.append(f"store.commit_sample({fmt_ref(ref)})")
-            expected = self.model.commit([ref])[0]
-            got = self._call("commit_sample", ref)
-            if bool(got) != expected:
-                raise Violation(
-                    "freshness",
-                    f"commit_sample({_sid(ref.sample_id)}) returned {got!r}, expected {expected!r} "
-                    + ("(the id was committed before)" if not expected else "(the id was never committed)"),
-                )
-            self._check_refs([ref.sample_id])
+            self.do_commit_sample(ref)
 
         @rule(refs=st.lists(REFS, max_size=5))
         def commit_samples(self, refs):
-            self.calls.append(("commit_samples", dict(refs=refs)))
-            self.log.append("store.commit_samples([" + ", ".join(fmt_ref(r) for r in refs) + "])")
-            before = set(self.model.refs)
-            expected = self.model.commit(refs)
-            got = self._call("commit_samples", list(refs))
-            try:
-                got = [bool(x) for x in got]
-            except TypeError:
-                raise Violation("freshness", f"commit_samples returned {got!r}, not a list of flags")
-            if len(got) != len(expected):
-                raise Violation(
-                    "freshness", f"commit_samples of {len(refs)} refs returned {len(got)} flags: {got!r}"
-                )
-            if got != expected:
-                i = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
-                sid = refs[i].sample_id
-                if expected[i]:
-                    why = "the id was never committed"
-                elif sid in before:
-                    why = "the id was committed before"
-                else:
-                    why = "the id appears earlier in the same batch (a repeated id is fresh once)"
-                raise Violation(
-                    "freshness",
-                    f"commit_samples returned {got!r}, expected {expected!r}: flag {i} for "
-                    f"{_sid(sid)} is {got[i]!r} but {why}",
-                )
-            self._check_refs([r.sample_id for r in refs])
+            self.do_commit_samples(refs)
 
-        @rule(
-            picks=st.lists(st.integers(0, 10**6), max_size=5),
-            global_step=STEPS,
-            optimizer_durable=st.booleans(),
-        )
+        @rule(picks=st.lists(st.integers(0, 10**6), max_size=5), global_step=STEPS,
+              optimizer_durable=st.booleans())
         def record_train_ack(self, picks, global_step, optimizer_durable):
-            self.calls.append(("record_train_ack", dict(picks=picks, global_step=global_step,
-                                                        optimizer_durable=optimizer_durable)))
-            order = self.model.order
-            ids = sorted({order[p % len(order)] for p in picks}) if order else []
-            self.log.append(
-                f"store.record_train_ack([{', '.join(_sid(i) for i in ids)}], global_step={global_step!r}, "
-                f"optimizer_durable={optimizer_durable!r})"
-            )
-            self.model.ack(ids, global_step, optimizer_durable)
-            self._call("record_train_ack", list(ids), global_step=global_step, optimizer_durable=optimizer_durable)
+            self.do_record_train_ack(picks, global_step, optimizer_durable)
 
         @rule(sid=_ids)
         def lookup(self, sid):
-            self.calls.append(("lookup", dict(sid=sid)))
-            self.log.append(f"store.is_committed({_sid(sid)}); store.get_committed({_sid(sid)})")
-            if sid in self.model.refs:
-                self._check_refs([sid])
-                return
-            if self._call("is_committed", sid):
-                raise Violation("is_committed", f"is_committed({_sid(sid)}) is True but it was never committed")
-            got = self._call("get_committed", sid)
-            if got is not None:
-                raise Violation("round-trip", f"get_committed({_sid(sid)}) returned {got!r} but it was never committed")
+            self.do_lookup(sid)
 
         @precondition(lambda self: durable)
         @rule()
         def reopen(self):
-            self.calls.append(("reopen", {}))
-            self.log.append("store.close(); store = open(same working directory)")
-            stats.reopens += 1
-            try:
-                closer = getattr(self.store, "close", None)
-                if callable(closer):
-                    closer()
-            except Exception as e:  # noqa: BLE001
-                raise Violation("exception", f"close raised {type(e).__name__}: {e}") from e
-            self.store = None
-            try:
-                self.store = target.open(self.dir)
-            except Exception as e:  # noqa: BLE001
-                raise Violation("reopen", f"reopening the store raised {type(e).__name__}: {e}") from e
-            count = self._call("committed_count")
-            if count != len(self.model.order):
-                raise Violation(
-                    "reopen",
-                    f"after reopen committed_count() is {count!r}, expected {len(self.model.order)} "
-                    "(commits that returned were lost)",
-                )
-            m = normalise_marker(self._call("durable_marker"))
-            d = marker_diff(self.model.marker(), m)
-            if d:
-                raise Violation("reopen", f"after reopen {d[1]} (acks that returned were lost)")
-            self._check_refs(self.model.order)
+            self.do_reopen()
 
-        # -- after every step ------------------------------------------------------
         @invariant()
         def observable_state(self):
-            if self.store is None:
-                return
-            count = self._call("committed_count")
-            if count != len(self.model.order):
-                raise Violation("committed_count", f"committed_count() is {count!r}, expected {len(self.model.order)}")
-            ids = self._call("all_committed_ids")
-            try:
-                ids = [str(i) for i in ids]
-            except TypeError:
-                raise Violation("all_committed_ids order", f"all_committed_ids() returned {ids!r}")
-            if ids != self.model.order:
-                if sorted(ids) == sorted(self.model.order):
-                    msg = "not in first-commit order"
-                else:
-                    msg = f"holds {short(set(ids) ^ set(self.model.order))} wrongly"
-                raise Violation(
-                    "all_committed_ids order",
-                    f"all_committed_ids() is {[_sid(i) for i in ids]}, expected "
-                    f"{[_sid(i) for i in self.model.order]} ({msg})",
-                )
-            m = normalise_marker(self._call("durable_marker"))
-            d = marker_diff(self.model.marker(), m)
-            if d:
-                prop = {"marker": "durable_marker"}.get(d[0], d[0])
-                raise Violation(prop, d[1])
-
-        def teardown(self):
-            if self.store is not None:
-                safe_close(self.store)
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self.check_observable_state()
 
     StoreContract.__name__ = "StoreContract"
     StoreContract.__qualname__ = "StoreContract"
@@ -374,6 +392,18 @@ def minimise(machine_cls, calls, prop: str, seconds: float) -> Optional[Tuple[Li
 
 
 def run(ctx: Context) -> TierResult:
+    """The tier in a child process: a store that crashes the interpreter (or Hypothesis's
+    memory) stays out of the certifier, and later children stay small."""
+    from .findings import child_failure
+
+    r = in_child(run_in_this_process, ctx, workdir=ctx.workroot, timeout=6 * 3600, name="tier1")
+    if r["ok"]:
+        return r["value"]
+    cex = child_failure(1, r, ctx)
+    return TierResult(tier=1, status=FAILED, reason=cex.detail.get("reason", ""), counterexamples=[cex])
+
+
+def run_in_this_process(ctx: Context) -> TierResult:
     t0 = time.monotonic()
     res = TierResult(tier=1, status=PASSED, properties=list(PROPERTIES))
     if ctx.profile != "durable":

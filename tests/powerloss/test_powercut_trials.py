@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.certify import tier_powercut
+from harness.certify import tier5_power_loss
 from harness.powerloss.rebuild import PowercutStats
 from tests.store_zoo.powerloss import POWERLOSS_PASSING, POWERLOSS_ZOO
 
@@ -16,7 +16,7 @@ pytestmark = needs_cc
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", sorted(POWERLOSS_ZOO))
 def test_powerloss_zoo_rejected(spec, tmp_path):
-    findings = tier_powercut.run_powercut_trials(spec, str(tmp_path), trials=15, seed=7)
+    findings = tier5_power_loss.run_powercut_trials(spec, str(tmp_path), trials=15, seed=7)
     assert findings, f"{spec} passed 15 power-cut trials"
     assert findings[0]["property"] == POWERLOSS_ZOO[spec], findings[0]
     assert "power cut" in " ".join(findings[0]["steps"]) and findings[0]["powercut"]["records"] > 0
@@ -27,7 +27,7 @@ def test_powerloss_zoo_rejected(spec, tmp_path):
 @pytest.mark.parametrize("spec", POWERLOSS_PASSING)
 def test_correct_stores_pass(spec, tmp_path):
     counters = {}
-    findings = tier_powercut.run_powercut_trials(spec, str(tmp_path), trials=6, seed=11, counters=counters)
+    findings = tier5_power_loss.run_powercut_trials(spec, str(tmp_path), trials=6, seed=11, counters=counters)
     assert findings == []
     assert counters["trials"] == 6
 
@@ -36,8 +36,8 @@ def test_correct_stores_pass(spec, tmp_path):
 def test_a_sigkill_alone_does_not_catch_sync_off(tmp_path, monkeypatch):
     """Without the rebuild (a plain SIGKILL keeps every written page) synchronous=OFF passes:
     it is the power cut that exposes it."""
-    monkeypatch.setattr(tier_powercut, "powercut", lambda *a, **k: PowercutStats())
-    findings = tier_powercut.run_powercut_trials("tests.store_zoo.powerloss:SyncOffStore", str(tmp_path), trials=6,
+    monkeypatch.setattr(tier5_power_loss, "powercut", lambda *a, **k: PowercutStats())
+    findings = tier5_power_loss.run_powercut_trials("tests.store_zoo.powerloss:SyncOffStore", str(tmp_path), trials=6,
                                                  seed=7)
     assert findings == []
 
@@ -49,8 +49,8 @@ def test_tier_result_wrapper(tmp_path):
 
     ctx = Context(target=load("tests.store_zoo.powerloss:SyncOffStore"), profile="durable", budget=BUDGETS["quick"],
                   seed=3, workroot=str(tmp_path), overrides={"powercuts": 5})
-    res = tier_powercut.run(ctx, tier=3)
-    assert res.status == FAILED and res.counterexamples[0].property == "P6 durability"
+    res = tier5_power_loss.run(ctx)
+    assert res.tier == 5 and res.status == FAILED and res.counterexamples[0].property == "P6 durability"
     assert res.counterexamples[0].detail["powercut"]["unsynced_writes_dropped"] > 0
     assert res.counters["trials"] >= 1 and res.counters["unsynced_writes_dropped"] > 0
 

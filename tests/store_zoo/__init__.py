@@ -573,6 +573,26 @@ class HangingCommitStore(SqliteStore):
         threading.Event().wait()
 
 
+class SegfaultAckStore(SqliteStore):
+    """record_train_ack crashes the process with SIGSEGV (a native extension's bug): the store's own crash."""
+
+    def record_train_ack(self, sample_ids, *, global_step, optimizer_durable):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class ExitAckStore(SqliteStore):
+    """record_train_ack ends the process with os._exit(0) (a client library that exits on a lost
+    connection): no exception, no result, exit status 0."""
+
+    def record_train_ack(self, sample_ids, *, global_step, optimizer_durable):
+        import os
+
+        os._exit(0)
+
+
 class MissingMethodsStore:
     def __init__(self, path):
         self.path = path

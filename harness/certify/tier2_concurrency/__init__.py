@@ -80,6 +80,9 @@ def run(ctx: Context) -> TierResult:
         for title, fn in plan:
             ctx.progress(f"tier 2 concurrency: {title}")
             fn()
+            if f.died:
+                res.notes.append("stopped after the scenario in which the process running the store died")
+                break
             if stop_early and f.items:
                 res.notes.append("stopped at the first failing scenario")
                 break

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+from harness.exit_codes import HarnessError
+
 from ..model import diff_refs, short
 from ..records import active
 from .plan import MAX_ANOMALIES, AckPlan
@@ -20,6 +22,17 @@ class Findings:
         self.items: List[Tuple[str, str, str]] = []  # (scenario, prop, text)
         self.warnings: List[str] = []
         self.counters: Dict[str, int] = {}
+        self.died = False  # a process running the store died: the later scenarios would only repeat it
+
+    def child_failed(self, scenario: str, r: Dict[str, Any]) -> None:
+        """A child that brought back no value: a finding, unless the harness caused it (raises)."""
+        if r.get("stopped"):
+            return  # stopped by the certifier because a peer died; the peer's result says why
+        died = r.get("died")
+        if died and not died["in_store"]:
+            raise HarnessError(r["error"])
+        self.died = self.died or bool(died)
+        self.add(scenario, r.get("prop") or ("liveness" if r.get("hung") else "exception"), r["error"])
 
     def add(self, scenario: str, prop: str, text: str) -> None:
         if (scenario, prop, text) in self.items:
@@ -147,6 +160,7 @@ def collect(name: str, results: List[Optional[Dict[str, Any]]], f: Findings) -> 
     for v in vals:
         f.bump("transient_errors", v.get("transient", 0))
         f.bump("marker_reads", v.get("reads", 0))
+        f.bump("marker_reads_during_acks", v.get("reads_during_acks", 0))
         f.bump("acks", v.get("acks", 0) if "w" in v else 0)
         for prop, text in v.get("anomalies", []):
             f.add(name, prop, text)
@@ -158,7 +172,7 @@ def flatten(name: str, res: List[Dict[str, Any]], f: Findings) -> Optional[List[
     bad = False
     for r in res:
         if not r["ok"]:
-            f.add(name, r.get("prop") or ("liveness" if r.get("hung") else "exception"), r["error"])
+            f.child_failed(name, r)
             bad = True
             continue
         out.extend(r["value"])

@@ -25,14 +25,30 @@ MAX_ROUNDS = 10_000
 # -- coordination --------------------------------------------------------------------------
 
 
-class Shared:
-    """Cross-process (and cross-thread) coordination: a start barrier, ack counters."""
+#: marker reads begun while an ack was in flight, per reader, before the ackers may stop
+MIN_OVERLAPS_PER_READER = 25
+#: the ackers stop at this many times the scenario's seconds even without enough overlaps
+OVERLAP_PATIENCE = 20
 
-    def __init__(self, parties: int, writers: int, seconds: float) -> None:
+
+class Shared:
+    """Cross-process (and cross-thread) coordination: a start barrier, ack counters.
+
+    The ackers run for the scenario's seconds, and then on until the readers have
+    begun `min_overlaps` reads while an ack was in flight (`overlaps`): on a loaded
+    machine the threads and processes interleave less per second, so the tier
+    runs longer instead of looking at fewer interleavings.
+    """
+
+    def __init__(self, parties: int, writers: int, seconds: float, readers: int = 0) -> None:
         mp = mp_context()
         self.barrier = mp.Barrier(max(1, parties))
+        self.begun = mp.Array("q", max(1, writers), lock=False)
         self.done = mp.Array("q", max(1, writers), lock=False)
         self.writers_left = mp.Value("i", writers)
+        self.overlaps = mp.Value("i", 0)
+        self.readers_left = mp.Value("i", readers)
+        self.min_overlaps = MIN_OVERLAPS_PER_READER * readers
         self.seconds = seconds
 
     def start(self) -> float:
@@ -42,6 +58,25 @@ class Shared:
         except threading.BrokenBarrierError:
             pass
         return time.monotonic() + self.seconds
+
+    def ackers_go_on(self, deadline: float) -> bool:
+        now = time.monotonic()
+        if now < deadline:
+            return True
+        return (self.overlaps.value < self.min_overlaps and self.readers_left.value > 0
+                and now < deadline + self.seconds * OVERLAP_PATIENCE)
+
+    def in_flight(self, writers: int) -> bool:
+        """An ack has begun and not returned (read just before a marker read)."""
+        return any(self.begun[w] > self.done[w] for w in range(writers))
+
+    def overlapped(self) -> None:
+        with self.overlaps.get_lock():
+            self.overlaps.value += 1
+
+    def reader_finished(self) -> None:
+        with self.readers_left.get_lock():
+            self.readers_left.value -= 1
 
     def writer_finished(self) -> None:
         with self.writers_left.get_lock():
@@ -111,9 +146,10 @@ def role_acker(store, shared: Shared, retr: Retrier, *, plan: AckPlan, w: int, s
     try:
         commit_chunk(0)  # before the start, so that the acks begin together
         deadline = shared.start()
-        while time.monotonic() < deadline:
+        while shared.ackers_go_on(deadline):
             if j % chunk == 0 and j:
                 commit_chunk(j)
+            shared.begun[w] = j + 1
             retr.call(store.record_train_ack, plan.ids(w, j), global_step=plan.step(w, j),
                       optimizer_durable=plan.flag(w, j))
             j += 1
@@ -127,46 +163,53 @@ def role_reader(store, shared: Shared, retr: Retrier, *, plan: AckPlan, rid: str
     """Poll durable_marker until every writer finished; check each read is whole and fresh."""
     anomalies: List[Tuple[str, str]] = []
     prev = [0] * plan.writers
-    reads = 0
+    reads = overlaps = 0
     checker = MarkerChecker(plan)
-    shared.start()
-    while True:
-        finished = shared.writers_left.value <= 0
-        floor = [shared.done[w] for w in range(plan.writers)]
-        m = normalise_marker(retr.call(store.durable_marker))
-        reads += 1
-        found, k = checker.observe(m)
-        for w in range(plan.writers):
-            if k[w] < floor[w]:
-                found.append(
-                    (
-                        "visibility",
-                        f"reader {rid}: durable_marker shows {k[w]} acks of writer w{w}, but record_train_ack had "
-                        f"returned for {floor[w]} of them before this read began (stale read)",
+    try:
+        shared.start()
+        while True:
+            finished = shared.writers_left.value <= 0
+            floor = [shared.done[w] for w in range(plan.writers)]
+            during_ack = shared.in_flight(plan.writers)
+            m = normalise_marker(retr.call(store.durable_marker))
+            reads += 1
+            if during_ack:
+                overlaps += 1
+                shared.overlapped()
+            found, k = checker.observe(m)
+            for w in range(plan.writers):
+                if k[w] < floor[w]:
+                    found.append(
+                        (
+                            "visibility",
+                            f"reader {rid}: durable_marker shows {k[w]} acks of writer w{w}, but record_train_ack had "
+                            f"returned for {floor[w]} of them before this read began (stale read)",
+                        )
                     )
-                )
-            elif k[w] < prev[w]:
-                found.append(
-                    ("visibility", f"reader {rid}: acks of writer w{w} went backwards from {prev[w]} to {k[w]}"))
-        seen = [(w, k[w] - 1) for w in range(plan.writers) if k[w] > 0]
-        if seen and not found and reads % 4 == 0:
-            w, j = seen[reads % len(seen)]
-            sid = plan.ids(w, j)[0]
-            if not retr.call(store.is_committed, sid):
-                found.append(
-                    (
-                        "visibility",
-                        f"reader {rid}: ack w{w}#{j} is visible but is_committed({sid!r}) is False, though its "
-                        "commit returned before the ack",
+                elif k[w] < prev[w]:
+                    found.append(
+                        ("visibility", f"reader {rid}: acks of writer w{w} went backwards from {prev[w]} to {k[w]}"))
+            seen = [(w, k[w] - 1) for w in range(plan.writers) if k[w] > 0]
+            if seen and not found and reads % 4 == 0:
+                w, j = seen[reads % len(seen)]
+                sid = plan.ids(w, j)[0]
+                if not retr.call(store.is_committed, sid):
+                    found.append(
+                        (
+                            "visibility",
+                            f"reader {rid}: ack w{w}#{j} is visible but is_committed({sid!r}) is False, though its "
+                            "commit returned before the ack",
+                        )
                     )
-                )
-        prev = [max(a, b) for a, b in zip(prev, k)]
-        for a in found:
-            if len(anomalies) < MAX_ANOMALIES and a not in anomalies:
-                anomalies.append(a)
-        if finished or len(anomalies) >= MAX_ANOMALIES:
-            break
-    return {"reads": reads, "anomalies": anomalies, "transient": retr.transient}
+            prev = [max(a, b) for a, b in zip(prev, k)]
+            for a in found:
+                if len(anomalies) < MAX_ANOMALIES and a not in anomalies:
+                    anomalies.append(a)
+            if finished or len(anomalies) >= MAX_ANOMALIES:
+                break
+    finally:
+        shared.reader_finished()
+    return {"reads": reads, "reads_during_acks": overlaps, "anomalies": anomalies, "transient": retr.transient}
 
 
 # -- hosting roles in threads -------------------------------------------------------------
@@ -197,6 +240,8 @@ def host_roles(target, workdir: str, roles: List[Tuple[Any, Dict[str, Any]]], sh
                 shared.barrier.abort()  # nobody waits for a worker that is gone
                 if not started and fn is role_acker:
                     shared.writer_finished()
+                if not started and fn is role_reader:
+                    shared.reader_finished()
                 results[i] = {
                     "ok": False,
                     "error": f"{type(e).__name__}: {e}",

@@ -12,6 +12,8 @@ import random
 import shutil
 from typing import List, Optional, Tuple
 
+from harness.exit_codes import HarnessError
+
 from ..common import Child, Context, Retrier, mp_context, run_children, safe_close
 from ..model import Violation, canon_ref, diff_refs, normalise_marker, short
 from ..records import active
@@ -23,6 +25,8 @@ from .roles import Shared, host_roles, make_ref, read_final, role_acker, role_de
 def _init(ctx: Context, d: str) -> None:
     """Create the store once before the workers start (a first open is not what this tier tests)."""
     r = run_children([Child("init", _open_close, (ctx.target, d), d)], timeout=120)[0]
+    if r.get("died") and not r["died"]["in_store"]:
+        raise HarnessError(r["error"])
     if not r["ok"]:
         raise Violation("exception", f"opening the store failed: {r['error']}")
 
@@ -77,7 +81,7 @@ def scenario_dedup_processes(ctx: Context, f: Findings, variant: int, procs: int
         return
     fin = run_children([Child("final", read_final, (ctx.target, d, contested_ids(out)), d)], timeout=300)[0]
     if not fin["ok"]:
-        f.add(name, fin.get("prop") or "exception", f"reading the final state failed: {fin['error']}")
+        f.child_failed(name, dict(fin, error=f"reading the final state failed: {fin['error']}"))
         return
     analyse_dedup(name, out, fin["value"], seed, f)
     shutil.rmtree(d, ignore_errors=True)
@@ -92,7 +96,7 @@ def scenario_acks_processes(ctx: Context, f: Findings, writers_per_proc: List[in
     _init(ctx, d)
     seed = random.Random(f"{ctx.seed}:{tag}").randrange(1 << 30)
     plan = AckPlan(tag, W, max_ids=16, seed=seed)
-    shared = Shared(parties=W + readers + 1, writers=W, seconds=seconds)
+    shared = Shared(parties=W + readers + 1, writers=W, seconds=seconds, readers=readers)
     children = []
     w = 0
     for p, n in enumerate(writers_per_proc):
@@ -110,7 +114,7 @@ def scenario_acks_processes(ctx: Context, f: Findings, writers_per_proc: List[in
         return
     fin = run_children([Child("final", read_final, (ctx.target, d, []), d)], timeout=300)[0]
     if not fin["ok"]:
-        f.add(name, fin.get("prop") or "exception", f"reading the final state failed: {fin['error']}")
+        f.child_failed(name, dict(fin, error=f"reading the final state failed: {fin['error']}"))
         return
     analyse_acks(name, plan, fin["value"], {v["w"]: v["acks"] for v in out if "w" in v}, f)
     analyse_dedup(name, [v for v in out if "attempts" in v], fin["value"], seed, f)
@@ -239,7 +243,7 @@ def scenario_pingpong(ctx: Context, f: Findings, rounds: int) -> None:
         if not r["ok"]:
             if r in peer_gone and len(peer_gone) < len(res):
                 continue  # the other side's own error explains it
-            f.add(name, r.get("prop") or ("liveness" if r.get("hung") else "exception"), r["error"])
+            f.child_failed(name, r)
             continue
         f.bump("transient_errors", r["value"]["transient"])
         for prop, text in r["value"]["anomalies"]:
@@ -251,7 +255,7 @@ def _threads_scenario(target, d, seed: int, n_dedup: int, ackers: int, readers: 
                       max_ids: int = 16):
     """All roles in threads of this process on ONE shared instance; the final state read through it."""
     plan = AckPlan("ta", ackers, max_ids=max_ids, seed=seed)
-    shared = Shared(parties=n_dedup + ackers + readers, writers=ackers, seconds=seconds)
+    shared = Shared(parties=n_dedup + ackers + readers, writers=ackers, seconds=seconds, readers=readers)
     roles = []
     for w in range(n_dedup):
         roles.append((role_dedup, dict(wid=w, plan=dedup_plan("t", 60, w, None if w < 2 else seed), seed=seed)))
@@ -279,7 +283,7 @@ def scenario_threads(ctx: Context, f: Findings, n_dedup: int, ackers: int, reade
         timeout=120 + 4 * seconds,
     )[0]
     if not r["ok"]:
-        f.add(name, r.get("prop") or ("liveness" if r.get("hung") else "exception"), r["error"])
+        f.child_failed(name, r)
         return
     v = r["value"]
     errs = [x for x in v["results"] if x and not x["ok"]]

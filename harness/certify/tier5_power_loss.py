@@ -33,7 +33,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from harness.exit_codes import HarnessError
 from harness.powerloss.rebuild import arm, powercut
@@ -43,7 +43,8 @@ from .common import Context, in_child
 from .loader import load
 from .model import Violation
 from .tier3_crash import PROPERTIES as T3_PROPERTIES
-from .tier3_crash import FreshStores, Trial, _check_trial, _snapshot, trial_refs
+from .tier3_crash.check import check_trial
+from .tier3_crash.trials import FreshStores, Trial, raise_if_died, snapshot, trial_refs
 
 PROPERTIES = list(T3_PROPERTIES)
 #: trials on one store directory before a fresh one
@@ -117,83 +118,82 @@ def _feed(log: Dict[str, Any], data: bytes) -> List[str]:
 # -- one trial ----------------------------------------------------------------------------
 
 
-def _run_trial(spec: str, adapter: bool, d: str, meta: str, trial: Trial, rng: random.Random,
-               op_time: float, mode: str, cut_seed: int) -> Dict[str, Any]:
-    journal = os.path.join(meta, "journal.bin")
-    env = dict(os.environ)
-    env.update(arm(d, journal))
-    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")])
-    who_list = list(trial.workers)
-    victim = rng.choice(who_list)
+def _plan_cut(trial: Trial, rng: random.Random, op_time: float) -> Tuple[str, Tuple[str, Any], float]:
+    """(victim, when, delay): the cut comes while the victim opens the store, after a
+    seeded delay once it began a chosen op, or after it returned every op."""
+    victim = rng.choice(list(trial.workers))
     n_ops = len(trial.workers[victim])
     r = rng.random()
     if r < 0.1:
-        when = ("open", rng.uniform(0.0, 0.4))  # seconds after spawn (or earlier, at ready)
+        when: Tuple[str, Any] = ("open", rng.uniform(0.0, 0.4))  # seconds after spawn (or earlier, at ready)
     elif r < 0.2:
         when = ("after", n_ops)  # after every op returned
     else:
         when = ("began", rng.randrange(n_ops))
-    delay = rng.uniform(0.0, op_time * 1.5)
+    return victim, when, rng.uniform(0.0, op_time * 1.5)
+
+
+def _spawn_workers(spec: str, adapter: bool, d: str, meta: str, trial: Trial, env: Dict[str, str],
+                   errf) -> Tuple[Dict[str, Dict[str, Any]], int]:
+    """One traced process per worker, all in one new process group; (workers, the group id)."""
     procs: Dict[str, Dict[str, Any]] = {}
-    pgid = None
-    t_spawn = time.monotonic()
-    errf = open(os.path.join(meta, "stderr.txt"), "wb")
-    for who in who_list:
+    pgid = 0
+    for who in trial.workers:
         ops_path = os.path.join(meta, f"ops-{trial.no}-{who}.pkl")
         with open(ops_path, "wb") as f:
             pickle.dump(trial.workers[who], f)
         rfd, wfd = os.pipe()
-        # one process group for all workers (in this session, so the second can join the first's)
-        g = 0 if pgid is None else pgid
-        def pre(g: int = g) -> None:
-            os.setpgid(0, g)
-
         p = subprocess.Popen(
-            [sys.executable, "-m", "harness.certify.tier_powercut", "--child", spec, "1" if adapter else "0", d,
+            [sys.executable, "-m", "harness.certify.tier5_power_loss", "--child", spec, "1" if adapter else "0", d,
              ops_path, str(wfd)],
-            env=env, pass_fds=(wfd,), preexec_fn=pre,
+            env=env, pass_fds=(wfd,), process_group=pgid,  # the first starts the group, the others join it
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf,
         )
         os.close(wfd)
-        if pgid is None:
-            pgid = p.pid
+        pgid = pgid or p.pid
         procs[who] = {"p": p, "r": rfd, "log": _new_log(), "open": True}
+    return procs, pgid
+
+
+def _wait_for_cut(procs: Dict[str, Dict[str, Any]], victim: str, when: Tuple[str, Any], delay: float,
+                  t_spawn: float) -> bool:
+    """Read the workers' reports until the victim reaches the planned moment; False after 120 s."""
     due: Optional[float] = t_spawn + when[1] if when[0] == "open" else None
     deadline = time.monotonic() + 120
-    cut = False
-    while not cut and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         live = [i for i in procs.values() if i["open"]]
         if not live and due is None:
             due = time.monotonic()
         timeout = 0.05 if due is None else max(0.0, due - time.monotonic())
         ready = select.select([i["r"] for i in live], [], [], timeout)[0] if live else []
         for who, info in procs.items():
-            if info["r"] in ready:
-                data = os.read(info["r"], 65536)
-                if not data:
-                    info["open"] = False
-                    if who == victim and due is None:
-                        due = time.monotonic()
+            if info["r"] not in ready:
+                continue
+            data = os.read(info["r"], 65536)
+            if not data:
+                info["open"] = False
+                if who == victim and due is None:
+                    due = time.monotonic()
+                continue
+            for ev in _feed(info["log"], data):
+                if who != victim or due is not None:
                     continue
-                for ev in _feed(info["log"], data):
-                    if who != victim or due is not None:
-                        continue
-                    if when[0] == "open" and ev == "ready":
-                        due = time.monotonic()
-                    elif when[0] == "began" and ev == f"b {when[1]}":
-                        due = time.monotonic() + delay
-                    elif when[0] == "after" and ev == "ops_done":
-                        due = time.monotonic()
+                if when[0] == "open" and ev == "ready":
+                    due = time.monotonic()
+                elif when[0] == "began" and ev == f"b {when[1]}":
+                    due = time.monotonic() + delay
+                elif when[0] == "after" and ev == "ops_done":
+                    due = time.monotonic()
         if due is not None and time.monotonic() >= due:
-            cut = True
-    try:
-        os.killpg(pgid, signal.SIGKILL)  # every process of the run at the same instant
-    except ProcessLookupError:
-        pass
+            return True
+    return False
+
+
+def _collect(procs: Dict[str, Dict[str, Any]], meta: str, trial: Trial) -> Dict[str, Any]:
+    """Each worker's log, with what it reported before the kill (it returned before the cut)."""
     logs: Dict[str, Any] = {}
     for who, info in procs.items():
         info["p"].wait(60)
-        # what was reported before the kill still counts (it returned before the cut)
         while True:
             try:
                 data = os.read(info["r"], 65536)
@@ -206,16 +206,37 @@ def _run_trial(spec: str, adapter: bool, d: str, meta: str, trial: Trial, rng: r
         lg = info["log"]
         lg["killed"] = not lg["end"]
         lg["during_open"] = not lg["ready"]
+        lg["exit_code"] = info["p"].returncode
         logs[who] = lg
         os.unlink(os.path.join(meta, f"ops-{trial.no}-{who}.pkl"))
-        code = info["p"].returncode
+    return logs
+
+
+def _run_trial(spec: str, adapter: bool, d: str, meta: str, trial: Trial, rng: random.Random,
+               op_time: float, mode: str, cut_seed: int) -> Dict[str, Any]:
+    journal = os.path.join(meta, "journal.bin")
+    env = dict(os.environ)
+    env.update(arm(d, journal))
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + [env.get("PYTHONPATH", "")])
+    victim, when, delay = _plan_cut(trial, rng, op_time)
+    t_spawn = time.monotonic()
+    with open(os.path.join(meta, "stderr.txt"), "wb") as errf:
+        procs, pgid = _spawn_workers(spec, adapter, d, meta, trial, env, errf)
+        cut = _wait_for_cut(procs, victim, when, delay, t_spawn)
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # every process of the run at the same instant
+        except ProcessLookupError:
+            pass
+        logs = _collect(procs, meta, trial)
+    for who, lg in logs.items():
+        code = lg["exit_code"]
         if code != -signal.SIGKILL and not lg["end"] and lg["error"] is None:
-            errf.close()
+            if not lg["ready"] or lg["began"] - set(lg["done"]):  # it ended inside a store call
+                raise_if_died(who, trial.workers[who], lg, code)
             with open(os.path.join(meta, "stderr.txt"), "rb") as f:
                 tail = f.read().decode("utf-8", "replace")[-2000:]
             raise HarnessError(f"power-cut worker {who} for {spec} exited with {code} before the cut "
                                f"without reporting why (store dir {d}): {tail}")
-    errf.close()
     stats = powercut(d, journal, mode=mode, seed=cut_seed)
     return {"logs": logs, "stats": stats, "when": when, "victim": victim, "timed_out": not cut}
 
@@ -258,7 +279,7 @@ def run_powercut_trials(factory_spec: str, workdir: str, trials: int = 20, seed:
             c["rebuild_ms_max"] = max(c["rebuild_ms_max"], st.rebuild_ms)
             ids = sorted(set(trial_refs(trial)))
             old = [s for s in model.order if s in model.refs]
-            snap = in_child(_snapshot, target, d, ids + rng.sample(old, min(len(old), 20)), workdir=meta,
+            snap = in_child(snapshot, target, d, ids + rng.sample(old, min(len(old), 20)), workdir=meta,
                             timeout=120, name="reopen")
             cut_desc = (f"power cut ({mode_now}, seed {st.seed}) when worker {out['victim']} "
                         + {"open": "was opening the store", "after": "had returned every op",
@@ -269,7 +290,7 @@ def run_powercut_trials(factory_spec: str, workdir: str, trials: int = 20, seed:
                                  "message": f"trial {no}: after the {cut_desc}: {snap['error']}",
                                  "steps": [cut_desc], "powercut": st.as_dict()})
                 break
-            bad = _check_trial(trial, out["logs"], snap["value"], model, warnings, c)
+            bad = check_trial(trial, out["logs"], snap["value"], model, warnings, c)
             for prop, text, context in bad[:4]:
                 findings.append({"property": prop, "trial": no, "message": f"trial {no}: {text}",
                                  "steps": context + [cut_desc, "reopen in a new process and read the state"],
@@ -287,8 +308,12 @@ def run_powercut_trials(factory_spec: str, workdir: str, trials: int = 20, seed:
     return findings
 
 
-def run(ctx: Context, tier: int = 3) -> TierResult:
-    """The trials as a certify tier result (the lead chooses the tier number and name)."""
+TIER = 5
+
+
+def run(ctx: Context) -> TierResult:
+    """The trials as certify's tier 5 (power loss)."""
+    tier = TIER
     t0 = time.monotonic()
     res = TierResult(tier=tier, status=PASSED, properties=list(PROPERTIES))
     trials = int(ctx.overrides.get("powercuts") or max(20, ctx.budget.t3_crashes // 5))
@@ -358,5 +383,6 @@ def _trials_on(executor: str, spec: str, trials: int, seed: int, jobs: int, addr
 if __name__ == "__main__":
     if len(sys.argv) == 7 and sys.argv[1] == "--child":
         _child_main(sys.argv[2:])
-    print("usage: python -m harness.certify.tier_powercut --child SPEC ADAPTER DIR OPS FD (internal)", file=sys.stderr)
+    print("usage: python -m harness.certify.tier5_power_loss --child SPEC ADAPTER DIR OPS FD (internal)",
+          file=sys.stderr)
     sys.exit(2)

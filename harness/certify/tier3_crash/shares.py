@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from typing import Dict
 
-from . import tier3_crash as tier3
-from .certificate import PASSED, TierResult
-from .common import Context
+from .. import tier3_crash as tier3
+from ..certificate import PASSED, TierResult
+from ..common import Context
 
 
 def _share(args) -> TierResult:
@@ -23,8 +23,8 @@ def _share(args) -> TierResult:
     import shutil
     import tempfile
 
-    from . import records as _records
-    from .loader import load
+    from .. import records as _records
+    from ..loader import load
 
     spec, records, profile, budget, seed, crashes, repro_prefix = args
     d = tempfile.mkdtemp(prefix="certify-tier3-")
@@ -34,7 +34,7 @@ def _share(args) -> TierResult:
         ctx = Context(target=target, profile=profile, budget=budget, seed=seed, workroot=d,
                       repro_prefix=repro_prefix, overrides={"crashes": crashes})
         with _records.using(records):
-            return tier3.run(ctx)
+            return tier3.run_in_this_process(ctx)
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
