@@ -3,10 +3,10 @@
 import random
 
 from harness.certify import model
-from harness.certify.tier3_crash.check import check_trial
-from harness.certify.tier3_crash.trials import CrashModel, Trial
 from harness.certify.common import random_ref
 from harness.certify.tier2_concurrency import AckPlan
+from harness.certify.tier3_crash.check import check_trial
+from harness.certify.tier3_crash.trials import CrashModel, Trial
 from reference_impl.contracts import SampleRef, ref_to_dict
 
 

@@ -150,11 +150,7 @@ def test_the_cycle_finder_can_fail():
 PARSER_MODULE = "harness/arguments.py"
 MAX_FUNCTION_LINES = 100
 #: Functions still over MAX_FUNCTION_LINES ("path:name"); shrink this list, never grow it.
-LONG_FUNCTIONS_ALLOWED: set = {
-    "harness/certify/tier1_contract.py:build_machine",
-    "harness/certify/tier3_crash.py:_check_trial",
-    "harness/certify/tier_powercut.py:_run_trial",
-}
+LONG_FUNCTIONS_ALLOWED: set = set()
 #: What a checker may import besides the standard library and the checkers package: the contracts
 #: it is a pure function of (the history and the final state).
 CHECKER_IMPORTS_ALLOWED = {"harness.history", "harness.final_state"}

@@ -39,7 +39,7 @@ def cmd_certify(args) -> int:
     from ..arguments import check_executor, jobs_of
     from . import CertifyRequest, Interrupted, certify_request
 
-    tiers = parse_tiers(args.tiers)
+    tiers = parse_tiers(args.tiers) if args.tiers is not None else list(_tiers.NUMBERS)
     if args.examples is not None and args.examples < 1 or args.crashes is not None and args.crashes < 1:
         raise UsageError("--examples and --crashes must be at least 1")
     jobs = jobs_of(args)

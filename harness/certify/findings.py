@@ -160,7 +160,7 @@ def child_failure(tier: int, r: Dict[str, Any], ctx) -> Counterexample:
     if r.get("hung"):
         return Counterexample(tier, "liveness", r["error"], reproduce=ctx.reproduce(tier),
                               detail={"reason": "the tier did not finish (a store call hangs?)"})
-    if r.get("died"):
+    if r.get("died") and r["died"]["in_store"]:
         return Counterexample(tier, "exception", r["error"], reproduce=ctx.reproduce(tier),
                               detail={"reason": "the process running the store died", "death": r["died"]})
     raise RuntimeError(r["error"] + "\n" + r.get("traceback", ""))

@@ -42,7 +42,9 @@ def _invalid_props(result: Any) -> List[str]:
     return out
 
 
-def run(ctx: Context, reports_dir: Optional[str] = None) -> TierResult:
+def run(ctx: Context) -> TierResult:
+    """The crash scenarios on the backend; their run reports go to `<certificate>/tier4/`."""
+    reports_dir = os.path.join(ctx.report_dir, "tier4") if ctx.report_dir else None
     t0 = time.monotonic()
     res = TierResult(tier=4, status=PASSED, properties=list(PROPERTIES))
     try:
