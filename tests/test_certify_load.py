@@ -39,6 +39,7 @@ def _tier2(target, **kw):
     return certify(target, budget=SMALL, tiers=[2], seed=11, reports_dir=None, progress=None, **kw).tier(2)
 
 
+@pytest.mark.slow
 def test_tier2_verdicts_are_the_same_20_of_20_with_every_core_busy(busy_cores):
     # loaded (and probed) once: the runs repeat tier 2 itself
     torn_store = load("tests.store_zoo:TornMemoryMarkerStore")

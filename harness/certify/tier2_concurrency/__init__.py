@@ -20,6 +20,12 @@ one instance; volatile profile: threads sharing the one instance):
   through its old instance, that the other's commits, acks and dedup state are
   visible exactly.
 
+The same store and seed get the same verdict on an idle or a loaded machine:
+the committers of a dedup race start every round together (a round barrier,
+one decision for all of them to go on), and the ackers go on past the
+scenario's seconds until the readers have begun enough reads while an ack was
+in flight (`roles.Shared`), so load makes the tier slower, not blinder.
+
 Lock/busy/timeout errors are retried with a generous deadline and reported as
 warnings, so a correct store is not failed for the load this tier creates; an
 operation that raised counts as "may or may not have happened".

@@ -40,9 +40,12 @@ class Shared:
     runs longer instead of looking at fewer interleavings.
     """
 
-    def __init__(self, parties: int, writers: int, seconds: float, readers: int = 0) -> None:
+    def __init__(self, parties: int, writers: int, seconds: float, readers: int = 0, committers: int = 0) -> None:
         mp = mp_context()
         self.barrier = mp.Barrier(max(1, parties))
+        # the committers of a dedup race start every round together (the race is each round's first calls)
+        self.round_barrier = mp.Barrier(committers) if committers > 1 else None
+        self.last_round = mp.Value("i", 0)
         self.begun = mp.Array("q", max(1, writers), lock=False)
         self.done = mp.Array("q", max(1, writers), lock=False)
         self.writers_left = mp.Value("i", writers)
@@ -58,6 +61,25 @@ class Shared:
         except threading.BrokenBarrierError:
             pass
         return time.monotonic() + self.seconds
+
+    def next_round(self, deadline: float) -> bool:
+        """After a committer's round: whether all committers go on to the next one (one decision
+        for all of them, taken at the round barrier)."""
+        if self.round_barrier is None:
+            return time.monotonic() < deadline
+        if time.monotonic() >= deadline:
+            self.last_round.value = 1
+        try:
+            self.round_barrier.wait(timeout=120)
+        except threading.BrokenBarrierError:
+            return False  # a committer is gone: its own result says why
+        return not self.last_round.value
+
+    def abort(self) -> None:
+        """Nobody waits for a worker that is gone."""
+        self.barrier.abort()
+        if self.round_barrier is not None:
+            self.round_barrier.abort()
 
     def ackers_go_on(self, deadline: float) -> bool:
         now = time.monotonic()
@@ -114,7 +136,8 @@ def role_dedup(store, shared: Shared, retr: Retrier, *, wid: int, plan: Callable
     fresh_order: List[str] = []
     deadline = shared.start()
     rnd = 0
-    while time.monotonic() < deadline and rnd < MAX_ROUNDS:
+    going = True
+    while going and rnd < MAX_ROUNDS:
         batches, single = plan(rnd)
         rnd += 1
         for batch in batches:
@@ -126,6 +149,7 @@ def role_dedup(store, shared: Shared, retr: Retrier, *, wid: int, plan: Callable
                 attempts.append((sid, None if raised else fl))
                 if fl:
                     fresh_order.append(sid)
+        going = shared.next_round(deadline)
     return {"wid": wid, "attempts": attempts, "fresh_order": fresh_order, "transient": retr.transient, "rounds": rnd}
 
 
@@ -237,7 +261,7 @@ def host_roles(target, workdir: str, roles: List[Tuple[Any, Dict[str, Any]]], sh
                 started = True
                 results[i] = {"ok": True, "value": fn(store, shared, retr, **kw)}
             except BaseException as e:  # noqa: BLE001
-                shared.barrier.abort()  # nobody waits for a worker that is gone
+                shared.abort()
                 if not started and fn is role_acker:
                     shared.writer_finished()
                 if not started and fn is role_reader:

@@ -70,7 +70,7 @@ def scenario_dedup_processes(ctx: Context, f: Findings, variant: int, procs: int
     d = ctx.subdir(f"t2-dedup-{variant}")
     _init(ctx, d)
     seed = random.Random(f"{ctx.seed}:dedup:{variant}").randrange(1 << 30)
-    shared = Shared(parties=procs, writers=0, seconds=seconds)
+    shared = Shared(parties=procs, writers=0, seconds=seconds, committers=procs)
     children = []
     for wid in range(procs):
         plan = dedup_plan(f"d{variant}", 60, wid, None if variant == 0 else seed)
@@ -255,7 +255,8 @@ def _threads_scenario(target, d, seed: int, n_dedup: int, ackers: int, readers: 
                       max_ids: int = 16):
     """All roles in threads of this process on ONE shared instance; the final state read through it."""
     plan = AckPlan("ta", ackers, max_ids=max_ids, seed=seed)
-    shared = Shared(parties=n_dedup + ackers + readers, writers=ackers, seconds=seconds, readers=readers)
+    shared = Shared(parties=n_dedup + ackers + readers, writers=ackers, seconds=seconds, readers=readers,
+                    committers=n_dedup)
     roles = []
     for w in range(n_dedup):
         roles.append((role_dedup, dict(wid=w, plan=dedup_plan("t", 60, w, None if w < 2 else seed), seed=seed)))
