@@ -143,3 +143,34 @@ def test_no_random_kill_or_cut_can_end_an_incarnation_a_failpoint_waits_in(path)
         # failpoint incarnations never collide: one ending failpoint per incarnation
         for incs in ends.values():
             assert len(incs) == len(set(incs)), (seed, ends)
+
+
+def test_every_failpoint_has_a_pace():
+    from harness.faults.points import POINT_PACE
+
+    assert set(POINT_PACE) == set(POINTS)
+
+
+def test_a_chain_of_failpoint_crashes_is_cut_to_fit_the_workload():
+    """checkpoint-k4 seed 2 used to plan a crash at checkpoint 8 (of 9) and then one at the 4th checkpoint
+    of the next incarnation, which the work left could not reach (INCONCLUSIVE): now its 1st."""
+    s = make_schedule(load_scenario("checkpoint-k4"), 2)
+    assert [(f.point, f.hit, f.incarnation) for f in s.failpoints()] == [
+        ("consumer.mid_checkpoint_replace", 8, 0), ("consumer.after_checkpoint_before_ack", 1, 1)]
+
+
+@pytest.mark.parametrize("path", scenario_paths(), ids=lambda p: p.stem)
+def test_failpoint_chains_fit_in_the_workload(path):
+    from harness.faults.points import samples_per_hit
+
+    sc = load_scenario(str(path))
+    ranks = sc.topology["consumer_ranks"]
+    for seed in range(20):
+        at = {}
+        for f in make_schedule(sc, seed).failpoints():
+            per = samples_per_hit(f.point, sc.workload, ranks)
+            end = at.get(f.target, 0) + f.hit * per
+            if f.origin == "random" and f.hit > 1:
+                assert end <= sc.workload["samples"] - per, (seed, f, at)
+            if f.ends():
+                at[f.target] = end

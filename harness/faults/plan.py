@@ -14,9 +14,14 @@ that cannot be matched to a failpoint's, so the planner orders them: every
 random kill waits until its process has reached the incarnation after the last
 planned failpoint crash (`incarnation`, "that one or a later one"), and a
 random power cut until every process has (`after`). So no random kill or cut
-ends an incarnation a planned failpoint is still waiting in. A planned fault
-can still miss for a real cause: its process finished normally first, or a
-hand-written explicit fault pre-empted it.
+ends an incarnation a planned failpoint is still waiting in. And a chain of
+failpoint crashes in one process must fit in the work: the planner follows
+each process's position (in samples, from each point's pace:
+`points.samples_per_hit`) and lowers a drawn hit that the process would not
+reach before the end of the workload (the draws stay the same, so a seed keeps
+every plan that could land). A planned fault can still miss for a real cause:
+its process finished normally first, or a hand-written explicit fault
+pre-empted it.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from .kinds import (
     Powercut,
     fault_from_dict,
 )
-from .points import is_rank_point, owner, points_matching
+from .points import is_rank_point, owner, points_matching, samples_per_hit
 from .schedule import Schedule
 from .vocabulary import PIPELINE, POWERCUT_TARGET, TARGETS, process_of
 
@@ -50,7 +55,10 @@ def make_schedule(scenario, seed: int) -> Schedule:
     explicit = [fault_from_dict(f, f"{scenario.name}: faults.explicit[{i}]").replace(origin="explicit")
                 for i, f in enumerate(scenario.explicit_faults)]
     next_inc = _after_explicit(explicit)
-    drawn = [_draw(rng, scenario, next_inc) for _ in range(scenario.random_faults.get("count", 0))]
+    work = _Work(scenario)
+    for f in explicit:
+        work.passes(f)
+    drawn = [_draw(rng, scenario, next_inc, work) for _ in range(scenario.random_faults.get("count", 0))]
     _order_timed(drawn, next_inc)
     faults = [f.replace(id=i) for i, f in enumerate(explicit + drawn)]
     return Schedule(scenario.name, int(seed), faults)
@@ -69,13 +77,37 @@ def _after_explicit(explicit: List[Fault]) -> Dict[str, int]:
     return next_inc
 
 
-def _draw(rng: random.Random, sc, next_inc: Dict[str, int]) -> Fault:
+class _Work:
+    """Where each process stands in the workload (samples) after the failpoint crashes planned so far."""
+
+    def __init__(self, sc) -> None:
+        self.samples = int(sc.workload["samples"])
+        self.workload = sc.workload
+        self.ranks = int(sc.topology.get("consumer_ranks", 1))
+        self.at: Dict[str, int] = {}
+
+    def reachable_hit(self, f: Failpoint) -> int:
+        """`f.hit`, or the last hit its process still reaches before the end of the workload."""
+        per = samples_per_hit(f.point, self.workload, self.ranks)
+        room = (self.samples - per - self.at.get(f.target, 0)) // per
+        return max(1, min(f.hit, room))
+
+    def passes(self, f: Fault) -> None:
+        """A failpoint crash (or cut) at hit h moves its process h hits further (a restart resumes there)."""
+        if isinstance(f, Failpoint) and f.ends():
+            self.at[f.target] = self.at.get(f.target, 0) + f.hit * samples_per_hit(f.point, self.workload, self.ranks)
+
+
+def _draw(rng: random.Random, sc, next_inc: Dict[str, int], work: _Work) -> Fault:
     """One random fault (the draws in the same order as ever: a seed keeps its plan)."""
     rnd = sc.random_faults
     samples = sc.workload["samples"]
     kind = rng.choice(rnd["kinds"])
     if kind == "failpoint":
-        return _draw_failpoint(rng, sc, next_inc)
+        f = _draw_failpoint(rng, sc, next_inc)
+        f = f.replace(hit=work.reachable_hit(f))
+        work.passes(f)
+        return f
     if kind == "powercut":
         frac = rng.uniform(*rnd["progress"])
         key = rng.choice(("at_published", "at_consumed"))

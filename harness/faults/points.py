@@ -9,6 +9,12 @@ environment of the process that runs its code. Its role says which:
   backend, whose store code runs in the store server;
 * `rank`     - every rank of a data-parallel consumer group (a rule's `rank`
   field arms one rank only); `rank0` - rank 0 of the group.
+
+Its pace says how often its process reaches it (`POINT_PACE`): once per
+channel record, per publish batch, per optimizer step (a window of
+train_batch * accumulation * ranks samples), or per checkpoint
+(checkpoint_every steps). The planner uses it to aim failpoints at hits a
+process still reaches (`samples_per_hit`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,17 @@ ROLE_OF_PREFIX = {"producer": "producer", "channel": "producer", "features": "pr
 #: point -> role (see the module docstring).
 POINT_ROLE: Dict[str, str] = {p: ROLE_OF_PREFIX[p.split(".", 1)[0]] for p in POINTS}
 RANK_ROLES = ("rank", "rank0")
+#: point -> how often its process reaches it (measured: counts of reached points over many runs).
+POINT_PACE: Dict[str, str] = {
+    "producer.after_features_before_commit": "batch", "producer.after_commit_before_publish": "batch",
+    "producer.mid_publish_batch": "record", "channel.mid_append": "record", "channel.before_fsync": "batch",
+    "features.before_rename": "record",
+    "consumer.after_read_before_train": "step", "consumer.after_train_before_checkpoint": "step",
+    "rank.mid_inbox_read": "step", "rank.after_allreduce_before_ack": "step", "rank0.after_gather_before_ack": "step",
+    "consumer.after_checkpoint_before_ack": "checkpoint", "consumer.after_ack_before_consumed": "checkpoint",
+    "consumer.after_ack_before_release": "checkpoint", "consumer.mid_checkpoint_replace": "checkpoint",
+    "consumer.mid_consumed_replace": "checkpoint", "store.mid_ack_txn": "checkpoint",
+}
 
 
 def owner(point: str, backend: str = "sqlite") -> str:
@@ -44,6 +61,14 @@ def is_rank_point(point: str) -> bool:
 def points_for(process: str, backend: str = "sqlite", ranks: int = 1) -> List[str]:
     """The failpoints `process` reaches (rank points only in a group of several ranks)."""
     return [p for p in POINTS if owner(p, backend) == process and (ranks > 1 or not is_rank_point(p))]
+
+
+def samples_per_hit(point: str, workload: Dict[str, int], ranks: int = 1) -> int:
+    """How many samples its process handles between two hits of `point` (a point not in the
+    table counts as once per checkpoint, the slowest pace: a planned hit is then never too far)."""
+    step = workload["train_batch"] * workload["accumulation"] * ranks
+    return {"record": 1, "batch": workload["publish_batch"], "step": step,
+            "checkpoint": step * workload["checkpoint_every"]}[POINT_PACE.get(point, "checkpoint")]
 
 
 def points_matching(patterns: Sequence[str]) -> List[str]:

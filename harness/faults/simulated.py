@@ -15,7 +15,10 @@ A simulation schedule is a list of operations (tuples, as JSON reads them back):
 each operation does. The faults a simulated run fired (`SimResult.faults`)
 are typed faults (`harness.faults.kinds`): a crash inside an operation is a
 `Failpoint` (replayed exactly where the simulation crashed), a crash between
-steps a `Kill` at the progress it happened, a pause a `Pause`, a power cut a
+steps a `Kill` at the progress it happened (`at_published` for the producer,
+`at_consumed` for the consumer; right after a step that ended at a failpoint,
+with nothing recorded since, that failpoint's crash instead, which replays
+exactly), a pause a `Pause`, a power cut a
 `Powercut` at the progress of the process that ran (or, inside an operation,
 a `Failpoint` with action `powercut`). `scenario_text` writes them as a
 scenario with the mode of the schedule's cuts ("torn" when it mixed both: a

@@ -47,13 +47,8 @@ difference from SIGKILL: cleanup code written as `except BaseException` in the
 reference runs on the way out (the feature store unlinks its temp file), which
 a killed process would leave for its successor to remove.
 
-Every effective fault is also written as a process-engine fault
-(`Simulation.faults`, scenario syntax): a failpoint crash as the point, the
-target, its hit count within that incarnation and the incarnation; a crash
-between steps as a kill at the progress it happened (`at_published` for the
-producer, `at_consumed` for the consumer), except when the process's last
-step ended right at a failpoint (nothing recorded after it): then as that
-failpoint crash, which replays exactly; a pause as a pause there.
+Every effective fault is also recorded as a typed fault (`Simulation.faults`,
+`harness.faults`; how each operation maps to one: `harness.faults.simulated`).
 """
 
 
@@ -443,74 +438,86 @@ class Simulation:
                     break
                 self._step(p)
         elif kind == "kill":
-            if p.status != "running":
-                return
-            trig = self._progress(target)
-            phase = self._phase(p)
-            self.st.sup.emit("kill", target=target, target_inc=p.inc, signal=9, fault=len(self.st.faults))
-            where = (f"published {self.st.inv.published}, consumed {self.st.inv.read_consumed()}")
-            if p.tail_hit is not None:
-                # The last step ended right at a failpoint (nothing recorded after it): a
-                # crash there is this crash, and replays exactly in the process engine.
-                point, hit = p.tail_hit
-                self.st.faults.append(Failpoint(target=target, point=point, action="crash", hit=hit,
-                                                incarnation=p.inc))
-                self.st.trace.append(f"kill {target}#{p.inc} between steps, right after {point} (hit {hit}); "
-                                  f"next phase {phase}; {where}")
-            else:
-                self.st.faults.append(Kill(target=target, **trig))
-                self.st.trace.append(f"kill {target}#{p.inc} between steps (next phase {phase}; "
-                                  f"{_fmt_trig(trig)}; {where})")
-            self._drop(p, killed=True)
+            self._kill(p)
         elif kind == "fail":
-            if p.terminal and p.status != "down":
-                return
-            # Run until the target reaches the point: the target steps; while it
-            # idles (waiting for the other side) the other side steps too.
-            other = self.st.procs["consumer" if target == "producer" else "producer"]
-            self.st.armed = (target, op[2])
-            self.st.fired = None
-            try:
-                for _ in range(ARM_STEPS):
-                    if self.st.error:
-                        break
-                    r = self._step(p)
-                    if self.st.fired is not None or r == "done" or p.terminal:
-                        break
-                    if r == "idle":
-                        if other.terminal:
-                            break
-                        self._step(other)
-            finally:
-                self.st.armed = None
-            if self.st.fired is not None:
-                f, self.st.fired = self.st.fired, None
-                self.st.faults.append(f)
-                inv = self.st.inv
-                self.st.trace.append(f"crash {target}#{f.incarnation} at {f.point} (hit {f.hit}; "
-                                     f"published {inv.update_published()}, consumed {inv.read_consumed()})")
+            self._fail(p, op[2])
         elif kind == "pause":
-            # The target is frozen (or, when down, not restarted) while the other side steps.
-            if p.terminal and p.status != "down":
-                return
-            running = p.status == "running"
-            other = self.st.procs["consumer" if target == "producer" else "producer"]
-            trig = self._progress(target)
-            if running:
-                self.st.sup.emit("pause", target=target, target_inc=p.inc, fault=len(self.st.faults))
-            n = 0
-            for _ in range(op[2]):
-                if other.terminal or self.st.error:
-                    break
-                self._step(other)
-                n += 1
-            if running:
-                self.st.sup.emit("cont", target=target, target_inc=p.inc, fault=len(self.st.faults))
-            if n and running:
-                self.st.faults.append(Pause(target=target, **trig, duration_s=round(max(0.05, 0.01 * n), 3)))
-                self.st.trace.append(f"pause {target}#{p.inc} for {n} steps of {other.name} ({_fmt_trig(trig)})")
+            self._pause(p, op[2])
         else:
             raise ValueError(f"unknown op {op!r}")
+
+    def _other(self, p: SimProc) -> SimProc:
+        return self.st.procs["consumer" if p.name == "producer" else "producer"]
+
+    def _kill(self, p: SimProc) -> None:
+        """A crash between two steps: a `Kill` at the progress it happened (or, right after a
+        failpoint with nothing recorded since, that failpoint's crash, which replays exactly)."""
+        if p.status != "running":
+            return
+        target = p.name
+        trig = self._progress(target)
+        phase = self._phase(p)
+        self.st.sup.emit("kill", target=target, target_inc=p.inc, signal=9, fault=len(self.st.faults))
+        where = (f"published {self.st.inv.published}, consumed {self.st.inv.read_consumed()}")
+        if p.tail_hit is not None:
+            point, hit = p.tail_hit
+            self.st.faults.append(Failpoint(target=target, point=point, action="crash", hit=hit, incarnation=p.inc))
+            self.st.trace.append(f"kill {target}#{p.inc} between steps, right after {point} (hit {hit}); "
+                                 f"next phase {phase}; {where}")
+        else:
+            self.st.faults.append(Kill(target=target, **trig))
+            self.st.trace.append(f"kill {target}#{p.inc} between steps (next phase {phase}; "
+                                 f"{_fmt_trig(trig)}; {where})")
+        self._drop(p, killed=True)
+
+    def _fail(self, p: SimProc, point: str) -> None:
+        """A crash inside an operation: run until the target reaches `point` (the target steps;
+        while it idles, waiting for the other side, the other side steps too)."""
+        if p.terminal and p.status != "down":
+            return
+        other = self._other(p)
+        self.st.armed = (p.name, point)
+        self.st.fired = None
+        try:
+            for _ in range(ARM_STEPS):
+                if self.st.error:
+                    break
+                r = self._step(p)
+                if self.st.fired is not None or r == "done" or p.terminal:
+                    break
+                if r == "idle":
+                    if other.terminal:
+                        break
+                    self._step(other)
+        finally:
+            self.st.armed = None
+        if self.st.fired is not None:
+            f, self.st.fired = self.st.fired, None
+            self.st.faults.append(f)
+            inv = self.st.inv
+            self.st.trace.append(f"crash {p.name}#{f.incarnation} at {f.point} (hit {f.hit}; "
+                                 f"published {inv.update_published()}, consumed {inv.read_consumed()})")
+
+    def _pause(self, p: SimProc, steps: int) -> None:
+        """The target is frozen (or, when down, not restarted) while the other side takes `steps` steps."""
+        if p.terminal and p.status != "down":
+            return
+        running = p.status == "running"
+        other = self._other(p)
+        trig = self._progress(p.name)
+        if running:
+            self.st.sup.emit("pause", target=p.name, target_inc=p.inc, fault=len(self.st.faults))
+        n = 0
+        for _ in range(steps):
+            if other.terminal or self.st.error:
+                break
+            self._step(other)
+            n += 1
+        if running:
+            self.st.sup.emit("cont", target=p.name, target_inc=p.inc, fault=len(self.st.faults))
+        if n and running:
+            self.st.faults.append(Pause(target=p.name, **trig, duration_s=round(max(0.05, 0.01 * n), 3)))
+            self.st.trace.append(f"pause {p.name}#{p.inc} for {n} steps of {other.name} ({_fmt_trig(trig)})")
 
     def _kill_server(self) -> None:
         """The store server dies (the volatile ledger with it) and restarts empty."""
