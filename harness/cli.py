@@ -19,21 +19,17 @@ import sys
 from typing import List, Optional
 
 from .exit_codes import ExitCode, UsageError, guarded
-from .paths import check_output_dir, check_output_file, read_json_file
+from .paths import check_output_dir, check_output_file
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_HARNESS = (ExitCode.AS_EXPECTED, ExitCode.UNEXPECTED, ExitCode.USAGE,
                                                       ExitCode.HARNESS)
 
 
 def _need_report(d: str) -> str:
-    if not os.path.isdir(d):
-        raise UsageError(f"report directory {d} does not exist" if not os.path.exists(d)
-                         else f"{d} is not a directory (a report directory was expected)")
-    if not os.path.isfile(os.path.join(d, "result.json")):
-        raise UsageError(f"{d} is not a report directory (no result.json)")
-    result = read_json_file(os.path.join(d, "result.json"), "result")
-    if not isinstance(result, dict) or "verdict" not in result or "seed" not in result:
-        raise UsageError(f"{os.path.join(d, 'result.json')}: not a run's result (no 'verdict' or 'seed')")
+    """`d` is a report directory whose result.json can be rendered (`harness.run_dir`)."""
+    from .run_dir import need_report_dir, read_result
+
+    read_result(need_report_dir(d), render=True)
     return d
 
 
@@ -101,15 +97,12 @@ def cmd_run(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from .faults import read_schedule
     from .process_engine.runner import run_scenario
-    from .scenario import load_scenario
+    from .run_dir import load_run_dir
     from .verdict import verdict_word
 
-    d = _need_report(args.report_dir)
-    result = read_json_file(os.path.join(d, "result.json"), "result")
-    schedule = read_schedule(os.path.join(d, "schedule.json"))
-    sc = load_scenario(os.path.join(d, "scenario.toml"))
+    rd = load_run_dir(args.report_dir)  # result.json, scenario.toml and schedule.json, each validated
+    result, sc, schedule = rd.result, rd.scenario, rd.schedule
     check_output_dir(args.reports, "--reports")
     print(f"replaying {sc.name} seed {result['seed']} ({len(schedule.faults)} faults); "
           f"original verdict: {verdict_word(result['verdict']).lower()} "
@@ -153,13 +146,14 @@ def summary_line(summary) -> str:
 
 
 def cmd_shrink(args) -> int:
+    from .run_dir import load_run_dir
     from .shrink import shrink_report
 
-    d = _need_report(args.report_dir)
+    rd = load_run_dir(args.report_dir)
     if args.out:
         check_output_file(args.out, "--out")
     try:
-        shrink_report(d, tries=args.tries, out=args.out)
+        shrink_report(rd, tries=args.tries, out=args.out)
     except RuntimeError as e:  # the report's run was not a failure: nothing to shrink
         raise UsageError(str(e)) from None
     return EXIT_OK
@@ -167,8 +161,10 @@ def cmd_shrink(args) -> int:
 
 def cmd_report(args) -> int:
     from .reports.render import render_report
+    from .run_dir import check_history
 
-    render_report(_need_report(args.report_dir))
+    check_history(_need_report(args.report_dir))
+    render_report(args.report_dir)
     print(f"rendered {args.report_dir}/report.md, report.html, timeline.png")
     return EXIT_OK
 

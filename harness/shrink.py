@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
-from .faults import Fault, Schedule, read_schedule
+from .faults import Fault, Schedule
 from .minimize import ddmin
+from .run_dir import RunDir, load_run_dir
 from .scenario import load_scenario
 
 
@@ -34,14 +35,12 @@ def _still_fails(sc, seed, faults, reports_dir, tries, say) -> bool:
     return False
 
 
-def shrink_report(report_dir: str, *, tries: int = 2, out: Optional[str] = None,
+def shrink_report(run: Union[str, RunDir], *, tries: int = 2, out: Optional[str] = None,
                   say: Callable[[str], None] = print) -> Dict[str, Any]:
-    from .paths import read_json_file
-
-    result = read_json_file(os.path.join(report_dir, "result.json"), "result")
-    schedule = read_schedule(os.path.join(report_dir, "schedule.json"))
-    sc = load_scenario(os.path.join(report_dir, "scenario.toml"))
-    seed = int(result["seed"])
+    """Shrink the run of report dir `run` (its path, or the `RunDir` read from it: result.json,
+    scenario.toml and schedule.json validated, exit 2 naming the file and the field)."""
+    rd = run if isinstance(run, RunDir) else load_run_dir(run)
+    report_dir, schedule, sc, seed = rd.path, rd.schedule, rd.scenario, rd.seed
     scratch = os.path.join(report_dir, "shrink-runs")
     os.makedirs(scratch, exist_ok=True)
     faults: List[Fault] = list(schedule.faults)

@@ -97,9 +97,8 @@ def test_reports_under_a_file_is_rejected_before_the_run(tmp_path, capsys):
 
 
 def test_replay_without_schedule_names_the_file(tmp_path, capsys):
-    d = tmp_path / "report"
-    d.mkdir()
-    (d / "result.json").write_text(json.dumps({"seed": 0, "verdict": {"as_expected": True}}))
+    d = _report_dir(tmp_path)
+    (d / "schedule.json").unlink()
     code, err = _run(["replay", str(d)], capsys)
     assert code == 2 and str(d / "schedule.json") in err and "does not exist" in err, err
 
@@ -311,3 +310,82 @@ def test_disk_filling_during_a_power_cut_run_removes_the_run_dir(small_tmpfs, ca
     assert "No space left on device" in err and str(mnt / "r") in err and "removed" in err, err
     assert os.listdir(mnt / "r") == []
     assert _free(mnt) >= 1 << 20  # what the run wrote is gone: only the filler fills the disk
+
+
+# -- files of a report dir that a user may have edited: replay, shrink, report --------------------
+
+def _report_dir(tmp_path, result=None, schedule=None, history=None):
+    d = tmp_path / "report"
+    d.mkdir()
+    base = {"scenario": "tiny", "seed": 0, "outcome": "completed", "backend": "sqlite", "wall_s": 1.0,
+            "replay_command": "python -m harness replay x", "verdict": {"as_expected": True, "violated": []},
+            "properties": {"P1": {"valid": True, "anomalies": []}}}
+    (d / "result.json").write_text(json.dumps(dict(base, **(result or {}))))
+    (d / "schedule.json").write_text(json.dumps(schedule if schedule is not None else
+                                                {"scenario": "tiny", "seed": 0, "faults": []}))
+    (d / "scenario.toml").write_text('name = "tiny"\n' + SMALL)
+    (d / "history.jsonl").write_text(history if history is not None else '{"ev": "spawn"}\n')
+    return d
+
+
+def test_a_valid_report_dir_reads_back(tmp_path):
+    from harness.run_dir import check_history, load_run_dir
+
+    rd = load_run_dir(str(_report_dir(tmp_path, schedule={"seed": 0, "faults": [
+        {"kind": "kill", "target": "producer", "at_s": 1.0}]})))
+    assert rd.seed == 0 and [f.kind for f in rd.schedule.faults] == ["kill"] and check_history(rd.path) == 1
+
+
+@pytest.mark.parametrize("cmd", ["replay", "shrink"])
+@pytest.mark.parametrize("schedule,fragments", [
+    ({"faults": [{"kind": "nuke", "target": "producer"}]}, ["faults[0]", "'kind'", "nuke"]),
+    ({"faults": [{"kind": "kill", "target": "producer"}]}, ["faults[0]", "at_s"]),
+    ({"faults": [7]}, ["faults[0]", "7"]),
+    ({"faults": [{"kind": "kill", "target": "nobody", "at_s": 1.0}]}, ["faults[0]", "'target'", "nobody"]),
+    ({"faults": [{"kind": "kill", "target": "consumer.rank3", "at_s": 1.0}]},
+     ["faults[0].target", "consumer.rank3", "consumer_ranks = 1"]),
+    ({"faults": [{"kind": "kill", "target": "store_server", "at_s": 1.0}]}, ["faults[0].target", "store_server"]),
+    ({"seed": 0}, ["'faults'"]),
+    ([], ["'faults'"]),
+], ids=["kind-nuke", "kill-no-trigger", "fault-not-a-table", "target-nobody", "rank-not-in-topology",
+        "store-server-on-sqlite", "no-faults", "a-list"])
+def test_edited_schedule_exits_2_naming_the_file_and_the_fault(tmp_path, capsys, cmd, schedule, fragments):
+    d = _report_dir(tmp_path, schedule=schedule)
+    code, err = _run([cmd, str(d)] + (["--reports", str(tmp_path / "r")] if cmd == "replay" else []), capsys)
+    assert code == 2, err
+    assert str(d / "schedule.json") in err, err
+    for frag in fragments:
+        assert frag in err, (frag, err)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("cmd", ["replay", "shrink", "report"])
+@pytest.mark.parametrize("result,fragments", [
+    ({"seed": "abc"}, ["'seed'", "abc"]),
+    ({"seed": -5}, ["'seed'", "-5"]),
+    ({"verdict": "ok"}, ["'verdict'", "an object"]),
+    ({"verdict": {"as_expected": "yes", "violated": []}}, ["'verdict.as_expected'", "yes"]),
+    ({"verdict": {"as_expected": False, "violated": "P1"}}, ["'verdict.violated'"]),
+    ({"properties": [1]}, ["'properties'", "an object"]),
+    ({"properties": {"P1": {"valid": "maybe"}}}, ["'properties.P1.valid'", "maybe"]),
+    ({"properties": {"P1": {"valid": False, "anomalies": [{"kind": 1}]}}}, ["'properties.P1.anomalies[0]'"]),
+    ({"outcome": None}, ["'outcome'"]),
+    ({"faults": "x"}, ["'faults'", "an object"]),
+], ids=["seed-str", "seed-negative", "verdict-str", "as-expected-str", "violated-str", "properties-list",
+        "valid-maybe", "anomaly-kind-int", "outcome-null", "faults-str"])
+def test_edited_result_exits_2_naming_the_file_and_the_field(tmp_path, capsys, cmd, result, fragments):
+    d = _report_dir(tmp_path, result=result)
+    code, err = _run([cmd, str(d)], capsys)
+    assert code == 2, err
+    assert str(d / "result.json") in err, err
+    for frag in fragments:
+        assert frag in err, (frag, err)
+
+
+def test_edited_history_exits_2_naming_the_file_and_the_line(tmp_path, capsys):
+    d = _report_dir(tmp_path, history='{"ev": "spawn"}\n{garbage\n')
+    code, err = _run(["report", str(d)], capsys)
+    assert code == 2 and str(d / "history.jsonl") in err and "line 2" in err, err
+    d2 = _report_dir(tmp_path / "x", history='{"ev": "spawn"}\n[1, 2]\n') if (tmp_path / "x").mkdir() is None else None
+    code, err = _run(["report", str(d2)], capsys)
+    assert code == 2 and "line 2" in err and "not an event" in err, err
