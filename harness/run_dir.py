@@ -7,11 +7,12 @@ a `UsageError` (exit 2) that names the file and the field:
 * `result.json`: a JSON object; `seed` an integer 0..2**63-1; `outcome` a
   string; `scenario`, `backend` and `replay_command` strings, `wall_s` a
   number and `properties` when there (required for `report`, which renders
-  them); `verdict` an object with `as_expected` a boolean, `violated` a list of
-  strings and (when there) `reasons` a list of strings; `properties` an
-  object of objects, each with `valid` true, false or null and (when there)
-  `anomalies`, a list of objects with string `kind` and `message`; `faults`,
-  `final` and `powerloss` objects when there;
+  them); `verdict` an object with `violated` a list of strings and (when
+  there; for `report` required) `as_expected` a boolean, `expected` an
+  object with lists `violates` and `outcome`, `reasons` a list of strings;
+  `properties` an object of objects, each with `valid` true, false or null
+  and (when there) `anomalies`, a list of objects with string `kind` and
+  `message`; `faults`, `final` and `powerloss` objects when there;
 * `scenario.toml`: a scenario (`harness.scenario.load_scenario`);
 * `schedule.json`: a fault schedule (`harness.faults.read_schedule`: each
   fault checked by its kind), every fault aimed at a process the scenario's
@@ -75,7 +76,7 @@ _RESULT_FIELDS: Dict[str, tuple] = {
     "powerloss": (False, lambda v: isinstance(v, dict), "an object"),
 }
 _VERDICT_FIELDS: Dict[str, tuple] = {
-    "as_expected": (True, lambda v: isinstance(v, bool), "true or false"),
+    "as_expected": (False, lambda v: isinstance(v, bool), "true or false"),
     "violated": (True, _is_str_list, "a list of property names (strings)"),
     "reasons": (False, _is_str_list, "a list of strings"),
 }
@@ -115,6 +116,11 @@ def _check_properties(props: Dict[str, Any], where: str) -> None:
                                  f"an object with string 'kind' and 'message'")
 
 
+_VERDICT_RENDERED: Dict[str, tuple] = {
+    "as_expected": (True, lambda v: isinstance(v, bool), "true or false"),
+    "expected": (True, lambda v: isinstance(v, dict) and _is_str_list(v.get("violates"))
+                 and _is_str_list(v.get("outcome")), "an object with lists of strings 'violates' and 'outcome'"),
+}
 #: What rendering a report needs besides: these keys are required for `report`.
 _RENDERED = ("scenario", "backend", "wall_s", "replay_command", "properties")
 
@@ -130,10 +136,11 @@ def read_result(d: str, render: bool = False) -> Dict[str, Any]:
         raise UsageError(f"{path}: key 'seed' is missing; allowed: an integer 0..2**63-1")
     check_seed(result["seed"], f"{path}: key 'seed' has value")
     _check_fields(result, _RESULT_FIELDS, path)
-    if render:
-        _check_fields(result, {k: (True,) + _RESULT_FIELDS[k][1:] for k in _RENDERED}, path)
     _check_fields(result["verdict"], _VERDICT_FIELDS, path, "verdict.")
     _check_properties(result.get("properties") or {}, path)
+    if render:
+        _check_fields(result, {k: (True,) + _RESULT_FIELDS[k][1:] for k in _RENDERED}, path)
+        _check_fields(result["verdict"], _VERDICT_RENDERED, path, "verdict.")
     return result
 
 

@@ -318,7 +318,8 @@ def _report_dir(tmp_path, result=None, schedule=None, history=None):
     d = tmp_path / "report"
     d.mkdir()
     base = {"scenario": "tiny", "seed": 0, "outcome": "completed", "backend": "sqlite", "wall_s": 1.0,
-            "replay_command": "python -m harness replay x", "verdict": {"as_expected": True, "violated": []},
+            "replay_command": "python -m harness replay x",
+            "verdict": {"as_expected": True, "violated": [], "expected": {"violates": [], "outcome": ["completed"]}},
             "properties": {"P1": {"valid": True, "anomalies": []}}}
     (d / "result.json").write_text(json.dumps(dict(base, **(result or {}))))
     (d / "schedule.json").write_text(json.dumps(schedule if schedule is not None else
@@ -375,11 +376,17 @@ def test_edited_schedule_exits_2_naming_the_file_and_the_fault(tmp_path, capsys,
         "valid-maybe", "anomaly-kind-int", "outcome-null", "faults-str"])
 def test_edited_result_exits_2_naming_the_file_and_the_field(tmp_path, capsys, cmd, result, fragments):
     d = _report_dir(tmp_path, result=result)
-    code, err = _run([cmd, str(d)], capsys)
+    code, err = _run([cmd, str(d)] + (["--reports", str(tmp_path / "r")] if cmd == "replay" else []), capsys)
     assert code == 2, err
     assert str(d / "result.json") in err, err
     for frag in fragments:
         assert frag in err, (frag, err)
+
+
+def test_result_without_what_a_report_renders_exits_2(tmp_path, capsys):
+    d = _report_dir(tmp_path, result={"verdict": {"violated": []}})
+    code, err = _run(["report", str(d)], capsys)
+    assert code == 2 and str(d / "result.json") in err and "'verdict.as_expected' is missing" in err, err
 
 
 def test_edited_history_exits_2_naming_the_file_and_the_line(tmp_path, capsys):
