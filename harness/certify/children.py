@@ -153,6 +153,15 @@ def death_report(name: str, code: Optional[int], calls: List[str]) -> Dict[str, 
             "died": {"exit_code": code, "how": how, "calls": calls, "in_store": bool(calls), "child": name}}
 
 
+def raise_if_harness_died(r: Dict[str, Any]) -> None:
+    """HarnessError when a child died outside any store call (not the backend's finding)."""
+    died = r.get("died")
+    if died and not died["in_store"]:
+        from harness.exit_codes import HarnessError
+
+        raise HarnessError(r["error"])
+
+
 class Child:
     """A child running fn(*args); its return value comes back through a file."""
 

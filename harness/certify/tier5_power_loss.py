@@ -39,6 +39,7 @@ from harness.exit_codes import HarnessError
 from harness.powerloss.rebuild import arm, powercut
 
 from .certificate import BUDGETS, FAILED, NOT_RUN, PASSED, Counterexample, TierResult
+from .children import raise_if_harness_died
 from .common import Context, in_child
 from .loader import load
 from .model import Violation
@@ -281,6 +282,7 @@ def run_powercut_trials(factory_spec: str, workdir: str, trials: int = 20, seed:
             old = [s for s in model.order if s in model.refs]
             snap = in_child(snapshot, target, d, ids + rng.sample(old, min(len(old), 20)), workdir=meta,
                             timeout=120, name="reopen")
+            raise_if_harness_died(snap)
             cut_desc = (f"power cut ({mode_now}, seed {st.seed}) when worker {out['victim']} "
                         + {"open": "was opening the store", "after": "had returned every op",
                            "began": f"began op {out['when'][1]}"}[out["when"][0]]

@@ -16,8 +16,8 @@ only when the tier runs; each such module has `PROPERTIES` and
 Adding a tier, for example 6, network, for backends that talk to a server:
 1. write `harness/certify/tier6_network.py` with `PROPERTIES` and
    `run(ctx) -> TierResult` (a result with `tier=6`);
-2. append `TierEntry(6, "network", "tier6_network", steps_heading="...",
-   not_applicable=<ctx -> reason or None>)` to `TIERS` below (the reason for
+2. append `TierEntry(6, "network", "tier6_network", "<steps heading>",
+   applicability=<ctx -> reason or None>)` to `TIERS` below (the reason for
    a store without a server, say "not a networked backend").
 `--tiers 6`, the default selection, the certificate and the suite's
 `test_tier6_network` follow from the entry; nothing else changes.

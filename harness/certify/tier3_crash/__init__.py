@@ -27,6 +27,7 @@ import time
 from typing import Dict
 
 from ..certificate import FAILED, PASSED, Counterexample, TierResult
+from ..children import raise_if_harness_died
 from ..common import Context, in_child
 from ..model import Violation
 from .check import check_trial
@@ -72,6 +73,7 @@ def run_in_this_process(ctx: Context) -> TierResult:
             last_on_store = (no + 1) % TRIALS_PER_STORE == 0 or no + 1 == crashes
             sample = old if last_on_store else rng.sample(old, min(len(old), 20))
             snap = in_child(snapshot, ctx.target, d, ids + sample, workdir=d, timeout=120, name="reopen")
+            raise_if_harness_died(snap)
             if not snap["ok"]:
                 prop = snap.get("prop") or "reopenable"
                 raise Violation(prop, f"after trial {no}: {snap['error']}")

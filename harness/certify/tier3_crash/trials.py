@@ -18,7 +18,9 @@ import signal
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..children import _parent_state, signal_name, start
+from harness.exit_codes import HarnessError
+
+from ..children import _parent_state, raise_if_harness_died, signal_name, start
 from ..common import Context, Retrier, in_child, mp_context, random_ref, safe_close
 from ..model import Violation, canon_ref, normalise_marker, short
 from ..records import active
@@ -280,8 +282,11 @@ def raise_if_died(who: str, ops: List[Tuple], lg: Dict[str, Any], exit_code: Opt
         call = "opening the store (the constructor)"
     elif in_flight:
         call = fmt_op(f"worker {who}", in_flight[0], ops[in_flight[0]]).split(": ", 1)[1]
-    else:
+    elif len(lg["done"]) == len(ops):
         call = "closing the store"
+    else:  # between two operations: in the harness's own code
+        raise HarnessError(f"crash worker {who} {signal_name(exit_code)} between two store calls "
+                           f"(after op {max(lg['done'], default=-1)}): not the store's finding")
     raise Violation("exception", f"the process running the store (worker {who}) {signal_name(exit_code)} during "
                                  f"{call}: the store's code ended the process")
 
@@ -353,6 +358,7 @@ def fresh_store(ctx: Context, seed: int):
     d = ctx.subdir("tier3")
     open_time, op_time, model = calibrate(ctx, d, seed)
     snap = in_child(snapshot, ctx.target, d, list(model.order), workdir=d, timeout=120, name="calibrate-read")
+    raise_if_harness_died(snap)
     if not snap["ok"]:
         raise Violation(snap.get("prop") or "reopenable", snap["error"])
     s = snap["value"]
