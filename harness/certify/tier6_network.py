@@ -295,7 +295,7 @@ def run(ctx: Context) -> TierResult:
             if found:
                 break
             ctx.progress(f"network trial {no + 1}/{trials}")
-        kinds = [False] + ([True] if ctx.profile == "durable" else [])
+        kinds = ([True] if ctx.profile == "durable" else []) + [False]  # power cuts first: the harder test
         for no in range(trials if not found else 0):
             found = crash_trial(ctx, no, rng, counters, power=kinds[no % len(kinds)])
             counters["server_crash_trials"] += 1

@@ -200,13 +200,22 @@ class NodeProxy:
             self._close(conn, rst=True)  # server down: the client sees its connection reset
             return
         up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.upstream = up
+        with self._lock:
+            closed_meanwhile = conn.closed
+            conn.upstream = up
+        if closed_meanwhile:  # reset while connecting: nothing else will close it
+            up.close()
+            return
         self._spawn(self._pump, f"proxy-{self.node}-down", conn, False)
         self._pump(conn, True)
 
     def _pump(self, conn: _Conn, up: bool) -> None:
         src, dst = (conn.client, conn.upstream) if up else (conn.upstream, conn.client)
-        src.settimeout(POLL_S)
+        try:
+            src.settimeout(POLL_S)
+        except OSError:  # closed by a reset meanwhile
+            self._close(conn, rst=False)
+            return
         while not conn.closed and not self._stop.is_set():
             try:
                 data = src.recv(CHUNK)

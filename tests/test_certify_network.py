@@ -1,0 +1,41 @@
+"""Certify's tier 6 (network) on the reference Redis store and on the Redis bug zoo.
+
+The reference passes with network faults and server crashes landed (trial counts
+above zero, lost replies seen); each zoo member is rejected for its property.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.certify import tier6_network
+from harness.certify.certificate import BUDGETS, FAILED, PASSED
+from harness.certify.common import Context
+from harness.certify.loader import load
+from tests.store_zoo.redis import REDIS_ZOO
+
+
+def _ctx(spec: str, tmp_path, trials: int = 3) -> Context:
+    return Context(target=load(spec), profile="durable", budget=BUDGETS["quick"], seed=1, workroot=str(tmp_path),
+                   overrides={"network_trials": trials})
+
+
+def test_reference_passes_with_faults_landed(tmp_path):
+    res = tier6_network.run(_ctx("reference_impl.stores.redis:RedisMetadataStore", tmp_path))
+    assert res.status == PASSED, [c.message for c in res.counterexamples] or res.reason
+    c = res.counters
+    assert c["network_trials"] == 3 and c["server_crash_trials"] == 3 and c["calls"] > 0
+    assert c["lost_replies"] > 0 and c["server_kills"] > 0 and c["server_power_cuts"] > 0
+    assert any("6.2" in n and "appendfsync" in n for n in res.notes)  # the server judged
+
+
+@pytest.mark.parametrize("name", sorted(REDIS_ZOO))
+def test_zoo_member_rejected_for_its_property(tmp_path, name):
+    prop, _ = REDIS_ZOO[name]
+    res = tier6_network.run(_ctx(f"tests.store_zoo.redis:{name}", tmp_path))
+    assert res.status == FAILED and prop in {c.property for c in res.counterexamples}, res.counters
+
+
+def test_not_applicable_to_a_store_without_a_server(tmp_path):
+    ctx = _ctx("reference_impl.stores.sqlite:SQLiteMetadataStore", tmp_path)
+    assert "not a networked backend" in tier6_network.networked(ctx)
