@@ -75,7 +75,7 @@ def cmd_simulate(args) -> int:
 def _setup(args) -> Dict[str, Any]:
     from harness.arguments import check_executor, jobs_of
 
-    from .engine import DEFAULT_WORKLOAD, config_for
+    from .engine import config_for
     from .search import MAX_OPS, SimSpec
 
     if args.examples < 1:
@@ -85,32 +85,9 @@ def _setup(args) -> Dict[str, Any]:
     if args.powercuts and args.executor == "ray":
         raise _Usage("--powercuts runs under the durability tracer, which Ray workers do not load; "
                      "use --executor local")
-    workload = dict(DEFAULT_WORKLOAD)
-    backend, variant, expect, outcomes, label = "sqlite", None, None, ["completed"], "default"
-    sometimes: List[str] = []
-    points: List[str] = []
-    store_kills = bool(args.store_kills)
-    powercuts = bool(args.powercuts)
-    if args.scenario:
-        from harness.scenario import load_scenario
-
-        sc = load_scenario(args.scenario)
-        if sc.topology.get("consumer_ranks", 1) != 1:
-            raise _Usage(f"scenario {sc.name}: the simulation runs one consumer rank "
-                         f"(consumer_ranks = {sc.topology['consumer_ranks']})")
-        workload.update(sc.workload)
-        backend = sc.backend
-        variant = sc.topology.get("variant") or None
-        expect = list(sc.expect.get("violates") or []) or None
-        outcomes = list(sc.expect.get("outcome") or ["completed"])
-        label = sc.name
-        sometimes = list(sc.expect.get("sometimes") or [])
-        points = _sim_points(sc)
-        rnd = sc.random_faults
-        powercuts |= bool(rnd.get("count")) and "powercut" in rnd.get("kinds", []) or any(
-            f.kind == "powercut" for f in sc.explicit_faults)
-        store_kills |= bool(rnd.get("count")) and "store_server" in rnd.get("targets", []) or any(
-            f.target == "store_server" for f in sc.explicit_faults)
+    d = _from_scenario(args)
+    workload, backend, variant, expect = d["workload"], d["backend"], d["variant"], d["expect"]
+    store_kills, powercuts = d["store_kills"], d["powercuts"]
     if args.backend:
         backend = args.backend
     if backend not in BACKENDS and ":" not in backend:
@@ -151,10 +128,38 @@ def _setup(args) -> Dict[str, Any]:
     if args.out:
         check_output_file(args.out, "--out")
     targets = ("producer", "consumer") + (("store_server",) if store_kills else ())
-    spec = SimSpec(workload=workload, backend=backend, variant=variant, expect=expect, outcomes=outcomes,
+    spec = SimSpec(workload=workload, backend=backend, variant=variant, expect=expect, outcomes=d["outcomes"],
                    targets=targets, max_ops=max_ops, shrink=not args.no_shrink, shrink_budget_s=args.shrink_budget,
                    powercuts=powercuts)
-    return {"spec": spec, "label": label, "sometimes": sometimes, "points": points}
+    return {"spec": spec, "label": d["label"], "sometimes": d["sometimes"], "points": d["points"]}
+
+
+def _from_scenario(args) -> Dict[str, Any]:
+    """What the scenario argument sets (the simulation's small workload on SQLite without one)."""
+    from .engine import DEFAULT_WORKLOAD
+
+    d: Dict[str, Any] = {"workload": dict(DEFAULT_WORKLOAD), "backend": "sqlite", "variant": None, "expect": None,
+                         "outcomes": ["completed"], "label": "default", "sometimes": [], "points": [],
+                         "store_kills": bool(args.store_kills), "powercuts": bool(args.powercuts)}
+    if not args.scenario:
+        return d
+    from harness.scenario import load_scenario
+
+    sc = load_scenario(args.scenario)
+    if sc.topology.get("consumer_ranks", 1) != 1:
+        raise _Usage(f"scenario {sc.name}: the simulation runs one consumer rank "
+                     f"(consumer_ranks = {sc.topology['consumer_ranks']})")
+    d["workload"].update(sc.workload)
+    rnd = sc.random_faults
+    d.update(backend=sc.backend, variant=sc.topology.get("variant") or None,
+             expect=list(sc.expect.get("violates") or []) or None,
+             outcomes=list(sc.expect.get("outcome") or ["completed"]), label=sc.name,
+             sometimes=list(sc.expect.get("sometimes") or []), points=_sim_points(sc))
+    d["powercuts"] |= bool(rnd.get("count")) and "powercut" in rnd.get("kinds", []) or any(
+        f.kind == "powercut" for f in sc.explicit_faults)
+    d["store_kills"] |= bool(rnd.get("count")) and "store_server" in rnd.get("targets", []) or any(
+        f.target == "store_server" for f in sc.explicit_faults)
+    return d
 
 
 def _sim_points(sc) -> List[str]:
