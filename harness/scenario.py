@@ -94,10 +94,7 @@ class Scenario:
     @property
     def has_powercut(self) -> bool:
         """Whether a schedule of this scenario can hold a power cut (explicit, random, or a failpoint)."""
-        r = self.random_faults
-        drawn = bool(r.get("count")) and ("powercut" in r["kinds"]
-                                          or ("failpoint" in r["kinds"] and "powercut" in r["actions"]))
-        return drawn or has_powercut(self.explicit_faults)
+        return has_powercut(self.explicit_faults, self.random_faults)
 
     @property
     def backend(self) -> str:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 from .kinds import Failpoint, Fault, FaultError, Powercut, Timed, fault_from_dict
 
 
-def has_powercut(faults: Iterable[Union[Fault, Dict[str, Any]]]) -> bool:
-    """Whether the faults cut power: a timed power cut, or a failpoint with action `powercut`."""
+def has_powercut(faults: Iterable[Union[Fault, Dict[str, Any]]], random_spec: Optional[Dict[str, Any]] = None) -> bool:
+    """Whether the faults cut power: a timed power cut, or a failpoint with action `powercut` (with
+    `random_spec`, a scenario's `[faults.random]`: also whether the planner may draw one)."""
+    r = random_spec or {}
+    if r.get("count") and ("powercut" in r.get("kinds", ())
+                           or ("failpoint" in r.get("kinds", ()) and "powercut" in r.get("actions", ()))):
+        return True
     for f in faults:
         kind, action = (f.kind, getattr(f, "action", None)) if isinstance(f, Fault) else (f.get("kind"),
                                                                                           f.get("action"))
