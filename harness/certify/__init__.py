@@ -2,7 +2,7 @@
 
     python -m harness certify package.module:Factory [--profile durable|volatile]
                               [--quick | --thorough] [--tiers 1,2,3,4,5] [--seed N]
-                              [--reports-dir DIR] [--records MODULE] [--call-timeout S]
+                              [--reports DIR] [--records MODULE] [--call-timeout S]
 
 The tiers, listed once in `tiers` (each reported separately): 1 contract
 (Hypothesis stateful testing against a pure model), 2 concurrency (processes
@@ -10,7 +10,7 @@ and threads), 3 crash (SIGKILL inside transactions, then reopen), 4 end-to-end
 (the reference pipeline through the harness's crash scenarios), 5 power loss
 (traced processes, a power cut that drops every unsynced write, then reopen;
 durable profile only). The result is `certificate.json` and `certificate.md`
-in `<reports-dir>/certify-<backend>-<time>/`.
+in `<reports>/certify-<backend>-<time>/`.
 
 Refs are built from the backend's own record types (`records`); every store
 call runs under a call timeout (`guard`); the first calls (`probe`) stop with
