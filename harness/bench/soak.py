@@ -2,14 +2,15 @@
 
 `bench --only soak` runs one campaign (`harness.campaign.run_campaign`, the
 local executor, `--jobs` workers) of 2,000 trials (`--trials N` to change it)
-of a small scenario (SOAK_SCENARIO: 8 samples, one random kill, SQLite), with
-its temp dir under the bench's scratch dir, and samples the campaign every
-`SAMPLE_S` from /proc:
+of a small scenario (SOAK_SCENARIO: 4 samples, the consumer crashed once at
+a failpoint and restarted, SQLite), with its temp dir under the bench's
+scratch dir, and samples the campaign every `SAMPLE_S` from /proc:
 
 * the long-lived processes (the driver, its workers and their zygotes: the
   pids seen in nine samples of ten): open file descriptors, threads, RSS;
 * the whole process tree (transient trial processes included): processes;
-* disk used (allocated bytes) under the campaign's folder and the temp dir.
+* disk used (allocated bytes) under the campaign's folder (but its summary,
+  which holds a row per trial by design) and the temp dir.
 
 The start is the median of the samples from 5% to 15% of the campaign (its
 warm-up past), the end the median of its last 10%. A figure grows when its
@@ -32,18 +33,19 @@ from .registry import BenchRun, section
 SOAK_TRIALS = 2000
 SAMPLE_S = 1.0
 SOAK_SCENARIO = """name = "soak"
-description = "A small trial for the soak: 8 samples, one random kill."
+description = "A small trial for the soak: 4 samples, the consumer crashed at one failpoint and restarted."
 [store]
 backend = "sqlite"
 [workload]
-samples = 8
+samples = 4
 publish_batch = 4
 train_batch = 2
 accumulation = 1
-[faults.random]
-count = 1
-kinds = ["kill"]
-targets = ["producer", "consumer"]
+[[faults.explicit]]
+kind = "failpoint"
+target = "consumer"
+point = "consumer.after_train_before_checkpoint"
+action = "crash"
 [expect]
 outcome = ["completed"]
 timeout_s = 120.0
@@ -84,9 +86,18 @@ def _threads(pid: int) -> int:
 
 
 def _disk_bytes(*dirs: str) -> int:
-    from ..run_plumbing import tree_bytes
-
-    return sum(tree_bytes(d) for d in dirs if os.path.isdir(d))
+    """Allocated bytes under `dirs`, but the campaign's summary (its output, one row per trial)."""
+    total = 0
+    for d in dirs:
+        for root, _dirs, files in os.walk(d):
+            for name in files:
+                if name.startswith("summary."):
+                    continue
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                except OSError:
+                    pass
+    return total
 
 
 class _Sampler:
