@@ -5,7 +5,7 @@ Model: every traced process appends whole records to one journal
 it wrote is fsynced: after that its bytes are part of the file's durable
 content, which a rebuild computes from the baseline and the synced writes.
 So a compactor reads the journal as it grows and keeps the rebuild's model
-(`rebuild.Model`) up to date:
+(`model.Model`) up to date:
 
 1. each step reads the records appended since the last one (`journal.scan`
    with `final=False`: a record still being written waits for the next step),
@@ -41,7 +41,7 @@ import time
 from typing import Optional, Set
 
 from . import journal as J
-from .rebuild import Baseline, Model
+from .model import Baseline, Model
 
 #: Read at most this much of the journal at once (a larger single record doubles it).
 CHUNK = 16 << 20
