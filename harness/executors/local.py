@@ -161,7 +161,10 @@ class LocalExecutor:
             w.close(join_s=5)
         self._workers = []
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:  # an interrupt or an error in the driver: do not wait for the trials
+            self.abort()
+            return
         for w in self._workers:
             try:
                 w.conn.send(None)

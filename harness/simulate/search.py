@@ -9,8 +9,9 @@ shrinker never reruns a schedule and the final replay of the minimal example
 is exact. Shrinking has a time budget: past it, schedules not yet seen count
 as passing, which ends the shrink at the smallest failure found so far.
 
-`search_parallel` runs one search per worker process (forked, one CPU each)
-with disjoint seeds and adds up the rate; the first failure stops the others.
+`search_parallel` runs one search per share on an executor (`harness.executors`:
+local workers forked, one CPU each, or Ray tasks) with disjoint seeds and adds
+up the rate; on local workers the first failure stops the others.
 """
 
 from __future__ import annotations
@@ -226,15 +227,6 @@ def _search_share(spec: SimSpec, examples: int, seed: int, stop=None) -> SearchO
             undo()
 
 
-def _worker(spec: SimSpec, examples: int, seed: int, stop, queue) -> None:
-    try:
-        queue.put(("ok", _search_share(spec, examples, seed, stop)))
-    except BaseException as e:  # report, never hang the parent
-        import traceback
-
-        queue.put(("error", f"worker seed {seed}: {type(e).__name__}: {e}\n{traceback.format_exc()}"))
-
-
 def _prepare_process() -> None:
     import torch
 
@@ -244,6 +236,11 @@ def _prepare_process() -> None:
 def _share(args) -> SearchOutcome:
     """One share of the search as a Ray task (harness.executors.map_trials)."""
     return _search_share(*args)
+
+
+def _stoppable_share(stop, args) -> SearchOutcome:
+    """One share on a local worker: `stop`, inherited by the fork, is set by the first share that fails."""
+    return _search_share(*args, stop)
 
 
 def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1, executor: str = "local",
@@ -257,49 +254,27 @@ def search_parallel(spec: SimSpec, examples: int, seed: int = 0, jobs: int = 1, 
     errors: List[str] = []
     shares, seeds = map(list, zip(*split_shares(examples, jobs, seed)))
     jobs = len(shares)
-    if executor == "ray":
-        from harness.executors import TrialLost, map_trials
-
-        items = [(spec, shares[i], seeds[i]) for i in range(jobs)]
-        for _, res in map_trials(_share, items, "ray", jobs=jobs, address=address):
-            if isinstance(res, TrialLost):
-                errors.append(f"a Ray task was lost: {res}")
-            else:
-                outs.append(res)
-    elif jobs == 1:
+    if executor == "local" and jobs == 1:
         outs.append(_search_share(spec, examples, seeds[0]))
     else:
-        import multiprocessing as mp
+        from harness.executors import TrialLost, map_trials
 
-        # Import the pipeline (torch included) once here: forked workers share it.
-        import reference_impl.consumer  # noqa: F401
-        import reference_impl.producer  # noqa: F401
+        fn = _share
+        if executor == "local":
+            import functools
+            import multiprocessing as mp
 
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context("spawn")
-        stop = ctx.Event()
-        queue = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(spec, shares[i], seeds[i], stop, queue), daemon=True)
-                 for i in range(jobs)]
-        for p in procs:
-            p.start()
-        pending = jobs
-        while pending:
-            try:
-                kind, payload = queue.get(timeout=5.0)
-            except Exception:
-                if not any(p.is_alive() for p in procs):
-                    errors.append("a worker died without reporting")
-                    break
-                continue
-            pending -= 1
-            if kind == "ok":
-                outs.append(payload)
+            # Import the pipeline (torch included) once here: forked workers share it.
+            import reference_impl.consumer  # noqa: F401
+            import reference_impl.producer  # noqa: F401
+
+            fn = functools.partial(_stoppable_share, mp.get_context("fork").Event())
+        items = [(spec, shares[i], seeds[i]) for i in range(jobs)]
+        for _, res in map_trials(fn, items, executor, jobs=jobs, address=address):
+            if isinstance(res, TrialLost):
+                errors.append(f"a share of the search was lost on the {executor} executor: {res.reason}")
             else:
-                errors.append(payload)
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
+                outs.append(res)
     wall = time.monotonic() - t0
     schedules = sum(o.schedules for o in outs)
     search_wall = max((o.search_s for o in outs), default=0.0)
