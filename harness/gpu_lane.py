@@ -81,7 +81,13 @@ def cmd_gpu_lane(args) -> int:
     tests_word = {0: "passed", 1: "FAILED", 5: "NONE COLLECTED"}.get(tests_rc,
                                                                      f"could not run (pytest exit {tests_rc})")
     print(f"gpu-lane: gpu-marked tests {tests_word}; campaign exit {campaign_rc}")
-    tests_code = {0: ExitCode.AS_EXPECTED, 1: ExitCode.UNEXPECTED}.get(tests_rc, ExitCode.HARNESS)
+    return lane_exit(tests_rc, campaign_rc)
+
+
+def lane_exit(pytest_rc: int, campaign_rc: int) -> int:
+    """1 if a test failed or a run was unexpected; else 3 if either could not finish (pytest's other codes,
+    no test collected); else 0."""
+    tests_code = {0: ExitCode.AS_EXPECTED, 1: ExitCode.UNEXPECTED}.get(pytest_rc, ExitCode.HARNESS)
     if ExitCode.UNEXPECTED in (tests_code, campaign_rc):
-        return ExitCode.UNEXPECTED
+        return int(ExitCode.UNEXPECTED)
     return max(int(tests_code), int(campaign_rc))

@@ -102,3 +102,28 @@ def test_gpu_lane_without_cuda_exits_2_naming_the_problem(capsys):
     assert main(["gpu-lane"]) == 2
     err = capsys.readouterr().err
     assert "gpu-lane:" in err and ("no CUDA support" in err or "no CUDA device is visible" in err), err
+
+
+def test_gpu_lane_exit_combines_the_tests_and_the_campaign():
+    from harness.gpu_lane import lane_exit
+
+    assert lane_exit(0, 0) == 0
+    assert lane_exit(1, 0) == 1 and lane_exit(0, 1) == 1 and lane_exit(1, 3) == 1  # a finding wins
+    assert lane_exit(5, 0) == 3 and lane_exit(2, 0) == 3 and lane_exit(0, 3) == 3  # nothing collected, crashed
+
+
+@pytest.mark.slow
+def test_gpu_lane_runs_the_tests_then_the_campaign(tmp_path, capsys, monkeypatch):
+    """The lane's steps, on this machine: the CUDA check and the pytest child stand in, the campaign is real
+    (on a CPU scenario), so what the lane prints and returns is checked without a GPU."""
+    import harness.gpu_lane as lane
+
+    ran = []
+    monkeypatch.setattr(lane, "check_cuda", lambda: "1 CUDA device(s): stand-in")
+    monkeypatch.setattr(lane, "run_gpu_tests", lambda: ran.append("pytest") or 0)
+    monkeypatch.setattr(lane, "gpu_scenarios", lambda: ["baseline"])
+    assert main(["gpu-lane", "--seeds", "0..0", "-j", "1", "--reports", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ran == ["pytest"]
+    assert "gpu-lane: 1 CUDA device(s): stand-in" in out and "| baseline | 1 | 1 |" in out
+    assert "gpu-marked tests passed; campaign exit 0" in out
