@@ -174,8 +174,8 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
         check_disk_after(work, final["outcome"])  # (a full disk is the environment's failure, not a finding)
     except BaseException as e:
         sup.shutdown()  # (before the run dir is removed: nothing may write into it any more)
-        if pl is not None and not disk_full(e):
-            pl.close(keep=bool(os.environ.get(KEEP_JOURNALS_ENV)))  # (a diagnosis rarely needs the journal)
+        if pl is not None:  # (stops its compactor; a diagnosis rarely needs the journal)
+            pl.close(keep=bool(os.environ.get(KEEP_JOURNALS_ENV)) and not disk_full(e))
         err = abandon_run_dir(rdir, e)
         if err is e:
             raise
