@@ -158,8 +158,33 @@ def _looks_like_tensor(obj: Any) -> bool:
     return all(hasattr(obj, a) for a in ("dtype", "shape", "device"))
 
 
+#: Exact types that hold no tensor, checked before the general walk (the common case).
+_PLAIN = frozenset(_SCALARS)
+_FIELD_NAMES: Dict[type, Optional[Tuple[str, ...]]] = {}
+
+
+def _dataclass_fields(t: type) -> Optional[Tuple[str, ...]]:
+    """The field names of dataclass type `t` (None: not a dataclass), computed once per type."""
+    try:
+        return _FIELD_NAMES[t]
+    except KeyError:
+        names = tuple(f.name for f in dataclasses.fields(t)) if dataclasses.is_dataclass(t) else None
+        _FIELD_NAMES[t] = names
+        return names
+
+
 def assert_no_tensors(obj: Any, path: str = "ref") -> None:
     """Raise TypeError naming the path of the first tensor found inside `obj`."""
+    t = type(obj)
+    if t in _PLAIN:
+        return
+    if t is dict or t is list or t is tuple:
+        # Plain containers: only their non-plain members need the general walk.
+        items = obj.items() if t is dict else enumerate(obj)
+        for k, v in items:
+            if type(v) not in _PLAIN:
+                assert_no_tensors(v, f"{path}[{k!r}]" if t is dict else f"{path}[{k}]")
+        return
     if isinstance(obj, _SCALARS):
         return
     if _looks_like_tensor(obj):
@@ -167,11 +192,12 @@ def assert_no_tensors(obj: Any, path: str = "ref") -> None:
             f"control-plane records carry no tensors: found {type(obj).__module__}."
             f"{type(obj).__name__} at {path}"
         )
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
+    names = _dataclass_fields(t)
+    if names is not None:
+        for name in names:
+            v = getattr(obj, name)
             if not isinstance(v, _SCALARS):
-                assert_no_tensors(v, f"{path}.{f.name}")
+                assert_no_tensors(v, f"{path}.{name}")
     elif isinstance(obj, Mapping):
         for k, v in obj.items():
             if not isinstance(v, _SCALARS):

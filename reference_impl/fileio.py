@@ -65,6 +65,11 @@ def write_json_atomic(path: str, obj: Any, point: Optional[str] = None) -> None:
 
 
 def read_json(path: str) -> Optional[Any]:
+    """The JSON in `path`; None when there is no such file or it does not parse."""
+    # Sentinels are looked up every step and are mostly absent: access() says so
+    # without the cost of raising FileNotFoundError.
+    if not os.access(path, os.F_OK):
+        return None
     try:
         with open(path) as f:
             return json.load(f)

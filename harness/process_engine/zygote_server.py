@@ -1,10 +1,12 @@
 """The zygote's server side: the fork server process itself (`_server_main`).
 
-It imports torch and the reference implementation once (`_preload`), then
-forks one child per spawn request (`_child`): the child enters its own
-session, tells the zygote it has (so the supervisor never signals a process
-that is not yet its own group), and runs `main(argv)` as `python -m MODULE`
-would. The zygote reaps its children on SIGCHLD and reports their exit
+It imports torch and the reference implementation once (`_preload`, which
+also takes the first-call costs of a process start), then serves each spawn
+request with a child (`_child`): the child enters its own session, tells the
+zygote it has (so the supervisor never signals a process that is not yet its
+own group), and runs `main(argv)` as `python -m MODULE` would. While idle the
+zygote keeps one spare child forked and warmed (`_Forks`), so a restart is
+handed to a process that exists already. The zygote reaps its children on SIGCHLD and reports their exit
 statuses over the socket (`serve`). The client side, which the supervisor
 uses, is `harness.process_engine.zygote`; the protocol is described there.
 """
@@ -19,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Set
 
 from reference_impl.procutil import ARG_END, ARG_START, set_parent_death_signal, stat_fields
 
@@ -57,24 +59,49 @@ def _preload() -> List[str]:
             continue
         if callable(getattr(mod, "main", None)):
             runnable.append(m)
-    # Warm the lazy paths a starting process takes (serialization, a forward
-    # pass, a model build) so children inherit them; none of them starts a thread.
-    import io
-
-    from reference_impl.model import DraftModel, TargetModel, prompt_tokens
-
-    buf = io.BytesIO()
-    torch.save({"x": torch.zeros(2), "n": 1}, buf)
-    buf.seek(0)
-    torch.load(buf, map_location="cpu", weights_only=True)
-    t = TargetModel(8, 4, 0)
-    t.features(prompt_tokens(0, 0, 4, 8))
-    DraftModel(8, 4, 2, 0)
+    _warm_first_calls()
     import gc
 
     gc.collect()
     gc.freeze()  # children's collections skip the preloaded objects (fewer copy-on-write faults)
     return runnable
+
+
+def _warm_first_calls() -> None:
+    """Take once, here, the first-call costs every child would pay on its own: argument
+    parsing, a model build and a training step, a checkpoint written and read back into
+    model and optimizer, an SQLite transaction. None of them starts a thread."""
+    import io
+    import sqlite3
+
+    import torch
+
+    from reference_impl.model import DraftModel, TargetModel, prompt_tokens
+    from reference_impl.process_loop import process_args
+
+    process_args("zygote", "warm-up", ["--config", "config.json", "--resume"], resume=True)
+    target = TargetModel(8, 4, 0)
+    feats = target.features(prompt_tokens(0, 0, 4, 8))
+    draft = DraftModel(8, 4, 2, 0).to("cpu")
+    optim = draft.optimizer(0.1)
+    optim.zero_grad(set_to_none=True)
+    draft.loss([feats, feats], [0, 1], 1).backward()
+    optim.step()
+    buf = io.BytesIO()
+    torch.save({"model": draft.state_dict(), "optim": optim.state_dict(), "global_step": 1}, buf)
+    buf.seek(0)
+    state = torch.load(buf, map_location="cpu", weights_only=True)
+    draft.load_state_dict(state["model"])
+    optim.load_state_dict(state["optim"])
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES ('x')")
+        conn.execute("COMMIT")
+        conn.execute("SELECT k FROM t").fetchall()
+    finally:
+        conn.close()
 
 
 def _set_cmdline(argv: List[str]) -> None:
@@ -104,79 +131,26 @@ def _send(sock: socket.socket, msg: Dict[str, Any]) -> None:
         os._exit(0)  # the harness is gone: its end of the socket is closed
 
 
-def _child(req: Dict[str, Any], zygote_pid: int, own_fds: List[int], base_path: List[str],
-           in_session_fd: int = -1) -> None:
+def _child(req: Optional[Dict[str, Any]], zygote_pid: int, own_fds: List[int], base_path: List[str],
+           in_session_fd: int = -1, request_fd: int = -1) -> None:
     """In the forked child: become `python -m MODULE ARGS` and never return.
 
     Once the child leads its own session (and so its own process group) it
     writes one byte to `in_session_fd`; the zygote answers "spawned" only
     after reading it, so a signal sent to the group right after a spawn lands.
+    A spare (`req` None) then waits for its request on `request_fd`.
     """
     code = 1
     try:
-        os.setsid()
-        set_parent_death_signal(signal.SIGKILL)
-        if os.getppid() != zygote_pid:  # the zygote died before prctl took effect
-            os._exit(137)
-        if in_session_fd >= 0:
-            os.write(in_session_fd, b"s")
-            os.close(in_session_fd)
-        signal.set_wakeup_fd(-1)
-        for fd in own_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
-        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        import io
-
-        # PYTHONUNBUFFERED=1, as the supervisor sets for every child.
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True,
-                                      errors="backslashreplace")
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
-        cwd = req.get("cwd") or os.getcwd()
-        os.chdir(cwd)
-        _set_cmdline([sys.executable, "-m", req["module"], *req["args"]])
-        env = req["env"]
-        os.environ.clear()
-        os.environ.update(env)
-        if env.get("DFH_TRACE_ROOT"):  # a power-loss run: the preloaded tracer re-reads its root and journal
-            from harness.powerloss.build import reconfigure_in_process
-
-            if not reconfigure_in_process():
-                raise RuntimeError("power-loss tracing asked for, but this zygote was started without the tracer")
-        pp = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        sys.path[:] = [cwd] + [os.path.abspath(p) for p in pp] + base_path
-        import random
-
-        random.seed()  # a fresh interpreter seeds from the OS; forked ones share the zygote's state
-        import importlib
-
-        module = req["module"]
-        mod = importlib.import_module(module)
-        sys.argv = [getattr(mod, "__file__", module) or module] + list(req["args"])
-        try:
-            rc = mod.main(list(req["args"]))
-            code = _exit_code(rc)
-        except SystemExit as e:
-            code = _exit_code(e.code)
-        except BaseException:
-            sys.excepthook(*sys.exc_info())
-            code = 1
-        _skip_teardown_finalizers()
-        import atexit
-
-        atexit._run_exitfuncs()  # what interpreter shutdown would run
+        _enter_session(zygote_pid, own_fds, in_session_fd)
+        if req is None:
+            # A spare: take the first-call costs (and the copy-on-write faults they
+            # bring) while no one waits, then wait for the request.
+            _warm_first_calls()
+            req = _read_request(request_fd)
+            if req is None:  # the zygote went away without handing over a request
+                os._exit(0)
+        code = _become(req, base_path)
     except BaseException:
         try:
             import traceback
@@ -192,6 +166,92 @@ def _child(req: Dict[str, Any], zygote_pid: int, own_fds: List[int], base_path: 
             except BaseException:
                 pass
         os._exit(code)
+
+
+def _enter_session(zygote_pid: int, own_fds: List[int], in_session_fd: int) -> None:
+    """Own session, parent-death signal, the zygote's descriptors closed, default signal handling."""
+    os.setsid()
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != zygote_pid:  # the zygote died before prctl took effect
+        os._exit(137)
+    if in_session_fd >= 0:
+        os.write(in_session_fd, b"s")
+        os.close(in_session_fd)
+    signal.set_wakeup_fd(-1)
+    for fd in own_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _read_request(fd: int) -> Optional[Dict[str, Any]]:
+    """A spare's request: JSON up to EOF on `fd` (None at EOF without one)."""
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 1 << 16)
+        except InterruptedError:
+            continue
+        if not data:
+            break
+        chunks.append(data)
+    os.close(fd)
+    return json.loads(b"".join(chunks)) if chunks else None
+
+
+def _become(req: Dict[str, Any], base_path: List[str]) -> int:
+    """Run `req`'s module as `python -m MODULE ARGS` would, in this process; its exit code."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    import io
+
+    # PYTHONUNBUFFERED=1, as the supervisor sets for every child.
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True,
+                                  errors="backslashreplace")
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    cwd = req.get("cwd") or os.getcwd()
+    os.chdir(cwd)
+    _set_cmdline([sys.executable, "-m", req["module"], *req["args"]])
+    env = req["env"]
+    os.environ.clear()
+    os.environ.update(env)
+    if env.get("DFH_TRACE_ROOT"):  # a power-loss run: the preloaded tracer re-reads its root and journal
+        from harness.powerloss.build import reconfigure_in_process
+
+        if not reconfigure_in_process():
+            raise RuntimeError("power-loss tracing asked for, but this zygote was started without the tracer")
+    pp = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:] = [cwd] + [os.path.abspath(p) for p in pp] + base_path
+    import random
+
+    random.seed()  # a fresh interpreter seeds from the OS; forked ones share the zygote's state
+    import importlib
+
+    module = req["module"]
+    mod = importlib.import_module(module)
+    sys.argv = [getattr(mod, "__file__", module) or module] + list(req["args"])
+    try:
+        code = _exit_code(mod.main(list(req["args"])))
+    except SystemExit as e:
+        code = _exit_code(e.code)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    _skip_teardown_finalizers()
+    import atexit
+
+    atexit._run_exitfuncs()  # what interpreter shutdown would run
+    return code
 
 
 def _skip_teardown_finalizers() -> None:
@@ -226,6 +286,104 @@ def _exit_code(rc: Any) -> int:
     return 1
 
 
+#: Idle time after a spawn before the zygote forks the next spare (so the fork does not
+#: compete with the child that was just handed over).
+SPARE_DELAY_S = 0.02
+
+
+class _Forks:
+    """The zygote's children: forked on request, or handed over from a spare forked beforehand.
+
+    A spare is forked while the zygote is idle and has already entered its own
+    session; a spawn request is written to it, so a restart pays neither the
+    fork nor the session handshake. A spare that dies unused is reaped silently.
+    """
+
+    def __init__(self, sock: socket.socket, me: int, own_fds: List[int], base_path: List[str]) -> None:
+        self.sock, self.me, self.own_fds, self.base_path = sock, me, own_fds, base_path
+        self.spare: Optional[Dict[str, int]] = None  # pid, request_w, in_session_r
+        self.quiet: Set[int] = set()  # spares never handed a request: their exits are not reported
+
+    def _fds(self) -> List[int]:
+        return self.own_fds + ([self.spare["request_w"], self.spare["in_session_r"]] if self.spare else [])
+
+    def fork(self, req: Optional[Dict[str, Any]]) -> Optional[Dict[str, int]]:
+        """A child for `req` (None: a spare); its pid and the zygote's pipe ends, None if fork failed."""
+        for s in (sys.stdout, sys.stderr):
+            s.flush()
+        in_session_r, in_session_w = os.pipe()
+        request_r, request_w = os.pipe() if req is None else (-1, -1)
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (in_session_r, in_session_w, request_r, request_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        if pid == 0:
+            os.close(in_session_r)
+            if request_w >= 0:
+                os.close(request_w)
+            _child(req, self.me, self._fds(), self.base_path, in_session_w, request_r)  # never returns
+            os._exit(127)
+        os.close(in_session_w)
+        if request_r >= 0:
+            os.close(request_r)
+        return {"pid": pid, "request_w": request_w, "in_session_r": in_session_r}
+
+    def fork_spare(self) -> None:
+        if self.spare is None:
+            try:
+                self.spare = self.fork(None)
+            except OSError:
+                self.spare = None
+
+    def _hand_to_spare(self, req: Dict[str, Any]) -> Optional[Dict[str, int]]:
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        try:
+            data = json.dumps(req).encode()
+            while data:
+                data = data[os.write(spare["request_w"], data):]
+        except OSError:  # it died unused
+            self.quiet.add(spare["pid"])
+            os.close(spare["in_session_r"])
+            return None
+        finally:
+            os.close(spare["request_w"])
+        return spare
+
+    def spawn(self, req: Dict[str, Any]) -> None:
+        try:
+            child = self._hand_to_spare(req) or self.fork(req)
+        except OSError as e:
+            _send(self.sock, {"ev": "error", "id": req.get("id"), "error": f"fork failed: {e}"})
+            return
+        in_session = _await_session(child["in_session_r"])
+        os.close(child["in_session_r"])
+        _send(self.sock, {"ev": "spawned", "id": req["id"], "pid": child["pid"], "in_session": in_session})
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.spare is not None and pid == self.spare["pid"]:
+                os.close(self.spare["request_w"])
+                os.close(self.spare["in_session_r"])
+                self.spare = None
+                continue
+            if pid in self.quiet:
+                self.quiet.discard(pid)
+                continue
+            _send(self.sock, {"ev": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status),
+                              "cpu_s": round(ru.ru_utime + ru.ru_stime, 4), "maxrss_kb": ru.ru_maxrss})
+
+
 def serve(sock_fd: int, parent_pid: int, base_path: List[str]) -> None:
     os.setsid()  # out of the harness's terminal group: Ctrl-C reaches the harness only
     set_parent_death_signal(signal.SIGKILL)
@@ -241,11 +399,12 @@ def serve(sock_fd: int, parent_pid: int, base_path: List[str]) -> None:
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _send(sock, {"ev": "ready", "pid": me, "threads": len(os.listdir("/proc/self/task")), "modules": modules})
+    forks = _Forks(sock, me, [sock.fileno(), wake_r, wake_w], base_path)
     buf = b""
-    own_fds = [sock.fileno(), wake_r, wake_w]
+    timeout = SPARE_DELAY_S
     while True:
         try:
-            ready, _, _ = select.select([sock, wake_r], [], [], 1.0)
+            ready, _, _ = select.select([sock, wake_r], [], [], timeout)
         except InterruptedError:
             ready = []
         if wake_r in ready:
@@ -254,7 +413,10 @@ def serve(sock_fd: int, parent_pid: int, base_path: List[str]) -> None:
                     pass
             except BlockingIOError:
                 pass
-        _reap(sock)
+        forks.reap()
+        if not ready:
+            forks.fork_spare()  # idle: have the next child ready
+            timeout = 1.0
         if sock in ready:
             try:
                 data = sock.recv(1 << 20)
@@ -271,24 +433,8 @@ def serve(sock_fd: int, parent_pid: int, base_path: List[str]) -> None:
                 if req.get("op") != "spawn":
                     _send(sock, {"ev": "error", "id": req.get("id"), "error": f"unknown op {req.get('op')!r}"})
                     continue
-                for s in (sys.stdout, sys.stderr):
-                    s.flush()
-                in_session_r, in_session_w = os.pipe()
-                try:
-                    pid = os.fork()
-                except OSError as e:
-                    os.close(in_session_r)
-                    os.close(in_session_w)
-                    _send(sock, {"ev": "error", "id": req.get("id"), "error": f"fork failed: {e}"})
-                    continue
-                if pid == 0:
-                    os.close(in_session_r)
-                    _child(req, me, own_fds, base_path, in_session_w)  # never returns
-                    os._exit(127)
-                os.close(in_session_w)
-                in_session = _await_session(in_session_r)
-                os.close(in_session_r)
-                _send(sock, {"ev": "spawned", "id": req["id"], "pid": pid, "in_session": in_session})
+                forks.spawn(req)
+                timeout = SPARE_DELAY_S
 
 
 def _await_session(fd: int, timeout_s: float = 30.0) -> bool:
@@ -307,18 +453,6 @@ def _await_session(fd: int, timeout_s: float = 30.0) -> bool:
                 return os.read(fd, 1) == b"s"
             except InterruptedError:
                 continue
-
-
-def _reap(sock: socket.socket) -> None:
-    while True:
-        try:
-            pid, status, ru = os.wait4(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _send(sock, {"ev": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status),
-                     "cpu_s": round(ru.ru_utime + ru.ru_stime, 4), "maxrss_kb": ru.ru_maxrss})
 
 
 def _server_main() -> None:
