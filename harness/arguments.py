@@ -193,6 +193,12 @@ def _simulate(sub) -> None:
     si.add_argument("--shrink-budget", type=float, default=60.0, help="seconds of shrinking at most (default 60)")
     si.add_argument("--schedule", metavar="FILE",
                     help="run the schedule of a JSON file (a list of ops, or a --json output) once")
+    si.add_argument("--exhaustive", action="store_true",
+                    help="run every schedule of up to --max-faults faults (a crash or a pause at each failpoint "
+                         "hit of each process) instead of drawing schedules; prints the count, time and coverage")
+    si.add_argument("--max-faults", type=int, default=2, help="with --exhaustive: faults per schedule (default 2)")
+    si.add_argument("--impolite", action="store_true",
+                    help="with --exhaustive: also a duplicate (producer) or a replay (consumer) at each hit")
     _quiet(si, "print only failures")
 
 

@@ -139,6 +139,15 @@ class ChannelReader:
         self.offset += end
         return out
 
+    def rewind_to(self, position: int) -> List[Tuple[int, Dict[str, Any]]]:
+        """Read again from the start; returns the complete records from `position` on."""
+        corrupt = self.corrupt_lines
+        self.offset = 0
+        self.position = 0
+        out = [r for r in self.poll() if r[0] >= position]
+        self.corrupt_lines = corrupt  # lines met again are not new corruption
+        return out
+
     def skip(self) -> int:
         """Pass over the new complete records without parsing them; returns how many
         (one per complete line, as a correct writer writes them). The file is read

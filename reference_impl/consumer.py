@@ -136,6 +136,8 @@ class Consumer:
         self._final_window = False
         self.ledger_id = None
         self.queue = StreamingRefQueue(ChannelReader(cfg.workdir))
+        self.replay = 0  # records to read again (an impolite-channel fault asked for them)
+        failpoints.on_action("replay", self.request_replay)
         self._resume()
 
     # -- start: checkpoint + reconcile ------------------------------------
@@ -187,9 +189,17 @@ class Consumer:
             return "done"
         return getattr(self, "_step_" + self.phase)()
 
+    def request_replay(self, records: int) -> None:
+        """Move the read position `records` back before the next read (the `replay` fault)."""
+        self.replay += int(records)
+
     def _step_fill(self) -> str:
         cfg = self.cfg
         need = cfg.window
+        if self.replay:
+            back, self.replay = self.replay, 0
+            frm, to = self.queue.rewind(back)
+            self.h.emit("replay", from_pos=frm, to_pos=to)
         closed_before_poll = sentinel(cfg.workdir, CLOSED) is not None
         got = self.queue.poll()
         moved = got > 0

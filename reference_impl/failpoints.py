@@ -22,6 +22,12 @@ Actions:
 * `lost_reply` - SIGSTOP this process, like `pause`; the harness arms a lost
   reply on this process's network path to the store server and resumes it, so
   its next store call reaches the server and its answer is lost.
+* `duplicate`, `replay` - the impolite channel (at-least-once delivery, not a
+  crash): the handler the process's component registered with `on_action`
+  is called with the rule's `records` (default 1). The producer then writes
+  its last `records` channel records again at its next publish (as a producer
+  that re-publishes after a crash would); the consumer moves its read
+  position `records` back, so it meets records it already trained or acked.
 
 Every call of `hit` is also counted, armed or not (one dict update), so that a
 run can say which points it reached: `take_reached()` hands over the counts
@@ -62,7 +68,9 @@ POINTS: Dict[str, str] = {
     "rank0.after_gather_before_ack": "rank 0 gathered every rank's trained ids, no checkpoint or ack yet",
 }
 
-ACTIONS = ("crash", "pause", "eio", "enospc", "raise", "powercut", "lost_reply")
+ACTIONS = ("crash", "pause", "eio", "enospc", "raise", "powercut", "lost_reply", "duplicate", "replay")
+#: Actions that call a handler registered by the process's component (`on_action`).
+HANDLED_ACTIONS = ("duplicate", "replay")
 
 
 class FailpointCrash(BaseException):
@@ -80,6 +88,7 @@ _ACTIVE: Optional[Dict[str, List[dict]]] = None
 _COUNTS: Dict[str, int] = {}
 _ON_TRIGGER: Optional[Callable[[str, str], None]] = None
 _REACHED: Dict[str, int] = {}  # hits since the last take_reached()
+_HANDLERS: Dict[str, Callable[[int], None]] = {}  # action -> the component's handler
 
 
 def parse_rules(spec) -> List[dict]:
@@ -96,6 +105,13 @@ def parse_rules(spec) -> List[dict]:
         if hit < 1 or times < 1:
             raise ValueError(f"failpoint {point}: hit and times must be >= 1")
         rule = {"point": point, "action": action, "hit": hit, "times": times}
+        if r.get("records") is not None:
+            records = r["records"]
+            if action not in HANDLED_ACTIONS or not isinstance(records, int) or isinstance(records, bool) \
+                    or records < 1:
+                raise ValueError(f"failpoint {point}: records must be an integer >= 1, and only with "
+                                 f"{' or '.join(HANDLED_ACTIONS)}, got {records!r}")
+            rule["records"] = records
         if r.get("rank") is not None:
             rank = r["rank"]
             if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
@@ -151,12 +167,32 @@ def hit(name: str) -> None:
     n = _COUNTS[name] = _COUNTS.get(name, 0) + 1
     for r in rules:
         if r["hit"] <= n < r["hit"] + r["times"]:
-            _trigger(name, r["action"])
+            _trigger(name, r["action"], r.get("records", 1))
 
 
-def _trigger(name: str, action: str) -> None:
+def on_action(action: str, handler: Callable[[int], None]) -> None:
+    """Register the handler of a `HANDLED_ACTIONS` action (the latest registration wins)."""
+    if action not in HANDLED_ACTIONS:
+        raise ValueError(f"no handler is called for action {action!r}; handled: {', '.join(HANDLED_ACTIONS)}")
+    _HANDLERS[action] = handler
+
+
+def act(action: str, records: int = 1) -> bool:
+    """Call `action`'s registered handler now (a simulation delivers these faults between
+    steps this way); False when no component registered one."""
+    handler = _HANDLERS.get(action)
+    if handler is None:
+        return False
+    handler(int(records))
+    return True
+
+
+def _trigger(name: str, action: str, records: int = 1) -> None:
     if _ON_TRIGGER is not None:
         _ON_TRIGGER(name, action)
+    if action in HANDLED_ACTIONS:
+        act(action, records)
+        return
     if action == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action in ("pause", "powercut", "lost_reply"):

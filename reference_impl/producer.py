@@ -24,7 +24,7 @@ import time
 from typing import Callable, List, Optional
 
 from . import failpoints
-from .channel import CLOSED, ChannelWriter, read_consumed, sentinel, set_sentinel
+from .channel import CLOSED, ChannelReader, ChannelWriter, read_consumed, sentinel, set_sentinel
 from .config import EXIT_USAGE, RunConfig
 from .contracts import FeatureSpec, SampleRef, ref_to_dict
 from .controller import DataFlowController
@@ -69,6 +69,8 @@ class Producer:
         self.batch: List[SampleRef] = []
         self.phase = "wait"
         self.consumed_seen = 0
+        self.republish = 0  # records to write again (an impolite-channel fault asked for them)
+        failpoints.on_action("duplicate", self.request_republish)
         self.h.emit("recover", published=self.channel.records, committed=self._safe_committed_count(),
                     torn_bytes_repaired=self.channel.torn_bytes_repaired)
 
@@ -113,6 +115,8 @@ class Producer:
                         low=self.bp.low)
         if not self.bp.may_publish():
             return "idle"
+        if self.republish:
+            return self._step_republish()
         ids = []
         i = self.next_index
         while i < self.cfg.num_samples and len(ids) < self.cfg.publish_batch:
@@ -193,6 +197,26 @@ class Producer:
         self.phase = "wait"
         if self.cfg.producer_delay_s:
             self.sleep(self.cfg.producer_delay_s)
+        return "progress"
+
+    def request_republish(self, records: int) -> None:
+        """Write the last `records` channel records again at the next publish (the `duplicate` fault)."""
+        self.republish += int(records)
+
+    def _step_republish(self) -> str:
+        """Append copies of the last records already in the channel, as a producer that lost
+        track of what it published would (at-least-once delivery); the consumer's dedup must hold."""
+        k = min(self.republish, self.published, self.cfg.publish_batch)
+        self.republish = 0
+        recs = ChannelReader(self.cfg.workdir).poll()[self.published - k:self.published] if k else []
+        first = self.published
+        for _, rec in recs:
+            self._with_io_retry("channel", lambda rec=rec: self.channel.append_one(rec["ref"], self.inc))
+        if recs:
+            self._with_io_retry("channel", self.channel.sync)
+        self.h.emit("publish", ids=[rec["ref"]["sample_id"] for _, rec in recs], first_pos=first,
+                    published=self.published, consumed=self.consumed_seen,
+                    in_flight_before=first - self.consumed_seen, duplicate=True)
         return "progress"
 
     def _with_io_retry(self, where: str, fn):

@@ -11,7 +11,8 @@ It reads records in channel order and decides, for each, one of:
   done when the sample's ack is durable.
 
 The skip set is kept for the whole incarnation: a producer restart may append
-a second copy of a released sample long after the first was skipped.
+a second copy of a released sample long after the first was skipped, and a
+reader moved back (`rewind`) meets records it has decided already.
 
 `consumed` is the number of leading channel records that are all done. It only
 moves forward, and it equals the channel's record count once everything is
@@ -67,6 +68,16 @@ class StreamingRefQueue:
         self._done[pos] = False
         self._waiting.setdefault(sid, []).append(pos)
         return ("take", pos, ref)
+
+    def rewind(self, records: int) -> Tuple[int, int]:
+        """Move the read position `records` back (at-least-once delivery: a reader that
+        meets records again); returns (from, to) positions. The decisions for the records
+        met again follow the same rules: they are skipped, never taken twice."""
+        frm = self.read_positions
+        to = max(0, frm - int(records))
+        self._buffer = deque(self.reader.rewind_to(to))
+        self.read_positions = to
+        return frm, to
 
     def mark_acked(self, sample_ids: Iterable[str]) -> int:
         """Record durable acks; returns the new consumed count."""

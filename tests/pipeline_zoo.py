@@ -226,6 +226,40 @@ def republish_and_forget_skips():
     return [(P, "__init__", __init__), (StreamingRefQueue, "next", next_)]
 
 
+def consumer_without_dedup():
+    """The consumer's dedup removed: its queue skips only the samples released at
+    reconcile, not a second copy of a sample it took, nor one acked since it started.
+
+    With a polite producer and a reader that never goes back, no run meets a
+    sample twice in one incarnation, so nothing notices; a `duplicate` (a record
+    written again) or a `replay` (the read position moved back) trains a sample
+    twice (P1).
+    """
+    from reference_impl.contracts import SampleRef
+    from reference_impl.ref_queue import StreamingRefQueue
+
+    def next_(self):
+        if not self._buffer:
+            return None
+        pos, rec = self._buffer.popleft()
+        ref = SampleRef.from_dict(rec["ref"])
+        self.read_positions = pos + 1
+        if ref.sample_id in self.skip_ids:
+            self._mark(pos)
+            return ("skip-released", pos, ref)
+        self._done[pos] = False
+        self._waiting.setdefault(ref.sample_id, []).append(pos)
+        return ("take", pos, ref)
+
+    def mark_acked(self, sample_ids):
+        for sid in sample_ids:
+            for pos in self._waiting.pop(sid, ()):
+                self._mark(pos)
+        return self.consumed
+
+    return [(StreamingRefQueue, "next", next_), (StreamingRefQueue, "mark_acked", mark_acked)]
+
+
 def fp(point: str, target: str = "consumer", hit: int = 3, inc: int = 0) -> Dict[str, Any]:
     return {"kind": "failpoint", "target": target, "point": point, "action": "crash", "hit": hit,
             "incarnation": inc}

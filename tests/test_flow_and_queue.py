@@ -29,3 +29,19 @@ def test_queue_skips_released_and_duplicates_and_counts_exactly(tmp_path):
     assert q.mark_acked(["s2"]) == 1  # s1 at position 1 still blocks the frontier
     assert q.mark_acked(["s1"]) == 4  # s1, s2 and the second copy of s1
     assert q.mark_acked(["s3"]) == 5
+
+
+def test_a_rewound_queue_skips_what_it_met_already_and_counts_exactly(tmp_path):
+    w = ChannelWriter(str(tmp_path))
+    w.append([_ref(0), _ref(1), _ref(2), _ref(3)], inc=0)
+    q = StreamingRefQueue(ChannelReader(str(tmp_path)))
+    q.poll()
+    assert [q.next()[0] for _ in range(3)] == ["take", "take", "take"]
+    assert q.mark_acked(["s0", "s1"]) == 2  # s2 taken, not acked; s3 still buffered
+    assert q.rewind(10) == (3, 0)
+    met = [q.next() for _ in range(4)]
+    assert [(k, pos) for k, pos, _ in met] == [("skip-released", 0), ("skip-released", 1), ("skip-duplicate", 2),
+                                              ("take", 3)]
+    assert q.next() is None and q.consumed == 2
+    assert q.mark_acked(["s2"]) == 3 and q.mark_acked(["s3"]) == 4
+    assert q.rewind(1) == (4, 3) and q.next()[0] == "skip-released" and q.consumed == 4

@@ -26,12 +26,16 @@ Rules, numbered as `fault_phases` applies them:
 
 1. a fault at a failpoint hit the phase its point sits in (`POINT_PHASE`),
    except in a consumer that has not finished reconciling: during_reconcile;
-2. a kill, a pause, a SIGTERM of a process between two events hit the phase
+2. an impolite-channel fault hits the consumer's phase when it lands: a
+   `duplicate` when the producer's `publish` (`duplicate: true`) put the
+   copies in the channel, a `replay` at the consumer's `replay` event (the
+   `failpoint` event that asked for either is not counted again);
+3. a kill, a pause, a SIGTERM of a process between two events hit the phase
    its last protocol event left it in (`_after`); a process that has written
    no protocol event in its incarnation yet is before_commit (producer) or
    during_reconcile (consumer);
-3. a store-server kill hits the consumer's phase (the ledger is what it acks into);
-4. a power cut hits every protocol process that was running: one entry per
+4. a store-server kill hits the consumer's phase (the ledger is what it acks into);
+5. a power cut hits every protocol process that was running: one entry per
    process (a cut at a failpoint: that process's point, rule 1).
 """
 
@@ -140,7 +144,9 @@ def fault_phases(events: Iterable[Dict[str, Any]]) -> List[Tuple[str, str, Dict[
             _supervisor_fault(t, e, out, cut_faults)
             continue
         t.enter(e)
-        if ev == "failpoint":
+        if (ev == "publish" and e.get("duplicate")) or ev == "replay":
+            out.append(("duplicate" if ev == "publish" else "replay", t.phase["consumer"], e))
+        elif ev == "failpoint" and e.get("action") not in ("duplicate", "replay"):
             action = e.get("action")
             kind = {"crash": "failpoint_crash", "raise": "failpoint_crash", "eio": "io_error",
                     "enospc": "io_error", "pause": "pause", "powercut": "powercut"}.get(action, str(action))
@@ -160,9 +166,6 @@ def _supervisor_fault(t: PhaseTracker, e: Dict[str, Any], out: list, cut_faults:
             r = role(str(name).split("#", 1)[0])
             if r is not None:
                 out.append(("powercut", t.phase[r], e))
-        return
-    if ev in ("duplicate", "replay"):
-        out.append((ev, t.phase["consumer"], e))
         return
     if ev not in ("kill", "pause"):
         return

@@ -5,6 +5,7 @@
                                [--backend sqlite|inmemory] [--store-kills] [--powercuts] [-j J] [--samples N]
                                [--reports DIR | --out FILE] [--no-shrink] [--shrink-budget S]
     python -m harness simulate --schedule FILE.json      (rerun one saved schedule)
+    python -m harness simulate [SCENARIO] --exhaustive [--max-faults N] [--impolite] [--variant ...]
 
 (options: harness.arguments)
 
@@ -15,6 +16,11 @@ invariants (P3 bounds, P4, P5) are checked at every step and P1-P8 at the end
 with the process engine's checkers. The rate is printed; on a failure the
 shrunk schedule is printed and written as a scenario file, which
 `python -m harness run FILE --seed 0` replays in the process engine.
+
+--exhaustive runs every schedule of up to --max-faults faults instead of
+drawing them (`harness.simulate.exhaustive`): a crash or a pause at each
+failpoint hit of each process (with --impolite, also a duplicate or a replay),
+under the deterministic drain; it prints the count, the time and the coverage.
 
 --powercuts adds power cuts (`harness.simulate.powercut`): every process
 crashes at once and the work dir reverts to what a disk could hold (clean or
@@ -69,7 +75,59 @@ def cmd_simulate(args) -> int:
             return rc
     if args.schedule:
         return _run_one(args, setup)
+    if args.exhaustive:
+        return _exhaustive(args, setup)
     return _search(args, setup)
+
+
+def _exhaustive(args, setup) -> int:
+    """Every schedule of up to --max-faults faults; exit as `_search` does."""
+    from harness.coverage import gaps
+    from harness.coverage.text import one_line
+
+    from .exhaustive import explore
+
+    spec, label = setup["spec"], setup["label"]
+    if args.max_faults < 0:
+        raise _Usage(f"--max-faults must be >= 0, got {args.max_faults}")
+    if spec.powercuts or "store_server" in spec.targets:
+        raise _Usage("--exhaustive plants crashes and pauses at failpoint hits; it has no power cuts or "
+                     "store-server kills (drop --powercuts / --store-kills, or use a scenario without them)")
+    jobs = args.jobs or min(os.cpu_count() or 1, 8)
+    _say(args, f"simulate {label} --exhaustive: every schedule of up to {args.max_faults} fault(s), {jobs} job(s); "
+               f"{_describe(spec)}" + (", impolite channel" if args.impolite else ""))
+    r = explore(spec.workload, spec.backend, args.max_faults, impolite=args.impolite, jobs=jobs,
+                expect=spec.expect, stop_at_first=bool(spec.expect), variant=spec.variant)
+    for err in r["errors"]:
+        print(f"error: {err}", file=sys.stderr)
+    per = ", ".join(f"{v} with {k}" for k, v in sorted(r["by_faults"].items()))
+    _say(args, f"{r['schedules']} schedules ({per}) in {r['wall_s']:.1f} s ({r['cpu_s']:.1f} CPU s)")
+    _say(args, f"coverage: {one_line(r['coverage'])}")
+    for f in r["failures"][:5]:
+        print(f"{'FOUND' if spec.expect else 'FAILURE'}: {', '.join(f['violated']) or f['outcome']} with "
+              f"{'; '.join(f['plan']) or 'no fault'}")
+        for v in f["violations"][:3]:
+            print(f"  {v['prop']} {v['kind']}: {v['message'][:300]}")
+        print(f"  process-engine faults: {json.dumps(f['faults'])}")
+    gap = gaps(r["coverage"], setup.get("sometimes") or (), setup.get("points") or ())
+    if args.json:
+        check_output_file(args.json, "--json")
+        with open(args.json, "w") as fh:
+            json.dump({**r, "scenario": label, "variant": spec.variant, "expect_violation": spec.expect,
+                       "coverage_gaps": gap}, fh, indent=2, sort_keys=True, default=str)
+    if r["errors"]:
+        return EXIT_HARNESS
+    if spec.expect:
+        if not r["failures"]:
+            print(f"NOT FOUND: no schedule of {r['schedules']} violated {' or '.join(spec.expect)}")
+            return EXIT_FOUND
+        return EXIT_OK
+    if r["failures"]:
+        return EXIT_FOUND
+    if gap:
+        print(f"INCONCLUSIVE: {len(gap)} coverage gap(s): {'; '.join(gap)}")
+        return EXIT_HARNESS
+    return EXIT_OK
 
 
 def _setup(args) -> Dict[str, Any]:

@@ -1,0 +1,304 @@
+"""Exhaustive small schedules: every schedule of up to N faults on a small workload.
+
+Most crash bugs need very few faults (CrashMonkey/B3 enumerate every workload
+of up to three operations). Here the unit is a fault at a failpoint hit: with
+the simulation's deterministic scheduler (the drain: producer and consumer
+step in turn, a crashed process restarts on its next turn), a run is fixed by
+the faults it plants, and a fault is fixed by where it lands: the `hit`-th
+time incarnation `incarnation` of `target` reaches `point`.
+
+`enumerate_schedules` walks the tree depth first: the fault-free run's hits
+are the places of a first fault; the run with a first fault shows the hits
+after it, the places of a second; and so on up to `max_faults`. So every
+schedule of up to N faults is run exactly once, and a schedule's children are
+only places the run really reaches. A fault is a crash (the process dies at
+the point: `FailpointCrash`, what SIGKILL leaves) or a pause (at the first
+hit of each step: the process is frozen from its next turn on, while the
+other side steps, until that side idles or ends: a slow or stopped process
+that lets its peer run ahead); with `impolite`, also a
+`duplicate` at each producer hit (its last records written again at its next
+publish) and a `replay` at each consumer hit (its read position moved back).
+
+A schedule is a tuple of `Planted` faults; `PlantedSimulation.run_plan(plan)`
+runs one (the plan, then the drain) and returns its result and the hits it
+saw after its last fault. `explore` runs the whole tree in `jobs` forked
+workers (the first faults dealt round-robin), stopping at the first failure
+when asked to.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from reference_impl import failpoints
+
+from ..coverage import merge
+from .engine import SimResult, Simulation
+
+#: How many records an impolite fault writes again (`duplicate`) or moves back (`replay`).
+DUPLICATE_RECORDS = 3
+REPLAY_RECORDS = 8
+
+
+@dataclass(frozen=True)
+class Planted:
+    """A fault at the `hit`-th time incarnation `incarnation` of `target` reaches `point`."""
+
+    target: str
+    incarnation: int
+    point: str
+    hit: int
+    action: str = "crash"  # crash | pause | duplicate | replay
+
+    def describe(self) -> str:
+        return f"{self.action} {self.target}#{self.incarnation} at {self.point} hit {self.hit}"
+
+    def fault(self) -> Dict[str, Any]:
+        """The process-engine fault (scenario syntax) that replays it."""
+        f = {"kind": "failpoint", "target": self.target, "point": self.point, "action": self.action,
+             "hit": self.hit, "incarnation": self.incarnation}
+        if self.action == "pause":
+            f["duration_s"] = 0.3
+        elif self.action != "crash":
+            f["records"] = DUPLICATE_RECORDS if self.action == "duplicate" else REPLAY_RECORDS
+        return f
+
+
+Hit = Tuple[str, int, str, int, int]  # target, incarnation, point, hit, the engine's step count
+
+
+class PlantedSimulation(Simulation):
+    """The simulation engine with faults planted at failpoint hits, run under the drain."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plan: Sequence[Planted] = ()
+        self._next = 0
+        self.hits_after: List[Hit] = []  # the hits after the plan's last fault
+        self._frozen: Dict[str, int] = {}  # paused process -> turns it may still be held
+        self._idle: Dict[str, bool] = {}  # process -> its last step was idle
+
+    def run_plan(self, plan: Sequence[Planted]) -> Tuple[SimResult, List[Hit]]:
+        self._plan, self._next, self.hits_after = tuple(plan), 0, []
+        self._frozen, self._idle = {}, {}
+        res = self.run([])
+        if self._next < len(self._plan):  # a planted fault never reached: not a schedule of this run
+            res.error = res.error or f"planted fault not reached: {self._plan[self._next].describe()}"
+        return res, self.hits_after
+
+    def _hit(self, name: str) -> None:
+        p = self.st.current
+        if p is None:
+            return super()._hit(name)
+        n = p.counts.get(name, 0) + 1
+        if self._next < len(self._plan):
+            f = self._plan[self._next]
+            if (f.target, f.incarnation, f.point, f.hit) == (p.name, p.inc, name, n):
+                self._next += 1
+                if f.action == "crash":
+                    self.st.armed = (p.name, name)
+                    try:
+                        return super()._hit(name)
+                    finally:  # the drain, unlike a `fail` operation, does not collect the fault
+                        if self.st.fired is not None:
+                            self.st.faults.append(self.st.fired)
+                            self.st.trace.append(f.describe())
+                            self.st.fired = None
+                elif f.action == "pause":
+                    self._pause(p, f)
+                else:
+                    self._impolite(p, f)
+            return super()._hit(name)
+        self.hits_after.append((p.name, p.inc, name, n, self.st.steps))
+        return super()._hit(name)
+
+    def _pause(self, p, f: Planted) -> None:
+        from .engine import ARM_STEPS
+
+        self._frozen[p.name] = ARM_STEPS
+        self.st.sup.emit("pause", target=p.name, target_inc=p.inc, fault=len(self.st.faults))
+        self.st.faults.append(f.fault())
+        self.st.trace.append(f.describe())
+
+    def _step(self, p) -> str:
+        if p.name in self._frozen:
+            other = self.st.procs["consumer" if p.name == "producer" else "producer"]
+            self._frozen[p.name] -= 1
+            if self._frozen[p.name] > 0 and not other.terminal and not self._idle.get(other.name):
+                return "idle"
+            del self._frozen[p.name]
+            self.st.sup.emit("cont", target=p.name, target_inc=p.inc, fault=len(self.st.faults) - 1)
+        r = super()._step(p)
+        self._idle[p.name] = r == "idle"
+        return r
+
+    def _impolite(self, p, f: Planted) -> None:
+        records = f.fault()["records"]
+        if failpoints.act(f.action, records):
+            p.h.emit("failpoint", point=f.point, action=f.action)
+            self.st.faults.append(f.fault())
+            self.st.trace.append(f"{f.describe()} ({records} records)")
+
+
+def places(hits: Sequence[Hit], impolite: bool = False) -> List[Planted]:
+    """The faults that can be planted at these hits."""
+    out = []
+    step = None
+    for target, inc, point, hit, at in hits:
+        out.append(Planted(target, inc, point, hit))
+        if (target, at) != step:  # a pause lands at a step's end: one per step is enough
+            out.append(Planted(target, inc, point, hit, "pause"))
+        step = (target, at)
+        if impolite:
+            out.append(Planted(target, inc, point, hit, "duplicate" if target == "producer" else "replay"))
+    return out
+
+
+def enumerate_schedules(sim: PlantedSimulation, max_faults: int, impolite: bool = False,
+                        first: Optional[Sequence[int]] = None) -> Iterator[Tuple[Tuple[Planted, ...], SimResult]]:
+    """Every schedule of up to `max_faults` planted faults, depth first, each with its result.
+
+    `first`: only the subtrees of these indexes among the first faults (a worker's share;
+    the fault-free schedule belongs to the share that holds index 0)."""
+    root, hits = sim.run_plan(())
+    if first is None or 0 in first:
+        yield (), root
+    if max_faults < 1:
+        return
+    stack: List[Tuple[Tuple[Planted, ...], List[Planted]]] = []
+    tops = places(hits, impolite)
+    chosen = [f for i, f in enumerate(tops) if first is None or i in first]
+    stack.append(((), chosen))
+    while stack:
+        prefix, todo = stack.pop()
+        if not todo:
+            continue
+        f = todo.pop(0)
+        stack.append((prefix, todo))
+        plan = prefix + (f,)
+        res, after = sim.run_plan(plan)
+        yield plan, res
+        if len(plan) < max_faults:
+            stack.append((plan, places(after, impolite)))
+
+
+def explore(workload: Optional[Dict[str, Any]] = None, backend: str = "sqlite", max_faults: int = 1, *,
+            impolite: bool = False, jobs: int = 1, expect: Optional[Sequence[str]] = None,
+            stop_at_first: bool = False, variant: Optional[str] = None) -> Dict[str, Any]:
+    """Run every schedule of up to `max_faults` faults; the figures, the coverage and the failures."""
+    t0 = time.monotonic()
+    if jobs <= 1:
+        outs = [_explore_share(workload, backend, max_faults, impolite, None, expect, stop_at_first, variant)]
+    else:
+        outs = _explore_parallel(workload, backend, max_faults, impolite, jobs, expect, stop_at_first, variant)
+    failures = [f for o in outs for f in o["failures"]]
+    return {"schedules": sum(o["schedules"] for o in outs), "wall_s": round(time.monotonic() - t0, 3),
+            "cpu_s": round(sum(o["cpu_s"] for o in outs), 3), "max_faults": max_faults, "jobs": max(1, jobs),
+            "by_faults": _add(o["by_faults"] for o in outs), "coverage": merge(o["coverage"] for o in outs),
+            "failures": failures, "errors": [e for o in outs for e in o.get("errors", [])]}
+
+
+def _add(dicts) -> Dict[int, int]:
+    out: Dict[int, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[int(k)] = out.get(int(k), 0) + v
+    return out
+
+
+def _explore_share(workload, backend, max_faults, impolite, first, expect, stop_at_first, variant,
+                   stop=None) -> Dict[str, Any]:
+    from .search import _prepare_process
+
+    _prepare_process()
+    undo = None
+    if variant:
+        from reference_impl.variant import apply_variant
+
+        undo = apply_variant(variant)
+    c0 = time.process_time()
+    n, by_faults, covs, failures = 0, {}, [], []
+    try:
+        sim = PlantedSimulation(workload, backend)
+        for plan, res in enumerate_schedules(sim, max_faults, impolite, first):
+            n += 1
+            by_faults[len(plan)] = by_faults.get(len(plan), 0) + 1
+            covs.append(res.coverage)
+            if len(covs) >= 64:
+                covs[:] = [merge(covs)]
+            if res.failed(expect):
+                failures.append({"plan": [f.describe() for f in plan], "faults": [f.fault() for f in plan],
+                                 "outcome": res.outcome, "violated": res.violated,
+                                 "violations": [v.to_dict() for v in res.violations[:5]], "error": res.error})
+                if stop_at_first:
+                    if stop is not None:
+                        stop.set()
+                    break
+            if stop is not None and stop.is_set():
+                break
+    finally:
+        if undo:
+            undo()
+    return {"schedules": n, "cpu_s": time.process_time() - c0, "by_faults": by_faults, "coverage": merge(covs),
+            "failures": failures}
+
+
+def _explore_parallel(workload, backend, max_faults, impolite, jobs, expect, stop_at_first, variant):
+    import multiprocessing as mp
+
+    import reference_impl.consumer  # noqa: F401  (imported once, shared by the forked workers)
+    import reference_impl.producer  # noqa: F401
+
+    # How many first faults there are: one probe run (cheap) in this process.
+    probe = _count_first(workload, backend, impolite, variant)
+    ctx = mp.get_context("fork")
+    stop, queue = ctx.Event(), ctx.Queue()
+    shares = [list(range(j, max(probe, 1), jobs)) for j in range(jobs)]
+    procs = [ctx.Process(target=_worker, daemon=True,
+                         args=(queue, stop, workload, backend, max_faults, impolite, s, expect, stop_at_first,
+                               variant)) for s in shares if s]
+    for p in procs:
+        p.start()
+    outs, pending = [], len(procs)
+    while pending:
+        try:
+            kind, payload = queue.get(timeout=5.0)
+        except Exception:
+            if not any(p.is_alive() for p in procs):
+                outs.append({"schedules": 0, "cpu_s": 0.0, "by_faults": {}, "coverage": None, "failures": [],
+                             "errors": ["a worker died without reporting"]})
+                break
+            continue
+        pending -= 1
+        outs.append(payload if kind == "ok" else {"schedules": 0, "cpu_s": 0.0, "by_faults": {}, "coverage": None,
+                                                    "failures": [], "errors": [payload]})
+    for p in procs:
+        p.join(timeout=10)
+        if p.is_alive():
+            p.kill()
+    return outs
+
+
+def _count_first(workload, backend, impolite, variant) -> int:
+    undo = None
+    if variant:
+        from reference_impl.variant import apply_variant
+
+        undo = apply_variant(variant)
+    try:
+        _, hits = PlantedSimulation(workload, backend).run_plan(())
+    finally:
+        if undo:
+            undo()
+    return len(places(hits, impolite))
+
+
+def _worker(queue, stop, *args) -> None:
+    try:
+        queue.put(("ok", _explore_share(*args, stop=stop)))
+    except BaseException as e:  # report, never hang the parent
+        import traceback
+
+        queue.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
