@@ -289,6 +289,14 @@ ZOO: Dict[str, ZooMember] = {m.name: m for m in [
 ]}
 
 
+# -- the impolite channel: only a duplicate or a replay shows them ---------------------------------
+
+#: Variants that only an impolite channel exposes (scenarios/channel-*.toml), with the property
+#: they violate; the reference passes those scenarios.
+CHANNEL_ZOO: Dict[str, str] = {"consumer_without_dedup": "P1"}
+CHANNEL_SCENARIOS = ("channel-duplicate", "channel-replay")
+
+
 # -- durability bugs: only a power cut shows them (issue 12) -------------------------
 # Each is the reference as it was before its fix; a SIGKILL keeps every page written,
 # so only the process engine's power cut (unsynced writes dropped) exposes them.

@@ -69,7 +69,7 @@ def test_impolite_channel_one_fault():
         ref["coverage"]["faults"].get("replay")
     assert ref["coverage"]["sometimes"]["duplicate_rejected"] > 0
     bad = explore(w, max_faults=1, impolite=True, expect=["P1"], variant="tests.pipeline_zoo:consumer_without_dedup")
-    actions = {f["faults"][0]["action"] for f in bad["failures"]}
+    actions = {f["faults"][0]["kind"] for f in bad["failures"]}
     assert actions == {"duplicate", "replay"}, actions
     polite = explore(w, max_faults=1, expect=["P1"], variant="tests.pipeline_zoo:consumer_without_dedup")
     assert polite["failures"] == []  # without the impolite channel nothing notices the missing dedup

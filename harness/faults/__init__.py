@@ -28,6 +28,7 @@ from .kinds import (
     KINDS,
     LATENCY_DIRECTIONS,
     NETWORK_KINDS,
+    Duplicate,
     Failpoint,
     Fault,
     FaultError,
@@ -38,6 +39,7 @@ from .kinds import (
     Partition,
     Pause,
     Powercut,
+    Replay,
     Reset,
     Timed,
     fault_from_dict,
@@ -51,8 +53,8 @@ from .vocabulary import PIPELINE, POWERCUT_MODES, POWERCUT_TARGET, RANK_TARGET, 
 
 __all__ = [
     "DRAWN_KINDS", "KINDS", "LATENCY_DIRECTIONS", "NETWORK_KINDS", "PIPELINE", "POINT_ROLE", "POWERCUT_MODES",
-    "POWERCUT_TARGET", "RANDOM_KEYS", "RANK_TARGET", "TARGETS", "TRIGGERS", "Failpoint", "Fault", "FaultError",
-    "Kill", "Latency", "LostReply", "Network", "Partition", "Pause", "Powercut", "Reset", "Schedule", "Timed",
-    "fault_from_dict", "fault_kind", "faults_table", "has_powercut", "make_schedule", "owner", "points_for",
-    "points_matching", "process_of", "rank_of", "read_schedule",
+    "POWERCUT_TARGET", "RANDOM_KEYS", "RANK_TARGET", "TARGETS", "TRIGGERS", "Duplicate", "Failpoint", "Fault",
+    "FaultError", "Kill", "Latency", "LostReply", "Network", "Partition", "Pause", "Powercut", "Replay", "Reset",
+    "Schedule", "Timed", "fault_from_dict", "fault_kind", "faults_table", "has_powercut", "make_schedule", "owner",
+    "points_for", "points_matching", "process_of", "rank_of", "read_schedule",
 ]

@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar, Dict, Optional, Type
 from reference_impl.failpoints import ACTIONS, POINTS
 
 from ..exit_codes import UsageError
+from .points import POINT_ROLE
 from .vocabulary import ENDING_ACTIONS, POWERCUT_TARGET, RANK_TARGET, TARGETS, TRIGGERS, process_of, rank_of
 
 #: kind name -> its dataclass; filled by `@fault_kind`.
@@ -266,6 +267,62 @@ class Failpoint(Fault):
     def describe(self) -> str:
         where = f" rank {self.rank}" if self.rank is not None else ""
         return f"failpoint {self.point} ({self.action}, hit {self.hit}) in {self.target}#{self.incarnation}{where}"
+
+
+# -- the impolite channel: at-least-once delivery, not a crash ----------------------------------
+
+@dataclass
+class Impolite(Failpoint):
+    """At the `hit`-th time incarnation `incarnation` of `target` reaches `point`, the
+    component is asked for its impolite act (`reference_impl.failpoints` action `kind`,
+    `records` records); it acts at its next safe step and records it in its history."""
+
+    process_kind: ClassVar[str] = ""
+    records: Optional[int] = _check("records", lambda v: _int(v, 1), "an integer >= 1")
+
+    def __post_init__(self) -> None:
+        if self.action is None:
+            self.action = self.kind
+        if self.records is None:
+            self.records = 1
+        super().__post_init__()
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        if self.action != self.kind:
+            raise _err(where, "action", self.action, f"{self.kind!r} (or none) on a {self.kind} fault")
+        if self.target != self.process_kind or POINT_ROLE.get(self.point) != self.process_kind:
+            raise _err(where, "point" if self.target == self.process_kind else "target",
+                       self.point if self.target == self.process_kind else self.target,
+                       f"a {self.process_kind} point, target {self.process_kind!r}: " +
+                       ", ".join(p for p, r in POINT_ROLE.items() if r == self.process_kind))
+
+    def rule(self) -> Dict[str, Any]:
+        return dict(super().rule(), records=self.records)
+
+    def describe(self) -> str:
+        return (f"{self.kind} of {self.records} record(s) at {self.point} hit {self.hit} "
+                f"in {self.target}#{self.incarnation}")
+
+
+@fault_kind
+@dataclass
+class Duplicate(Impolite):
+    """The producer writes its last `records` channel records again at its next publish, as a
+    producer that re-publishes after a crash would."""
+
+    kind: ClassVar[str] = "duplicate"
+    process_kind: ClassVar[str] = "producer"
+
+
+@fault_kind
+@dataclass
+class Replay(Impolite):
+    """The consumer's read position moves `records` back before its next read, so it meets
+    records it has trained or acked already."""
+
+    kind: ClassVar[str] = "replay"
+    process_kind: ClassVar[str] = "consumer"
 
 
 # -- network faults: between one client node and the store server (networked backends) ----------

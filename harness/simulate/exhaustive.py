@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from reference_impl import failpoints
 
 from ..coverage import merge
+from ..faults import Duplicate, Failpoint, Fault, Replay
 from .engine import SimResult, Simulation
 
 #: How many records an impolite fault writes again (`duplicate`) or moves back (`replay`).
@@ -55,15 +56,14 @@ class Planted:
     def describe(self) -> str:
         return f"{self.action} {self.target}#{self.incarnation} at {self.point} hit {self.hit}"
 
-    def fault(self) -> Dict[str, Any]:
-        """The process-engine fault (scenario syntax) that replays it."""
-        f = {"kind": "failpoint", "target": self.target, "point": self.point, "action": self.action,
-             "hit": self.hit, "incarnation": self.incarnation}
-        if self.action == "pause":
-            f["duration_s"] = 0.3
-        elif self.action != "crash":
-            f["records"] = DUPLICATE_RECORDS if self.action == "duplicate" else REPLAY_RECORDS
-        return f
+    def fault(self) -> Fault:
+        """The process-engine fault that replays it."""
+        where = {"target": self.target, "point": self.point, "hit": self.hit, "incarnation": self.incarnation}
+        if self.action == "duplicate":
+            return Duplicate(records=DUPLICATE_RECORDS, **where)
+        if self.action == "replay":
+            return Replay(records=REPLAY_RECORDS, **where)
+        return Failpoint(action=self.action, **where)
 
 
 Hit = Tuple[str, int, str, int, int]  # target, incarnation, point, hit, the engine's step count
@@ -135,7 +135,7 @@ class PlantedSimulation(Simulation):
         return r
 
     def _impolite(self, p, f: Planted) -> None:
-        records = f.fault()["records"]
+        records = f.fault().records
         if failpoints.act(f.action, records):
             p.h.emit("failpoint", point=f.point, action=f.action)
             self.st.faults.append(f.fault())
@@ -229,7 +229,8 @@ def _explore_share(workload, backend, max_faults, impolite, first, expect, stop_
             if len(covs) >= 64:
                 covs[:] = [merge(covs)]
             if res.failed(expect):
-                failures.append({"plan": [f.describe() for f in plan], "faults": [f.fault() for f in plan],
+                failures.append({"plan": [f.describe() for f in plan],
+                                 "faults": [f.fault().to_dict() for f in plan],
                                  "outcome": res.outcome, "violated": res.violated,
                                  "violations": [v.to_dict() for v in res.violations[:5]], "error": res.error})
                 if stop_at_first:
