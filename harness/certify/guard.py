@@ -1,6 +1,6 @@
 """Bounded store calls: every construction and store call gets a timeout.
 
-Model: the tiers call the store only inside forked children (`common.Child`).
+Model: the tiers call the store only inside child processes (`children.Child`).
 In a child, `arm()` starts a watchdog thread; `watch(call, args)` notes a call
 in progress (per thread). A call still running after the call timeout ends
 the child at once with a liveness result: which call, which arguments (their
@@ -115,7 +115,7 @@ def timeout_s() -> float:
 
 
 def arm(result_path: str) -> None:
-    """In a freshly forked child: write a liveness result to `result_path` if a call hangs."""
+    """In a freshly started child: write a liveness result to `result_path` if a call hangs."""
     global _result_path, _watchdog
     _result_path = result_path
     _inflight.clear()

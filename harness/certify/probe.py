@@ -1,6 +1,6 @@
 """The first calls: is it a store, which records does it take, does it keep anything?
 
-Run once before any tier, in a forked child bounded by the call timeout
+Run once before any tier, in a child process bounded by the call timeout
 (`guard`), on a fresh working directory. Operations, in order; each outcome is
 a key of the returned dict:
 

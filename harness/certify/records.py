@@ -492,7 +492,7 @@ _ACTIVE: Optional[Records] = None
 
 
 def use(records: Records) -> None:
-    """Make `records` the ones the tiers build and compare with (forked children inherit it)."""
+    """Make `records` the ones the tiers build and compare with (children are handed it)."""
     global _ACTIVE
     _ACTIVE = records
 

@@ -126,7 +126,7 @@ def _commit_retrying(store, retr: Retrier, refs, single: bool) -> Tuple[List[boo
             time.sleep(0.005)
 
 
-# -- roles (each runs in a thread, in this or a forked process) -------------------------
+# -- roles (each runs in a thread, in this or a child process) -------------------------
 
 
 def role_dedup(store, shared: Shared, retr: Retrier, *, wid: int, plan: Callable[[int], Tuple[List[List[str]], bool]],

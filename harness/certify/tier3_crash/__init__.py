@@ -1,6 +1,6 @@
 """Tier 3, crash: SIGKILL inside commit batches and acks, many times, then reopen.
 
-Each trial forks up to two worker processes on the same store: a committer
+Each trial starts up to two worker processes on the same store: a committer
 (batches of new and already-committed ids) and an acker (commits a batch, then
 acks it; sometimes acks older committed ids; `global_step` sometimes None; the
 `optimizer_durable` flag flips on every ack so that every ack changes the

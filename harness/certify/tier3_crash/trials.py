@@ -205,10 +205,10 @@ class Trial:
 
 def run_trial(ctx: Context, d: str, trial: Trial, rng: random.Random, op_time: float,
                open_time: float) -> Dict[str, Any]:
-    """Fork the workers, kill each at its random moment, return their parsed logs.
+    """Start the workers, kill each at its random moment, return their parsed logs.
 
     A worker is killed either while it opens the store (10%: a random moment
-    after the fork) or while it runs its operations (a random moment after it
+    after its start) or while it runs its operations (a random moment after it
     reported ready, spread over the time its operations take).
     """
     procs = {}
