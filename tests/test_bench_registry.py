@@ -7,8 +7,8 @@ from harness.bench.registry import section, sections
 
 
 def test_sections_run_in_their_order():
-    assert list(sections()) == ["restart", "trials", "check", "sqlite", "memory", "overhead", "powerloss", "redis",
-                                "ray", "soak"]
+    assert list(sections()) == ["restart", "simulate", "trials", "check", "sqlite", "memory", "overhead", "powerloss",
+                                "redis", "ray", "soak"]
 
 
 def test_unknown_section_is_a_usage_error_listing_the_known_ones(capsys):

@@ -5,6 +5,7 @@ goal it is held to:
 
 * restart: SIGKILL of a consumer to its replacement's first channel event
   (`read` or `skip`), zygote launcher vs cold spawn (`python -m`);
+* simulation: schedules per CPU-minute of the default simulated workload, fixed seed;
 * trials per minute: the default scenario (kill-random: 3 kills, 300 samples)
   on a pool of -j worker processes (default one per CPU), with CPU seconds per trial (the worker, its
   zygote and every process they started); baseline: the same with spawn;
@@ -28,7 +29,7 @@ This is a measurement, not a test: nothing here is run by CI. Figures depend
 on the machine and on whatever else runs on it (the load average is recorded).
 Each section runs in a fresh interpreter (multiprocessing "spawn"), so no
 section inherits another's imports or memory. Sections are registered by name
-(`registry.section`), one module each: restart, trials, checks, sqlite,
+(`registry.section`), one module each: restart, simulate, trials, checks, sqlite,
 memory, overhead; `--only NAME,...` selects them.
 """
 
@@ -40,7 +41,19 @@ import shutil
 import tempfile
 from typing import Any, Dict, List, Optional
 
-from . import checks, memory, overhead, powerloss, ray, redis, restart, soak, sqlite, trials  # noqa: F401 (they register their sections)
+from . import (  # noqa: F401 (they register their sections)
+    checks,
+    memory,
+    overhead,
+    powerloss,
+    ray,
+    redis,
+    restart,
+    simulate,
+    soak,
+    sqlite,
+    trials,
+)
 from .registry import GOALS, BenchRun, goal_met
 from .registry import sections as registered
 

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 GOALS = {
-    "restart_ms_median": ("<=", 100.0),
-    "trials_per_min": (">=", 60.0),
+    "restart_ms_median": ("<=", 15.0),
+    "trials_per_min": (">=", 220.0),
+    "sim_schedules_per_cpu_min": (">=", 5000.0),
     "check_1m_events_s": ("<=", 10.0),
     "sqlite_batch1_vs_fsync": (">=", 0.5),
     "tracing_overhead_ratio": ("<=", 1.3),
     "powercut_rebuild_ms": ("<=", 50.0),
     "powercut_trials_per_min": (">=", 40.0),
-    "ray_vs_local_ratio": (">=", 0.8),
+    "ray_vs_local_ratio": (">=", 0.85),
 }
 DEFAULT_SCENARIO = "kill-random"
 MEMORY_SCENARIO = "dp4-rank-kills"  # the 4-rank CPU (gloo) data-parallel scenario
