@@ -14,7 +14,7 @@ def test_sections_run_in_their_order():
 def test_unknown_section_is_a_usage_error_listing_the_known_ones(capsys):
     assert bench_main(["--only", "check,nope"]) == 2
     err = capsys.readouterr().err
-    assert "unknown section 'nope'" in err and "restart, trials, check, sqlite, memory, overhead" in err
+    assert "unknown section 'nope'" in err and "restart, simulate, trials, check, sqlite, memory, overhead" in err
 
 
 def test_a_section_name_is_registered_once():
