@@ -44,7 +44,7 @@ def trial_worker(wid: int, launcher: str, scenario: str, tasks, results, base: s
     tempfile.tempdir = None
     reports = os.path.join(base, f"reports-{launcher}-{wid}")
     os.makedirs(reports, exist_ok=True)
-    from ..campaign import _one
+    from ..campaign import run_trial
 
     before = None
     n = 0
@@ -53,7 +53,7 @@ def trial_worker(wid: int, launcher: str, scenario: str, tasks, results, base: s
         if seed is None:
             break
         c0, t0 = tree_cpu(), time.monotonic()
-        row = _one((scenario, seed, reports, None, False))
+        row = run_trial({"scenario": scenario, "seed": seed, "reports": reports})
         row["cpu_s"] = round(tree_cpu() - c0, 3)
         row["trial_s"] = round(time.monotonic() - t0, 3)
         row["worker"] = wid

@@ -8,7 +8,7 @@ executor of `harness.executors`.
 
 from .core import CAMPAIGN_ENV, CampaignInterrupted, load_summary, parse_seeds, run_campaign
 from .summary import exit_code, summarize, summary_table, write_junit
-from .trial import STATUSES, _one, run_trial
+from .trial import STATUSES, run_trial
 
 __all__ = ["CAMPAIGN_ENV", "CampaignInterrupted", "STATUSES", "exit_code", "load_summary", "parse_seeds",
-           "run_campaign", "run_trial", "summarize", "summary_table", "write_junit", "_one"]
+           "run_campaign", "run_trial", "summarize", "summary_table", "write_junit"]

@@ -22,7 +22,7 @@ import socket
 import tarfile
 import tempfile
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 STATUSES = ("as_expected", "unexpected", "inconclusive", "harness_error", "incomplete")
 #: Statuses that are a finding of the harness, not of the system under test (exit 3).
@@ -115,13 +115,6 @@ def run_trial(spec: Dict[str, Any]) -> Dict[str, Any]:
     finally:
         if ship:
             shutil.rmtree(reports, ignore_errors=True)
-
-
-def _one(args: Tuple) -> Dict[str, Any]:
-    """The older tuple form (scenario, seed, reports, backend, keep_all), used by the bench."""
-    scenario, seed, reports, backend, keep_all = args
-    return run_trial({"scenario": scenario, "seed": seed, "reports": reports, "backend": backend,
-                      "keep_all": keep_all})
 
 
 def pack_report(report_dir: str) -> bytes:
