@@ -41,7 +41,7 @@ def test_sqlite_store_passes_tiers_1_to_3_quick(tmp_path):
     assert "[certify] tier 3 crash: passed" in r.stderr  # progress lines on stderr
     cert, md = _certificate(tmp_path)
     status = {t["tier"]: t["status"] for t in cert["tiers"]}
-    assert status == {1: "passed", 2: "passed", 3: "passed", 4: "not selected", 5: "not selected"}
+    assert status == {1: "passed", 2: "passed", 3: "passed", 4: "not selected", 5: "not selected", 6: "not applicable"}
     assert cert["profile"] == "durable" and cert["seed"] == 7 and cert["budget"] == "quick"
     assert cert["tiers"][2]["counters"]["kills"] > 0
     assert "PASSED the selected tiers" in md and "| 3 crash | passed" in md
@@ -54,7 +54,8 @@ def test_inmemory_store_passes_1_and_2_and_3_4_are_not_applicable(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     cert, md = _certificate(tmp_path)
     status = {t["tier"]: t["status"] for t in cert["tiers"]}
-    assert status == {1: "passed", 2: "passed", 3: "not applicable", 4: "not applicable", 5: "not applicable"}
+    assert status == {1: "passed", 2: "passed", 3: "not applicable", 4: "not applicable", 5: "not applicable",
+                      6: "not applicable"}
     assert cert["profile"] == "volatile"
     assert "CERTIFIED (volatile profile)" in cert["verdict"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.certify import tier6_network
+from harness.certify import tier6_network, tiers
 from harness.certify.certificate import BUDGETS, FAILED, PASSED
 from harness.certify.common import Context
 from harness.certify.loader import load
@@ -38,4 +38,5 @@ def test_zoo_member_rejected_for_its_property(tmp_path, name):
 
 def test_not_applicable_to_a_store_without_a_server(tmp_path):
     ctx = _ctx("reference_impl.stores.sqlite:SQLiteMetadataStore", tmp_path)
-    assert "not a networked backend" in tier6_network.networked(ctx)
+    assert "not a networked backend" in tiers.get(6).not_applicable(ctx)
+    assert tiers.get(6).not_applicable(_ctx("reference_impl.stores.redis:RedisMetadataStore", tmp_path)) is None

@@ -156,7 +156,7 @@ def _certify_target(req: CertifyRequest, target: StoreTarget, t_start: float) ->
         backend=target.label, spec=target.spec, profile=profile, profile_source=source, adapter=target.adapter,
         factory_call=describe_call(target), budget=budget.name, seed=seed,
         command=req.command_line(prefix, budget, seed), started_at=time.strftime("%Y-%m-%d %H:%M:%S"),
-        records=target.records.describe(), call_timeout_s=guard.timeout_s(),
+        records=target.records.describe(), call_timeout_s=guard.timeout_s(), store_server=target.store_server,
     )
     if target.adapter:
         cert.warnings.append(target.adapter)

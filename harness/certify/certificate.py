@@ -101,6 +101,8 @@ class Certificate:
     call_timeout_s: float = 0.0
     #: a finding about the whole store that stopped the tiers: {"kind": "retains_nothing"|"liveness", "message"}
     finding: Optional[Dict[str, Any]] = None
+    #: the server a networked backend was judged on (software, version, persistence settings), or None
+    store_server: Optional[Dict[str, Any]] = None
 
     def tier(self, n: int) -> TierResult:
         for t in self.tiers:
@@ -204,6 +206,11 @@ def render_md(cert: Certificate) -> str:
         L.append(f"| records | `{cert.records.get('SampleRef')}`"
                  + "".join(f", `{n}`" for n in cert.records.get("nested", []))
                  + f" (found by {cert.records.get('found_by')}) |")
+    if cert.store_server:
+        s = cert.store_server
+        L.append(f"| store server | {s.get('software')} {s.get('version')}, persistence {s.get('persistence')} "
+                 f"(appendonly {s.get('appendonly')}, appendfsync {s.get('appendfsync')}, save {s.get('save')}), "
+                 f"started by the harness |")
     L.append(f"| call timeout | {cert.call_timeout_s:g} s per construction and store call |")
     L.append(f"| budget | {cert.budget} |")
     L.append(f"| seed | {cert.seed} |")

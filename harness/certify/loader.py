@@ -122,6 +122,8 @@ class StoreTarget:
 
     #: the record types certification builds refs from (harness.certify.records)
     records: Any = None
+    #: the server started for a networked backend (harness.stores.shared_server), described
+    store_server: Optional[Dict[str, Any]] = None
     #: what the first calls found (harness.certify.probe): "hang", "retains_nothing", ...
     probe: Dict[str, Any] = field(default_factory=dict)
 
@@ -200,11 +202,7 @@ def from_factory(
     else:
         kind = "callable-dir"
     target = StoreTarget(factory=factory, label=name, spec=spec, kind=kind)
-    server = shared_server.start(factory)  # a networked backend's server, before any store is opened
-    if server is not None:
-        target.notes.append(f"store server: {server['software']} {server['version']}, "
-                            f"persistence {server['persistence']} (appendonly {server['appendonly']}, "
-                            f"appendfsync {server['appendfsync']}, save {server['save']}), started by the harness")
+    target.store_server = shared_server.start(factory)  # a networked backend's server, before any store opens
     declared = getattr(factory, "profile", None) if inspect.isclass(factory) else None
     try:
         if records:

@@ -9,11 +9,11 @@
         store_spec = "my_backend:MyStore"  # optional: lets tier 4 start the pipeline on it
         profile = "durable"                # optional: default from the store
         budget = "quick"                   # quick | standard | thorough | a Budget
-        tiers = (1, 2, 3, 4, 5)            # default: every tier
+        tiers = (1, 2, 3, 4, 5, 6)         # default: every tier
 
 Each tier of the registry (`harness.certify.tiers.TIERS`) is one test:
 `test_tier1_contract`, `test_tier2_concurrency`, `test_tier3_crash`,
-`test_tier4_end_to_end`, `test_tier5_power_loss`. A failing tier fails its
+`test_tier4_end_to_end`, `test_tier5_power_loss`, `test_tier6_network`. A failing tier fails its
 test with the counterexamples and how to reproduce them; a tier that does not
 apply to the store or profile, or that is not in `tiers`, is skipped with the
 reason (never passed). Set `reports_dir` to also keep a certificate per tier.

@@ -38,7 +38,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..network.proxy import NodeProxy
 from ..stores.redis_server import RedisServer
-from ..stores.shared_server import declared_server
 from .certificate import FAILED, NOT_RUN, PASSED, Counterexample, TierResult
 from .children import Child, run_children
 from .common import Context
@@ -48,13 +47,6 @@ PROPERTIES = ("P4", "P5", "P6")
 CLIENTS = 3
 OPS_PER_CLIENT = 30
 NODE_ENV = "DFH_STORE_NODE"
-
-
-def networked(ctx: Context) -> Optional[str]:
-    """Not applicable to a backend that declares no server the harness starts."""
-    if declared_server(ctx.target.factory) is None:
-        return "not a networked backend (the store declares no store_server)"
-    return None
 
 
 def _ref(sid: str):
@@ -254,7 +246,7 @@ def crash_trial(ctx: Context, trial: int, rng: random.Random, counters: Dict[str
     server.create_ledger()
     try:
         plan = _plans(rng, trial, 1, 25)[0]
-        r = in_child(_client, ctx.target, d, "", [p for p in plan if p[0] != "marker"], workdir=root, timeout=120,
+        r = in_child(_client, ctx.target, d, "client", [p for p in plan if p[0] != "marker"], workdir=root, timeout=120,
                      name="t6-crash-client")
         if not r.get("ok"):
             return [("P6", f"the client failed before the crash: {r.get('error')}")]

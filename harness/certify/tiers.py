@@ -13,14 +13,14 @@ tiers are `TierEntry`s, which import their module `harness.certify.<module>`
 only when the tier runs; each such module has `PROPERTIES` and
 `run(ctx: Context) -> TierResult`.
 
-Adding a tier, for example 6, network, for backends that talk to a server:
-1. write `harness/certify/tier6_network.py` with `PROPERTIES` and
-   `run(ctx) -> TierResult` (a result with `tier=6`);
-2. append `TierEntry(6, "network", "tier6_network", "<steps heading>",
-   applicability=<ctx -> reason or None>)` to `TIERS` below (the reason for
-   a store without a server, say "not a networked backend").
-`--tiers 6`, the default selection, the certificate and the suite's
-`test_tier6_network` follow from the entry; nothing else changes.
+Adding a tier, say 7:
+1. write `harness/certify/tier7_<name>.py` with `PROPERTIES` and
+   `run(ctx) -> TierResult` (a result with `tier=7`);
+2. append `TierEntry(7, "<name>", "tier7_<name>", "<steps heading>",
+   applicability=<ctx -> reason or None>)` to `TIERS` below (as tier 6,
+   network, says "not a networked backend" for a store without a server).
+`--tiers 7`, the default selection, the certificate and the suite's
+`test_tier7_<name>` follow from the entry; nothing else changes.
 """
 
 from __future__ import annotations
@@ -61,6 +61,15 @@ def durable_only(why: str) -> Callable[[Context], Optional[str]]:
     return check
 
 
+def networked(ctx: "Context") -> Optional[str]:
+    """Not applicable to a backend that declares no server for the harness to start."""
+    from ..stores.shared_server import declared_server
+
+    if declared_server(ctx.target.factory) is None:
+        return "not a networked backend (the store declares no store_server)"
+    return None
+
+
 @dataclass(frozen=True)
 class TierEntry:
     """A shipped tier: its module `harness.certify.<module>` is imported when it runs."""
@@ -87,6 +96,7 @@ TIERS: Tuple[Tier, ...] = (
               durable_only("the crash scenarios restart processes, which a volatile store does not survive")),
     TierEntry(5, "power loss", "tier5_power_loss", "The trial and the power cut:",
               durable_only("nothing is expected to survive a power cut")),
+    TierEntry(6, "network", "tier6_network", "What the clients' calls answered:", networked),
 )
 
 NUMBERS: Tuple[int, ...] = tuple(t.number for t in TIERS)
