@@ -272,6 +272,14 @@ def crash_trial(ctx: Context, trial: int, rng: random.Random, counters: Dict[str
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _a_few_of_each(found: List[Tuple[str, str]], n: int = 3) -> List[Tuple[str, str]]:
+    """Up to `n` findings of each property, so one kind of finding never hides another."""
+    out: List[Tuple[str, str]] = []
+    for prop in sorted({p for p, _ in found}):
+        out += [f for f in found if f[0] == prop][:n]
+    return out
+
+
 def run(ctx: Context) -> TierResult:
     t0 = time.monotonic()
     res = TierResult(tier=TIER, status=PASSED, properties=list(PROPERTIES))
@@ -295,7 +303,7 @@ def run(ctx: Context) -> TierResult:
                 break
     except Exception as e:  # noqa: BLE001 - the harness's own failure is never the backend's
         res.status, res.harness_error, res.reason = NOT_RUN, True, f"{type(e).__name__}: {e}"
-    for prop, msg in found[:5]:
+    for prop, msg in _a_few_of_each(found):
         res.counterexamples.append(Counterexample(tier=TIER, property=prop, message=msg,
                                                   reproduce=ctx.reproduce(TIER) + "  (timing varies between runs)"))
     if res.counterexamples:

@@ -34,13 +34,17 @@ class SeparateCommandsAckStore(ReferenceRedisStore):
                          optimizer_durable: bool) -> None:
         ids = sorted(as_id_set(sample_ids))
         conn = self._connection()
-        if ids:
-            conn.sadd(self.keys["acked"], *ids)
-        failpoints.hit("store.mid_ack_txn")
-        time.sleep(0.002)  # a round trip's worth of window
-        if global_step is not None:
-            conn.set(self.keys["step"], int(global_step))
-        conn.set(self.keys["durable"], "1" if optimizer_durable else "0")
+        try:
+            if ids:
+                conn.sadd(self.keys["acked"], *ids)
+            failpoints.hit("store.mid_ack_txn")
+            time.sleep(0.002)  # a round trip's worth of window
+            if global_step is not None:
+                conn.set(self.keys["step"], int(global_step))
+            conn.set(self.keys["durable"], "1" if optimizer_durable else "0")
+        except Exception:
+            self._drop_connection()  # (its one bug is the ack's three commands, not a stale connection)
+            raise
 
 
 class TwoRoundTripMarkerStore(ReferenceRedisStore):
@@ -49,9 +53,13 @@ class TwoRoundTripMarkerStore(ReferenceRedisStore):
 
     def durable_marker(self) -> Dict[str, Any]:
         conn = self._connection()
-        acked = {x.decode() for x in conn.smembers(self.keys["acked"])}
-        time.sleep(0.002)
-        step, durable = conn.get(self.keys["step"]), conn.get(self.keys["durable"])
+        try:
+            acked = {x.decode() for x in conn.smembers(self.keys["acked"])}
+            time.sleep(0.002)
+            step, durable = conn.get(self.keys["step"]), conn.get(self.keys["durable"])
+        except Exception:
+            self._drop_connection()
+            raise
         return {"acked": acked, "global_step": None if step is None else int(step),
                 "optimizer_durable": (durable or b"0") == b"1"}
 
