@@ -39,6 +39,8 @@ def test_reference_survives_lost_replies(tmp_path, scenario, call, node):
     with open(os.path.join(r.report_dir, "result.json")) as f:
         server = json.load(f)["final"]["store_server"]["server"]
     assert server["version"].startswith("6.") and server["appendfsync"] == "always"
+    with open(os.path.join(r.report_dir, "report.md")) as f:
+        assert "Store server: redis 6." in f.read()  # every report names the server it judged
 
 
 def _with(scenario: str, **changes):

@@ -130,6 +130,22 @@ def _verdict_line(result: Dict[str, Any]) -> str:
     return verdict_line(result["verdict"], result["outcome"])
 
 
+def store_server_line(result: Dict[str, Any]) -> str:
+    """The store server the run judged (a networked backend's software, version, persistence), or ""."""
+    served = (result.get("final") or {}).get("store_server") or {}
+    s = served.get("server") or {}
+    if not s:
+        return ""
+    line = f"Store server: {s.get('software')} {s.get('version') or ''}".rstrip()
+    if s.get("appendonly"):
+        line += (f", persistence {s.get('persistence')} (appendonly {s.get('appendonly')}, appendfsync "
+                 f"{s.get('appendfsync')}, save {s.get('save')})")
+    elif s.get("persistence"):
+        line += f", persistence {s.get('persistence')}"
+    faults = [x for p in served.get("proxies") or [] for x in p.get("landed") or []]
+    return line + f"; {served.get('starts', 0)} start(s); {len(faults)} network fault(s) applied by the proxies."
+
+
 def markdown(result: Dict[str, Any]) -> str:
     out = [f"# {result['scenario']} seed {result['seed']}", "", f"**{_verdict_line(result)}**", ""]
     for r in result["verdict"].get("reasons", []):
@@ -139,7 +155,9 @@ def markdown(result: Dict[str, Any]) -> str:
     out += ["", "Replay:", "", "```", result["replay_command"], "```", "",
             f"Backend `{result['backend']}`, {_faults_line(result)}, "
             f"incarnations {result.get('incarnations')}, wall {result['wall_s']} s, "
-            f"witness {result.get('witness_summary')}.", "", "## Properties", "",
+            f"witness {result.get('witness_summary')}.", "", *([store_server_line(result), ""]
+                                                                if store_server_line(result) else []),
+            "## Properties", "",
             "| property | name | valid | counts |", "|---|---|---|---|"]
     for prop, r in sorted(result["properties"].items()):
         valid = {True: "yes", False: "**NO**", None: "n/a"}[r.get("valid")]
@@ -202,6 +220,7 @@ tr.bad{{background:#fdd}} tr.na{{color:#888}} img{{max-width:100%}} code{{backgr
 <h2>Timeline</h2>{img}
 <p>Backend {html.escape(result['backend'])}; {html.escape(_faults_line(result))};
 incarnations {html.escape(str(result.get('incarnations')))}; wall {result['wall_s']} s.</p>
+<p>{html.escape(store_server_line(result))}</p>
 </body></html>"""
 
 
