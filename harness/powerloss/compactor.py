@@ -27,7 +27,8 @@ the one a rebuild from the whole journal gives (tested against it).
 
 Figures: `peak_bytes`, the most disk the journal held at a step (its
 allocated blocks, sampled before each punch), and `bytes_read`, all it ever
-held. `CompactorThread` runs the steps every `interval_s` in the harness.
+held. `CompactorThread` runs the steps in the harness, every `interval_s`
+when at least `STEP_BYTES` were appended since the last.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from .model import Baseline, Model
 
 #: Read at most this much of the journal at once (a larger single record doubles it).
 CHUNK = 16 << 20
+#: A step runs when at least this much was appended since the last one.
+STEP_BYTES = 1 << 20
 #: The disk space a run's journal may take: what the traced processes append between two steps
 #: (a step follows at once while a chunk or more is waiting). Checked free before a run that cuts
 #: power (`harness.validation.check_journal_space`); the peak seen is in result.json.
@@ -174,8 +177,8 @@ class JournalCompactor:
 
 
 class CompactorThread:
-    """Runs `compactor.step()` every `interval_s` until `stop()`; an error stops it and is kept
-    (`error`), to be raised by whoever needs the model next."""
+    """Runs `compactor.step()` every `interval_s` (when STEP_BYTES or more are waiting) until `stop()`;
+    an error stops it and is kept (`error`), to be raised by whoever needs the model next."""
 
     def __init__(self, compactor: JournalCompactor, interval_s: float = 0.25) -> None:
         self.compactor = compactor
@@ -189,7 +192,8 @@ class CompactorThread:
         c = self.compactor
         while not self._stop.wait(self.interval_s):
             try:
-                while not self._stop.is_set():
+                # (a small journal is left alone: a step costs the runner's process CPU, a stat does not)
+                while not self._stop.is_set() and _size(c.journal) - c.offset >= STEP_BYTES:
                     c.step()
                     if _size(c.journal) - c.offset < CHUNK:
                         break  # caught up: wait for the next interval
