@@ -113,7 +113,8 @@ class Scenario:
         for table, d in (("topology", self.topology), ("store", self.store), ("workload", self.workload)):
             out.append(f"\n[{table}]")
             out += [f"{k} = {_toml(v)}" for k, v in d.items()]
-        if self.powercut_mode != "clean":
+        # Written whenever power can be cut, so the file says how the work dir is rebuilt.
+        if self.powercut_mode != "clean" or has_powercut(self.explicit_faults, self.random_faults):
             out.append("\n[faults]")
             out.append(f"powercut_mode = {_toml(self.powercut_mode)}")
         for f in self.explicit_faults:

@@ -47,7 +47,7 @@ from .kinds import (
 )
 from .plan import DRAWN_KINDS, make_schedule
 from .points import POINT_ROLE, owner, points_for, points_matching
-from .schedule import Schedule, has_powercut, read_schedule
+from .schedule import Schedule, fired_kind, has_powercut, read_schedule
 from .table import RANDOM_KEYS, faults_table
 from .vocabulary import PIPELINE, POWERCUT_MODES, POWERCUT_TARGET, RANK_TARGET, TARGETS, TRIGGERS, process_of, rank_of
 
@@ -55,6 +55,7 @@ __all__ = [
     "DRAWN_KINDS", "KINDS", "LATENCY_DIRECTIONS", "NETWORK_KINDS", "PIPELINE", "POINT_ROLE", "POWERCUT_MODES",
     "POWERCUT_TARGET", "RANDOM_KEYS", "RANK_TARGET", "TARGETS", "TRIGGERS", "Duplicate", "Failpoint", "Fault",
     "FaultError", "Kill", "Latency", "LostReply", "Network", "Partition", "Pause", "Powercut", "Replay", "Reset",
-    "Schedule", "Timed", "fault_from_dict", "fault_kind", "faults_table", "has_powercut", "make_schedule", "owner",
+    "Schedule", "Timed", "fault_from_dict", "fault_kind", "fired_kind", "faults_table", "has_powercut", "make_schedule",
+    "owner",
     "points_for", "points_matching", "process_of", "rank_of", "read_schedule",
 ]

@@ -15,6 +15,11 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 from .kinds import Failpoint, Fault, FaultError, Powercut, Timed, fault_from_dict
 
 
+def fired_kind(f: Fault) -> str:
+    """The kind a fired fault is counted under: a failpoint whose action cuts power is a power cut."""
+    return "powercut" if getattr(f, "action", None) == "powercut" else f.kind
+
+
 def has_powercut(faults: Iterable[Union[Fault, Dict[str, Any]]], random_spec: Optional[Dict[str, Any]] = None) -> bool:
     """Whether the faults cut power: a timed power cut, or a failpoint with action `powercut` (with
     `random_spec`, a scenario's `[faults.random]`: also whether the planner may draw one)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..coverage import merge
+from ..faults import fired_kind
 from ..minimize import hypothesis_shrink_limit
 from .engine import PIPELINE, SimResult, Simulation, points_for
 
@@ -170,7 +171,8 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
             else:
                 st["n"] += 1
                 for f in r.faults:
-                    fired[f.kind] = fired.get(f.kind, 0) + 1
+                    k = fired_kind(f)
+                    fired[k] = fired.get(k, 0) + 1
                 cov.append(r.coverage)
                 if len(cov) >= 64:  # keep memory flat over long searches
                     cov[:] = [merge(cov)]
