@@ -73,8 +73,8 @@ def test_sqlite_store_is_rejected_for_p5_only_and_its_reproducer_tells_the_fix(t
 def test_inmemory_store_is_certified_volatile(tmp_path):
     cert, c = _certificate("InMemoryMetadataStore", tmp_path, seed=12)
     assert c["verdict"] == "CERTIFIED (volatile profile)" and c["verdict_code"] == "certified"
-    assert [t["status"] for t in c["tiers"]] == ["passed", "passed", "not applicable", "not applicable",
-                                                 "not applicable"]
+    statuses = [t["status"] for t in c["tiers"]]
+    assert statuses[:2] == ["passed", "passed"] and set(statuses[2:]) == {"not applicable"}, statuses
     assert c["records"]["SampleRef"] == "specforge.runtime.contracts.SampleRef"
     assert cert.exit_code == 0
 

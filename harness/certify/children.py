@@ -8,7 +8,7 @@ a child with a lock held. `spawn` is the alternative (DFH_CERTIFY_START).
 Both come from `multiprocess`, which pickles with dill, so factories that plain
 pickle cannot carry (lambdas, closures, classes defined inside a test) still
 reach the child. What the certifier set for this certification (the call
-timeout, the record types) is handed to each child explicitly.
+timeout, the record types, its environment) is handed to each child explicitly.
 
 Death: every store call a child makes is written to its call board (`guard`)
 while it runs. A child that ends without a result is reported at once with
@@ -101,19 +101,32 @@ def signal_name(code: Optional[int]) -> str:
 
 
 def _parent_state() -> Dict[str, Any]:
-    """What the certifier set for this certification, handed to the child."""
+    """What the certifier set for this certification, handed to the child: the call timeout, the
+    record types, and the environment as it is now (the fork server has the one it started with;
+    a networked backend's server, for one, is named in a variable set later)."""
     from . import guard, records
 
-    return {"call_timeout": guard.timeout_s(), "records": records.active()}
+    return {"call_timeout": guard.timeout_s(), "records": records.active(), "environ": dict(os.environ)}
+
+
+def use_parent_state(state: Dict[str, Any]) -> None:
+    """In a child: take on what `_parent_state` captured."""
+    from . import guard, records
+
+    guard.configure(state["call_timeout"])
+    records.use(state["records"])
+    environ = state["environ"]
+    for k in [k for k in os.environ if k not in environ]:
+        del os.environ[k]
+    os.environ.update(environ)
 
 
 def _child_main(fn: Callable, args: tuple, result_path: str, state: Dict[str, Any]) -> None:
-    from . import guard, records
+    from . import guard
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the certifier's cleanup handler is not ours
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    guard.configure(state["call_timeout"])
-    records.use(state["records"])
+    use_parent_state(state)
     guard.arm(result_path)
     try:
         value = fn(*args)

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from harness.exit_codes import HarnessError
 
-from ..children import _parent_state, raise_if_harness_died, signal_name, start
+from ..children import _parent_state, raise_if_harness_died, signal_name, start, use_parent_state
 from ..common import Context, Retrier, in_child, mp_context, random_ref, safe_close
 from ..model import Violation, canon_ref, normalise_marker, short
 from ..records import active
@@ -30,10 +30,7 @@ from ..records import active
 
 def _worker(target, d: str, ops: List[Tuple], log_path: str, ready_w, state: Dict[str, Any]) -> None:
     """Runs in a child; killed at any moment by the parent. `ready_w` is a pipe end: one byte once open."""
-    from .. import guard, records
-
-    guard.configure(state["call_timeout"])
-    records.use(state["records"])
+    use_parent_state(state)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
     def log(line: str) -> None:
