@@ -48,6 +48,9 @@ Anomalies
 5. `resume_above_low`: a resume with `in_flight > low`.
 6. `end_consumed_mismatch`: a completed run whose final sidecar `consumed`
    differs from the number of channel records.
+7. `pause_resume_out_of_order`: within one producer incarnation (which starts
+   unpaused) pause and resume do not alternate: a resume with no pause before
+   it, or a pause while paused already (the history hides a state change).
 """
 
 from __future__ import annotations
@@ -104,15 +107,23 @@ def check(history, final, ctx=None):
 
 
 def _producer_readings(scan: _Scan, ctx, high_cfg, low_cfg, batch: int):
-    """Anomalies 1 to 5 from the producer's publish, pause and resume events; their counts."""
+    """Anomalies 1 to 5 and 7 from the producer's publish, pause and resume events; their counts."""
     prod = ctx.events("producer", "publish", "pause", "resume")
     cuts = ctx.events("supervisor", "powercut")
     durable = [(e.get("line", 0), _int(e.get("consumed_before") if e.get("ev") == "reconcile" else e.get("consumed")))
                for e in ctx.events("consumer", "consumed", "reconcile", "done")]
     last_seen = None  # (value, event)
     n_pub = n_pause = n_resume = 0
+    paused = {}  # producer incarnation -> paused, by its own pause/resume events
     for e in prod:
         ev = e.get("ev")
+        if ev in ("pause", "resume"):
+            inc = e.get("inc", 0)
+            if paused.get(inc, False) == (ev == "pause"):
+                scan.add("pause_resume_out_of_order",
+                         f"{ev} by {incarnation(e)} at line {e.get('line')} while "
+                         f"{'paused' if ev == 'pause' else 'not paused'} (pause and resume must alternate)", e)
+            paused[inc] = ev == "pause"
         pub, con = _int(e.get("published")), _int(e.get("consumed"))
         where = f"{ev} by {incarnation(e)} at line {e.get('line')}"
         for c in cuts:  # a power cut may revert the sidecar to its durable value, no lower

@@ -77,6 +77,18 @@ def test_pause_and_resume_against_watermarks():
     assert one(r, "resume_above_low").lines == [lr]
 
 
+def test_pause_and_resume_must_alternate_within_an_incarnation():
+    h = H()
+    lr = h.p("resume", published=4, consumed=2, in_flight=2, low=2)  # a resume with no pause: a hidden pause
+    h.p("pause", published=8, consumed=0, in_flight=8, high=8)
+    lp = h.p("pause", published=8, consumed=0, in_flight=8, high=8)
+    h.p("pause", 1, published=8, consumed=0, in_flight=8, high=8)  # a new incarnation starts unpaused
+    h.p("resume", 1, published=8, consumed=6, in_flight=2, low=2)
+    r = p3.check(h.events, fin())
+    a = [x for x in r.anomalies if x.kind == "pause_resume_out_of_order"]
+    assert [x.lines for x in a] == [[lr], [lp]]
+
+
 def test_end_consumed_mismatch():
     h = H()
     lc = h.c("consumed", consumed=6)

@@ -1,0 +1,172 @@
+"""Mutation score of the reference's protocol core, with mutmut.
+
+    python tools/mutation/run.py [--modules controller,ref_queue,flow_control] [-j N] [--out FILE]
+
+Copies the project into a scratch directory, runs `mutmut run` there over the
+chosen reference modules with tools/mutation/test_kill.py as the only test,
+reads each mutant's verdict and its diff, and compares the survivors with the
+triage file (tools/mutation/triage.toml: each known survivor, equivalent with
+the reason, or a gap). Prints the score per module and writes the figures as
+JSON (--out). The scratch directory is removed at the end. Not part of CI: a
+full run takes tens of CPU minutes.
+
+Why mutmut: it forks each mutant's test run from a process that has already
+imported the project (torch included) and selects the mutant at call time,
+so a mutant costs its killing test and nothing else; cosmic-ray starts a
+fresh interpreter per mutant, seconds of imports each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODULES = ("controller", "ref_queue", "flow_control", "consumer", "producer", "channel", "stores/sqlite",
+           "stores/memory")
+DEFAULT = ("controller", "ref_queue", "flow_control")
+
+PYPROJECT = """[tool.mutmut]
+source_paths = ["reference_impl"]
+only_mutate = {only}
+also_copy = ["harness", "scenarios"]
+pytest_add_cli_args_test_selection = ["tests/test_kill.py"]
+pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+use_git_change_detection = false
+timeout_multiplier = 10.0
+"""
+
+
+def _scratch(modules) -> str:
+    d = tempfile.mkdtemp(prefix="dfh-mutation-")
+    ign = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for sub in ("reference_impl", "harness", "scenarios"):
+        shutil.copytree(os.path.join(ROOT, sub), os.path.join(d, sub), ignore=ign)
+    os.makedirs(os.path.join(d, "tests"))
+    for f in ("__init__.py", "pipeline_zoo.py"):
+        shutil.copy(os.path.join(ROOT, "tests", f), os.path.join(d, "tests", f))
+    shutil.copy(os.path.join(HERE, "test_kill.py"), os.path.join(d, "tests", "test_kill.py"))
+    only = json.dumps([f"reference_impl/{m}.py" for m in modules])
+    with open(os.path.join(d, "pyproject.toml"), "w") as f:
+        f.write(PYPROJECT.format(only=only))
+    return d
+
+
+def _mutmut(d: str, *args: str, timeout: float = None) -> str:
+    env = dict(os.environ, PYTHONPATH=d)
+    p = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=d, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    return p.stdout + p.stderr
+
+
+def _results(d: str):
+    out = _mutmut(d, "results", "--all", "true")
+    res = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*(\S+__mutmut_\d+): (.+)$", line)
+        if m:
+            res[m.group(1)] = m.group(2).strip()
+    return res
+
+
+def _module_of(name: str) -> str:
+    # reference_impl.ref_queue.xǁStreamingRefQueueǁnext__mutmut_3 -> ref_queue
+    parts = name.split(".")
+    mod = parts[1] if len(parts) > 2 else parts[0]
+    return "stores/" + parts[2] if mod == "stores" and len(parts) > 3 else mod
+
+
+def _triage():
+    path = os.path.join(HERE, "triage.toml")
+    if not os.path.exists(path):
+        return {}
+    with open(path, "rb") as f:
+        return tomllib.load(f).get("survivor", {})
+
+
+def score(results, triage):
+    """Per module: mutants, killed (timeouts count as killed), survivors, equivalent (triaged), score;
+    `score_gaps_closed` also counts the survivors triaged as a gap with `closed_by` as killed (the
+    killing test or the checkers changed since: run again to measure it)."""
+    per = {}
+    for name, status in results.items():
+        m = per.setdefault(_module_of(name), {"mutants": 0, "killed": 0, "survived": 0, "equivalent": 0,
+                                              "untested": 0, "gaps_closed": 0})
+        m["mutants"] += 1
+        if status in ("killed", "timeout", "caught by type check"):
+            m["killed"] += 1
+        elif status == "survived":
+            t = triage.get(name) or {}
+            if t.get("verdict") == "equivalent":
+                m["equivalent"] += 1
+            else:
+                m["survived"] += 1
+                m["gaps_closed"] += 1 if t.get("closed_by") else 0
+        else:
+            m["untested"] += 1
+    for m in per.values():
+        judged = m["mutants"] - m["equivalent"]
+        m["score"] = round(100.0 * m["killed"] / judged, 1) if judged else None
+        m["score_gaps_closed"] = round(100.0 * (m["killed"] + m["gaps_closed"]) / judged, 1) if judged else None
+    return per
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python tools/mutation/run.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--modules", default=",".join(DEFAULT), help=f"of {', '.join(MODULES)}")
+    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="mutants at once")
+    ap.add_argument("--out", help="write the figures and the survivors' diffs as JSON here")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory (its mutants/ cache)")
+    args = ap.parse_args(argv)
+    modules = [m.strip() for m in args.modules.split(",") if m.strip()]
+    bad = [m for m in modules if m not in MODULES]
+    if bad:
+        print(f"--modules: unknown {bad}; allowed: {', '.join(MODULES)}", file=sys.stderr)
+        return 2
+    d = _scratch(modules)
+    t0, c0 = time.monotonic(), os.times()
+    try:
+        log = _mutmut(d, "run", "--max-children", str(args.jobs))
+        results = _results(d)
+        triage = _triage()
+        per = score(results, triage)
+        survivors = {n: _mutmut(d, "show", n) for n, s in results.items() if s == "survived"}
+    finally:
+        if not args.keep:
+            shutil.rmtree(d, ignore_errors=True)
+    c1 = os.times()
+    cpu = (c1.children_user + c1.children_system) - (c0.children_user + c0.children_system)
+    untriaged = sorted(n for n in survivors if n not in triage)
+    for mod, m in sorted(per.items()):
+        print(f"{mod}: {m['mutants']} mutants, {m['killed']} killed, {m['survived']} survived (not equivalent), "
+              f"{m['equivalent']} equivalent, {m['untested']} other; score {m['score']}% "
+              f"({m['score_gaps_closed']}% with the {m['gaps_closed']} closed gaps)")
+    print(f"{len(results)} mutants in {time.monotonic() - t0:.0f} s ({cpu:.0f} CPU s); "
+          f"{len(survivors)} survivors, {len(untriaged)} not in tools/mutation/triage.toml")
+    if not results:
+        print(log[-3000:], file=sys.stderr)
+    for n in untriaged:
+        print(f"\n{survivors[n]}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"modules": modules, "per_module": per, "results": results, "survivors": survivors,
+                       "untriaged": untriaged, "wall_s": round(time.monotonic() - t0, 1), "cpu_s": round(cpu, 1)},
+                      f, indent=2, sort_keys=True)
+    return 0 if results and not untriaged else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
