@@ -129,3 +129,19 @@ def test_ray_address_that_never_answers_fails_within_the_connect_timeout(tmp_pat
     assert r.returncode == 2, r.stderr
     assert f"--address 127.0.0.1:{port}" in r.stderr and "within 4 s" in r.stderr
     assert took < 60
+
+
+def test_local_ray_workers_write_their_temp_files_into_the_private_dir_removed_at_the_end():
+    """Ray kills its workers at shutdown, so what they leave in the temp dir (a fork server's socket
+    dir, for one) must be inside the instance's private dir, which the executor removes."""
+    pytest.importorskip("ray")
+    from harness.executors.ray import RayExecutor
+
+    ex = RayExecutor(2)
+    try:
+        private = ex.temp_dirs()
+        assert len(private) == 1 and os.path.isdir(private[0])
+        assert ex._init_kwargs()["runtime_env"]["env_vars"]["TMPDIR"] == private[0]
+    finally:
+        ex._cleanup()
+    assert not os.path.exists(private[0])

@@ -94,6 +94,9 @@ class RayExecutor:
                                              os.path.join(_REPO_ROOT, "reference_impl")]
         else:
             kw.update(num_cpus=self.jobs, include_dashboard=False, _temp_dir=self._tmp)
+            # Ray kills its workers at shutdown, so their own temp files (a fork server's socket dir,
+            # for one) are never removed by them: they go into the private dir removed at the end.
+            env_vars["TMPDIR"] = self._tmp
         return kw
 
     def __enter__(self) -> "RayExecutor":
