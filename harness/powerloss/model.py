@@ -45,27 +45,6 @@ class Node:
         self.vol: Dict[str, "Node"] = {}
         self.dur: Dict[str, "Node"] = {}
 
-    def _fsync(self, r: J.Record, namespace: str) -> None:
-        node = self.inodes.get(r.ino)
-        if node is None and r.is_dir and r.path1:
-            rel = self.rel(r.path1)
-            if rel == "":
-                node = self.top
-            elif rel:
-                d, name = self._walk_parent(rel)
-                node = d.vol.get(name) if d is not None else None
-        if node is None:
-            self.unmodeled.append(f"{r!r}: fsync of a file not in the model")
-            return
-        if node.kind == "d":
-            node.dur = dict(node.vol)
-        else:
-            node.synced = len(node.ops)
-        if namespace == "ext4-ordered":
-            for n in self.inodes.values():
-                if n.kind == "d":
-                    n.dur = dict(n.vol)
-
     def fold(self) -> int:
         """Fold the synced ops into `base` (what a later rebuild makes of the node is unchanged);
         the bytes of op data released."""
@@ -87,27 +66,6 @@ class _Gone(Node):
 
     def __init__(self) -> None:
         super().__init__("f", -1, 0, "(gone)")
-
-    def _fsync(self, r: J.Record, namespace: str) -> None:
-        node = self.inodes.get(r.ino)
-        if node is None and r.is_dir and r.path1:
-            rel = self.rel(r.path1)
-            if rel == "":
-                node = self.top
-            elif rel:
-                d, name = self._walk_parent(rel)
-                node = d.vol.get(name) if d is not None else None
-        if node is None:
-            self.unmodeled.append(f"{r!r}: fsync of a file not in the model")
-            return
-        if node.kind == "d":
-            node.dur = dict(node.vol)
-        else:
-            node.synced = len(node.ops)
-        if namespace == "ext4-ordered":
-            for n in self.inodes.values():
-                if n.kind == "d":
-                    n.dur = dict(n.vol)
 
     def fold(self) -> int:
         return 0
