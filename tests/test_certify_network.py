@@ -24,7 +24,9 @@ def test_reference_passes_with_faults_landed(tmp_path):
     res = tier6_network.run(_ctx("reference_impl.stores.redis:RedisMetadataStore", tmp_path))
     assert res.status == PASSED, [c.message for c in res.counterexamples] or res.reason
     c = res.counters
-    assert c["network_trials"] == 3 and c["server_crash_trials"] == 3 and c["calls"] > 0
+    assert c["network_trials"] >= 3 and c["server_crash_trials"] == 3 and c["calls"] > 0
+    enough = c["marker_reads_during_acks"] >= tier6_network.READS_DURING_ACKS
+    assert enough or c["network_trials"] == 3 * tier6_network.MAX_TRIALS_FACTOR
     assert c["lost_replies"] > 0 and c["server_kills"] > 0 and c["server_power_cuts"] > 0
     assert any("6.2" in n and "appendfsync" in n for n in res.notes)  # the server judged
 
