@@ -160,7 +160,8 @@ for i in range(rounds):
         assert os.read(rfd, 1) == b"t"             # wait for the other's turn
     os.write(fd, f"{who}{i}.".encode())
     os.fsync(fd)
-    os.write(wfd, b"t")                            # hand the turn over
+    if who == "A" or i < rounds - 1:               # B's last turn has no one to hand over to (A may be gone)
+        os.write(wfd, b"t")                        # hand the turn over
 '''
 
 
