@@ -51,6 +51,7 @@ def test_a_child_that_dies_outside_any_store_call_is_a_harness_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_certify_never_forks_the_certifier_even_with_threads_running(monkeypatch):
     """The certifier has a thread of its own (as under Ray or torch); every child must come from
     the fork server (or spawn), never from os.fork in this process."""

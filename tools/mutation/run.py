@@ -1,6 +1,7 @@
 """Mutation score of the reference's protocol core, with mutmut.
 
     python tools/mutation/run.py [--modules controller,ref_queue,flow_control] [-j N] [--out FILE]
+                                 [--sample K --seed S]
 
 Copies the project into a scratch directory, runs `mutmut run` there over the
 chosen reference modules with tools/mutation/test_kill.py as the only test,
@@ -9,6 +10,11 @@ triage file (tools/mutation/triage.toml: each known survivor, equivalent with
 the reason, or a gap). Prints the score per module and writes the figures as
 JSON (--out). The scratch directory is removed at the end. Not part of CI: a
 full run takes tens of CPU minutes.
+
+--sample K runs K mutants per module, drawn with a seeded random generator
+from all the module's mutants (random mutant sampling: the score of a uniform
+sample estimates the module's score; a 95% Wilson interval is printed with
+it). The others stay "not checked" and count nowhere.
 
 Why mutmut: it forks each mutant's test run from a process that has already
 imported the project (torch included) and selects the mutant at call time,
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -82,6 +90,43 @@ def _results(d: str):
     return res
 
 
+def _all_mutants(d: str):
+    """Every generated mutant's name: mutmut keeps them, per source file, in mutants/**/*.meta."""
+    names = []
+    for root, _, files in os.walk(os.path.join(d, "mutants")):
+        for f in files:
+            if f.endswith(".meta"):
+                with open(os.path.join(root, f)) as fh:
+                    names += list(json.load(fh).get("exit_code_by_key", {}))
+    return sorted(names)
+
+
+def _sampled_run(d: str, jobs: int, k: int, seed: int) -> str:
+    """Generate every mutant (a run that selects none: mutmut then stops on its own assertion), draw
+    k per module, run those."""
+    log = _mutmut(d, "run", "--max-children", str(jobs), "dfh-select-none")
+    names = _all_mutants(d)
+    if not names:
+        return log
+    by_module = {}
+    for n in names:
+        by_module.setdefault(_module_of(n), []).append(n)
+    rng = random.Random(seed)
+    chosen = [n for mod in sorted(by_module) for n in rng.sample(by_module[mod], min(k, len(by_module[mod])))]
+    return _mutmut(d, "run", "--max-children", str(jobs), *chosen)
+
+
+def wilson(killed: int, n: int, z: float = 1.96):
+    """The 95% Wilson score interval of a proportion killed/n, in percent."""
+    if n == 0:
+        return None
+    p = killed / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return [round(100 * (mid - half), 1), round(100 * (mid + half), 1)]
+
+
 def _module_of(name: str) -> str:
     # reference_impl.ref_queue.xǁStreamingRefQueueǁnext__mutmut_3 -> ref_queue
     parts = name.split(".")
@@ -118,9 +163,11 @@ def score(results, triage):
         else:
             m["untested"] += 1
     for m in per.values():
-        judged = m["mutants"] - m["equivalent"]
+        # not checked (a sample's others) and no-test mutants count nowhere
+        judged = m["killed"] + m["survived"]
         m["score"] = round(100.0 * m["killed"] / judged, 1) if judged else None
         m["score_gaps_closed"] = round(100.0 * (m["killed"] + m["gaps_closed"]) / judged, 1) if judged else None
+        m["interval_95"] = wilson(m["killed"], judged)
     return per
 
 
@@ -130,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="mutants at once")
     ap.add_argument("--out", help="write the figures and the survivors' diffs as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (its mutants/ cache)")
+    ap.add_argument("--sample", type=int, default=0, metavar="K", help="run K random mutants per module (0: all)")
+    ap.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw")
     args = ap.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
     bad = [m for m in modules if m not in MODULES]
@@ -139,7 +188,10 @@ def main(argv=None) -> int:
     d = _scratch(modules)
     t0, c0 = time.monotonic(), os.times()
     try:
-        log = _mutmut(d, "run", "--max-children", str(args.jobs))
+        if args.sample > 0:
+            log = _sampled_run(d, args.jobs, args.sample, args.seed)
+        else:
+            log = _mutmut(d, "run", "--max-children", str(args.jobs))
         results = _results(d)
         triage = _triage()
         per = score(results, triage)
@@ -152,8 +204,8 @@ def main(argv=None) -> int:
     untriaged = sorted(n for n in survivors if n not in triage)
     for mod, m in sorted(per.items()):
         print(f"{mod}: {m['mutants']} mutants, {m['killed']} killed, {m['survived']} survived (not equivalent), "
-              f"{m['equivalent']} equivalent, {m['untested']} other; score {m['score']}% "
-              f"({m['score_gaps_closed']}% with the {m['gaps_closed']} closed gaps)")
+              f"{m['equivalent']} equivalent, {m['untested']} not run; score {m['score']}% "
+              f"(95% interval {m['interval_95']}; {m['score_gaps_closed']}% with the {m['gaps_closed']} closed gaps)")
     print(f"{len(results)} mutants in {time.monotonic() - t0:.0f} s ({cpu:.0f} CPU s); "
           f"{len(survivors)} survivors, {len(untriaged)} not in tools/mutation/triage.toml")
     if not results:
@@ -162,7 +214,8 @@ def main(argv=None) -> int:
         print(f"\n{survivors[n]}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"modules": modules, "per_module": per, "results": results, "survivors": survivors,
+            json.dump({"modules": modules, "sample": args.sample, "seed": args.seed,
+                       "per_module": per, "results": results, "survivors": survivors,
                        "untriaged": untriaged, "wall_s": round(time.monotonic() - t0, 1), "cpu_s": round(cpu, 1)},
                       f, indent=2, sort_keys=True)
     return 0 if results and not untriaged else 1
