@@ -176,13 +176,20 @@ class JournalCompactor:
             self.hole_punching = False
 
 
+class JournalOverBound(RuntimeError):
+    """The journal took more disk than its bound (the space checked free before the run)."""
+
+
 class CompactorThread:
     """Runs `compactor.step()` every `interval_s` (when STEP_BYTES or more are waiting) until `stop()`;
-    an error stops it and is kept (`error`), to be raised by whoever needs the model next."""
+    an error stops it and is kept (`error`), to be raised by whoever needs the model next (the run
+    polls it, so a journal over `bound` ends the run at once rather than filling the disk)."""
 
-    def __init__(self, compactor: JournalCompactor, interval_s: float = 0.25) -> None:
+    def __init__(self, compactor: JournalCompactor, interval_s: float = 0.25,
+                 bound: Optional[int] = None) -> None:
         self.compactor = compactor
         self.interval_s = interval_s
+        self.bound = JOURNAL_SPACE_BYTES if bound is None else bound
         self.error: Optional[BaseException] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="powerloss-compactor", daemon=True)
@@ -195,6 +202,11 @@ class CompactorThread:
                 # (a small journal is left alone: a step costs the runner's process CPU, a stat does not)
                 while not self._stop.is_set() and _size(c.journal) - c.offset >= STEP_BYTES:
                     c.step()
+                    if c.peak_bytes > self.bound:
+                        raise JournalOverBound(
+                            f"the power-loss journal {c.journal} took {c.peak_bytes / 2**20:.1f} MiB of disk, over "
+                            f"its bound of {self.bound / 2**20:.1f} MiB (hole punching "
+                            f"{'works' if c.hole_punching else 'is not supported on its file system'})")
                     if _size(c.journal) - c.offset < CHUNK:
                         break  # caught up: wait for the next interval
             except BaseException as e:  # reported at the cut (or the end), not lost in a thread

@@ -127,6 +127,12 @@ class PowerLoss:
                                f"{t.error}") from t.error
         return c
 
+    def check(self) -> None:
+        """Raise HarnessError now if the compactor has failed (a journal over its bound included)."""
+        t = self._compacting
+        if t is not None and t.error is not None:
+            self._stop_compacting()
+
     def _count(self, c: Optional[JournalCompactor]) -> None:
         if c is not None:
             self._journal_peak = max(self._journal_peak, c.peak_bytes)

@@ -160,6 +160,8 @@ class Run:
                 "status": self.status, "published": self.progress.published, "consumed": self.progress.consumed})
             self._settle("timeout")
             return "timeout", f"no completion within {self.timeout_s} s"
+        if self.pl is not None:
+            self.pl.check()  # a journal over its bound (or unreadable) ends the run as a harness error
         self._reap()
         end = self._ended(now)
         if end is not None:

@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 
+import psutil
 import pytest
 
 from harness.powerloss.compactor import JournalCompactor, allocated_bytes
@@ -161,3 +162,18 @@ def test_a_power_cut_run_reports_its_journal_peak(tmp_path):
     assert pl["journal_compacted"] is True and pl["cuts"] >= 1
     assert 0 < pl["journal_peak_bytes"] < pl["journal_bytes_written"]
     assert pl["journal_compaction_cpu_s"] >= 0
+
+
+def test_a_journal_over_its_bound_ends_the_run_as_a_harness_error(tmp_path, monkeypatch):
+    from harness.exit_codes import HarnessError
+    from harness.powerloss import compactor
+    from harness.process_engine.runner import run_scenario
+    from harness.scenario import load_scenario
+
+    monkeypatch.setattr(compactor, "JOURNAL_SPACE_BYTES", 256 << 10)  # under one compaction step
+    sc = load_scenario("powercut-random")
+    sc.workload = dict(sc.workload, samples=600)
+    with pytest.raises(HarnessError, match=r"over its bound of 0\.2 MiB"):
+        run_scenario(sc, 1, reports_dir=str(tmp_path), render=False)
+    left = [p.cmdline() for p in psutil.Process().children(recursive=True)]
+    assert [c for c in left if "zygote_server" not in " ".join(c)] == []  # the zygote stays, as after any run
