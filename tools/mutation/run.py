@@ -153,7 +153,7 @@ def score(results, triage):
         m["mutants"] += 1
         if status in ("killed", "timeout", "caught by type check"):
             m["killed"] += 1
-        elif status == "survived":
+        elif status in ("survived", "no tests"):  # no test reaches it: nothing could have killed it
             t = triage.get(name) or {}
             if t.get("verdict") == "equivalent":
                 m["equivalent"] += 1
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         results = _results(d)
         triage = _triage()
         per = score(results, triage)
-        survivors = {n: _mutmut(d, "show", n) for n, s in results.items() if s == "survived"}
+        survivors = {n: _mutmut(d, "show", n) for n, s in results.items() if s in ("survived", "no tests")}
     finally:
         if not args.keep:
             shutil.rmtree(d, ignore_errors=True)
