@@ -6,6 +6,9 @@ A simulation schedule is a list of operations (tuples, as JSON reads them back):
     ("kill",  target)         crash between two steps
     ("fail",  target, point)  crash inside an operation, at failpoint `point`
     ("pause", target, n)      freeze the target while the other side takes n steps
+    ("duplicate", "producer", point)   at `point`, the producer is asked to write its last
+                              records again at its next publish (an impolite channel)
+    ("replay", "consumer", point)      at `point`, the consumer's read position moves back
     ("kill", "store_server")  the in-memory store server dies (its ledger too)
     ("powercut", mode, seed)  every process crashes at once, the work dir reverts to what
                               a disk could hold (mode in POWERCUT_MODES; seed: the torn tails)
@@ -18,7 +21,8 @@ are typed faults (`harness.faults.kinds`): a crash inside an operation is a
 steps a `Kill` at the progress it happened (`at_published` for the producer,
 `at_consumed` for the consumer; right after a step that ended at a failpoint,
 with nothing recorded since, that failpoint's crash instead, which replays
-exactly), a pause a `Pause`, a power cut a
+exactly), a pause a `Pause`, a duplicate or a replay a `Duplicate` or a `Replay`
+at the failpoint hit it landed on (`impolite_fault`), a power cut a
 `Powercut` at the progress of the process that ran (or, inside an operation,
 a `Failpoint` with action `powercut`). `scenario_text` writes them as a
 scenario with the mode of the schedule's cuts ("torn" when it mixed both: a
@@ -34,11 +38,30 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..exit_codes import HarnessError
 from ..scenario import WORKLOAD_KEYS, Scenario, scenario_from_dict, tomllib
-from .points import points_for
-from .vocabulary import PIPELINE, POWERCUT_MODES, STORE_SERVER
+from .kinds import Duplicate, Impolite, Replay
+from .points import POINT_ROLE, points_for
+from .vocabulary import CONSUMER, PIPELINE, POWERCUT_MODES, PRODUCER, STORE_SERVER
 
-OP_KINDS = ("step", "kill", "fail", "pause")
+OP_KINDS = ("step", "kill", "fail", "pause", "duplicate", "replay")
 Op = Tuple[Any, ...]
+
+#: The impolite operations and the one process each targets.
+IMPOLITE_TARGET = {"duplicate": PRODUCER, "replay": CONSUMER}
+#: How many records an impolite fault writes again (`duplicate`) or moves back (`replay`), in
+#: every simulation (the search's operations, the exhaustive enumerator's planted faults).
+IMPOLITE_RECORDS = {"duplicate": 3, "replay": 8}
+
+
+def impolite_points(target: str, backend: str = "sqlite") -> List[str]:
+    """The failpoints of `target` an impolite fault may land on: its own (`producer.*`,
+    `consumer.*`), not the channel, feature or store code it runs."""
+    return [p for p in points_for(target, backend) if POINT_ROLE.get(p) == target]
+
+
+def impolite_fault(action: str, target: str, point: str, hit: int, incarnation: int) -> Impolite:
+    """The process-engine fault of a duplicate or a replay at that failpoint hit."""
+    cls = Duplicate if action == "duplicate" else Replay
+    return cls(target=target, point=point, hit=hit, incarnation=incarnation, records=IMPOLITE_RECORDS[action])
 
 
 def format_op(op: Op) -> str:
@@ -51,6 +74,10 @@ def format_op(op: Op) -> str:
         return f"crash {op[1]} at {op[2]}"
     if kind == "pause":
         return f"pause {op[1]} while the other takes {op[2]} steps"
+    if kind == "duplicate":
+        return f"duplicate at {op[2]} ({op[1]}'s last {IMPOLITE_RECORDS[kind]} records written again)"
+    if kind == "replay":
+        return f"replay at {op[2]} ({op[1]}'s read position {IMPOLITE_RECORDS[kind]} records back)"
     if kind == "powercut":
         return f"power cut ({op[1]}, seed {op[2]})" + (f" while {op[3]} is at {op[4]}" if len(op) == 5 else "")
     return repr(op)
@@ -89,7 +116,8 @@ def check_ops(ops: Sequence[Op], backend: str = "sqlite", powercuts: bool = Fals
             out.append(_check_powercut(i, op, backend, powercuts))
             continue
         bad = ValueError(f"schedule op {i}: {op!r} is not one of ('step', T, n), ('kill', T), "
-                         f"('fail', T, point), ('pause', T, n) with T in {PIPELINE}")
+                         f"('fail', T, point), ('pause', T, n) with T in {PIPELINE}, "
+                         f"('duplicate', 'producer', point), ('replay', 'consumer', point)")
         if op[:2] == ("kill", STORE_SERVER) and len(op) == 2:
             if backend != "inmemory":
                 raise ValueError(f"schedule op {i}: {op!r}: only the in-memory backend has a store server")
@@ -104,6 +132,10 @@ def check_ops(ops: Sequence[Op], backend: str = "sqlite", powercuts: bool = Fals
         if op[0] == "fail" and (len(op) != 3 or op[2] not in points_for(op[1], backend)):
             raise ValueError(f"schedule op {i}: {op!r}: point not reached by {op[1]} "
                              f"(allowed: {', '.join(points_for(op[1], backend))})")
+        if op[0] in IMPOLITE_TARGET and (len(op) != 3 or op[1] != IMPOLITE_TARGET[op[0]]
+                                         or op[2] not in impolite_points(op[1], backend)):
+            raise ValueError(f"schedule op {i}: {op!r}: a {op[0]} targets {IMPOLITE_TARGET[op[0]]} at one of "
+                             f"{', '.join(impolite_points(IMPOLITE_TARGET[op[0]], backend))}")
         out.append(op)
     return out
 

@@ -19,6 +19,11 @@ operations:
                               for input or for backpressure, the other side steps
     ("pause", target, n)      the target is frozen (or, if down, stays down) while the
                               other side takes n steps
+    ("duplicate", "producer", point)  an impolite channel, not a crash: step the target
+    ("replay", "consumer", point)     until it reaches `point` (as `fail` does); there
+                              the producer is asked to write its last records again at
+                              its next publish, the consumer to move its read position
+                              back (`reference_impl.failpoints.act`), and it runs on
     ("powercut", mode, seed)  (with `powercuts=True`) every process crashes at once and
                               the work dir reverts to what a disk could hold after a
                               power failure (`harness.simulate.powercut`)
@@ -69,7 +74,16 @@ from reference_impl.process_loop import Exit, ProcessLoop
 
 from ..coverage import coverage_of
 from ..faults import PIPELINE, Failpoint, Fault, Kill, Pause, points_for
-from ..faults.simulated import OP_KINDS, Op, check_ops, format_op, normalize
+from ..faults.simulated import (
+    IMPOLITE_RECORDS,
+    IMPOLITE_TARGET,
+    OP_KINDS,
+    Op,
+    check_ops,
+    format_op,
+    impolite_fault,
+    normalize,
+)
 from ..run_plumbing import durable_store, roll_up, simulation_config, verdict
 from .observation import EventLog, Invariants, SimHistory, Violation
 from .state import RunState, ServerStore, SimProc
@@ -80,7 +94,7 @@ __all__ = ["ARM_STEPS", "DEFAULT_WORKLOAD", "OP_KINDS", "PIPELINE", "STEP_DT", "
 
 #: Virtual seconds per step call (the consumer's clock: starvation checkpoints).
 STEP_DT = 0.05
-#: How many steps a `fail` operation may take to reach its point.
+#: How many steps a `fail` (`duplicate`, `replay`) operation may take to reach its point.
 ARM_STEPS = 64
 
 #: The simulation's default workload (scenario `[workload]` keys): small, so
@@ -282,8 +296,17 @@ class Simulation:
         p.last_hit = (name, n, len(self.st.log.events))
         if p.h is not None:
             p.h.reached[name] = p.h.reached.get(name, 0) + 1
-        if self.st.armed is not None and self.st.armed[0] == p.name and self.st.armed[1] == name:
+        armed = self.st.armed
+        if armed is not None and armed[0] == p.name and armed[1] == name:
             self.st.armed = None
+            action = armed[2]
+            if action != "crash":
+                # Impolite: the component takes the request and acts at its next safe step; no crash.
+                if failpoints.act(action, IMPOLITE_RECORDS[action]):
+                    self.st.fired = impolite_fault(action, p.name, name, n, p.inc)
+                    if p.h is not None:
+                        p.h.emit("failpoint", point=name, action=action)
+                return
             self.st.fired = Failpoint(target=p.name, point=name, action="crash", hit=n, incarnation=p.inc)
             if p.h is not None:
                 p.h.emit("failpoint", point=name, action="crash")
@@ -441,6 +464,10 @@ class Simulation:
             self._kill(p)
         elif kind == "fail":
             self._fail(p, op[2])
+        elif kind in IMPOLITE_TARGET:
+            if target != IMPOLITE_TARGET[kind]:
+                raise ValueError(f"{op!r}: a {kind} targets {IMPOLITE_TARGET[kind]}")
+            self._fail(p, op[2], kind)
         elif kind == "pause":
             self._pause(p, op[2])
         else:
@@ -470,20 +497,21 @@ class Simulation:
                                  f"{_fmt_trig(trig)}; {where})")
         self._drop(p, killed=True)
 
-    def _fail(self, p: SimProc, point: str) -> None:
-        """A crash inside an operation: run until the target reaches `point` (the target steps;
-        while it idles, waiting for the other side, the other side steps too)."""
+    def _fail(self, p: SimProc, point: str, action: str = "crash") -> None:
+        """A crash inside an operation (or, with action `duplicate` or `replay`, an impolite act
+        there): run until the target reaches `point` (the target steps; while it idles, waiting
+        for the other side, the other side steps too)."""
         if p.terminal and p.status != "down":
             return
         other = self._other(p)
-        self.st.armed = (p.name, point)
+        self.st.armed = (p.name, point, action)
         self.st.fired = None
         try:
             for _ in range(ARM_STEPS):
                 if self.st.error:
                     break
                 r = self._step(p)
-                if self.st.fired is not None or r == "done" or p.terminal:
+                if self.st.armed is None or r == "done" or p.terminal:  # reached (or never will be)
                     break
                 if r == "idle":
                     if other.terminal:
@@ -495,7 +523,8 @@ class Simulation:
             f, self.st.fired = self.st.fired, None
             self.st.faults.append(f)
             inv = self.st.inv
-            self.st.trace.append(f"crash {p.name}#{f.incarnation} at {f.point} (hit {f.hit}; "
+            n = "" if action == "crash" else f"{f.records} records; "
+            self.st.trace.append(f"{action} {p.name}#{f.incarnation} at {f.point} ({n}hit {f.hit}; "
                                  f"published {inv.update_published()}, consumed {inv.read_consumed()})")
 
     def _pause(self, p: SimProc, steps: int) -> None:

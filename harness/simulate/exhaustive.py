@@ -35,12 +35,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from reference_impl import failpoints
 
 from ..coverage import merge
-from ..faults import Duplicate, Failpoint, Fault, Replay
+from ..faults import Failpoint, Fault
+from ..faults.simulated import impolite_fault
 from .engine import SimResult, Simulation
-
-#: How many records an impolite fault writes again (`duplicate`) or moves back (`replay`).
-DUPLICATE_RECORDS = 3
-REPLAY_RECORDS = 8
 
 
 @dataclass(frozen=True)
@@ -59,10 +56,8 @@ class Planted:
     def fault(self) -> Fault:
         """The process-engine fault that replays it."""
         where = {"target": self.target, "point": self.point, "hit": self.hit, "incarnation": self.incarnation}
-        if self.action == "duplicate":
-            return Duplicate(records=DUPLICATE_RECORDS, **where)
-        if self.action == "replay":
-            return Replay(records=REPLAY_RECORDS, **where)
+        if self.action in ("duplicate", "replay"):
+            return impolite_fault(self.action, **where)
         return Failpoint(action=self.action, **where)
 
 
@@ -98,7 +93,7 @@ class PlantedSimulation(Simulation):
             if (f.target, f.incarnation, f.point, f.hit) == (p.name, p.inc, name, n):
                 self._next += 1
                 if f.action == "crash":
-                    self.st.armed = (p.name, name)
+                    self.st.armed = (p.name, name, "crash")
                     try:
                         return super()._hit(name)
                     finally:  # the drain, unlike a `fail` operation, does not collect the fault

@@ -90,8 +90,8 @@ class RunState:
     procs: Dict[str, SimProc]
     server_inc: int = 0
     current: Optional[SimProc] = None  # the process being stepped (failpoint hits are its)
-    armed: Optional[Tuple[str, str]] = None  # (target, point) of a running `fail` operation
-    fired: Optional[Any] = None  # the Failpoint fault the armed point fired
+    armed: Optional[Tuple[str, str, str]] = None  # (target, point, action) of a running `fail`, `duplicate`, `replay`
+    fired: Optional[Any] = None  # the fault the armed point fired (a Failpoint, or a Duplicate or Replay)
     vtime: float = 0.0  # virtual seconds (the consumer's clock)
     steps: int = 0
     faults: List[Any] = field(default_factory=list)  # the faults fired (harness.faults kinds)
