@@ -198,7 +198,8 @@ def _simulate(sub) -> None:
                          "hit of each process) instead of drawing schedules; prints the count, time and coverage")
     si.add_argument("--max-faults", type=int, default=2, help="with --exhaustive: faults per schedule (default 2)")
     si.add_argument("--impolite", action="store_true",
-                    help="with --exhaustive: also a duplicate (producer) or a replay (consumer) at each hit")
+                    help="also the impolite channel: duplicates (producer) and replays (consumer) at failpoints "
+                         "(with --exhaustive: at each hit)")
     _quiet(si, "print only failures")
 
 

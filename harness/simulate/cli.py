@@ -2,7 +2,8 @@
 
     python -m harness simulate [SCENARIO] --examples N [--seed S] [--json FILE]
                                [--variant pkg.mod:name] [--expect-violation P]
-                               [--backend sqlite|inmemory] [--store-kills] [--powercuts] [-j J] [--samples N]
+                               [--backend sqlite|inmemory] [--store-kills] [--powercuts] [--impolite]
+                               [-j J] [--samples N]
                                [--reports DIR | --out FILE] [--no-shrink] [--shrink-budget S]
     python -m harness simulate --schedule FILE.json      (rerun one saved schedule)
     python -m harness simulate [SCENARIO] --exhaustive [--max-faults N] [--impolite] [--variant ...]
@@ -16,6 +17,11 @@ invariants (P3 bounds, P4, P5) are checked at every step and P1-P8 at the end
 with the process engine's checkers. The rate is printed; on a failure the
 shrunk schedule is printed and written as a scenario file, which
 `python -m harness run FILE --seed 0` replays in the process engine.
+
+--impolite adds the impolite channel: a duplicate (the producer writes its
+last records again at its next publish) or a replay (the consumer's read
+position moves back) at a failpoint of the target, which runs on; a scenario
+with duplicate or replay faults turns it on.
 
 --exhaustive runs every schedule of up to --max-faults faults instead of
 drawing them (`harness.simulate.exhaustive`): a crash or a pause at each
@@ -95,8 +101,8 @@ def _exhaustive(args, setup) -> int:
                      "store-server kills (drop --powercuts / --store-kills, or use a scenario without them)")
     jobs = args.jobs or min(os.cpu_count() or 1, 8)
     _say(args, f"simulate {label} --exhaustive: every schedule of up to {args.max_faults} fault(s), {jobs} job(s); "
-               f"{_describe(spec)}" + (", impolite channel" if args.impolite else ""))
-    r = explore(spec.workload, spec.backend, args.max_faults, impolite=args.impolite, jobs=jobs,
+               f"{_describe(spec)}")
+    r = explore(spec.workload, spec.backend, args.max_faults, impolite=spec.impolite, jobs=jobs,
                 expect=spec.expect, stop_at_first=bool(spec.expect), variant=spec.variant)
     for err in r["errors"]:
         print(f"error: {err}", file=sys.stderr)
@@ -145,7 +151,7 @@ def _setup(args) -> Dict[str, Any]:
                      "use --executor local")
     d = _from_scenario(args)
     workload, backend, variant, expect = d["workload"], d["backend"], d["variant"], d["expect"]
-    store_kills, powercuts = d["store_kills"], d["powercuts"]
+    store_kills, powercuts, impolite = d["store_kills"], d["powercuts"], d["impolite"]
     if args.backend:
         backend = args.backend
     if backend not in BACKENDS and ":" not in backend:
@@ -188,7 +194,7 @@ def _setup(args) -> Dict[str, Any]:
     targets = ("producer", "consumer") + (("store_server",) if store_kills else ())
     spec = SimSpec(workload=workload, backend=backend, variant=variant, expect=expect, outcomes=d["outcomes"],
                    targets=targets, max_ops=max_ops, shrink=not args.no_shrink, shrink_budget_s=args.shrink_budget,
-                   powercuts=powercuts)
+                   powercuts=powercuts, impolite=impolite)
     return {"spec": spec, "label": d["label"], "sometimes": d["sometimes"], "points": d["points"]}
 
 
@@ -198,9 +204,11 @@ def _from_scenario(args) -> Dict[str, Any]:
 
     d: Dict[str, Any] = {"workload": dict(DEFAULT_WORKLOAD), "backend": "sqlite", "variant": None, "expect": None,
                          "outcomes": ["completed"], "label": "default", "sometimes": [], "points": [],
-                         "store_kills": bool(args.store_kills), "powercuts": bool(args.powercuts)}
+                         "store_kills": bool(args.store_kills), "powercuts": bool(args.powercuts),
+                         "impolite": bool(args.impolite)}
     if not args.scenario:
         return d
+    from harness.faults.simulated import IMPOLITE_TARGET
     from harness.scenario import load_scenario
 
     sc = load_scenario(args.scenario)
@@ -217,6 +225,7 @@ def _from_scenario(args) -> Dict[str, Any]:
         f.kind == "powercut" for f in sc.explicit_faults)
     d["store_kills"] |= bool(rnd.get("count")) and "store_server" in rnd.get("targets", []) or any(
         f.target == "store_server" for f in sc.explicit_faults)
+    d["impolite"] |= any(f.kind in IMPOLITE_TARGET for f in sc.explicit_faults)
     return d
 
 
@@ -241,6 +250,7 @@ def _describe(spec) -> str:
             f"watermarks {w['high_watermark']}/{w['low_watermark']}, backend {spec.backend}"
             + (", store-server kills" if "store_server" in spec.targets else "")
             + (", power cuts" if spec.powercuts else "")
+            + (", impolite channel" if spec.impolite else "")
             + (f", variant {spec.variant}" if spec.variant else ""))
 
 

@@ -9,6 +9,12 @@ shrinker never reruns a schedule and the final replay of the minimal example
 is exact. Shrinking has a time budget: past it, schedules not yet seen count
 as passing, which ends the shrink at the smallest failure found so far.
 
+With `SimSpec.impolite` (`simulate --impolite`) the schedules also draw the
+impolite channel: a `duplicate` (the producer writes its last records again at
+its next publish) or a `replay` (the consumer's read position moves back) at a
+failpoint of the target, which runs on; off, the draws are the same as without
+the option.
+
 `search_parallel` runs one search per share on an executor (`harness.executors`:
 local workers forked, one CPU each, or Ray tasks) with disjoint seeds and adds
 up the rate; on local workers the first failure stops the others.
@@ -22,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..coverage import merge
 from ..faults import fired_kind
+from ..faults.simulated import IMPOLITE_TARGET, impolite_points
 from ..minimize import hypothesis_shrink_limit
 from .engine import PIPELINE, SimResult, Simulation, points_for
 
@@ -44,6 +51,7 @@ class SimSpec:
     shrink: bool = True
     shrink_budget_s: float = 60.0
     powercuts: bool = False  # add the power-cut rule (the process must run with the tracer preloaded)
+    impolite: bool = False  # also draw duplicates (producer) and replays (consumer)
 
 
 @dataclass
@@ -80,7 +88,7 @@ class SearchOutcome:
 
 
 def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = PIPELINE, max_ops: int = MAX_OPS,
-                      powercuts: bool = False):
+                      powercuts: bool = False, impolite: bool = False):
     """Hypothesis strategy for a schedule: a list of engine operations.
 
     Each operation is drawn as four small integers (kind, target, count,
@@ -90,6 +98,10 @@ def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = PIPELINE
     also powercut 1 (of 11): mode clean or torn and the torn seed from the
     count; between steps (a third) or while a target is at a failpoint (the
     point draw); it shrinks towards an earlier kind, clean, seed 0, between steps.
+    With `impolite`, also duplicate 1 (the producer) and replay 1 (the consumer),
+    each at a point drawn from the target's own failpoints; they come last, so
+    they shrink towards the other kinds, and without `impolite` the kinds, and so
+    the draws of a seed, are what they were before them.
     """
     from hypothesis import strategies as st
 
@@ -101,6 +113,9 @@ def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = PIPELINE
         kinds = ["step"] * 4 + (["kill"] if kill_targets else [])
     if powercuts:
         kinds.append("powercut")
+    ipoints = {t: impolite_points(t, backend) for t in PIPELINE}
+    if impolite:
+        kinds += [k for k, t in IMPOLITE_TARGET.items() if t in fault_targets]
     n_points = max(len(p) for p in points.values())
 
     def decode(raw):
@@ -116,6 +131,9 @@ def schedule_strategy(backend: str = "sqlite", targets: Sequence[str] = PIPELINE
                 return cut
             target = fault_targets[t % len(fault_targets)]
             return cut + (target, points[target][pt % len(points[target])])
+        if kind in IMPOLITE_TARGET:
+            target = IMPOLITE_TARGET[kind]
+            return (kind, target, ipoints[target][pt % len(ipoints[target])])
         target = fault_targets[t % len(fault_targets)]
         if kind == "fail":
             pts = points[target]
@@ -154,7 +172,7 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
     @settings(max_examples=max(1, examples), database=None, deadline=None, derandomize=False,
               suppress_health_check=list(HealthCheck), report_multiple_bugs=False, verbosity=Verbosity.quiet,
               phases=[Phase.generate, Phase.shrink] if spec.shrink else [Phase.generate])
-    @given(schedule_strategy(spec.backend, spec.targets, spec.max_ops, spec.powercuts))
+    @given(schedule_strategy(spec.backend, spec.targets, spec.max_ops, spec.powercuts, spec.impolite))
     def test(ops):
         key = tuple(ops)
         if key in memo:
