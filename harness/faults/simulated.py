@@ -53,8 +53,8 @@ IMPOLITE_RECORDS = {"duplicate": 3, "replay": 8}
 
 
 def impolite_points(target: str, backend: str = "sqlite") -> List[str]:
-    """The failpoints of `target` an impolite fault may land on: its own (`producer.*`,
-    `consumer.*`), not the channel, feature or store code it runs."""
+    """The failpoints of `target` an impolite fault may land on: those of its role (the
+    producer's channel and feature writes included), not the store code the consumer runs."""
     return [p for p in points_for(target, backend) if POINT_ROLE.get(p) == target]
 
 
