@@ -41,8 +41,8 @@ whole marker); the end of the run reads the final state
 (`harness.final_state.read_final_state`, the checkpoint's witness included)
 and runs the same checkers as the process engine (`harness.checkers.check_all`),
 which judge everything the history shows. The schedule's operations are in
-`schedule`, the run's state in `state` (`RunState`), what both engines share
-in `harness.run_plumbing`.
+`schedule`, the run's state in `state` (`RunState`), its result in `result`
+(`SimResult`), what both engines share in `harness.run_plumbing`.
 
 A crash in the simulation is what SIGKILL leaves: the crashed object's SQLite
 connection is closed without a commit (a transaction that a `FailpointCrash`
@@ -64,7 +64,6 @@ import shutil
 import tempfile
 import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from reference_impl import failpoints
@@ -73,7 +72,7 @@ from reference_impl.failpoints import FailpointCrash
 from reference_impl.process_loop import Exit, ProcessLoop
 
 from ..coverage import coverage_of
-from ..faults import PIPELINE, Failpoint, Fault, Kill, Pause, points_for
+from ..faults import PIPELINE, Failpoint, Kill, Pause, points_for
 from ..faults.simulated import (
     IMPOLITE_RECORDS,
     IMPOLITE_TARGET,
@@ -84,8 +83,9 @@ from ..faults.simulated import (
     impolite_fault,
     normalize,
 )
-from ..run_plumbing import durable_store, roll_up, simulation_config, verdict
+from ..run_plumbing import durable_store, roll_up, simulation_config
 from .observation import EventLog, Invariants, SimHistory, Violation
+from .result import SimResult
 from .state import RunState, ServerStore, SimProc
 
 __all__ = ["ARM_STEPS", "DEFAULT_WORKLOAD", "OP_KINDS", "PIPELINE", "STEP_DT", "EventLog", "Invariants", "Op",
@@ -112,58 +112,6 @@ def config_for(workdir: str, workload: Dict[str, Any], backend: str, seed: int =
     w = dict(DEFAULT_WORKLOAD)
     w.update(workload or {})
     return simulation_config(workdir, w, backend, seed)
-
-
-@dataclass
-class SimResult:
-    ops: List[Op]
-    outcome: str
-    violations: List[Violation]
-    faults: List[Fault]  # the faults it fired, as process-engine faults
-    trace: List[str]  # what each effective fault did
-    steps: int
-    events: int
-    error: Optional[str] = None
-    properties: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    powerloss: List[Dict[str, Any]] = field(default_factory=list)  # PowercutStats.as_dict() per power cut
-    coverage: Dict[str, Any] = field(default_factory=dict)  # harness.coverage.coverage_of of this schedule
-    workload: Dict[str, Any] = field(default_factory=dict)  # the workload it ran (defaults merged)
-
-    @property
-    def violated(self) -> List[str]:
-        return sorted({v.prop for v in self.violations})
-
-    @property
-    def ledger_lost(self) -> bool:
-        return any(isinstance(f, Kill) and f.target == "store_server" for f in self.faults)
-
-    @property
-    def powercuts(self) -> List[Fault]:
-        """The power cuts this schedule made (timed, or at a failpoint)."""
-        return [f for f in self.faults if f.kind == "powercut" or getattr(f, "action", None) == "powercut"]
-
-    @property
-    def acceptable_outcomes(self) -> List[str]:
-        """Completion; after a lost volatile ledger, also the declared fail-closed stop."""
-        return ["completed", "fail_closed"] if self.ledger_lost else ["completed"]
-
-    def failed(self, expect: Optional[Sequence[str]] = None, outcomes: Sequence[str] = ("completed",)) -> bool:
-        """A failure, judged by `harness.verdict.judge`: with `expect` (properties), one of them
-        violated (the bug was found); else any violation, an error, or an outcome this schedule
-        does not allow (see `acceptable_outcomes`; `outcomes` is accepted for the callers' sake
-        and not used: the schedule decides)."""
-        if isinstance(expect, str):
-            expect = [expect]
-        v = verdict({p: {"valid": False} for p in self.violated}, self.outcome, expect or (),
-                    self.acceptable_outcomes)
-        return v["as_expected"] if expect else not v["as_expected"]
-
-    def summary(self) -> Dict[str, Any]:
-        return {"ops": [list(o) for o in self.ops], "schedule": [format_op(o) for o in self.ops],
-                "outcome": self.outcome, "violated": self.violated,
-                "violations": [v.to_dict() for v in self.violations[:20]], "faults": [f.to_dict() for f in self.faults],
-                "trace": self.trace, "steps": self.steps, "events": self.events, "error": self.error,
-                **({"powerloss": self.powerloss} if self.powerloss else {})}
 
 
 def default_workdir_root() -> str:
