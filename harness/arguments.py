@@ -183,7 +183,8 @@ def _simulate(sub) -> None:
                     help="also kill the in-memory store server (its ledger is lost; the run must fail closed)")
     si.add_argument("--powercuts", action="store_true",
                     help="also cut the power: all processes crash at once and unsynced writes are lost "
-                         "(clean or torn; needs a C compiler for the durability tracer)")
+                         "(clean or torn; needs a C compiler for the durability tracer); with --exhaustive, "
+                         "a cut at each sync-boundary hit")
     si.add_argument("--samples", type=int, help="override the workload's number of samples")
     si.add_argument("--max-ops", type=int, help="longest schedule before the drain (default 24)")
     _reports(si, "counterexample scenarios")
@@ -195,7 +196,8 @@ def _simulate(sub) -> None:
                     help="run the schedule of a JSON file (a list of ops, or a --json output) once")
     si.add_argument("--exhaustive", action="store_true",
                     help="run every schedule of up to --max-faults faults (a crash or a pause at each failpoint "
-                         "hit of each process) instead of drawing schedules; prints the count, time and coverage")
+                         "hit of each process; with --powercuts, a power cut at each sync boundary) instead of "
+                         "drawing schedules; prints the count, time and coverage")
     si.add_argument("--max-faults", type=int, default=2, help="with --exhaustive: faults per schedule (default 2)")
     si.add_argument("--impolite", action="store_true",
                     help="also the impolite channel: duplicates (producer) and replays (consumer) at failpoints "

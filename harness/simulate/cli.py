@@ -96,25 +96,28 @@ def _exhaustive(args, setup) -> int:
     spec, label = setup["spec"], setup["label"]
     if args.max_faults < 0:
         raise _Usage(f"--max-faults must be >= 0, got {args.max_faults}")
-    if spec.powercuts or "store_server" in spec.targets:
-        raise _Usage("--exhaustive plants crashes and pauses at failpoint hits; it has no power cuts or "
-                     "store-server kills (drop --powercuts / --store-kills, or use a scenario without them)")
+    if "store_server" in spec.targets:
+        raise _Usage("--exhaustive plants crashes, pauses and power cuts at failpoint hits; it has no "
+                     "store-server kills (drop --store-kills, or use a scenario without them)")
     jobs = args.jobs or min(os.cpu_count() or 1, 8)
     _say(args, f"simulate {label} --exhaustive: every schedule of up to {args.max_faults} fault(s), {jobs} job(s); "
                f"{_describe(spec)}")
-    r = explore(spec.workload, spec.backend, args.max_faults, impolite=spec.impolite, jobs=jobs,
-                expect=spec.expect, stop_at_first=bool(spec.expect), variant=spec.variant)
+    r = explore(spec.workload, spec.backend, args.max_faults, impolite=spec.impolite, powercuts=spec.powercuts,
+                jobs=jobs, expect=spec.expect, stop_at_first=bool(spec.expect), variant=spec.variant)
     for err in r["errors"]:
         print(f"error: {err}", file=sys.stderr)
     per = ", ".join(f"{v} with {k}" for k, v in sorted(r["by_faults"].items()))
-    _say(args, f"{r['schedules']} schedules ({per}) in {r['wall_s']:.1f} s ({r['cpu_s']:.1f} CPU s)")
+    kinds = ", ".join(f"{v} {k}" for k, v in sorted(r["by_kind"].items()))
+    _say(args, f"{r['schedules']} schedules ({per}; by kind: {kinds}) in {r['wall_s']:.1f} s "
+               f"({r['cpu_s']:.1f} CPU s)")
     _say(args, f"coverage: {one_line(r['coverage'])}")
     for f in r["failures"][:5]:
         print(f"{'FOUND' if spec.expect else 'FAILURE'}: {', '.join(f['violated']) or f['outcome']} with "
               f"{'; '.join(f['plan']) or 'no fault'}")
         for v in f["violations"][:3]:
             print(f"  {v['prop']} {v['kind']}: {v['message'][:300]}")
-        print(f"  process-engine faults: {json.dumps(f['faults'])}")
+        print(f"  process-engine faults: {json.dumps(f['faults'])}"
+              + (f" (powercut_mode {f['powercut_mode']})" if f.get("powercut_mode") else ""))
     gap = gaps(r["coverage"], setup.get("sometimes") or (), setup.get("points") or ())
     if args.json:
         check_output_file(args.json, "--json")

@@ -33,11 +33,32 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from reference_impl import failpoints
+from reference_impl.failpoints import FailpointCrash
 
 from ..coverage import merge
 from ..faults import Failpoint, Fault
 from ..faults.simulated import impolite_fault
 from .engine import SimResult, Simulation
+
+#: The sync boundaries: the failpoints right after a durable step (a commit, an fsync, a
+#: rename) and the channel's, right before its fsync. A power cut is planted at each of their hits.
+SYNC_BOUNDARIES: Dict[str, str] = {
+    "producer.after_features_before_commit": "blobs fsynced and renamed, their directory fsynced",
+    "producer.after_commit_before_publish": "the batch committed",
+    "channel.before_fsync": "records appended, their fsync next",
+    "consumer.mid_checkpoint_replace": "the checkpoint renamed, its directory's fsync next",
+    "consumer.after_checkpoint_before_ack": "the checkpoint durable",
+    "consumer.after_ack_before_consumed": "the ack committed",
+    "consumer.mid_consumed_replace": "the consumed sidecar renamed, its directory's fsync next",
+    "consumer.after_ack_before_release": "the consumed sidecar durable",
+}
+#: Where a torn cut is planted too: the boundary with writes not yet fsynced (elsewhere a
+#: correct pipeline has none pending, and a torn cut leaves what a clean one does).
+TORN_BOUNDARIES = ("channel.before_fsync",)
+#: Planted actions that cut the power, and the mode of each.
+POWERCUT_ACTIONS = {"powercut": "clean", "powercut-torn": "torn"}
+#: The seed of a torn cut's torn tails (fixed: the enumeration draws nothing).
+TORN_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -48,7 +69,7 @@ class Planted:
     incarnation: int
     point: str
     hit: int
-    action: str = "crash"  # crash | pause | duplicate | replay
+    action: str = "crash"  # crash | pause | duplicate | replay | powercut | powercut-torn
 
     def describe(self) -> str:
         return f"{self.action} {self.target}#{self.incarnation} at {self.point} hit {self.hit}"
@@ -58,6 +79,8 @@ class Planted:
         where = {"target": self.target, "point": self.point, "hit": self.hit, "incarnation": self.incarnation}
         if self.action in ("duplicate", "replay"):
             return impolite_fault(self.action, **where)
+        if self.action in POWERCUT_ACTIONS:  # the mode is the scenario's `faults.powercut_mode`
+            return Failpoint(action="powercut", **where)
         return Failpoint(action=self.action, **where)
 
 
@@ -74,10 +97,13 @@ class PlantedSimulation(Simulation):
         self.hits_after: List[Hit] = []  # the hits after the plan's last fault
         self._frozen: Dict[str, int] = {}  # paused process -> turns it may still be held
         self._idle: Dict[str, bool] = {}  # process -> its last step was idle
+        self._cut: Optional[Tuple[Planted, Failpoint]] = None  # a power cut due at the end of this step
 
     def run_plan(self, plan: Sequence[Planted]) -> Tuple[SimResult, List[Hit]]:
         self._plan, self._next, self.hits_after = tuple(plan), 0, []
-        self._frozen, self._idle = {}, {}
+        self._frozen, self._idle, self._cut = {}, {}, None
+        if self.pc is None and any(f.action in POWERCUT_ACTIONS for f in self._plan):
+            raise ValueError("a planted power cut needs PlantedSimulation(..., powercuts=True)")
         res = self.run([])
         if self._next < len(self._plan):  # a planted fault never reached: not a schedule of this run
             res.error = res.error or f"planted fault not reached: {self._plan[self._next].describe()}"
@@ -103,6 +129,8 @@ class PlantedSimulation(Simulation):
                             self.st.fired = None
                 elif f.action == "pause":
                     self._pause(p, f)
+                elif f.action in POWERCUT_ACTIONS:
+                    self._power_fails(p, f, name)
                 else:
                     self._impolite(p, f)
             return super()._hit(name)
@@ -117,7 +145,26 @@ class PlantedSimulation(Simulation):
         self.st.faults.append(f.fault())
         self.st.trace.append(f.describe())
 
+    def _power_fails(self, p, f: Planted, name: str) -> None:
+        """The power fails while `p` is at this hit: `p` dies here (as a crash there), and the cut
+        itself, which kills the rest and rebuilds the work dir, comes as soon as `p`'s call is over."""
+        super()._hit(name)  # counted as any hit
+        if p.h is not None:
+            p.h.emit("failpoint", point=name, action="powercut")
+        self._cut = (f, f.fault())
+        raise FailpointCrash(name)
+
     def _step(self, p) -> str:
+        r = self._held_or_step(p)
+        if self._cut is not None:
+            f, at = self._cut
+            self._cut = None
+            self.pc.cut(self, POWERCUT_ACTIONS[f.action], TORN_SEED, at,
+                        cause=f"failpoint in {f.target}#{f.incarnation}")
+            self._frozen.clear()  # every process is down now: a pause ends with its process
+        return r
+
+    def _held_or_step(self, p) -> str:
         if p.name in self._frozen:
             other = self.st.procs["consumer" if p.name == "producer" else "producer"]
             self._frozen[p.name] -= 1
@@ -137,7 +184,7 @@ class PlantedSimulation(Simulation):
             self.st.trace.append(f"{f.describe()} ({records} records)")
 
 
-def places(hits: Sequence[Hit], impolite: bool = False) -> List[Planted]:
+def places(hits: Sequence[Hit], impolite: bool = False, powercuts: bool = False) -> List[Planted]:
     """The faults that can be planted at these hits."""
     out = []
     step = None
@@ -148,6 +195,10 @@ def places(hits: Sequence[Hit], impolite: bool = False) -> List[Planted]:
         step = (target, at)
         if impolite:
             out.append(Planted(target, inc, point, hit, "duplicate" if target == "producer" else "replay"))
+        if powercuts and point in SYNC_BOUNDARIES:
+            out.append(Planted(target, inc, point, hit, "powercut"))
+            if point in TORN_BOUNDARIES:
+                out.append(Planted(target, inc, point, hit, "powercut-torn"))
     return out
 
 
@@ -156,14 +207,16 @@ def enumerate_schedules(sim: PlantedSimulation, max_faults: int, impolite: bool 
     """Every schedule of up to `max_faults` planted faults, depth first, each with its result.
 
     `first`: only the subtrees of these indexes among the first faults (a worker's share;
-    the fault-free schedule belongs to the share that holds index 0)."""
+    the fault-free schedule belongs to the share that holds index 0). Power cuts are
+    planted when `sim` was made with `powercuts=True`."""
+    powercuts = sim.pc is not None
     root, hits = sim.run_plan(())
     if first is None or 0 in first:
         yield (), root
     if max_faults < 1:
         return
     stack: List[Tuple[Tuple[Planted, ...], List[Planted]]] = []
-    tops = places(hits, impolite)
+    tops = places(hits, impolite, powercuts)
     chosen = [f for i, f in enumerate(tops) if first is None or i in first]
     stack.append(((), chosen))
     while stack:
@@ -176,34 +229,46 @@ def enumerate_schedules(sim: PlantedSimulation, max_faults: int, impolite: bool 
         res, after = sim.run_plan(plan)
         yield plan, res
         if len(plan) < max_faults:
-            stack.append((plan, places(after, impolite)))
+            stack.append((plan, places(after, impolite, powercuts)))
 
 
 def explore(workload: Optional[Dict[str, Any]] = None, backend: str = "sqlite", max_faults: int = 1, *,
-            impolite: bool = False, jobs: int = 1, expect: Optional[Sequence[str]] = None,
+            impolite: bool = False, powercuts: bool = False, jobs: int = 1, expect: Optional[Sequence[str]] = None,
             stop_at_first: bool = False, variant: Optional[str] = None) -> Dict[str, Any]:
-    """Run every schedule of up to `max_faults` faults; the figures, the coverage and the failures."""
+    """Run every schedule of up to `max_faults` faults; the figures, the coverage and the failures.
+
+    `powercuts`: also a power cut at each sync-boundary hit; this process must have the durability
+    tracer preloaded (`powercut.run_preloaded`), which forked workers inherit."""
     t0 = time.monotonic()
     if jobs <= 1:
-        outs = [_explore_share(workload, backend, max_faults, impolite, None, expect, stop_at_first, variant)]
+        outs = [_explore_share(workload, backend, max_faults, impolite, powercuts, None, expect, stop_at_first,
+                               variant)]
     else:
-        outs = _explore_parallel(workload, backend, max_faults, impolite, jobs, expect, stop_at_first, variant)
+        outs = _explore_parallel(workload, backend, max_faults, impolite, powercuts, jobs, expect, stop_at_first,
+                                 variant)
     failures = [f for o in outs for f in o["failures"]]
     return {"schedules": sum(o["schedules"] for o in outs), "wall_s": round(time.monotonic() - t0, 3),
             "cpu_s": round(sum(o["cpu_s"] for o in outs), 3), "max_faults": max_faults, "jobs": max(1, jobs),
-            "by_faults": _add(o["by_faults"] for o in outs), "coverage": merge(o["coverage"] for o in outs),
+            "by_faults": _add(o["by_faults"] for o in outs),
+            "by_kind": _add((o.get("by_kind") or {} for o in outs), str),
+            "coverage": merge(o["coverage"] for o in outs),
             "failures": failures, "errors": [e for o in outs for e in o.get("errors", [])]}
 
 
-def _add(dicts) -> Dict[int, int]:
-    out: Dict[int, int] = {}
+def _add(dicts, key=int) -> Dict[Any, int]:
+    out: Dict[Any, int] = {}
     for d in dicts:
         for k, v in d.items():
-            out[int(k)] = out.get(int(k), 0) + v
+            out[key(k)] = out.get(key(k), 0) + v
     return out
 
 
-def _explore_share(workload, backend, max_faults, impolite, first, expect, stop_at_first, variant,
+def kind_of(plan: Sequence[Planted]) -> str:
+    """A schedule's kind: its faults' actions, each once, in a fixed order ("none" without one)."""
+    return "+".join(sorted({f.action for f in plan})) or "none"
+
+
+def _explore_share(workload, backend, max_faults, impolite, powercuts, first, expect, stop_at_first, variant,
                    stop=None) -> Dict[str, Any]:
     from .search import _prepare_process
 
@@ -214,18 +279,19 @@ def _explore_share(workload, backend, max_faults, impolite, first, expect, stop_
 
         undo = apply_variant(variant)
     c0 = time.process_time()
-    n, by_faults, covs, failures = 0, {}, [], []
+    n, by_faults, by_kind, covs, failures = 0, {}, {}, [], []
     try:
-        sim = PlantedSimulation(workload, backend)
+        sim = PlantedSimulation(workload, backend, powercuts=powercuts)
         for plan, res in enumerate_schedules(sim, max_faults, impolite, first):
             n += 1
             by_faults[len(plan)] = by_faults.get(len(plan), 0) + 1
+            by_kind[kind_of(plan)] = by_kind.get(kind_of(plan), 0) + 1
             covs.append(res.coverage)
             if len(covs) >= 64:
                 covs[:] = [merge(covs)]
             if res.failed(expect):
                 failures.append({"plan": [f.describe() for f in plan],
-                                 "faults": [f.fault().to_dict() for f in plan],
+                                 "faults": [f.fault().to_dict() for f in plan], "powercut_mode": _mode(plan),
                                  "outcome": res.outcome, "violated": res.violated,
                                  "violations": [v.to_dict() for v in res.violations[:5]], "error": res.error})
                 if stop_at_first:
@@ -237,24 +303,30 @@ def _explore_share(workload, backend, max_faults, impolite, first, expect, stop_
     finally:
         if undo:
             undo()
-    return {"schedules": n, "cpu_s": time.process_time() - c0, "by_faults": by_faults, "coverage": merge(covs),
-            "failures": failures}
+    return {"schedules": n, "cpu_s": time.process_time() - c0, "by_faults": by_faults, "by_kind": by_kind,
+            "coverage": merge(covs), "failures": failures}
 
 
-def _explore_parallel(workload, backend, max_faults, impolite, jobs, expect, stop_at_first, variant):
+def _mode(plan: Sequence[Planted]) -> Optional[str]:
+    """The process-engine scenario's `faults.powercut_mode` for a plan's cuts (None without one)."""
+    modes = {POWERCUT_ACTIONS[f.action] for f in plan if f.action in POWERCUT_ACTIONS}
+    return None if not modes else "torn" if "torn" in modes else "clean"
+
+
+def _explore_parallel(workload, backend, max_faults, impolite, powercuts, jobs, expect, stop_at_first, variant):
     import multiprocessing as mp
 
     import reference_impl.consumer  # noqa: F401  (imported once, shared by the forked workers)
     import reference_impl.producer  # noqa: F401
 
     # How many first faults there are: one probe run (cheap) in this process.
-    probe = _count_first(workload, backend, impolite, variant)
+    probe = _count_first(workload, backend, impolite, powercuts, variant)
     ctx = mp.get_context("fork")
     stop, queue = ctx.Event(), ctx.Queue()
     shares = [list(range(j, max(probe, 1), jobs)) for j in range(jobs)]
     procs = [ctx.Process(target=_worker, daemon=True,
-                         args=(queue, stop, workload, backend, max_faults, impolite, s, expect, stop_at_first,
-                               variant)) for s in shares if s]
+                         args=(queue, stop, workload, backend, max_faults, impolite, powercuts, s, expect,
+                               stop_at_first, variant)) for s in shares if s]
     for p in procs:
         p.start()
     outs, pending = [], len(procs)
@@ -277,18 +349,18 @@ def _explore_parallel(workload, backend, max_faults, impolite, jobs, expect, sto
     return outs
 
 
-def _count_first(workload, backend, impolite, variant) -> int:
+def _count_first(workload, backend, impolite, powercuts, variant) -> int:
     undo = None
     if variant:
         from reference_impl.variant import apply_variant
 
         undo = apply_variant(variant)
     try:
-        _, hits = PlantedSimulation(workload, backend).run_plan(())
+        _, hits = PlantedSimulation(workload, backend, powercuts=powercuts).run_plan(())
     finally:
         if undo:
             undo()
-    return len(places(hits, impolite))
+    return len(places(hits, impolite, powercuts))
 
 
 def _worker(queue, stop, *args) -> None:

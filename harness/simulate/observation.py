@@ -110,6 +110,7 @@ class Invariants:
         self.violations: List[Violation] = []
         self.op_index: Optional[int] = None
         self.sidecar_max = 0
+        self.consumer_reported = 0  # the highest count a consumer reported (durable by then)
         self.acks: List[Tuple[frozenset, Dict[str, Any]]] = []  # returned ack transactions
         self.acked_ids: set = set()
         self.open_txns: Dict[Tuple[str, int, int], Tuple[frozenset, Dict[str, Any]]] = {}
@@ -120,6 +121,11 @@ class Invariants:
     @property
     def published(self) -> int:
         return self.progress.published
+
+    def power_lost(self) -> None:
+        """A power cut: a sidecar count seen renamed into place but never reported (its directory
+        not yet fsynced) may go; a reported one may not (the P3 checker's rule across a cut)."""
+        self.sidecar_max = min(self.sidecar_max, self.consumer_reported)
 
     def ledger_lost(self, store) -> None:
         """A volatile ledger was lost (store server killed): a new ledger starts empty."""
@@ -138,6 +144,9 @@ class Invariants:
     # event hooks: what the marker check needs
     def on_event(self, e: Dict[str, Any]) -> None:
         ev = e["ev"]
+        reported = e.get("consumed_before" if ev == "reconcile" else "consumed")
+        if ev in ("consumed", "reconcile", "done") and e.get("proc") == "consumer" and reported is not None:
+            self.consumer_reported = max(self.consumer_reported, int(reported))
         if ev == "reconcile" and "consumed_before" in e:
             self.acked_ids.update(e.get("rolled_forward") or ())
             self.marker_dirty = True

@@ -160,8 +160,6 @@ class PowerCuts:
     # -- the operation ------------------------------------------------------------------
     def apply(self, sim, op) -> None:
         """`("powercut", mode, seed)` on the engine `sim` (see the module docstring)."""
-        from harness.powerloss import powercut
-
         st = sim.st
         mode, seed = op[1], int(op[2])
         procs = [st.procs["producer"], st.procs["consumer"]]
@@ -175,6 +173,17 @@ class PowerCuts:
                 return  # not reached: no fault
             at = st.faults.pop()
             st.trace.pop()
+        self.cut(sim, mode, seed, at)
+
+    def cut(self, sim, mode: str, seed: int, at=None, cause: Optional[str] = None) -> None:
+        """Cut the power now (steps 1-5 of the module docstring). `at`: the crash `Failpoint` of the
+        process that was inside an operation at the cut (it has died there already), or None.
+        `cause` ("failpoint POINT" where that process's history shows the cut as its failpoint
+        event, as the process engine's does) goes into the supervisor's `powercut` event."""
+        from harness.powerloss import powercut
+
+        st = sim.st
+        procs = [st.procs["producer"], st.procs["consumer"]]
         running = [p for p in procs if p.status == "running"]
         if at is not None:
             target = at.target
@@ -183,7 +192,8 @@ class PowerCuts:
             target = "consumer" if st.procs["consumer"].status == "running" or not running else "producer"
             trig = sim._progress(target)
         fault = len(st.faults)
-        st.sup.emit("powercut", mode=mode, seed=seed, targets=[p.name for p in running], fault=fault)
+        st.sup.emit("powercut", mode=mode, seed=seed, targets=[p.name for p in running], fault=fault,
+                    **({"cause": cause} if cause else {}))
         for p in running:
             st.sup.emit("kill", target=p.name, target_inc=p.inc, signal=9, fault=fault)
             sim._drop(p, killed=True)
@@ -195,6 +205,7 @@ class PowerCuts:
         st.observer = sim._observer_store(st.cfg, None)
         st.inv.store = st.observer
         st.inv.marker_dirty = True
+        st.inv.power_lost()
         lost = self._resync_channel(st.inv, synced)
         d = stats.as_dict()
         d["channel_bytes_lost"] = lost
