@@ -9,11 +9,25 @@ consumer crash, and is too long for CI.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from itertools import islice
 
 import pytest
 
-from harness.simulate.exhaustive import Planted, PlantedSimulation, enumerate_schedules, explore, places
+from harness.faults import Failpoint
+from harness.simulate.exhaustive import (
+    SYNC_BOUNDARIES,
+    TORN_BOUNDARIES,
+    Planted,
+    PlantedSimulation,
+    enumerate_schedules,
+    explore,
+    kind_of,
+    places,
+)
 from harness.simulate.search import _prepare_process
 from tests.pipeline_zoo import ZOO
 from tests.test_simulate import sim_workload
@@ -73,3 +87,86 @@ def test_impolite_channel_one_fault():
     assert actions == {"duplicate", "replay"}, actions
     polite = explore(w, max_faults=1, expect=["P1"], variant="tests.pipeline_zoo:consumer_without_dedup")
     assert polite["failures"] == []  # without the impolite channel nothing notices the missing dedup
+
+
+# -- power cuts at sync boundaries (`--exhaustive --powercuts`) ------------------------------------
+# A planted power cut needs the durability tracer preloaded, so these run the CLI as a child (it
+# restarts itself with LD_PRELOAD set), which also exercises that path.
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def exhaustive_cli(tmp_path, *args, env=None):
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "harness", "simulate", "--exhaustive", "--max-faults", "1",
+                           "--json", str(out), *args], cwd=REPO, env=env or dict(os.environ, PYTHONPATH=REPO),
+                          capture_output=True, text=True, timeout=600)
+    return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+@pytest.fixture(scope="module")
+def tracer():
+    from harness.exit_codes import UsageError
+    from harness.powerloss import tracer_library
+
+    try:
+        return tracer_library()
+    except UsageError as e:
+        pytest.fail(f"no tracer on this machine: {e}")
+
+
+def test_powercut_places_are_the_sync_boundaries():
+    _, hits = PlantedSimulation().run_plan(())
+    plain, cuts = places(hits), places(hits, powercuts=True)
+    extra = [f for f in cuts if f not in plain]
+    boundary_hits = [h for h in hits if h[2] in SYNC_BOUNDARIES]
+    assert [f.action for f in extra if f.action == "powercut"] == ["powercut"] * len(boundary_hits)
+    assert {f.point for f in extra} == {h[2] for h in boundary_hits} >= {"producer.after_commit_before_publish",
+                                                                         "consumer.after_checkpoint_before_ack",
+                                                                         "consumer.mid_consumed_replace"}
+    assert {f.point for f in extra if f.action == "powercut-torn"} == set(TORN_BOUNDARIES)
+    cut = next(f for f in extra if f.action == "powercut-torn")
+    assert cut.fault() == Failpoint(target=cut.target, point=cut.point, action="powercut", hit=cut.hit,
+                                    incarnation=cut.incarnation)
+    assert kind_of((plain[0], cut)) == "crash+powercut-torn" and kind_of(()) == "none"
+    with pytest.raises(ValueError, match="powercuts=True"):
+        PlantedSimulation().run_plan((cut,))
+
+
+def test_reference_passes_every_one_fault_schedule_with_power_cuts(tmp_path, tracer):
+    """Two forked workers (the tracer inherited, switched per schedule): every power cut lands, some
+    drop unsynced writes, and the reference keeps P1-P8 through all of them."""
+    _, hits = PlantedSimulation().run_plan(())
+    proc, r = exhaustive_cli(tmp_path, "--powercuts", "--jobs", "2")
+    assert proc.returncode == 0 and r is not None, proc.stdout + proc.stderr
+    assert r["failures"] == [] and r["errors"] == []
+    cuts = sum(1 for h in hits if h[2] in SYNC_BOUNDARIES)
+    torn = sum(1 for h in hits if h[2] in TORN_BOUNDARIES)
+    assert r["by_kind"]["powercut"] == cuts > 10 and r["by_kind"]["powercut-torn"] == torn > 0
+    assert r["schedules"] == sum(r["by_kind"].values()) == len(places(hits, powercuts=True)) + 1
+    cov = r["coverage"]
+    assert sum(cov["faults"]["powercut"].values()) == cuts + torn  # each cut landed, counted once
+    assert cov["sometimes"]["unsynced_write_dropped"] >= torn
+    assert "by kind:" in proc.stdout and f"{cuts} powercut" in proc.stdout
+
+
+def test_power_cuts_find_what_crashes_cannot(tmp_path, tracer):
+    """Blobs renamed without a directory fsync: no crash or pause schedule loses them, a power cut
+    right after the batch's blobs are written does (P2)."""
+    variant = "tests.pipeline_zoo:features_rename_without_dir_fsync"
+    assert explore(max_faults=1, expect=["P2"], variant=variant)["failures"] == []
+    proc, r = exhaustive_cli(tmp_path, "--powercuts", "--variant", variant, "--expect-violation", "P2", "--jobs", "1")
+    assert proc.returncode == 0 and r is not None, proc.stdout + proc.stderr
+    f = r["failures"][0]
+    assert "P2" in f["violated"] and f["powercut_mode"] in ("clean", "torn"), f
+    assert [x["action"] for x in f["faults"]] == ["powercut"] and f["plan"][0].startswith("powercut")
+    assert "FOUND: P2 with powercut" in proc.stdout
+
+
+def test_exhaustive_powercuts_bad_input_exits_2(tmp_path):
+    proc, _ = exhaustive_cli(tmp_path, "--powercuts", "--backend", "inmemory")
+    assert proc.returncode == 2 and "in-memory store" in proc.stderr, proc.stdout + proc.stderr
+    env = dict(os.environ, PYTHONPATH=REPO, CC="/nonexistent/cc", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("LD_PRELOAD", None)
+    proc, _ = exhaustive_cli(tmp_path, "--powercuts", env=env)
+    assert proc.returncode == 2 and "compiler" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
