@@ -6,7 +6,8 @@
                                [-j J] [--samples N]
                                [--reports DIR | --out FILE] [--no-shrink] [--shrink-budget S]
     python -m harness simulate --schedule FILE.json      (rerun one saved schedule)
-    python -m harness simulate [SCENARIO] --exhaustive [--max-faults N] [--impolite] [--variant ...]
+    python -m harness simulate [SCENARIO] --exhaustive [--max-faults N] [--impolite] [--powercuts]
+                               [--variant ...]
 
 (options: harness.arguments)
 
@@ -25,8 +26,10 @@ with duplicate or replay faults turns it on.
 
 --exhaustive runs every schedule of up to --max-faults faults instead of
 drawing them (`harness.simulate.exhaustive`): a crash or a pause at each
-failpoint hit of each process (with --impolite, also a duplicate or a replay),
-under the deterministic drain; it prints the count, the time and the coverage.
+failpoint hit of each process (with --impolite, also a duplicate or a replay;
+with --powercuts, a power cut at each sync boundary), under the deterministic
+drain; it prints the count (by number of faults and by kind), the time and the
+coverage.
 
 --powercuts adds power cuts (`harness.simulate.powercut`): every process
 crashes at once and the work dir reverts to what a disk could hold (clean or
