@@ -31,7 +31,11 @@ the final state (`final["marker"]`). The checks, precisely:
 4. reconcile reading (A, m), each interrupted ack T at step s of an earlier
    incarnation, R as in 2 (acks returned before the reconcile): if m == s the
    transaction applied, so R ⊆ A; if m < s (or None) it did not, so R ∩ A is
-   empty. A reconcile resolves the interrupted acks of its own process.
+   empty. A reconcile resolves the interrupted acks of its own process;
+5. final marker M holding a step or ids: its `optimizer_durable` flag is the
+   flag of the last ack transaction applied. When every `ack` event of the
+   history says `durable` (the protocol acks only after a durable checkpoint,
+   roll-forwards included), the flag must be true.
 
 With a volatile store (`final["durable_store"]` False) a supervisor kill of a
 `store*` target, or a power cut that killed the store server, starts an empty
@@ -41,6 +45,7 @@ Operations read
 ---------------
 * consumer `ack` (step, ids), `checkpoint` (step, unacked), `reconcile`
   (marker_step, released, rolled_forward);
+* consumer `ack` (durable);
 * supervisor `kill` of the store server, `powercut` (killed); final `marker`, `durable_store`.
 
 Anomalies
@@ -48,6 +53,9 @@ Anomalies
 1. `torn_ack`: a marker (the final one, or one read by a reconcile) holding
    part of one ack transaction; names the transaction's ids (present, then
    missing), its step, incarnation and line, and the reader.
+2. `marker_not_optimizer_durable`: the final marker holds acks but its
+   `optimizer_durable` flag is not true although every ack in the history was
+   durable (check 5); names the marker's step and the last ack's line.
 """
 
 from __future__ import annotations
@@ -87,6 +95,7 @@ def check(history, final, ctx=None):
             present = [x for x in r if x in m]
             if present and len(present) < len(r):
                 anomalies.append(_torn(c, present, [x for x in r if x not in m], reader, interrupted=True))
+        anomalies.extend(_flag_not_durable(marker, acks))
 
     # -- reconcile readers (checks 3, 4) --------------------------------------
     kills = ledger_losses(ctx, durable)
@@ -139,6 +148,21 @@ def check(history, final, ctx=None):
     counts = {"returned_acks": len(acks), "interrupted_acks": len(interrupted), "reconcile_readers": n_readers,
               "final_marker": marker is not None}
     return finish(PROP, NAME, anomalies, counts)
+
+
+def _flag_not_durable(marker, acks):
+    """Check 5: a final marker with acks whose optimizer_durable flag is not true, all acks durable."""
+    if not acks or not (marker.get("acked") or marker.get("global_step") is not None):
+        return []
+    if marker.get("optimizer_durable") or not all(a.get("durable", True) for a in acks):
+        return []
+    last = max(acks, key=by_line)
+    return [Anomaly(
+        "marker_not_optimizer_durable",
+        f"the final marker (global_step {marker.get('global_step')}) has optimizer_durable "
+        f"{marker.get('optimizer_durable')!r}, but every ack in the history was durable (the last: step "
+        f"{last.get('step')} by {incarnation(last)} line {last.get('line')})",
+        steps=[int(marker.get("global_step") or 0)], incarnations=[incarnation(last)], lines=[last.get("line", 0)])]
 
 
 def _torn_acks(acks, seen, reader, reader_event=None):

@@ -87,6 +87,22 @@ def test_restart_sees_whole_transactions():
     assert p5.check(h.events, final_state(list("abcd"), marker=marker("abcd", 2))).valid is True
 
 
+def test_final_marker_not_optimizer_durable_after_durable_acks():
+    # the roll-forward ack (the last one) wrote the marker with optimizer_durable false
+    h = rolled_forward_at_restart()
+    last = max(e["line"] for e in h.events if e.get("ev") == "ack")
+    for flag in (False, None):
+        m = dict(marker("abcd", 2), optimizer_durable=flag)
+        a = one(p5.check(h.events, final_state(list("abcd"), marker=m)), "marker_not_optimizer_durable")
+        assert a.steps == [2] and a.lines == [last] and f"optimizer_durable {flag!r}" in a.message
+    # an empty marker (nothing acked in this ledger) says nothing; nor does a history with a non-durable ack
+    empty = {"acked": [], "global_step": None, "optimizer_durable": False}
+    assert p5.check(h.events, final_state(list("abcd"), marker=empty)).valid is True
+    h.c("ack", 1, step=3, ids=[], durable=False)
+    m = dict(marker("abcd", 3), optimizer_durable=False)
+    assert p5.check(h.events, final_state(list("abcd"), marker=m)).valid is True
+
+
 # -- P6 ---------------------------------------------------------------------------
 
 def test_lost_commit():
