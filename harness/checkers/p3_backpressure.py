@@ -19,7 +19,13 @@ publish batch of `publish_batch` records:
   `published <= consumed + high + publish_batch`;
 * it pauses exactly when `in_flight >= high` and resumes only at
   `in_flight <= low`;
-* a completed run ends with `consumed == len(channel records)` (in_flight 0).
+* a completed run ends with `consumed == len(channel records)` (in_flight 0);
+* `consumed` counts leading records that are done: a record the consumer took
+  is done once its sample's ack is durable, a second copy once the first
+  copy's sample is; so a `consumed` value never covers a record that its
+  incarnation read (or skipped as a duplicate) before that sample was acked
+  (an `ack` event, or the incarnation's `reconcile.released`). Else the
+  producer's in_flight undercounts and it publishes past the watermark.
 
 Watermarks are `final["watermarks"]` (the run config), falling back to the
 `high`/`low` field of the pause/resume event.
@@ -28,8 +34,8 @@ Operations read
 ---------------
 * producer `publish` (published, consumed, in_flight_before), `pause`
   (published, consumed, in_flight, high), `resume` (..., low);
-* consumer `consumed` (consumed), `reconcile` (consumed_before), `done`
-  (consumed);
+* consumer `consumed` (consumed), `reconcile` (consumed_before, released), `done`
+  (consumed), `read` (pos, id), `skip` (pos, id, reason), `ack` (ids);
 * final `watermarks`, `consumed`, `channel_ids`, `outcome`.
 
 Anomalies
@@ -51,6 +57,9 @@ Anomalies
 7. `pause_resume_out_of_order`: within one producer incarnation (which starts
    unpaused) pause and resume do not alternate: a resume with no pause before
    it, or a pause while paused already (the history hides a state change).
+8. `consumed_before_ack`: a consumer `consumed` value covering a record that
+   its incarnation read or skipped as a duplicate while the record's sample
+   had no durable ack yet; names the record's position, sample and line.
 """
 
 from __future__ import annotations
@@ -99,6 +108,7 @@ def check(history, final, ctx=None):
     scan = _Scan()
     n_pub, n_pause, n_resume = _producer_readings(scan, ctx, high_cfg, low_cfg, batch)
     last, n_cons = _consumer_values(scan, ctx, n_records)
+    _consumed_before_ack(scan, ctx)
     if final.get("outcome") == "completed" and n_records is not None:
         _end_of_run(scan, final, channel_ids, last)
     counts = {"publishes": n_pub, "pauses": n_pause, "resumes": n_resume, "consumer_values": n_cons,
@@ -194,6 +204,29 @@ def _consumer_values(scan: _Scan, ctx, n_records):
                      f"{where}: consumed={v} but the channel has {n_records} complete records", e)
         last = scan.highest("consumer sidecar", last, v, e, where)
     return last, n_cons
+
+
+def _consumed_before_ack(scan: _Scan, ctx) -> None:
+    """Anomaly 8: a `consumed` value past a record of its incarnation whose sample was not acked yet."""
+    acked = set()
+    waiting = {}  # (proc, inc) -> {pos: read or duplicate-skip event} not yet covered by a consumed value
+    for e in ctx.events("consumer", "reconcile", "ack", "read", "skip", "consumed"):
+        ev, key = e.get("ev"), (e.get("proc"), e.get("inc", 0))
+        if ev == "reconcile":
+            acked.update(e.get("released") or ())
+        elif ev == "ack":
+            acked.update(e.get("ids") or ())
+        elif (ev == "read" or (ev == "skip" and e.get("reason") == "duplicate")) and e.get("pos") is not None:
+            waiting.setdefault(key, {})[int(e["pos"])] = e
+        elif ev == "consumed" and e.get("consumed") is not None:
+            mine = waiting.get(key, {})
+            for pos in sorted(p for p in mine if p < int(e["consumed"])):
+                r = mine.pop(pos)
+                if r.get("id") not in acked:
+                    scan.add("consumed_before_ack",
+                             f"consumed={e['consumed']} by {incarnation(e)} at line {e.get('line')} covers record "
+                             f"{pos} (sample {r.get('id')}, {r.get('ev')} at line {r.get('line')}), not acked yet",
+                             e, prev=r, ids=[r.get("id")])
 
 
 def _end_of_run(scan: _Scan, final, channel_ids, last) -> None:

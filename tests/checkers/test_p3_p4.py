@@ -89,6 +89,28 @@ def test_pause_and_resume_must_alternate_within_an_incarnation():
     assert [x.lines for x in a] == [[lr], [lp]]
 
 
+def test_consumed_before_ack():
+    h = H()
+    h.start_consumer(0)
+    h.c("read", pos=0, id="s0")
+    h.c("read", pos=1, id="s1")
+    h.c("ack", step=1, ids=["s0"], durable=True)
+    lr = h.c("skip", pos=2, id="s1", reason="duplicate")  # a second copy of s1, not acked yet
+    h.c("consumed", consumed=1)  # s0 is acked: fine
+    lc = h.c("consumed", consumed=3)
+    a = [x for x in p3.check(h.events, fin()).anomalies if x.kind == "consumed_before_ack"]
+    assert [x.sample_ids for x in a] == [["s1"], ["s1"]] and a[1].lines == [lr, lc], a
+    assert "covers record 2 (sample s1, skip" in a[1].message
+    # acked first (or released at the reconcile): nothing to report
+    h = H()
+    h.start_consumer(0, released=["s1"])
+    h.c("read", pos=0, id="s0")
+    h.c("skip", pos=1, id="s1", reason="released")
+    h.c("ack", step=1, ids=["s0"], durable=True)
+    h.c("consumed", consumed=2)
+    assert "consumed_before_ack" not in p3.check(h.events, fin()).kinds()
+
+
 def test_end_consumed_mismatch():
     h = H()
     lc = h.c("consumed", consumed=6)
