@@ -24,8 +24,8 @@ None) when `final["outcome"] != "completed"`.
 
 Operations read
 ---------------
-* producer `commit` (ids); consumer `ack` (ids), `reconcile` (released, rolled_forward),
-  `train` (ids), `skip` (id, reason);
+* producer `commit` (ids); consumer `start`, `ack` (ids), `reconcile` (released, rolled_forward,
+  requeued), `train` (ids), `read` (id), `skip` (id, reason);
 * the lineage; final `outcome`, `committed_ids`, `planned_ids`, `witness`.
 
 Anomalies
@@ -36,13 +36,21 @@ Anomalies
 3. `not_requeued`: a sample committed but unacked at a consumer restart that
    no consumer trained nor skipped as released after that restart; names the
    restart (incarnation, line, checkpoint step) and the commit line.
+4. `requeued_misreported`: a `reconcile` whose `requeued` list leaves out a
+   sample committed (its commit returned before the incarnation's `start`)
+   and not acked, or lists a sample it also reports `released`.
+5. `unjustified_skip`: a consumer `skip` that the protocol does not allow: as
+   `released` a sample with no durable ack before it (an `ack` event, or a
+   `reconcile`'s `released`), as `duplicate` a sample its incarnation had not
+   read, or with any other reason. A skipped record is not trained by that
+   incarnation: an unjustified skip can drop a sample.
 """
 
 from __future__ import annotations
 
 from itertools import chain
 
-from . import Anomaly, by_line, context, finish, train_anomaly
+from . import Anomaly, by_line, context, finish, fmt_items, train_anomaly
 from .lineage import fmt_trains
 
 PROP = "P2"
@@ -97,7 +105,20 @@ def check(history, final, ctx=None):
                 f"{fmt_trains(refs)}",
                 sid, refs, sorted(([cl] if cl else []) + [r[2] for r in refs])))
 
-    # 3. not_requeued: sweep commits/acks/reconciles in order, keeping the pending set
+    restarts = _not_requeued(ctx, anomalies)
+    anomalies.extend(_unjustified_skips(ctx))
+    counts = {
+        "committed": len(committed),
+        "trained_in_lineage": len(committed) - len(lost),
+        "consumer_restarts": restarts,
+        "checkpoint_step": lin.end_step,
+    }
+    return finish(PROP, NAME, anomalies, counts)
+
+
+def _not_requeued(ctx, anomalies) -> int:
+    """Anomalies 3 and 4: sweep commits, acks and reconciles in order, keeping the pending set;
+    returns the number of restarts."""
     last_handled = {}  # sid -> last line of a train or released-skip
     for e in ctx.events("consumer", "train"):
         last_handled.update(dict.fromkeys(e.get("ids") or (), e.get("line", 0)))
@@ -107,6 +128,7 @@ def check(history, final, ctx=None):
             line = e.get("line", 0)
             if line > last_handled.get(sid, 0):
                 last_handled[sid] = line
+    starts = {(e.get("proc"), e.get("inc", 0)): e.get("line", 0) for e in ctx.events("consumer", "start")}
     pending = {}  # sid -> commit line
     restarts = 0
     for e in _ordered(ctx):
@@ -122,6 +144,7 @@ def check(history, final, ctx=None):
             acked = set(e.get("released") or ())
             acked.update(e.get("rolled_forward") or ())
             pending = {sid: cl for sid, cl in pending.items() if sid not in acked}
+            anomalies.extend(_misreported(e, pending, starts.get((e.get("proc"), e.get("inc", 0)))))
             if int(e.get("inc", 0)) == 0:
                 continue
             restarts += 1
@@ -136,13 +159,54 @@ def check(history, final, ctx=None):
                     f"but no consumer trained it or skipped it as released after that restart",
                     sample_ids=[sid], steps=[int(e.get("checkpoint_step") or 0)], incarnations=[inc],
                     lines=[cl, line]))
-    counts = {
-        "committed": len(committed),
-        "trained_in_lineage": len(committed) - len(lost),
-        "consumer_restarts": restarts,
-        "checkpoint_step": lin.end_step,
-    }
-    return finish(PROP, NAME, anomalies, counts)
+    return restarts
+
+
+def _misreported(rec, pending, start_line):
+    """Anomaly 4 at one reconcile: its `requeued` list against the history (only commits returned before
+    its incarnation's `start`, which the reconcile's read of the store follows)."""
+    if "requeued" not in rec or rec.get("layout") == "private" or start_line is None:
+        return []
+    requeued = set(rec.get("requeued") or ())
+    released = set(rec.get("released") or ())
+    missing = [sid for sid, cl in pending.items() if cl < start_line and sid not in requeued]
+    both = sorted(requeued & released)
+    if not missing and not both:
+        return []
+    return [Anomaly(
+        "requeued_misreported",
+        f"the reconcile of {rec.get('proc')}#{rec.get('inc', 0)} at line {rec.get('line')} reports requeued "
+        f"{fmt_items(sorted(requeued))}; committed and unacked but not requeued: {fmt_items(missing)}; "
+        f"requeued and released: {fmt_items(both)}",
+        sample_ids=missing + both, incarnations=[f"{rec.get('proc')}#{rec.get('inc', 0)}"],
+        lines=[rec.get("line", 0)] + [pending[sid] for sid in missing])]
+
+
+def _unjustified_skips(ctx):
+    """Anomaly 5: skips that are neither of a released sample nor of a second copy."""
+    out = []
+    acked = set()
+    read = {}  # (proc, inc) -> ids read
+    for e in ctx.events("consumer", "reconcile", "ack", "read", "skip"):
+        ev, key = e.get("ev"), (e.get("proc"), e.get("inc", 0))
+        if ev == "reconcile":
+            acked.update(e.get("released") or ())
+        elif ev == "ack":
+            acked.update(e.get("ids") or ())
+        elif ev == "read":
+            read.setdefault(key, set()).add(e.get("id"))
+        else:
+            sid, reason = e.get("id"), e.get("reason")
+            if reason == "released" and sid in acked or reason == "duplicate" and sid in read.get(key, ()):
+                continue
+            out.append(Anomaly(
+                "unjustified_skip",
+                f"{e.get('proc')}#{e.get('inc', 0)} skipped sample {sid} (record {e.get('pos')}, line "
+                f"{e.get('line')}) as {reason!r}: " + ("no durable ack of it before" if reason == "released" else
+                                                       "it had not read it before" if reason == "duplicate" else
+                                                       "not a reason the protocol has"),
+                sample_ids=[sid], incarnations=[f"{e.get('proc')}#{e.get('inc', 0)}"], lines=[e.get("line", 0)]))
+    return out
 
 
 def _ordered(ctx):

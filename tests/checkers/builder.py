@@ -38,12 +38,12 @@ class H:
 
     # -- common sequences ---------------------------------------------------
     def start_consumer(self, inc: int = 0, *, marker_step=None, checkpoint_step=None, released=(),
-                       rolled_forward=(), consumed_before=0) -> int:
+                       rolled_forward=(), consumed_before=0, requeued=()) -> int:
         """spawn + start + reconcile; returns the reconcile line."""
         self.s("spawn", target="consumer", target_inc=inc, pid=200 + inc, failpoints=[])
         self.c("start", inc, pid=200 + inc, resume=inc > 0, device="cpu", backend="sqlite")
         return self.c("reconcile", inc, marker_step=marker_step, checkpoint_step=checkpoint_step,
-                      checkpoint_inc=None, released=list(released), requeued=[],
+                      checkpoint_inc=None, released=list(released), requeued=list(requeued),
                       rolled_forward=list(rolled_forward), consumed_before=consumed_before,
                       marker_acked_count=len(released))
 

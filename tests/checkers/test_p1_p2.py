@@ -186,13 +186,46 @@ def test_released_at_restart_is_not_pending():
     # the ack of step 2 applied but its process died before the ack event: the restart releases b
     h = H()
     h.p("commit", ids=["a", "b"], fresh=[True, True])
-    h.start_consumer(0)
+    h.start_consumer(0, requeued=["a", "b"])
     h.step(0, 1, ["a"])
     h.c("train", step=2, ids=["b"])
     h.c("checkpoint", step=2, unacked=["b"])
     h.start_consumer(1, marker_step=2, checkpoint_step=2, released=["a", "b"])
     final = final_state(["a", "b"], checkpoint_step=2)
     assert p2.check(h.events, final).valid is True
+
+
+def test_requeued_misreported():
+    h = H()
+    lc = h.p("commit", ids=["a", "b", "c"], fresh=[True] * 3)
+    h.start_consumer(0, requeued=["a", "b", "c"])
+    h.step(0, 1, ["a"])
+    h.c("read", pos=1, id="b")
+    lr = h.start_consumer(1, marker_step=1, checkpoint_step=1, released=["a"], requeued=["a", "c"])
+    h.c("read", pos=1, id="b")
+    h.c("read", pos=2, id="c")
+    h.step(1, 2, ["b", "c"])
+    a = one(p2.check(h.events, final_state(["a", "b", "c"], checkpoint_step=2)), "requeued_misreported")
+    assert a.sample_ids == ["b", "a"] and a.lines == [lr, lc] and a.incarnations == ["consumer#1"]
+    assert "not requeued: b; requeued and released: a" in a.message
+
+
+def test_unjustified_skips():
+    h = H()
+    h.p("commit", ids=["a", "b", "c"], fresh=[True] * 3)
+    h.start_consumer(0, requeued=["a", "b", "c"])
+    h.c("read", pos=0, id="a")
+    l1 = h.c("skip", pos=1, id="b", reason="released")  # never acked
+    l2 = h.c("skip", pos=2, id="c", reason="duplicate")  # never read
+    h.c("skip", pos=3, id="a", reason="duplicate")  # a second copy of a: fine
+    h.step(0, 1, ["a"])
+    h.c("skip", pos=4, id="a", reason="released")  # acked: fine
+    l3 = h.c("skip", pos=5, id="a", reason="RELEASED")
+    h.step(0, 2, ["b", "c"])
+    r = p2.check(h.events, final_state(["a", "b", "c"], checkpoint_step=2))
+    a = [x for x in r.anomalies if x.kind == "unjustified_skip"]
+    assert [(x.sample_ids, x.lines) for x in a] == [(["b"], [l1]), (["c"], [l2]), (["a"], [l3])], a
+    assert "no durable ack" in a[0].message and "not read it" in a[1].message and "not a reason" in a[2].message
 
 
 def test_p2_not_applicable_unless_completed():
