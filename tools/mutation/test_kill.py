@@ -1,14 +1,18 @@
 """The killing test of the mutation score (tools/mutation/run.py): a mutant of the
 protocol core is killed when the simulation or a short crash campaign sees it.
 
-1. every schedule of one fault on the simulation's small workload (a crash or
+1. a lost ledger (three fixed schedules): the in-memory store server killed
+   while the consumer is down, once before its first ack and once after acks,
+   and a ledger that forgets (the no-op store); the restarted consumer must
+   fail closed with the reason `ledger_lost`, which nothing else compares;
+2. every schedule of one fault on the simulation's small workload (a crash or
    a pause at each failpoint hit of each process), under the deterministic
    drain: any violation, error or wrong outcome kills the mutant;
-2. the fault-free schedule with a low watermark of 0 (a producer must
+3. the fault-free schedule with a low watermark of 0 (a producer must
    resume at in_flight <= low, not below it);
-3. the same as 1 with the impolite channel (a duplicate or a replay at each hit),
+4. the same as 2 with the impolite channel (a duplicate or a replay at each hit),
    two optimizer steps per checkpoint;
-4. a short crash campaign in the process engine (two scenarios, one seed each)
+5. a short crash campaign in the process engine (two scenarios, one seed each)
    for what only real processes show.
 
 Ordered cheapest first; the runner stops a mutant at its first failing test.
@@ -18,12 +22,32 @@ from __future__ import annotations
 
 import pytest
 
+from harness.simulate import Simulation
 from harness.simulate.exhaustive import explore
+
+CKPT_BEFORE_ACK = "consumer.after_checkpoint_before_ack"
+LEDGER_LOST = {
+    # the checkpoint saw no ack yet (acked_step 0): only the ledger identity tells
+    "server-killed-before-first-ack": ("inmemory", [("fail", "consumer", CKPT_BEFORE_ACK), ("kill", "store_server")]),
+    "server-killed-after-acks": ("inmemory", [("step", "producer", 8), ("step", "consumer", 8), ("kill", "consumer"),
+                                              ("kill", "store_server")]),
+    # no ledger identity: the checkpoint of step 2 saw step 1 acked, the marker has no step
+    "ledger-forgets": ("noop", [("fail", "consumer", CKPT_BEFORE_ACK), ("fail", "consumer", CKPT_BEFORE_ACK)]),
+}
 
 
 def _first_failure(**kw):
     r = explore(stop_at_first=True, **kw)
     return r["failures"][:1]
+
+
+@pytest.mark.parametrize("name", list(LEDGER_LOST))
+def test_a_lost_ledger_fails_closed_as_ledger_lost(name):
+    backend, ops = LEDGER_LOST[name]
+    sim = Simulation(backend=backend)
+    r = sim.run(ops)
+    closed = [(e.get("proc"), e.get("reason")) for e in sim.st.log.events if e.get("ev") == "fail_closed"]
+    assert (r.outcome, r.violated, closed) == ("fail_closed", [], [("consumer", "ledger_lost")]), r.summary()
 
 
 def test_every_one_fault_schedule_passes():
