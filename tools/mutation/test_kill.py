@@ -5,14 +5,18 @@ protocol core is killed when the simulation or a short crash campaign sees it.
    while the consumer is down, once before its first ack and once after acks,
    and a ledger that forgets (the no-op store); the restarted consumer must
    fail closed with the reason `ledger_lost`, which nothing else compares;
-2. every schedule of one fault on the simulation's small workload (a crash or
+2. two planted replays (the impolite channel's `replay`): one asked for
+   while a restarted consumer releases leftover blobs, before it read
+   anything, and one while records it has not read yet are in the channel (one optimizer step per
+   checkpoint, which the impolite schedules of 5 do not run);
+3. every schedule of one fault on the simulation's small workload (a crash or
    a pause at each failpoint hit of each process), under the deterministic
    drain: any violation, error or wrong outcome kills the mutant;
-3. the fault-free schedule with a low watermark of 0 (a producer must
+4. the fault-free schedule with a low watermark of 0 (a producer must
    resume at in_flight <= low, not below it);
-4. the same as 2 with the impolite channel (a duplicate or a replay at each hit),
+5. the same as 3 with the impolite channel (a duplicate or a replay at each hit),
    two optimizer steps per checkpoint;
-5. a short crash campaign in the process engine (two scenarios, one seed each)
+6. a short crash campaign in the process engine (two scenarios, one seed each)
    for what only real processes show.
 
 Ordered cheapest first; the runner stops a mutant at its first failing test.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import pytest
 
 from harness.simulate import Simulation
-from harness.simulate.exhaustive import explore
+from harness.simulate.exhaustive import Planted, PlantedSimulation, explore
 
 CKPT_BEFORE_ACK = "consumer.after_checkpoint_before_ack"
 LEDGER_LOST = {
@@ -48,6 +52,20 @@ def test_a_lost_ledger_fails_closed_as_ledger_lost(name):
     r = sim.run(ops)
     closed = [(e.get("proc"), e.get("reason")) for e in sim.st.log.events if e.get("ev") == "fail_closed"]
     assert (r.outcome, r.violated, closed) == ("fail_closed", [], [("consumer", "ledger_lost")]), r.summary()
+
+
+ACK_BEFORE_RELEASE = "consumer.after_ack_before_release"
+REPLAYS = {
+    "before-the-first-read": [Planted("consumer", 0, ACK_BEFORE_RELEASE, 1),
+                              Planted("consumer", 1, ACK_BEFORE_RELEASE, 1, "replay")],
+    "with-unread-records": [Planted("consumer", 0, "consumer.after_read_before_train", 2, "replay")],
+}
+
+
+@pytest.mark.parametrize("name", list(REPLAYS))
+def test_a_planted_replay_passes(name):
+    r, _ = PlantedSimulation().run_plan(REPLAYS[name])
+    assert not r.failed() and r.faults[-1].kind == "replay", r.summary()
 
 
 def test_every_one_fault_schedule_passes():
