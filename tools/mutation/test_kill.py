@@ -8,21 +8,28 @@ protocol core is killed when the simulation or a short crash campaign sees it.
 2. two planted replays (the impolite channel's `replay`): one asked for
    while a restarted consumer releases leftover blobs, before it read
    anything, and one while records it has not read yet are in the channel (one optimizer step per
-   checkpoint, which the impolite schedules of 5 do not run);
-3. every schedule of one fault on the simulation's small workload (a crash or
+   checkpoint, which the impolite schedules of 6 do not run);
+3. a checkpoint behind the ledger: the power-loss zoo's
+   `roll_forward_to_a_checkpoint_not_durable` in the process engine, its
+   first checkpoint made visible but not durable, rolled forward, then taken
+   away by a power cut; the consumer must fail closed as
+   `checkpoint_behind_ledger` (the run's coverage counts that reason);
+4. every schedule of one fault on the simulation's small workload (a crash or
    a pause at each failpoint hit of each process), under the deterministic
    drain: any violation, error or wrong outcome kills the mutant;
-4. the fault-free schedule with a low watermark of 0 (a producer must
+5. the fault-free schedule with a low watermark of 0 (a producer must
    resume at in_flight <= low, not below it);
-5. the same as 3 with the impolite channel (a duplicate or a replay at each hit),
+6. the same as 4 with the impolite channel (a duplicate or a replay at each hit),
    two optimizer steps per checkpoint;
-6. a short crash campaign in the process engine (two scenarios, one seed each)
+7. a short crash campaign in the process engine (two scenarios, one seed each)
    for what only real processes show.
 
 Ordered cheapest first; the runner stops a mutant at its first failing test.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -66,6 +73,17 @@ REPLAYS = {
 def test_a_planted_replay_passes(name):
     r, _ = PlantedSimulation().run_plan(REPLAYS[name])
     assert not r.failed() and r.faults[-1].kind == "replay", r.summary()
+
+
+def test_a_checkpoint_behind_the_ledger_fails_closed(tmp_path):
+    from harness.process_engine.runner import run_scenario
+    from tests.pipeline_zoo import POWERLOSS_ZOO, scenario_for_powerloss
+
+    sc = scenario_for_powerloss(POWERLOSS_ZOO["roll_forward_to_a_checkpoint_not_durable"])
+    sc.explicit_faults[0] = dataclasses.replace(sc.explicit_faults[0], hit=1)  # the first checkpoint: none left
+    r = run_scenario(sc, 0, reports_dir=str(tmp_path), render=False)
+    behind = r.coverage["sometimes"]["restart_from_checkpoint_behind_ledger"]
+    assert (r.outcome, r.as_expected, r.faults["landed"], behind) == ("fail_closed", True, 2, 1), r.report_dir
 
 
 def test_every_one_fault_schedule_passes():
