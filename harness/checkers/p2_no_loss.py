@@ -26,7 +26,8 @@ Operations read
 ---------------
 * producer `commit` (ids); consumer `start`, `ack` (ids), `reconcile` (released, rolled_forward,
   requeued), `train` (ids), `read` (id), `skip` (id, reason);
-* the lineage; final `outcome`, `committed_ids`, `planned_ids`, `witness`.
+* supervisor `kill` of a store, `powercut` (killed), as P5 reads them;
+* the lineage; final `outcome`, `committed_ids`, `planned_ids`, `witness`, `durable_store`.
 
 Anomalies
 ---------
@@ -37,8 +38,9 @@ Anomalies
    no consumer trained nor skipped as released after that restart; names the
    restart (incarnation, line, checkpoint step) and the commit line.
 4. `requeued_misreported`: a `reconcile` whose `requeued` list leaves out a
-   sample committed (its commit returned before the incarnation's `start`)
-   and not acked, or lists a sample it also reports `released`.
+   sample committed (its commit returned before the incarnation's `start`,
+   and after the last loss of a volatile ledger) and not acked, or lists a
+   sample it also reports `released`.
 5. `unjustified_skip`: a consumer `skip` that the protocol does not allow: as
    `released` a sample with no durable ack before it (an `ack` event, or a
    `reconcile`'s `released`), as `duplicate` a sample its incarnation had not
@@ -50,7 +52,7 @@ from __future__ import annotations
 
 from itertools import chain
 
-from . import Anomaly, by_line, context, finish, fmt_items, train_anomaly
+from . import Anomaly, by_line, context, finish, fmt_items, ledger_losses, train_anomaly
 from .lineage import fmt_trains
 
 PROP = "P2"
@@ -129,6 +131,7 @@ def _not_requeued(ctx, anomalies) -> int:
             if line > last_handled.get(sid, 0):
                 last_handled[sid] = line
     starts = {(e.get("proc"), e.get("inc", 0)): e.get("line", 0) for e in ctx.events("consumer", "start")}
+    losses = [e.get("line", 0) for e in ledger_losses(ctx, bool(ctx.final.get("durable_store", True)))]
     pending = {}  # sid -> commit line
     restarts = 0
     for e in _ordered(ctx):
@@ -144,7 +147,8 @@ def _not_requeued(ctx, anomalies) -> int:
             acked = set(e.get("released") or ())
             acked.update(e.get("rolled_forward") or ())
             pending = {sid: cl for sid, cl in pending.items() if sid not in acked}
-            anomalies.extend(_misreported(e, pending, starts.get((e.get("proc"), e.get("inc", 0)))))
+            since = max((x for x in losses if x < line), default=0)
+            anomalies.extend(_misreported(e, pending, since, starts.get((e.get("proc"), e.get("inc", 0)))))
             if int(e.get("inc", 0)) == 0:
                 continue
             restarts += 1
@@ -162,14 +166,15 @@ def _not_requeued(ctx, anomalies) -> int:
     return restarts
 
 
-def _misreported(rec, pending, start_line):
+def _misreported(rec, pending, since, start_line):
     """Anomaly 4 at one reconcile: its `requeued` list against the history (only commits returned before
-    its incarnation's `start`, which the reconcile's read of the store follows)."""
+    its incarnation's `start`, which the reconcile's read of the store follows, and after the last loss of
+    a volatile ledger at line `since`)."""
     if "requeued" not in rec or rec.get("layout") == "private" or start_line is None:
         return []
     requeued = set(rec.get("requeued") or ())
     released = set(rec.get("released") or ())
-    missing = [sid for sid, cl in pending.items() if cl < start_line and sid not in requeued]
+    missing = [sid for sid, cl in pending.items() if since < cl < start_line and sid not in requeued]
     both = sorted(requeued & released)
     if not missing and not both:
         return []

@@ -73,8 +73,25 @@ def _scratch(modules) -> str:
     return d
 
 
+def _tracer_env() -> dict:
+    """LD_PRELOAD of the durability tracer, which the killing test's power-cut item needs in mutmut's own
+    process (it runs only the tests it saw call a mutant's function there); {} without a compiler, and
+    that item is then skipped."""
+    sys.path.insert(0, ROOT)
+    try:
+        from harness.powerloss import tracer_library
+
+        lib = tracer_library()
+    except Exception:
+        return {}
+    finally:
+        sys.path.remove(ROOT)
+    pre = [p for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split() if p and p != lib]
+    return {"LD_PRELOAD": " ".join(pre + [lib])}
+
+
 def _mutmut(d: str, *args: str, timeout: float = None) -> str:
-    env = dict(os.environ, PYTHONPATH=d)
+    env = dict(os.environ, PYTHONPATH=d, **_tracer_env())
     p = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=d, env=env, capture_output=True, text=True,
                        timeout=timeout)
     return p.stdout + p.stderr
