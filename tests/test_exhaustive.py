@@ -76,6 +76,7 @@ def test_one_fault_finds_zoo_member(name):
     assert m.violates in r["failures"][0]["violated"]
 
 
+@pytest.mark.slow
 def test_impolite_channel_one_fault():
     w = {"checkpoint_every": 2}  # trained windows wait unacked while the next one fills
     ref = explore(w, max_faults=1, impolite=True)
