@@ -1,7 +1,7 @@
 """Mutation score of the reference's protocol core, with mutmut.
 
     python tools/mutation/run.py [--modules controller,ref_queue,flow_control] [-j N] [--out FILE]
-                                 [--sample K --seed S]
+                                 [--sample K --seed S] [--names FILE]
 
 Copies the project into a scratch directory, runs `mutmut run` there over the
 chosen reference modules with tools/mutation/test_kill.py as the only test,
@@ -118,13 +118,20 @@ def _all_mutants(d: str):
     return sorted(names)
 
 
-def _sampled_run(d: str, jobs: int, k: int, seed: int) -> str:
-    """Generate every mutant (a run that selects none: mutmut then stops on its own assertion), draw
-    k per module, run those."""
+def _chosen_run(d: str, jobs: int, k: int, seed: int, names_file: str = None) -> str:
+    """Generate every mutant (a run that selects none: mutmut then stops on its own assertion), then
+    run the ones named in `names_file` (one per line), or k per module drawn with `seed`."""
     log = _mutmut(d, "run", "--max-children", str(jobs), "dfh-select-none")
     names = _all_mutants(d)
     if not names:
         return log
+    if names_file:
+        with open(names_file) as f:
+            wanted = {line.strip() for line in f if line.strip()}
+        chosen = [n for n in names if n in wanted]
+        if not chosen:
+            return log + f"\nnone of the {len(wanted)} names in {names_file} is a mutant of these modules"
+        return _mutmut(d, "run", "--max-children", str(jobs), *chosen)
     by_module = {}
     for n in names:
         by_module.setdefault(_module_of(n), []).append(n)
@@ -196,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory (its mutants/ cache)")
     ap.add_argument("--sample", type=int, default=0, metavar="K", help="run K random mutants per module (0: all)")
     ap.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw")
+    ap.add_argument("--names", metavar="FILE", help="run only the mutants named in FILE (one per line), e.g. to "
+                                                    "measure survivors again after closing gaps")
     args = ap.parse_args(argv)
     modules = [m.strip() for m in args.modules.split(",") if m.strip()]
     bad = [m for m in modules if m not in MODULES]
@@ -205,8 +214,8 @@ def main(argv=None) -> int:
     d = _scratch(modules)
     t0, c0 = time.monotonic(), os.times()
     try:
-        if args.sample > 0:
-            log = _sampled_run(d, args.jobs, args.sample, args.seed)
+        if args.sample > 0 or args.names:
+            log = _chosen_run(d, args.jobs, args.sample, args.seed, args.names)
         else:
             log = _mutmut(d, "run", "--max-children", str(args.jobs))
         results = _results(d)
@@ -231,7 +240,7 @@ def main(argv=None) -> int:
         print(f"\n{survivors[n]}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"modules": modules, "sample": args.sample, "seed": args.seed,
+            json.dump({"modules": modules, "sample": args.sample, "seed": args.seed, "names": args.names,
                        "per_module": per, "results": results, "survivors": survivors,
                        "untriaged": untriaged, "wall_s": round(time.monotonic() - t0, 1), "cpu_s": round(cpu, 1)},
                       f, indent=2, sort_keys=True)
