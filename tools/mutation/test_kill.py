@@ -36,6 +36,7 @@ import pytest
 
 from harness.simulate import Simulation
 from harness.simulate.exhaustive import Planted, PlantedSimulation, explore
+from reference_impl import failpoints
 
 CKPT_BEFORE_ACK = "consumer.after_checkpoint_before_ack"
 LEDGER_LOST = {
@@ -113,3 +114,82 @@ def test_short_crash_campaign(scenario, seed, tmp_path):
 
     r = run_scenario(scenario, seed, reports_dir=str(tmp_path), render=False)
     assert r.as_expected, (r.outcome, r.verdict)
+
+
+
+# -- consumer and producer: what their history says, cheap fixed schedules --------------------------------
+
+SINGLE_PROCESS_POINTS = sorted(p for p in failpoints.POINTS if not p.startswith("rank"))
+
+
+def _events(sim, ev, inc=None):
+    return [e for e in sim.st.log.events if e.get("ev") == ev and (inc is None or e.get("inc") == inc)]
+
+
+def test_the_fault_free_schedule_reaches_every_failpoint_and_keeps_the_cadence():
+    # every failpoint of the single-process pipeline is reached (a renamed one is a point no schedule
+    # can fault); a checkpoint every `checkpoint_every` steps, each ack at its checkpoint's step; the
+    # producer's close names the channel's records
+    sim = Simulation(workload={"checkpoint_every": 2})
+    r = sim.run([])
+    reached = set()
+    for e in sim.st.log.events:
+        reached |= set(e.get("reached") or ())
+    checkpoints = [e.get("step") for e in _events(sim, "checkpoint")]
+    acks = [e.get("step") for e in _events(sim, "ack")]
+    closes = [e.get("published") for e in _events(sim, "close")]
+    assert (r.outcome, r.violated) == ("completed", []), r.summary()
+    assert sorted(reached) == SINGLE_PROCESS_POINTS
+    assert (checkpoints, acks, closes) == ([2, 4, 6], [2, 4, 6], [len(_events(sim, "read"))])
+
+
+def test_a_planted_duplicate_writes_copies_and_records_them():
+    # the duplicate fault appends copies of the last records; each publish event, the copies' too,
+    # names the records it wrote from `first_pos` on and the channel's count after them
+    sim = PlantedSimulation()
+    r, _ = sim.run_plan([Planted("producer", 0, "producer.after_commit_before_publish", 1, "duplicate")])
+    pubs = _events(sim, "publish")
+    copies = [e.get("ids") for e in pubs if e.get("duplicate")]
+    counts = [(e.get("first_pos", 0) + len(e.get("ids") or ()), e.get("published")) for e in pubs]
+    assert (r.outcome, r.violated) == ("completed", []), r.summary()
+    assert copies == [["s000001", "s000002", "s000003"]]
+    assert all(a == b for a, b in counts) and counts[-1][1] == _events(sim, "close")[0].get("published") == 27
+
+
+def test_a_restart_after_a_checkpoint_rolls_forward_and_decides_every_record():
+    # a crash between checkpoint and ack: the restart acks the checkpoint's unacked ids at its step
+    # (roll_forward), then decides every record of the channel once, in order, by position
+    sim = Simulation()
+    r = sim.run([("fail", "consumer", CKPT_BEFORE_ACK)])
+    ckpt = _events(sim, "checkpoint", 0)[-1]
+    rolled = [(e.get("step"), e.get("ids")) for e in _events(sim, "ack", 1) if e.get("roll_forward")]
+    decided = [e.get("pos") for e in sim.st.log.events if e.get("inc") == 1 and e.get("ev") in ("read", "skip")]
+    assert (r.outcome, r.violated) == ("completed", []), r.summary()
+    assert rolled == [(ckpt.get("step"), ckpt.get("unacked"))]
+    assert decided == list(range(24))
+
+
+def test_the_pre_o11_layout_restarted_after_an_ack():
+    # the private stores of the pre-O1.1 layout (no reconcile): a restart after an ack, recorded as
+    # layout "private" (P2 does not ask it for a requeued list it cannot have)
+    sim = Simulation(backend="private")
+    r = sim.run([("step", "producer", 8), ("step", "consumer", 8), ("kill", "consumer")])
+    recs = [(e.get("layout"), e.get("released"), e.get("checkpoint_step")) for e in _events(sim, "reconcile")]
+    assert (r.outcome, r.violated) == ("completed", []), r.summary()
+    assert recs == [("private", [], None), ("private", [], 1)]
+
+
+def test_the_process_mains_run_in_process(tmp_path):
+    # the producer's and the consumer's `main`, one after the other in this process (the producer
+    # never waits: the high watermark is above the samples), each writing its own history
+    import json
+
+    from harness.simulate.engine import config_for
+    from reference_impl import consumer, producer
+
+    cfg = config_for(str(tmp_path), {"samples": 8, "high_watermark": 16, "low_watermark": 4}, "sqlite")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    codes = (producer.main(["--config", str(path)]), consumer.main(["--config", str(path)]))
+    assert codes == (0, 0)
+    assert sorted(p.name for p in (tmp_path / "history").iterdir()) == ["consumer.jsonl", "producer.jsonl"]
