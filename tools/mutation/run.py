@@ -148,7 +148,7 @@ def wilson(killed: int, n: int, z: float = 1.96):
     den = 1 + z * z / n
     mid = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [round(100 * (mid - half), 1), round(100 * (mid + half), 1)]
+    return [max(0.0, round(100 * (mid - half), 1)), min(100.0, round(100 * (mid + half), 1))]
 
 
 def _module_of(name: str) -> str:
