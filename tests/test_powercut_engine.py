@@ -20,7 +20,7 @@ import os
 import pytest
 
 from harness.exit_codes import UsageError
-from harness.faults import Kill, make_schedule
+from harness.faults import Failpoint, Kill, make_schedule
 from harness.history import load_merged
 from harness.process_engine.runner import run_scenario
 from harness.reports.render import timeline_series
@@ -153,14 +153,21 @@ def test_a_power_cut_report_replays_and_shrinks_to_its_cut(tmp_path):
 
     m = POWERLOSS_ZOO["features_rename_without_dir_fsync"]
     sc = scenario_for_powerloss(m)
-    sc.explicit_faults.insert(0, Kill(target="producer", at_published=16))
+    # The cut lands right after the producer's sixth commit, whose blobs were just renamed: no timing
+    # decides whether a later directory fsync made them durable first (a timed cut did, under load).
+    # The consumer is slow, so its releases (each fsyncs the blobs' directory) are few.
+    cut = Failpoint(target="producer", point="producer.after_commit_before_publish", action="powercut", hit=6,
+                    incarnation=0)
+    sc.explicit_faults[:] = [Kill(target="consumer", at_consumed=4), cut]
+    sc.workload = dict(sc.workload, consumer_step_delay_s=0.3)
     sc.expect["violates"] = []  # expected valid: the bug makes the run unexpected, which shrink needs
     r = run_scenario(sc, 0, reports_dir=str(tmp_path / "runs"), render=False)
     assert not r.as_expected and m.violates in r.verdict["violated"], r.verdict
     assert cli.main(["replay", r.report_dir, "--reports", str(tmp_path / "replays")]) == 1
     out = shrink_report(r.report_dir, tries=1, out=str(tmp_path / "shrunk.toml"), say=lambda s: None)
     shrunk = load_scenario(str(tmp_path / "shrunk.toml"))
-    assert [f.kind for f in shrunk.explicit_faults] == ["powercut"], (out, shrunk.explicit_faults)
+    assert [(f.kind, getattr(f, "action", None)) for f in shrunk.explicit_faults] == [("failpoint", "powercut")], \
+        (out, shrunk.explicit_faults)
 
 
 def test_a_traced_process_is_stopped_for_a_kill_only_outside_the_tracer_gap():
