@@ -38,6 +38,8 @@ Ordered cheapest first; the runner stops a mutant at its first failing test.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from harness.simulate import Simulation
@@ -199,3 +201,126 @@ def test_the_process_mains_run_in_process(tmp_path):
     codes = (producer.main(["--config", str(path)]), consumer.main(["--config", str(path)]))
     assert codes == (0, 0)
     assert sorted(p.name for p in (tmp_path / "history").iterdir()) == ["consumer.jsonl", "producer.jsonl"]
+
+
+# -- channel and the stores ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite", "inmemory"])
+def test_every_failpoint_of_the_pipeline_is_reached_by_its_name(backend):
+    # the process engine arms failpoints by name (DFH_FAILPOINTS); one that is hit under another name never fires
+    from reference_impl.failpoints import POINTS
+
+    r = Simulation(backend=backend).run([])
+    reached = {p for p, c in r.coverage["failpoints"].items() if c["reached"]}
+    assert reached == {p for p in POINTS if not p.startswith("rank")}, r.summary()
+
+
+def test_the_observers_published_count_is_the_channels():
+    # the engine's observer counts complete channel records incrementally (ChannelReader.skip); P3's
+    # consumed <= published check and the process-engine triggers read that count
+    sim = Simulation()
+    r = sim.run([])
+    published = [i for e in sim.st.log.events if e.get("ev") == "publish" for i in e["ids"]]
+    assert (r.outcome, sim.st.inv.published) == ("completed", len(published)), r.summary()
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_the_store_contract_holds(store, tmp_path):
+    # certification tier 1 in this process (the certifier runs it in a child): the store against the pure model
+    from harness.certify import resolve_target
+    from harness.certify.certificate import PASSED, Budget
+    from harness.certify.common import Context
+    from harness.certify.records import using
+    from harness.certify.tier1_contract import run_in_this_process
+    from reference_impl.stores.memory import InMemoryMetadataStore
+    from reference_impl.stores.sqlite import SQLiteMetadataStore
+
+    factory, profile = {"memory": (InMemoryMetadataStore, "volatile"),
+                        "sqlite": (SQLiteMetadataStore, "durable")}[store]
+    budget = Budget("kill", t1_examples=15, t1_steps=15, t2_scale=0.5, t3_crashes=1, t4_seeds=1, t1_shrink_s=1)
+    target = resolve_target(factory)
+    with using(target.records):
+        r = run_in_this_process(Context(target=target, profile=profile, budget=budget, seed=1, workroot=str(tmp_path)))
+    assert r.status == PASSED, [c.message for c in r.counterexamples]
+
+
+def _refs(*ids):
+    from reference_impl.contracts import SampleRef
+
+    return [SampleRef(sample_id=i, run_id="r", source_task_id=None, feature_store_uri=f"file:///f/{i}",
+                      feature_keys={}, feature_specs={}, strategy="s") for i in ids]
+
+
+def test_a_retried_commit_is_fresh_again_once():
+    # the store server's retry of one call whose reply was lost (same token) gets the first answer again
+    from reference_impl.stores.memory import InMemoryMetadataStore
+
+    s = InMemoryMetadataStore()
+    assert s.commit_samples_once("t1", _refs("a", "b")) == [True, True]
+    assert s.commit_samples_once("t1", _refs("a", "a", "c")) == [True, False, True]
+    assert s.commit_samples_once("t2", _refs("a", "c", "d")) == [False, False, True]
+    assert s.commit_samples(_refs("b", "e")) == [False, True]
+    assert s.all_committed_ids() == ["a", "b", "c", "d", "e"]
+
+
+def test_a_locked_sqlite_store_is_waited_for_and_another_error_is_not(tmp_path):
+    # a peer holding the write lock (one paused inside a transaction) delays a call; it does not fail it
+    import sqlite3
+    import threading
+
+    from reference_impl.stores.sqlite import SQLiteMetadataStore
+
+    path = str(tmp_path / "store.db")
+    s = SQLiteMetadataStore(path, lock_wait_s=30)
+    s._conn.execute("PRAGMA busy_timeout=0")  # SQLite's own wait off: the store's retry loop does the waiting
+    peer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    peer.execute("BEGIN IMMEDIATE")
+    t = threading.Timer(0.1, peer.execute, ["ROLLBACK"])
+    t.start()
+    try:
+        assert s.commit_samples(_refs("a")) == [True]
+    finally:
+        t.join()
+    s2 = SQLiteMetadataStore(path, lock_wait_s=1)
+    peer.execute("DROP TABLE samples")  # an error that waiting does not cure propagates at once
+    peer.close()
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        s2.committed_count()
+    s.close()
+    s2.close()
+
+
+def test_the_sqlite_store_serves_other_threads(tmp_path):
+    import threading
+
+    from reference_impl.stores.sqlite import SQLiteMetadataStore
+
+    s = SQLiteMetadataStore(str(tmp_path / "store.db"))
+    got = []
+    t = threading.Thread(target=lambda: got.append(s.commit_samples(_refs("a"))))
+    t.start()
+    t.join()
+    assert (got, s.committed_count()) == ([[True]], 1)
+    s.close()
+
+
+def test_the_peer_of_a_fail_closed_process_stops_with_its_reason():
+    # the `channel.failed` sentinel carries the reason to the peer's exit and to the run's final state
+    backend, ops = LEDGER_LOST["ledger-forgets"]
+    sim = Simulation(backend=backend)
+    sim.run(ops)
+    exits = [(e.get("outcome"), (e.get("reason") or "").split(":")[0]) for e in sim.st.log.events
+             if e.get("ev") == "exit" and e.get("proc") == "producer"]
+    assert exits == [("peer_failed", "ledger_lost")]
+
+
+def test_a_closed_channel_writer_releases_its_file(tmp_path):
+    # the producer closes its channel writer on its way out (ProcessLoop.run's finally)
+    from reference_impl.channel import ChannelWriter
+
+    before = len(os.listdir("/proc/self/fd"))
+    w = ChannelWriter(str(tmp_path))
+    w.append_one({"sample_id": "a"}, 0)
+    w.close()
+    w.close()
+    assert len(os.listdir("/proc/self/fd")) == before
