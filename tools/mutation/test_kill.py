@@ -34,6 +34,18 @@ protocol core is killed when the simulation or a short crash campaign sees it.
    process, so that mutmut selects a test for them.
 
 Ordered cheapest first; the runner stops a mutant at its first failing test.
+
+The channel and the stores have their own items after these, each a few
+seconds at most and all in this process: a fault-free simulation on each
+backend reaches every failpoint of the pipeline by its registered name (the
+process engine arms failpoints by name); the engine's observer counts as many
+published records as the producer published; certification tier 1 (the store
+against the pure contract model) on the in-memory and the SQLite store; a
+commit retried with the same token (the store server's retry) is answered
+fresh again, once; a SQLite store waits for a peer that holds the write lock
+and raises any other error at once; a SQLite store serves another thread than
+its opener; the peer of a process that failed closed stops with its reason;
+a closed channel writer releases its file.
 """
 
 from __future__ import annotations
