@@ -76,6 +76,18 @@ def ledger_losses(ctx, durable: bool) -> List[Dict[str, Any]]:
     return sorted(kills + cuts, key=by_line)
 
 
+def add_durable_acks(acked: set, e: Dict[str, Any]) -> bool:
+    """If `e` is a consumer `ack` or `reconcile`, add the ids it shows durably acked (an ack's ids, a
+    reconcile's `released`) to `acked` and return True."""
+    if e.get("ev") == "ack":
+        acked.update(e.get("ids") or ())
+    elif e.get("ev") == "reconcile":
+        acked.update(e.get("released") or ())
+    else:
+        return False
+    return True
+
+
 def role(proc: str) -> str:
     """`consumer.rank1` -> `consumer`; `producer` -> `producer`."""
     return proc.split(".", 1)[0]

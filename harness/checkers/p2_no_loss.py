@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from itertools import chain
 
-from . import Anomaly, by_line, context, finish, fmt_items, ledger_losses, train_anomaly
+from . import Anomaly, add_durable_acks, by_line, context, finish, fmt_items, ledger_losses, train_anomaly
 from .lineage import fmt_trains
 
 PROP = "P2"
@@ -194,11 +194,9 @@ def _unjustified_skips(ctx):
     read = {}  # (proc, inc) -> ids read
     for e in ctx.events("consumer", "reconcile", "ack", "read", "skip"):
         ev, key = e.get("ev"), (e.get("proc"), e.get("inc", 0))
-        if ev == "reconcile":
-            acked.update(e.get("released") or ())
-        elif ev == "ack":
-            acked.update(e.get("ids") or ())
-        elif ev == "read":
+        if add_durable_acks(acked, e):
+            continue
+        if ev == "read":
             read.setdefault(key, set()).add(e.get("id"))
         else:
             sid, reason = e.get("id"), e.get("reason")

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 from typing import List
 
-from . import Anomaly, context, finish, incarnation
+from . import Anomaly, add_durable_acks, context, finish, incarnation
 
 PROP = "P3"
 NAME = "exact_backpressure"
@@ -212,11 +212,9 @@ def _consumed_before_ack(scan: _Scan, ctx) -> None:
     waiting = {}  # (proc, inc) -> {pos: read or duplicate-skip event} not yet covered by a consumed value
     for e in ctx.events("consumer", "reconcile", "ack", "read", "skip", "consumed"):
         ev, key = e.get("ev"), (e.get("proc"), e.get("inc", 0))
-        if ev == "reconcile":
-            acked.update(e.get("released") or ())
-        elif ev == "ack":
-            acked.update(e.get("ids") or ())
-        elif (ev == "read" or (ev == "skip" and e.get("reason") == "duplicate")) and e.get("pos") is not None:
+        if add_durable_acks(acked, e):
+            continue
+        if (ev == "read" or (ev == "skip" and e.get("reason") == "duplicate")) and e.get("pos") is not None:
             waiting.setdefault(key, {})[int(e["pos"])] = e
         elif ev == "consumed" and e.get("consumed") is not None:
             mine = waiting.get(key, {})

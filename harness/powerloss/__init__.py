@@ -6,7 +6,7 @@ to each one's environment), kill them all at once, then
 `stats = powercut(root, journal, mode="clean"|"torn", seed=...)`.
 """
 
-from .build import traced_environ, tracer_env, tracer_library
+from .build import preload_with_tracer, traced_environ, tracer_env, tracer_library
 from .journal import Record, read_journal
 from .rebuild import (
     Baseline,
@@ -29,6 +29,7 @@ __all__ = [
     "read_journal",
     "snapshot_baseline",
     "traced_environ",
+    "preload_with_tracer",
     "tracer_env",
     "tracer_library",
 ]

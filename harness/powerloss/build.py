@@ -95,19 +95,23 @@ def tracer_library() -> str:
     return lib
 
 
+def preload_with_tracer(base: Optional[Mapping[str, str]] = None) -> str:
+    """`base`'s (default: this process's) LD_PRELOAD with the tracer appended once."""
+    lib = tracer_library()
+    env = os.environ if base is None else base
+    parts = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p and p != lib]
+    return " ".join(parts + [lib])
+
+
 def tracer_env(root: str, journal: str, base: Optional[Mapping[str, str]] = None,
                exclude: Sequence[str] = ()) -> Dict[str, str]:
     """Variables to add to a traced process's environment (LD_PRELOAD appended to `base`'s).
     Paths under `exclude` (at most 8, inside the root: the harness's own files) are not traced."""
-    lib = tracer_library()
     r = os.path.realpath(root)
     j = os.path.realpath(journal)
     if j == r or j.startswith(r.rstrip("/") + "/"):
         raise UsageError(f"the power-loss journal {journal} must lie outside the traced work dir {root}")
-    env = os.environ if base is None else base
-    pre = env.get("LD_PRELOAD", "")
-    parts = [p for p in pre.replace(":", " ").split() if p and p != lib]
-    out = {"LD_PRELOAD": " ".join(parts + [lib]), ENV_ROOT: r, ENV_JOURNAL: j}
+    out = {"LD_PRELOAD": preload_with_tracer(base), ENV_ROOT: r, ENV_JOURNAL: j}
     ex = [os.path.realpath(x) for x in exclude]
     if len(ex) > 8 or any(":" in x for x in ex):
         raise UsageError(f"power-loss trace exclusions {list(exclude)}: at most 8 paths, none containing ':'")

@@ -88,15 +88,13 @@ def run_preloaded(argv: Sequence[str]) -> Optional[int]:
     as a child with the tracer preloaded and return its exit code. UsageError without a compiler."""
     if tracer_loaded():
         return None
-    from harness.powerloss import tracer_library
+    from harness.powerloss import preload_with_tracer, tracer_library
 
     lib = tracer_library()  # UsageError (exit 2) where no compiler can build it
     if os.environ.get(ENV_PRELOADED):
         raise HarnessError(f"the simulation was restarted with LD_PRELOAD={lib}, and the tracer is still not "
                            f"loaded (LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r}): cannot trace power cuts")
-    env = dict(os.environ)
-    pre = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split() if p and p != lib]
-    env["LD_PRELOAD"] = " ".join(pre + [lib])
+    env = dict(os.environ, LD_PRELOAD=preload_with_tracer())
     env[ENV_PRELOADED] = "1"
     try:
         return subprocess.run([sys.executable, "-m", "harness", "simulate", *argv], env=env, check=False).returncode

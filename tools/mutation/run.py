@@ -79,15 +79,13 @@ def _tracer_env() -> dict:
     that item is then skipped."""
     sys.path.insert(0, ROOT)
     try:
-        from harness.powerloss import tracer_library
+        from harness.powerloss import preload_with_tracer
 
-        lib = tracer_library()
+        return {"LD_PRELOAD": preload_with_tracer()}
     except Exception:
         return {}
     finally:
         sys.path.remove(ROOT)
-    pre = [p for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split() if p and p != lib]
-    return {"LD_PRELOAD": " ".join(pre + [lib])}
 
 
 def _mutmut(d: str, *args: str, timeout: float = None) -> str:
