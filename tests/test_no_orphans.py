@@ -56,3 +56,34 @@ def test_sigkilled_harness_leaves_no_children(tmp_path):
     while time.monotonic() < deadline and any(_alive(p) for p in seen):
         time.sleep(0.1)
     assert [p for p in seen if _alive(p)] == [], "processes outlived the harness"
+
+
+SIM_FOREVER = """
+import sys
+from harness.simulate.engine import Simulation
+sim = Simulation(workdir_root=sys.argv[1])
+while True:
+    sim.run([("kill", "consumer"), ("step", "producer", 3)])
+"""
+
+
+def test_a_sigkilled_simulations_work_dir_is_swept_by_the_next_one(tmp_path):
+    from harness.simulate.engine import Simulation
+
+    proc = subprocess.Popen([sys.executable, "-c", SIM_FOREVER, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 120
+        while not any(n.startswith(f"sim-{proc.pid}-") for n in os.listdir(tmp_path)):
+            assert proc.poll() is None and time.monotonic() < deadline, "the simulation made no work dir"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    left = [n for n in os.listdir(tmp_path) if n.startswith(f"sim-{proc.pid}-")]
+    assert left, "SIGKILL mid-schedule leaves the work dir behind (what the sweep is for)"
+    mine = tmp_path / f"sim-{os.getpid()}-live"  # a live owner's dir is not touched
+    kept = tmp_path / "simkept-abc"  # nor a dir kept on purpose
+    mine.mkdir()
+    kept.mkdir()
+    Simulation(workdir_root=str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(["simkept-abc", f"sim-{os.getpid()}-live"])

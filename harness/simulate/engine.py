@@ -60,6 +60,7 @@ Every effective fault is also recorded as a typed fault (`Simulation.faults`,
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import traceback
@@ -114,6 +115,38 @@ def config_for(workdir: str, workload: Dict[str, Any], backend: str, seed: int =
     return simulation_config(workdir, w, backend, seed)
 
 
+#: A schedule's work dir is named after the process that owns it, so that a
+#: later simulation can remove what a SIGKILLed one could not (`sweep_dead_workdirs`).
+WORKDIR_PREFIX = "sim-"
+
+
+def _owner_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_dead_workdirs(root: str) -> List[str]:
+    """Remove the schedule work dirs under `root` whose owning process is gone (killed before its
+    `finally` ran); a live owner's dirs, kept dirs and anything not named by `Simulation.run` stay."""
+    removed = []
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return removed
+    for name in names:
+        m = re.fullmatch(re.escape(WORKDIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+", name)
+        if m is None or _owner_alive(int(m.group(1))):
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
 def default_workdir_root() -> str:
     """A tmpfs when there is one (fsync is free there), else the temp directory."""
     shm = "/dev/shm"
@@ -140,6 +173,7 @@ class Simulation:
         self.seed = seed
         self.check_end = check_end
         config_for(os.path.join(self.root, "x"), self.workload, backend, seed)  # validate now
+        sweep_dead_workdirs(self.root)
         self.drain_budget = 40 * int(self.workload["samples"]) + 400
         self.last_workdir: Optional[str] = None
         self.st: Optional[RunState] = None  # the schedule being run
@@ -153,7 +187,9 @@ class Simulation:
     # -- public -------------------------------------------------------------
     def run(self, ops: Sequence[Op]) -> SimResult:
         ops = [tuple(o) for o in ops]
-        workdir = tempfile.mkdtemp(prefix="sim-", dir=self.root)
+        # a kept dir is the user's to remove: its name carries no owner, so no sweep takes it
+        prefix = "simkept-" if self.keep else f"{WORKDIR_PREFIX}{os.getpid()}-"
+        workdir = tempfile.mkdtemp(prefix=prefix, dir=self.root)
         self.last_workdir = workdir
         saved_hit = failpoints.hit
         failpoints.hit = self._hit
