@@ -4,10 +4,10 @@
                                  [--sample K --seed S] [--names FILE]
 
 Copies the project into a scratch directory, runs `mutmut run` there over the
-chosen reference modules with tools/mutation/test_kill.py as the only test,
+chosen reference modules with tools/mutation/test_kill*.py as the only tests,
 reads each mutant's verdict and its diff, and compares the survivors with the
-triage file (tools/mutation/triage.toml: each known survivor, equivalent with
-the reason, or a gap). Prints the score per module and writes the figures as
+triage files (tools/mutation/triage.toml and triage/<module>.toml: each known
+survivor, equivalent with the reason, or a gap). Prints the score per module and writes the figures as
 JSON (--out). The scratch directory is removed at the end. Not part of CI: a
 full run takes tens of CPU minutes.
 
@@ -51,11 +51,17 @@ PYPROJECT = """[tool.mutmut]
 source_paths = ["reference_impl"]
 only_mutate = {only}
 also_copy = ["harness", "scenarios"]
-pytest_add_cli_args_test_selection = ["tests/test_kill.py"]
+pytest_add_cli_args_test_selection = {tests}
 pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
 use_git_change_detection = false
 timeout_multiplier = 10.0
 """
+
+
+def _killing_tests():
+    """The killing test: test_kill.py (the pipeline as a whole) and test_kill_<module>.py (items aimed at one
+    module's survivors)."""
+    return sorted(f for f in os.listdir(HERE) if re.fullmatch(r"test_kill(_\w+)?\.py", f))
 
 
 def _scratch(modules) -> str:
@@ -66,10 +72,12 @@ def _scratch(modules) -> str:
     os.makedirs(os.path.join(d, "tests"))
     for f in ("__init__.py", "pipeline_zoo.py"):
         shutil.copy(os.path.join(ROOT, "tests", f), os.path.join(d, "tests", f))
-    shutil.copy(os.path.join(HERE, "test_kill.py"), os.path.join(d, "tests", "test_kill.py"))
+    for f in _killing_tests():
+        shutil.copy(os.path.join(HERE, f), os.path.join(d, "tests", f))
     only = json.dumps([f"reference_impl/{m}.py" for m in modules])
+    tests = json.dumps([f"tests/{f}" for f in _killing_tests()])
     with open(os.path.join(d, "pyproject.toml"), "w") as f:
-        f.write(PYPROJECT.format(only=only))
+        f.write(PYPROJECT.format(only=only, tests=tests))
     return d
 
 
@@ -157,11 +165,22 @@ def _module_of(name: str) -> str:
 
 
 def _triage():
-    path = os.path.join(HERE, "triage.toml")
-    if not os.path.exists(path):
-        return {}
-    with open(path, "rb") as f:
-        return tomllib.load(f).get("survivor", {})
+    """triage.toml and triage/*.toml (one per module) merged; a mutant triaged twice is an error."""
+    paths = [os.path.join(HERE, "triage.toml")]
+    tdir = os.path.join(HERE, "triage")
+    if os.path.isdir(tdir):
+        paths += sorted(os.path.join(tdir, f) for f in os.listdir(tdir) if f.endswith(".toml"))
+    merged = {}
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            entries = tomllib.load(f).get("survivor", {})
+        twice = sorted(set(entries) & set(merged))
+        if twice:
+            raise SystemExit(f"{path}: mutants triaged in another file too: {twice[:5]}")
+        merged.update(entries)
+    return merged
 
 
 def score(results, triage):
@@ -231,7 +250,7 @@ def main(argv=None) -> int:
               f"{m['equivalent']} equivalent, {m['untested']} not run; score {m['score']}% "
               f"(95% interval {m['interval_95']}; {m['score_gaps_closed']}% with the {m['gaps_closed']} closed gaps)")
     print(f"{len(results)} mutants in {time.monotonic() - t0:.0f} s ({cpu:.0f} CPU s); "
-          f"{len(survivors)} survivors, {len(untriaged)} not in tools/mutation/triage.toml")
+          f"{len(survivors)} survivors, {len(untriaged)} not triaged in tools/mutation/triage*")
     if not results:
         print(log[-3000:], file=sys.stderr)
     for n in untriaged:
