@@ -1,6 +1,7 @@
 """The killing test's items aimed at `reference_impl.consumer`'s survivors (tools/mutation/run.py runs
-every tools/mutation/test_kill*.py). Each runs in the test's own process (mutmut selects, for a mutant, only
-the tests that it saw call the mutant's function there), each in a second or two:
+every tools/mutation/test_kill*.py; triage in tools/mutation/triage/consumer.toml). Each runs in the
+test's own process (mutmut selects, for a mutant, only the tests that it saw call the mutant's function
+there), each in a second or two:
 
 1. the consumer's command line names itself: `--help` prints the prog and the description, and a
    config it cannot load is a usage error signed `consumer:`;
@@ -11,20 +12,25 @@ the tests that it saw call the mutant's function there), each in a second or two
    with `--resume` over a lost ledger (the SQLite file removed) fails closed as `ledger_lost`, the
    sentinel and the stderr line naming the consumer and the detail;
 3. what a restarted consumer records (two crashes between checkpoint and ack): the reconcile event
-   of the third incarnation field by field (marker and checkpoint steps, the checkpoint's writer,
-   released, requeued, rolled forward, consumed before, the marker's acked count), every ack durable,
-   every release naming the ids of the ack before it, the blobs a crash left behind released (`gc`)
-   after the failpoint between ack and release, the `done` event, and no replay nobody asked for;
-4. a restart after an ack: no roll-forward ack (the checkpoint is at the marker's step), and the
-   pre-O1.1 layout's reconcile events, field by field; a planted replay recorded once, from where
-   to where;
-5. a consumer built directly: its device, the model moved onto it, the error of a device it cannot
+   of the third incarnation field by field, every ack durable, every release naming the ids of the
+   ack before it, the blobs a crash left behind released (`gc`) after the failpoint between ack and
+   release, the `done` event, each consumed count once, and no replay nobody asked for;
+4. a planted replay recorded once, from where to where;
+5. the last, short window (18 samples, windows of 4): trained after the failpoint between read and
+   train, and checkpointed though not due;
+6. a restart after an ack: no roll-forward ack (the checkpoint is at the marker's step);
+7. the pre-O1.1 layout's reconcile events, field by field, on a restart after an ack;
+8. a consumer built directly: its device, the model moved onto it, the error of a device it cannot
    have naming the consumer, a networked store's failed attempts recorded as `store_call` events,
-   replay requests adding up, a poll that brought a record counted as progress, and on a closed,
-   empty channel the finishing step says done, once (a finished consumer stays done);
-6. power cuts (the durability tracer preloaded, as tools/mutation/run.py does; skipped without it):
-   one after a restarted consumer rolled the ledger forward to a checkpoint its predecessor renamed
-   but did not make durable, one after a checkpoint and its ack; the reference completes both.
+   replay requests adding up, a poll that brought a record counted as progress (and the window
+   taking no more than its size), and on a closed, empty channel the finishing step says done, once
+   (a finished consumer stays done);
+9. a consumer built directly trains its windows in `accumulation` micro-batches (the model's loss
+   recorded: indices, cross-entropy share, the device the tensors went to), names each missing blob,
+   honours a step delay, and is not starved at exactly `starve_checkpoint_s`;
+10. power cuts (the durability tracer preloaded, as tools/mutation/run.py does; skipped without it):
+    one after a restarted consumer rolled the ledger forward to a checkpoint its predecessor renamed
+    but did not make durable, one after a checkpoint and its ack; the reference completes both.
 """
 
 from __future__ import annotations
@@ -143,6 +149,7 @@ def test_a_restarted_consumer_records_its_reconcile_acks_and_releases():
     assert gc == [(inc, {"ev": "release_features", "ids": ids[4 * inc - 4:4 * inc], "gc": True},
                    {"consumer.after_ack_before_release": 1}) for inc in (1, 2)]
     assert [_fields(e) for e in _events(sim, "done")] == [{"ev": "done", "consumed": 24, "step": 6}]
+    assert [e.get("consumed") for e in _events(sim, "consumed")] == [4, 8, 12, 16, 20, 24]
     assert _events(sim, "replay") == []
 
 
@@ -194,6 +201,11 @@ def test_the_pre_o11_reconcile_events():
     assert [_fields(e) for e in _events(sim, "reconcile")] == [
         dict(blank, checkpoint_step=None, checkpoint_inc=None, consumed_before=0),
         dict(blank, checkpoint_step=1, checkpoint_inc=0, consumed_before=4)]
+
+
+def _moved(status):
+    # the process loop and the simulation compare a step's status only with idle and done
+    return status not in ("idle", "done")
 
 
 class _Recorder:
@@ -256,13 +268,13 @@ def test_a_consumer_built_directly(tmp_path, monkeypatch):
     try:
         publish(0)
         now[0] = 11.0
-        assert (c.step(), c.last_progress, len(c.window)) == ("progress", 11.0, 1)
+        assert (_moved(c.step()), c.last_progress, len(c.window)) == (True, 11.0, 1)
         now[0] = 12.0
         assert (c.step(), c.last_progress) == ("idle", 11.0)
         # more records than the window has room for: it takes cfg.window of them, then trains
         publish(*range(1, cfg.window + 1))
-        assert (c.step(), [r.sample_id for r in c.window], c.phase) == (
-            "progress", [cfg.sample_id(i) for i in range(cfg.window)], "train")
+        assert (_moved(c.step()), [r.sample_id for r in c.window], c.phase) == (
+            True, [cfg.sample_id(i) for i in range(cfg.window)], "train")
     finally:
         w.close()
         c.close()
@@ -285,6 +297,68 @@ def test_a_consumer_built_directly(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match=r"^consumer: device 'cuda' was demanded"):
         Consumer(dataclasses.replace(cfg, consumer_device="cuda"), incarnation=0, history=_Recorder())
+
+
+def test_a_consumer_trains_its_windows_in_accumulation_micro_batches(tmp_path, monkeypatch):
+    # the model's loss recorded, not computed: each micro-batch's sample indices, its cross-entropy
+    # weight (its share of the step) and where its tensors went (the consumer's device, here `meta`)
+    import torch
+
+    from harness.simulate.engine import config_for
+    from reference_impl import failpoints
+    from reference_impl.channel import ChannelWriter
+    from reference_impl.consumer import Consumer
+    from reference_impl.contracts import SampleRef, ref_to_dict
+
+    monkeypatch.setattr(failpoints, "_HANDLERS", {})
+    cfg = config_for(str(tmp_path), {"checkpoint_every": 2}, "sqlite")
+    now = [20.0]
+    h = _Recorder()
+    c = Consumer(cfg, incarnation=0, history=h, clock=lambda: now[0])
+    w = ChannelWriter(str(tmp_path))
+
+    def publish(*indices):
+        for i in indices:
+            w.append_one(ref_to_dict(SampleRef(sample_id=cfg.sample_id(i), run_id="r", source_task_id=None,
+                                               feature_store_uri="file:///f", feature_keys={}, feature_specs={},
+                                               strategy="s")), 0)
+
+    calls = []
+
+    def loss(batch, indices, world_size, ce_weight=None):
+        calls.append((list(indices), ce_weight, sorted({str(t.device) for b in batch for t in b.values()})))
+        return c.model.witness.sum() * 0
+
+    try:
+        # a window whose blobs are missing: each named in a missing_features event, nothing trained
+        publish(0, 1, 2, 3)
+        assert (_moved(c.step()), c.phase) == (True, "train")
+        c.step()
+        assert [e for e in h.events if e["ev"] == "missing_features"] == [
+            {"ev": "missing_features", "id": cfg.sample_id(i)} for i in range(4)]
+        assert (c.global_step, c.phase) == (0, "fill")
+        c.features.get = lambda sid: {"t": torch.zeros(2)}
+        c.model.loss = loss
+        c.device = torch.device("meta")
+        cfg.consumer_step_delay_s = 0.001
+        publish(4, 5, 6, 7)
+        c.step()
+        c.step()
+        assert calls == [([4, 5], 0.5, ["meta"]), ([6, 7], 0.5, ["meta"])]
+        assert (c.global_step, c.unacked, c.phase) == (1, [cfg.sample_id(i) for i in range(4, 8)], "fill")
+        # starved for exactly starve_checkpoint_s: not yet more than it, so no checkpoint
+        now[0] = 20.0 + cfg.starve_checkpoint_s
+        assert (c.step(), c.phase) == ("idle", "fill")
+        calls.clear()
+        cfg.train_batch, cfg.accumulation = 1, 4  # a window of 4 in 4 micro-batches of 1
+        publish(8, 9, 10, 11)
+        c.step()
+        c.step()
+        assert calls == [([i], 0.25, ["meta"]) for i in range(8, 12)]
+        assert (c.global_step, c.phase) == (2, "checkpoint")
+    finally:
+        w.close()
+        c.close()
 
 
 POWERCUTS = {
