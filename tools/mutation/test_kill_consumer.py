@@ -30,7 +30,9 @@ there), each in a second or two:
    honours a step delay, and is not starved at exactly `starve_checkpoint_s`;
 10. power cuts (the durability tracer preloaded, as tools/mutation/run.py does; skipped without it):
     one after a restarted consumer rolled the ledger forward to a checkpoint its predecessor renamed
-    but did not make durable, one after a checkpoint and its ack; the reference completes both.
+    but did not make durable, one after a checkpoint and its ack; the reference completes both;
+11. a checkpoint that is not plain weights is refused (weights-only), also where torch's own default
+    would unpickle it (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD).
 """
 
 from __future__ import annotations
@@ -380,3 +382,25 @@ def test_a_power_cut_after_a_checkpoint(name):
         pytest.skip("power cuts in the simulation need the durability tracer preloaded")
     r = Simulation(powercuts=True).run(POWERCUTS[name])
     assert (r.outcome, r.violated) == ("completed", []), r.summary()
+
+
+def test_a_checkpoint_that_is_not_plain_weights_is_refused(tmp_path, monkeypatch):
+    # the consumer loads its checkpoint weights-only, also where torch would otherwise unpickle anything
+    # (an older torch, or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which only overrides an unset weights_only)
+    import fractions
+    import pickle
+
+    import torch
+
+    from harness.simulate.engine import config_for
+    from reference_impl.consumer import checkpoint_path, load_checkpoint
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    cfg = config_for(str(tmp_path), {}, "sqlite")
+    path = checkpoint_path(cfg)
+    os.makedirs(os.path.dirname(path))
+    torch.save({"global_step": 1, "witness": torch.ones(2)}, path)
+    assert load_checkpoint(cfg)["global_step"] == 1
+    torch.save({"global_step": fractions.Fraction(1, 3)}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(cfg)
