@@ -10,19 +10,23 @@ store commits, its sleeps and its step statuses.
    producer that stays done without closing twice;
 2. a restart after a batch was committed but not published, with a torn channel tail and a feature temp file
    left behind: the recover event's counts, the leftovers removed, the batch published again although its
-   commit is not fresh and its blobs are not rewritten;
+   commit is not fresh and its blobs are not rewritten (nor the features directory synced for it);
 3. backpressure: a pause at the high watermark (idle steps while paused), a resume at the low one, each with
    its counts, and the publish after it with the consumed count it saw;
-4. injected I/O errors: EIO on the channel's fsync retried (an `io_error` event per failure, a growing sleep
-   between tries) up to `io_retries`, ENOSPC on a feature blob one try past it fails cleanly (`ProducerFailed`
-   naming where, the error and the attempts); an error that is neither is raised at once;
+4. injected I/O errors: EIO on the features directory's and the channel's fsync retried (an `io_error`
+   event per failure, a growing sleep between tries) up to `io_retries`, ENOSPC on a feature blob one try
+   past it fails cleanly (`ProducerFailed` naming where, the error and the attempts); an error that is
+   neither is raised at once;
 5. the duplicate fault (`request_republish`): copies of the last records, as many as asked (requests add up),
    no more than the channel holds nor than `publish_batch`, written with the producer's incarnation, their
    I/O retried as the channel's, and their publish events with the counts; a request on an empty channel
-   writes nothing;
-6. the store: a third-party store whose count fails reports None, a lost store connection is raised; `close`
-   closes the channel and the store and swallows the store's error;
-7. the process main: `--help` (usage, description, no `--resume`), a device it cannot have (a usage error
+   writes nothing (there, a producer built without an incarnation: incarnation 0);
+6. the store: a third-party store whose count fails reports None, a lost store connection is raised, a
+   networked store's failed attempts go to the history; `close` closes the channel and the store and
+   swallows the store's error;
+7. the device: a producer without its device names itself in the error; the target model and each prompt
+   are on the producer's device (torch's meta device standing in for an accelerator);
+8. the process main: `--help` (usage, description, no `--resume`), a device it cannot have (a usage error
    naming the producer), a run with `--incarnation 1` (its start event, its history, its records' incarnation)
    and then one with incarnation 0, and a run failing cleanly on I/O errors (exit code, stderr, the sentinel).
 """
@@ -69,11 +73,27 @@ def _cfg(workdir, **kw):
 
 
 def _producer(cfg, store, inc=0):
+    """A producer with a recording history and sleep; `inc` None leaves the incarnation to its default."""
     from reference_impl.producer import Producer
 
     h, sleeps = _History(), []
-    p = Producer(cfg, incarnation=inc, history=h, store=store, sleep=sleeps.append)
+    kw = {} if inc is None else {"incarnation": inc}
+    p = Producer(cfg, history=h, store=store, sleep=sleeps.append, **kw)
     return p, h.events, sleeps
+
+
+class _Syncs:
+    """Counts a feature store's directory fsyncs; the first `fail` of them raise EIO."""
+
+    def __init__(self, p, fail=0):
+        self.real, self.calls, self.fail = p.features.sync, 0, fail
+        p.features.sync = self
+
+    def __call__(self):
+        self.calls += 1
+        if self.calls <= self.fail:
+            raise OSError(errno.EIO, "injected EIO on the features dir fsync")
+        self.real()
 
 
 def _steps(p, n=None):
@@ -126,9 +146,11 @@ def test_a_fault_free_run_does_exactly_its_protocol(tmp_path):
     cfg = _cfg(tmp_path, producer_delay_s=0.5, seed=3, run_id="r7")
     store = _store()
     p, events, sleeps = _producer(cfg, store, inc=2)
+    syncs = _Syncs(p)
     assert (p.published, p.done) == (0, False)
     statuses = _steps(p)
     assert statuses == [PROGRESS] * 12 + [DONE]
+    assert syncs.calls == 3  # the blobs' renames made durable once per batch, before its commit
     assert events == ([{"ev": "recover", "published": 0, "committed": 0, "torn_bytes_repaired": 0}]
                       + _batch([0, 1], 0) + _batch([2, 3], 2) + _batch([4], 4)
                       + [{"ev": "close", "published": 5}])
@@ -180,7 +202,11 @@ def test_a_restart_publishes_a_committed_batch_again(tmp_path):
     p2, ev2, _ = _producer(cfg, store, inc=1)
     assert not os.path.exists(tmp_blob)
     assert (p2.published, p2.published_ids, p2.next_index, p2.phase) == (2, set(ids(0, 1)), 0, "wait")
-    assert _steps(p2) == [PROGRESS] * 8 + [DONE]
+    syncs = _Syncs(p2)
+    assert _steps(p2, 2) == [PROGRESS] * 2
+    assert syncs.calls == 0  # no blob written for the committed batch: nothing to make durable
+    assert _steps(p2) == [PROGRESS] * 6 + [DONE]
+    assert syncs.calls == 1
     assert ev2 == ([{"ev": "recover", "published": 2, "committed": 4, "torn_bytes_repaired": 17}]
                    + _batch([2, 3], 2, fresh=False, written=False) + _batch([4], 4)
                    + [{"ev": "close", "published": 5}])
@@ -222,6 +248,7 @@ def test_io_errors_are_retried_then_fail_cleanly(tmp_path, armed):
     # the first publish's fsync fails twice (io_retries 2: the third try passes), the third blob three times
     armed([{"point": "channel.before_fsync", "action": "eio", "hit": 1, "times": 2},
            {"point": "features.before_rename", "action": "enospc", "hit": 3, "times": 3}])
+    syncs = _Syncs(p, fail=1)  # and the first fsync of the features dir once
     assert _steps(p, 5) == [PROGRESS] * 5
     with pytest.raises(ProducerFailed) as e:
         p.step()
@@ -230,10 +257,13 @@ def test_io_errors_are_retried_then_fail_cleanly(tmp_path, armed):
                             "(after 3 attempts)")
     assert isinstance(e.value.__cause__, OSError) and e.value.__cause__.errno == errno.ENOSPC
     b = _batch([0, 1], 0)
-    assert events[1:] == (b[:2] + [_io_error("channel", errno.EIO, 1, False, fsync),
-                                   _io_error("channel", errno.EIO, 2, False, fsync)] + b[2:]
+    dir_error = {"ev": "io_error", "where": "features", "errno": "EIO", "attempt": 1, "fatal": False,
+                 "message": "[Errno 5] injected EIO on the features dir fsync"}
+    assert events[1:] == ([dir_error] + b[:2] + [_io_error("channel", errno.EIO, 1, False, fsync),
+                                                 _io_error("channel", errno.EIO, 2, False, fsync)] + b[2:]
                           + [_io_error("features", errno.ENOSPC, n, n == 3, rename) for n in (1, 2, 3)])
-    assert sleeps == [0.25, 0.5, 0.25, 0.5]
+    assert sleeps == [0.25, 0.25, 0.5, 0.25, 0.5]
+    assert syncs.calls == 2
     p.close()
 
 
@@ -285,11 +315,13 @@ def test_the_duplicate_fault_writes_copies_of_the_last_records(tmp_path, armed):
 
 
 def test_a_request_on_an_empty_channel_writes_nothing(tmp_path):
-    p, events, _ = _producer(_cfg(tmp_path, num_samples=2), _store())
+    # (and a producer built without an incarnation is incarnation 0)
+    p, events, _ = _producer(_cfg(tmp_path, num_samples=2), _store(), inc=None)
     p.request_republish(2)
     assert _steps(p) == [PROGRESS] * 5 + [DONE]
     assert events == ([{"ev": "recover", "published": 0, "committed": 0, "torn_bytes_repaired": 0},
                        _copies([], 0, 0)] + _batch([0, 1], 0) + [{"ev": "close", "published": 2}])
+    assert [r["inc"] for r in _records(tmp_path)] == [0, 0]
     p.close()
 
 
@@ -311,13 +343,56 @@ def test_the_store_count_close_and_a_lost_store(tmp_path):
         def committed_count(self):
             raise StoreUnavailable("gone")
 
+    class Networked(InMemoryMetadataStore):
+        on_network_event = None  # a networked store reports its failed attempts here
+
     cfg = _cfg(tmp_path)
     p, events, _ = _producer(cfg, Odd())
     assert events == [{"ev": "recover", "published": 0, "committed": None, "torn_bytes_repaired": 0}]
     p.close()
+    net = Networked()
+    p, events, _ = _producer(cfg, net)
+    net.on_network_event(call="commit_samples", attempt=1)
+    assert events[1:] == [{"ev": "store_call", "call": "commit_samples", "attempt": 1}]
+    p.close()
     assert (p.channel._fd, Odd.closed) == (None, True)
     with pytest.raises(StoreUnavailable):
         _producer(cfg, Lost())
+
+
+def test_a_producer_without_its_device_names_itself(tmp_path, monkeypatch):
+    import torch
+
+    from reference_impl.devices import DeviceError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="^producer: device 'cuda' was demanded"):
+        _producer(_cfg(tmp_path, producer_device="cuda"), _store())
+
+
+def test_the_target_model_and_its_prompts_are_on_the_producers_device(tmp_path, monkeypatch):
+    # an accelerator stands in as torch's meta device: the model's parameters and each prompt go there
+    import torch
+
+    import reference_impl.producer as producer
+    from reference_impl.model import TargetModel, prompt_tokens
+
+    meta = torch.device("meta")
+    monkeypatch.setattr(producer, "pick_device", lambda request, who: meta)
+    p, events, _ = _producer(_cfg(tmp_path), _store())
+    assert {t.device for t in p.target.parameters()} == {meta}
+    target, seen = TargetModel(64, 16, 0), []
+
+    class OnDevice:  # meta tensors hold no data: the features of the same prompt on the CPU
+        def features(self, tokens):
+            seen.append(tokens.device)
+            return target.features(prompt_tokens(0, len(seen) - 1, 8, 64))
+
+    p.target = OnDevice()
+    assert _steps(p, 2) == [PROGRESS] * 2
+    assert seen == [meta, meta]
+    assert {s.device_hint for r in p.batch for s in r.feature_specs.values()} == {"meta"}
+    p.close()
 
 
 # -- the process main, in this process -------------------------------------------------------------------------------
