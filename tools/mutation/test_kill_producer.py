@@ -10,7 +10,8 @@ store commits, its sleeps and its step statuses.
    producer that stays done without closing twice;
 2. a restart after a batch was committed but not published, with a torn channel tail and a feature temp file
    left behind: the recover event's counts, the leftovers removed, the batch published again although its
-   commit is not fresh and its blobs are not rewritten (nor the features directory synced for it);
+   commit is not fresh and its blobs are not rewritten (nor the features directory synced for it); a restart
+   after a crash in the middle of a publish batch (an odd number of records in the channel) publishes the rest;
 3. backpressure: a pause at the high watermark (idle steps while paused), a resume at the low one, each with
    its counts, and the publish after it with the consumed count it saw;
 4. injected I/O errors: EIO on the features directory's and the channel's fsync retried (an `io_error`
@@ -212,6 +213,28 @@ def test_a_restart_publishes_a_committed_batch_again(tmp_path):
                    + [{"ev": "close", "published": 5}])
     assert [(r["ref"]["sample_id"], r["inc"]) for r in _records(tmp_path)] == list(zip(ids(0, 1, 2, 3, 4),
                                                                                        [0, 0, 1, 1, 1]))
+    p2.close()
+
+
+def test_a_restart_after_a_crash_mid_publish_publishes_the_rest(tmp_path, armed):
+    # the channel holds an odd number of records (3): the restart publishes from the first one it lacks
+    cfg = _cfg(tmp_path, num_samples=4)
+    store = _store()
+    p1, _, _ = _producer(cfg, store)
+    armed([{"point": "producer.mid_publish_batch", "action": "raise", "hit": 2}])
+    assert _steps(p1, 7) == [PROGRESS] * 7
+    with pytest.raises(failpoints.FailpointCrash):
+        p1.step()  # s000002 appended, s000003 not
+    p1.close()
+    failpoints.configure(None)
+    p2, ev2, _ = _producer(cfg, store, inc=1)
+    syncs = _Syncs(p2)
+    assert _steps(p2) == [PROGRESS] * 4 + [DONE]
+    assert ev2 == ([{"ev": "recover", "published": 3, "committed": 4, "torn_bytes_repaired": 0}]
+                   + _batch([3], 3, fresh=False, written=False) + [{"ev": "close", "published": 4}])
+    assert syncs.calls == 0
+    assert [(r["ref"]["sample_id"], r["inc"]) for r in _records(tmp_path)] == list(zip(ids(0, 1, 2, 3),
+                                                                                       [0, 0, 0, 1]))
     p2.close()
 
 
