@@ -2,9 +2,11 @@
 with test_kill.py). Each drives the producer in this process (mutmut selects a test for a mutant only when it
 saw the test call the mutant's function here), on a tiny workload, with a recording history and a recording
 `sleep`, and compares what the producer did exactly: its events, its channel records, its feature blobs, its
-store commits, its sleeps and its step statuses.
+store commits, its sleeps, its fsyncs of the features directory and its step statuses. Items, in the order
+of the tests:
 
-1. a fault-free run: every event with every field, one publish batch after another, the close; the channel's
+1. a fault-free run: every event with every field, one publish batch after another, the close, each
+   failpoint reached under its name as often as the batches pass it; the channel's
    records (the full ref of each, its incarnation), the blobs (the target model's features of each prompt),
    the store's commits, the closed sentinel, a pause of `producer_delay_s` after each publish, and a finished
    producer that stays done without closing twice;
@@ -149,8 +151,13 @@ def test_a_fault_free_run_does_exactly_its_protocol(tmp_path):
     p, events, sleeps = _producer(cfg, store, inc=2)
     syncs = _Syncs(p)
     assert (p.published, p.done) == (0, False)
+    failpoints.take_reached()
     statuses = _steps(p)
+    reached = {k: v for k, v in failpoints.take_reached().items() if k.startswith("producer.")}
     assert statuses == [PROGRESS] * 12 + [DONE]
+    # its failpoints, by name (the process engine arms them by name): one per batch, one inside each batch of 2
+    assert reached == {"producer.after_features_before_commit": 3, "producer.after_commit_before_publish": 3,
+                       "producer.mid_publish_batch": 2}
     assert syncs.calls == 3  # the blobs' renames made durable once per batch, before its commit
     assert events == ([{"ev": "recover", "published": 0, "committed": 0, "torn_bytes_repaired": 0}]
                       + _batch([0, 1], 0) + _batch([2, 3], 2) + _batch([4], 4)
