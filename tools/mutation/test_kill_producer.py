@@ -16,10 +16,10 @@ of the tests:
    after a crash in the middle of a publish batch (an odd number of records in the channel) publishes the rest;
 3. backpressure: a pause at the high watermark (idle steps while paused), a resume at the low one, each with
    its counts, and the publish after it with the consumed count it saw;
-4. injected I/O errors: EIO on the features directory's and the channel's fsync retried (an `io_error`
-   event per failure, a growing sleep between tries) up to `io_retries`, ENOSPC on a feature blob one try
-   past it fails cleanly (`ProducerFailed` naming where, the error and the attempts); an error that is
-   neither is raised at once;
+4. injected I/O errors: EIO on the features directory's fsync, on a channel append and on the channel's
+   fsync retried (an `io_error` event per failure, a growing sleep between tries) up to `io_retries`, ENOSPC
+   on a feature blob one try past it fails cleanly (`ProducerFailed` naming where, the error and the
+   attempts); an error that is neither is raised at once;
 5. the duplicate fault (`request_republish`): copies of the last records, as many as asked (requests add up),
    no more than the channel holds nor than `publish_batch`, written with the producer's incarnation, their
    I/O retried as the channel's, and their publish events with the counts; a request on an empty channel
@@ -275,24 +275,28 @@ def test_io_errors_are_retried_then_fail_cleanly(tmp_path, armed):
 
     cfg = _cfg(tmp_path)
     p, events, sleeps = _producer(cfg, _store())
-    # the first publish's fsync fails twice (io_retries 2: the third try passes), the third blob three times
-    armed([{"point": "channel.before_fsync", "action": "eio", "hit": 1, "times": 2},
+    # the first publish's second append fails once, its fsync twice (io_retries 2: the third try passes), the
+    # third blob three times
+    armed([{"point": "channel.mid_append", "action": "eio", "hit": 2},
+           {"point": "channel.before_fsync", "action": "eio", "hit": 1, "times": 2},
            {"point": "features.before_rename", "action": "enospc", "hit": 3, "times": 3}])
     syncs = _Syncs(p, fail=1)  # and the first fsync of the features dir once
     assert _steps(p, 5) == [PROGRESS] * 5
     with pytest.raises(ProducerFailed) as e:
         p.step()
-    fsync, rename = "channel.before_fsync", "features.before_rename"
+    append, fsync, rename = "channel.mid_append", "channel.before_fsync", "features.before_rename"
     assert str(e.value) == ("features: [Errno 28] injected ENOSPC at failpoint features.before_rename "
                             "(after 3 attempts)")
     assert isinstance(e.value.__cause__, OSError) and e.value.__cause__.errno == errno.ENOSPC
     b = _batch([0, 1], 0)
     dir_error = {"ev": "io_error", "where": "features", "errno": "EIO", "attempt": 1, "fatal": False,
                  "message": "[Errno 5] injected EIO on the features dir fsync"}
-    assert events[1:] == ([dir_error] + b[:2] + [_io_error("channel", errno.EIO, 1, False, fsync),
+    assert events[1:] == ([dir_error] + b[:2] + [_io_error("channel", errno.EIO, 1, False, append),
+                                                 _io_error("channel", errno.EIO, 1, False, fsync),
                                                  _io_error("channel", errno.EIO, 2, False, fsync)] + b[2:]
                           + [_io_error("features", errno.ENOSPC, n, n == 3, rename) for n in (1, 2, 3)])
-    assert sleeps == [0.25, 0.25, 0.5, 0.25, 0.5]
+    assert sleeps == [0.25, 0.25, 0.25, 0.5, 0.25, 0.5]
+    assert [r["ref"]["sample_id"] for r in _records(tmp_path)] == ids(0, 1)  # the failed append left no trace
     assert syncs.calls == 2
     p.close()
 
