@@ -1,0 +1,197 @@
+"""Killing-test items aimed at the survivors of `reference_impl.channel` and
+`reference_impl.stores.sqlite` (tools/mutation/run.py runs them with
+test_kill.py; item 8 is for one gap of `reference_impl.ref_queue`; each runs
+in this process, so mutmut selects it for what it calls):
+
+1. the channel's batch helpers: `ChannelWriter.append` (used by the project's
+   own tests to build a channel) returns each batch's first position and
+   writes every record with its incarnation; `count_records` counts them;
+2. a reader that met undecodable complete lines keeps its count of them
+   across a rewind, and counts each one;
+3. failing closed through the process loop: the `fail_closed` event with its
+   reason and detail, the `channel.failed` sentinel as a whole, the line the
+   process says; the peer then stops fail-closed (exit 3) with the reason;
+4. `channel.fail_closed` without `say`: its one line goes to stderr, flushed;
+5. a producer that starts alone (no consumed sidecar yet) reads consumed 0
+   and pauses exactly at the high watermark; the consumer's first reconcile
+   reports consumed 0 too;
+6. the SQLite ledger's identity: a non-empty id, the same when the file is
+   reopened, another for another file;
+7. an I/O error inside the SQLite ack transaction (failpoint
+   `store.mid_ack_txn`, action `eio`) rolls the transaction back: nothing of
+   the ack is recorded and the store serves the next call;
+8. (for `reference_impl.ref_queue`) two impolite faults: a producer that
+   writes its first batch's records again, and a replay after a step whose
+   sample is not acked yet; the replay re-meets that record (a duplicate of
+   the incarnation's own unacked sample), then copies of acked samples (skips
+   as released): `consumed` must not pass the unacked record before its ack.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from harness.simulate import Simulation
+from reference_impl import failpoints
+
+
+class _History:
+    """A history writer that keeps what is emitted."""
+
+    def __init__(self):
+        self.events = []
+
+    def emit(self, ev, **kw):
+        self.events.append((ev, kw))
+
+
+def _events(sim, ev, proc=None):
+    return [e for e in sim.st.log.events if e.get("ev") == ev and (proc is None or e.get("proc") == proc)]
+
+
+# -- 1, 2: the channel's helpers ------------------------------------------------------------------------------
+
+def test_the_channel_batch_helpers(tmp_path):
+    from reference_impl.channel import ChannelReader, ChannelWriter, count_records
+
+    d = str(tmp_path)
+    w = ChannelWriter(d)
+    try:
+        firsts = (w.append([{"sample_id": "a"}, {"sample_id": "b"}], 3), w.append([{"sample_id": "c"}], 4))
+    finally:
+        w.close()
+    recs = [(p, r["ref"]["sample_id"], r["inc"]) for p, r in ChannelReader(d).poll()]
+    assert firsts == (0, 2)
+    assert recs == [(0, "a", 3), (1, "b", 3), (2, "c", 4)]
+    assert count_records(d) == 3
+
+
+def test_a_rewind_keeps_the_count_of_corrupt_lines(tmp_path):
+    from reference_impl.channel import CHANNEL, ChannelReader
+
+    good = [json.dumps({"ref": {"sample_id": s}, "inc": 0}) for s in ("a", "b", "c")]
+    lines = [good[0], "{torn", good[1], "not json", good[2]]
+    (tmp_path / CHANNEL).write_text("".join(line + "\n" for line in lines))
+    r = ChannelReader(str(tmp_path))
+    first = [p for p, _ in r.poll()]
+    counted = r.corrupt_lines
+    again = [(p, rec["ref"]["sample_id"]) for p, rec in r.rewind_to(1)]
+    assert (first, counted) == ([0, 1, 2], 2)
+    assert (again, r.corrupt_lines) == ([(1, "b"), (2, "c")], 2)
+
+
+# -- 3, 4: failing closed -------------------------------------------------------------------------------------
+
+def test_failing_closed_through_the_process_loop(tmp_path):
+    from reference_impl.channel import FAILED, sentinel
+    from reference_impl.process_loop import Exit, ExitCode, ProcessLoop
+
+    cfg = SimpleNamespace(workdir=str(tmp_path))
+    h, said = _History(), []
+    ended = ProcessLoop("consumer", cfg, h, say=said.append).fail_closed("ledger_lost", "a new ledger")
+    assert h.events == [("fail_closed", {"reason": "ledger_lost", "detail": "a new ledger"})]
+    assert sentinel(str(tmp_path), FAILED) == {"proc": "consumer", "reason": "ledger_lost: a new ledger",
+                                               "fail_closed": True}
+    assert said == ["consumer: fail closed (ledger_lost): a new ledger"]
+    assert ended == Exit(ExitCode.FAIL_CLOSED, "fail_closed", "ledger_lost: a new ledger")
+    peer_h = _History()
+    peer = ProcessLoop("producer", cfg, peer_h, say=said.append).check_peer()
+    assert peer == Exit(ExitCode.FAIL_CLOSED, "peer_failed", "ledger_lost: a new ledger")
+    assert peer_h.events == [("exit", {"code": 3, "outcome": "peer_failed", "reason": "ledger_lost: a new ledger"})]
+
+
+class _Stream:
+    """A text stream that records its writes and flushes."""
+
+    def __init__(self):
+        self.log = []
+
+    def write(self, s):
+        self.log.append(("write", s))
+        return len(s)
+
+    def flush(self):
+        self.log.append(("flush",))
+
+
+def test_fail_closed_without_say_writes_one_flushed_line_on_stderr(tmp_path, monkeypatch):
+    from reference_impl.channel import fail_closed
+
+    err, out = _Stream(), _Stream()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(sys, "stdout", out)
+    fail_closed(str(tmp_path), _History(), "producer", "store_unavailable", "no server")
+    monkeypatch.undo()
+    text = "".join(x[1] for x in err.log if x[0] == "write")
+    assert (text, out.log) == ("producer: fail closed (store_unavailable): no server\n", [])
+    assert err.log[-1] == ("flush",)
+
+
+# -- 5: the consumed sidecar -------------------------------------------------------------------------------
+
+def test_a_producer_alone_reads_nothing_consumed_and_pauses_at_the_high_watermark():
+    # no consumer has written the sidecar yet: consumed is 0, so the producer pauses at published == high
+    sim = Simulation(workload={"samples": 12})
+    r = sim.run([("step", "producer", 8)])
+    pause = [(e.get("published"), e.get("consumed"), e.get("in_flight")) for e in _events(sim, "pause")]
+    before = [e.get("consumed_before") for e in _events(sim, "reconcile", "consumer")]
+    assert (r.outcome, r.violated) == ("completed", []), r.summary()
+    assert (pause[:1], before[:1]) == ([(8, 0, 8)], [0])
+
+
+# -- 6, 7: the SQLite store -----------------------------------------------------------------------------------
+
+def test_the_sqlite_ledger_has_an_identity(tmp_path):
+    from reference_impl.stores.sqlite import SQLiteMetadataStore
+
+    a = SQLiteMetadataStore(str(tmp_path / "a.db"))
+    b = SQLiteMetadataStore(str(tmp_path / "b.db"))
+    ids = (a.ledger_id(), b.ledger_id())
+    a.close()
+    b.close()
+    a2 = SQLiteMetadataStore(str(tmp_path / "a.db"))
+    again = a2.ledger_id()
+    a2.close()
+    assert all(isinstance(i, str) and i for i in ids) and ids[0] != ids[1] and again == ids[0]
+
+
+def test_an_error_inside_the_sqlite_ack_is_rolled_back(tmp_path):
+    from reference_impl.stores.sqlite import SQLiteMetadataStore
+
+    s = SQLiteMetadataStore(str(tmp_path / "store.db"), lock_wait_s=1)
+    failpoints.configure([{"point": "store.mid_ack_txn", "action": "eio"}])
+    try:
+        with pytest.raises(OSError):
+            s.record_train_ack(["a"], global_step=1, optimizer_durable=True)
+    finally:
+        failpoints.configure(None)
+    try:
+        marker = s.durable_marker()
+        s.record_train_ack(["b"], global_step=2, optimizer_durable=True)
+        after = s.durable_marker()
+    finally:
+        s.close()
+    assert marker == {"acked": set(), "global_step": None, "optimizer_durable": False}
+    assert after == {"acked": {"b"}, "global_step": 2, "optimizer_durable": True}
+
+
+# -- 8: ref_queue, a replay that re-meets the incarnation's own unacked record, then acked copies --------------
+
+def test_a_replay_over_an_unacked_record_then_acked_copies_keeps_consumed_behind_the_ack():
+    # one sample per optimizer step, an ack every third step; the producer writes its first batch's last three
+    # records again (s1, s2, s3 at positions 4 to 6); after step 4 (s3 trained, not acked) a replay re-meets
+    # records 0 to 3: s3 is a duplicate of the incarnation's own unacked sample, and the copies of s1 and s2
+    # that follow it are skipped as released. consumed must stay at 3 until s3's ack (P3 consumed_before_ack)
+    from harness.simulate.exhaustive import Planted, PlantedSimulation
+
+    sim = PlantedSimulation({"samples": 12, "train_batch": 1, "accumulation": 1, "checkpoint_every": 3})
+    r, _ = sim.run_plan([Planted("producer", 0, "producer.after_commit_before_publish", 1, "duplicate"),
+                         Planted("consumer", 0, "consumer.after_train_before_checkpoint", 4, "replay")])
+    skips = [(e.get("pos"), e.get("reason")) for e in _events(sim, "skip", "consumer")]
+    assert (r.outcome, r.violated, len(r.faults)) == ("completed", [], 2), r.summary()
+    assert skips[:7] == [(0, "released"), (1, "released"), (2, "released"), (3, "duplicate"), (4, "released"),
+                         (5, "released"), (6, "duplicate")]
