@@ -1,35 +1,47 @@
 """Killing-test items aimed at the survivors of `reference_impl.channel` and
 `reference_impl.stores.sqlite` (tools/mutation/run.py runs them with
-test_kill.py; item 8 is for one gap of `reference_impl.ref_queue`; each runs
+test_kill.py; item 12 is for one gap of `reference_impl.ref_queue`; each runs
 in this process, so mutmut selects it for what it calls):
 
-1. the channel's batch helpers: `ChannelWriter.append` (used by the project's
-   own tests to build a channel) returns each batch's first position and
-   writes every record with its incarnation; `count_records` counts them;
-2. a reader that met undecodable complete lines keeps its count of them
-   across a rewind, and counts each one;
-3. failing closed through the process loop: the `fail_closed` event with its
+1. the channel writer: `append` (the project's own tests build channels
+   with it) and `append_one` return positions, write each record with its
+   incarnation and keep the writer's count, ids and size; `count_records`
+   counts them; a writer opened over a torn record cuts it off and says how
+   many bytes it cut;
+2. an I/O error in the middle of an append (failpoint `channel.mid_append`,
+   action `eio`) propagates as OSError with the partial record cut off, and
+   the next append writes a whole record;
+3. a new channel file survives a power cut: its creation is made durable
+   (needs the durability tracer preloaded, as test_kill.py's item 3);
+4. a reader counts each undecodable complete line (blank lines are passed
+   over) and keeps that count across a rewind;
+5. the observer's `skip` counts complete records and, when the channel is
+   cut below what it passed, raises ChannelShrank saying by how much;
+6. failing closed through the process loop: the `fail_closed` event with its
    reason and detail, the `channel.failed` sentinel as a whole, the line the
    process says; the peer then stops fail-closed (exit 3) with the reason;
-4. `channel.fail_closed` without `say`: its one line goes to stderr, flushed;
-5. a producer that starts alone (no consumed sidecar yet) reads consumed 0
+7. `channel.fail_closed` without `say`: its one line goes to stderr, flushed;
+8. a producer that starts alone (no consumed sidecar yet) reads consumed 0
    and pauses exactly at the high watermark; the consumer's first reconcile
    reports consumed 0 too;
-6. the SQLite ledger's identity: a non-empty id, the same when the file is
+9. the SQLite ledger's identity: a non-empty id, the same when the file is
    reopened, another for another file;
-7. an I/O error inside the SQLite ack transaction (failpoint
-   `store.mid_ack_txn`, action `eio`) rolls the transaction back: nothing of
-   the ack is recorded and the store serves the next call;
-8. (for `reference_impl.ref_queue`) two impolite faults: a producer that
-   writes its first batch's records again, and a replay after a step whose
-   sample is not acked yet; the replay re-meets that record (a duplicate of
-   the incarnation's own unacked sample), then copies of acked samples (skips
-   as released): `consumed` must not pass the unacked record before its ack.
+10. an I/O error inside the SQLite ack transaction (failpoint
+    `store.mid_ack_txn`, action `eio`) rolls the transaction back: nothing of
+    the ack is recorded and the store serves the next call;
+11. a SQLite store whose write lock a peer holds past `lock_wait_s` gives
+    up with a TimeoutError that names the store and the wait;
+12. (for `reference_impl.ref_queue`) two impolite faults: a producer that
+    writes its first batch's records again, and a replay after a step whose
+    sample is not acked yet; the replay re-meets that record (a duplicate of
+    the incarnation's own unacked sample), then copies of acked samples (skips
+    as released): `consumed` must not pass the unacked record before its ack.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from types import SimpleNamespace
 
@@ -37,6 +49,13 @@ import pytest
 
 from harness.simulate import Simulation
 from reference_impl import failpoints
+
+
+def _refs(*ids):
+    from reference_impl.contracts import SampleRef
+
+    return [SampleRef(sample_id=i, run_id="r", source_task_id=None, feature_store_uri=f"file:///f/{i}",
+                      feature_keys={}, feature_specs={}, strategy="s") for i in ids]
 
 
 class _History:
@@ -55,26 +74,93 @@ def _events(sim, ev, proc=None):
 
 # -- 1, 2: the channel's helpers ------------------------------------------------------------------------------
 
-def test_the_channel_batch_helpers(tmp_path):
-    from reference_impl.channel import ChannelReader, ChannelWriter, count_records
+def test_the_channel_writer_and_its_batch_helpers(tmp_path):
+    from reference_impl.channel import CHANNEL, ChannelReader, ChannelWriter, count_records
 
     d = str(tmp_path)
     w = ChannelWriter(d)
     try:
+        fresh = w.torn_bytes_repaired
         firsts = (w.append([{"sample_id": "a"}, {"sample_id": "b"}], 3), w.append([{"sample_id": "c"}], 4))
+        pos = w.append_one({"sample_id": "d"}, 5)
+        state = (w.records, w.ids, w.size)
     finally:
         w.close()
     recs = [(p, r["ref"]["sample_id"], r["inc"]) for p, r in ChannelReader(d).poll()]
-    assert firsts == (0, 2)
-    assert recs == [(0, "a", 3), (1, "b", 3), (2, "c", 4)]
-    assert count_records(d) == 3
+    size = os.path.getsize(tmp_path / CHANNEL)
+    assert (fresh, firsts, pos) == (0, (0, 2), 3)
+    assert recs == [(0, "a", 3), (1, "b", 3), (2, "c", 4), (3, "d", 5)]
+    assert state == (4, ["a", "b", "c", "d"], size) and count_records(d) == 4
+    # a record torn by a crash (no newline): the next writer cuts it off and says how many bytes it cut
+    with open(tmp_path / CHANNEL, "ab") as f:
+        f.write(b'{"inc": 6, "ref": {"sam')
+    w = ChannelWriter(d)
+    try:
+        torn = (w.torn_bytes_repaired, w.records, w.ids, w.size, os.path.getsize(tmp_path / CHANNEL))
+    finally:
+        w.close()
+    assert torn == (23, 4, ["a", "b", "c", "d"], size, size)
 
 
-def test_a_rewind_keeps_the_count_of_corrupt_lines(tmp_path):
+def test_an_io_error_mid_append_cuts_the_partial_record_off(tmp_path):
+    # the producer retries an OSError of append_one (_with_io_retry); the file must end on a record boundary
+    from reference_impl.channel import CHANNEL, ChannelWriter, channel_ids
+
+    d = str(tmp_path)
+    w = ChannelWriter(d)
+    try:
+        w.append_one({"sample_id": "a"}, 0)
+        before = os.path.getsize(tmp_path / CHANNEL)
+        failpoints.configure([{"point": "channel.mid_append", "action": "eio"}])
+        try:
+            with pytest.raises(OSError):
+                w.append_one({"sample_id": "b"}, 0)
+        finally:
+            failpoints.configure(None)
+        after_error = (os.path.getsize(tmp_path / CHANNEL), w.records)
+        w.append_one({"sample_id": "b"}, 0)
+    finally:
+        w.close()
+    assert after_error == (before, 1) and channel_ids(d) == ["a", "b"]
+
+
+def test_a_new_channel_survives_a_power_cut(tmp_path):
+    # the writer that creates channel.jsonl fsyncs the work dir, so the records an fsync covered are still there
+    # after a power cut, whatever else wrote into the work dir (with a Redis store nothing else fsyncs it)
+    from harness.powerloss import arm, powercut
+    from harness.powerloss.build import ENV_EXCLUDE, ENV_JOURNAL, ENV_ROOT, reconfigure_in_process
+    from harness.simulate.powercut import tracer_loaded
+    from reference_impl.channel import ChannelWriter, channel_ids
+
+    if not tracer_loaded():  # tools/mutation/run.py preloads it (LD_PRELOAD)
+        pytest.skip("power cuts need the durability tracer preloaded")
+    d = str(tmp_path / "run")
+    os.makedirs(d)
+    journal = str(tmp_path / "journal")
+    saved = {k: os.environ.get(k) for k in (ENV_ROOT, ENV_JOURNAL, ENV_EXCLUDE)}
+    os.environ.update(arm(d, journal))
+    try:
+        assert reconfigure_in_process()
+        w = ChannelWriter(d)
+        w.append_one({"sample_id": "a"}, 0)
+        w.sync()
+        w.close()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reconfigure_in_process()
+    powercut(d, journal)
+    assert channel_ids(d) == ["a"]
+
+
+def test_a_reader_counts_corrupt_lines_and_keeps_the_count_across_a_rewind(tmp_path):
     from reference_impl.channel import CHANNEL, ChannelReader
 
     good = [json.dumps({"ref": {"sample_id": s}, "inc": 0}) for s in ("a", "b", "c")]
-    lines = [good[0], "{torn", good[1], "not json", good[2]]
+    lines = [good[0], "", "{torn", good[1], "not json", good[2]]
     (tmp_path / CHANNEL).write_text("".join(line + "\n" for line in lines))
     r = ChannelReader(str(tmp_path))
     first = [p for p, _ in r.poll()]
@@ -84,7 +170,22 @@ def test_a_rewind_keeps_the_count_of_corrupt_lines(tmp_path):
     assert (again, r.corrupt_lines) == ([(1, "b"), (2, "c")], 2)
 
 
-# -- 3, 4: failing closed -------------------------------------------------------------------------------------
+def test_the_observers_skip_says_how_far_the_channel_shrank(tmp_path):
+    # ChannelReader.skip (the engine's observer) counts complete records; a channel cut below what it passed
+    # raises ChannelShrank, whose message goes into the run's channel_truncated anomaly
+    from reference_impl.channel import CHANNEL, ChannelReader, ChannelShrank
+
+    path = tmp_path / CHANNEL
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c"')
+    r = ChannelReader(str(tmp_path))
+    counts = (r.skip(), r.skip(), r.offset, r.position)
+    path.write_bytes(b'{"a": 1}\n')
+    with pytest.raises(ChannelShrank, match="^channel shrank to 9 bytes below 18 bytes of complete records$"):
+        r.skip()
+    assert counts == (2, 0, 18, 2)
+
+
+# -- 6, 7: failing closed -------------------------------------------------------------------------------------
 
 def test_failing_closed_through_the_process_loop(tmp_path):
     from reference_impl.channel import FAILED, sentinel
@@ -131,7 +232,7 @@ def test_fail_closed_without_say_writes_one_flushed_line_on_stderr(tmp_path, mon
     assert err.log[-1] == ("flush",)
 
 
-# -- 5: the consumed sidecar -------------------------------------------------------------------------------
+# -- 8: the consumed sidecar -------------------------------------------------------------------------------
 
 def test_a_producer_alone_reads_nothing_consumed_and_pauses_at_the_high_watermark():
     # no consumer has written the sidecar yet: consumed is 0, so the producer pauses at published == high
@@ -143,7 +244,7 @@ def test_a_producer_alone_reads_nothing_consumed_and_pauses_at_the_high_watermar
     assert (pause[:1], before[:1]) == ([(8, 0, 8)], [0])
 
 
-# -- 6, 7: the SQLite store -----------------------------------------------------------------------------------
+# -- 9 to 11: the SQLite store -----------------------------------------------------------------------------------
 
 def test_the_sqlite_ledger_has_an_identity(tmp_path):
     from reference_impl.stores.sqlite import SQLiteMetadataStore
@@ -179,7 +280,30 @@ def test_an_error_inside_the_sqlite_ack_is_rolled_back(tmp_path):
     assert after == {"acked": {"b"}, "global_step": 2, "optimizer_durable": True}
 
 
-# -- 8: ref_queue, a replay that re-meets the incarnation's own unacked record, then acked copies --------------
+
+def test_a_sqlite_store_locked_past_its_wait_says_so(tmp_path):
+    # a peer holds the write lock longer than lock_wait_s: the call gives up with a TimeoutError that names the
+    # store and the wait (what the process prints when it stops)
+    import re
+    import sqlite3
+
+    from reference_impl.stores.sqlite import SQLiteMetadataStore
+
+    path = str(tmp_path / "store.db")
+    s = SQLiteMetadataStore(path, lock_wait_s=0.1)
+    s._conn.execute("PRAGMA busy_timeout=0")  # SQLite's own wait off: the store's retry loop does the waiting
+    peer = sqlite3.connect(path, isolation_level=None)
+    peer.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(TimeoutError, match=f"^SQLite store {re.escape(path)} stayed locked for 0s$"):
+            s.commit_samples(_refs("a"))
+    finally:
+        peer.execute("ROLLBACK")
+        peer.close()
+    assert s.commit_samples(_refs("a")) == [True]
+    s.close()
+
+# -- 12: ref_queue, a replay that re-meets the incarnation's own unacked record, then acked copies --------------
 
 def test_a_replay_over_an_unacked_record_then_acked_copies_keeps_consumed_behind_the_ack():
     # one sample per optimizer step, an ack every third step; the producer writes its first batch's last three
