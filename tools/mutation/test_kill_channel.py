@@ -3,10 +3,10 @@
 test_kill.py; item 12 is for one gap of `reference_impl.ref_queue`; each runs
 in this process, so mutmut selects it for what it calls):
 
-1. the channel writer: `append` (the project's own tests build channels
-   with it) and `append_one` return positions, write each record with its
-   incarnation and keep the writer's count, ids and size; `count_records`
-   counts them; a writer opened over a torn record cuts it off and says how
+1. the channel writer: it creates the file rw-r--r--; `append` (the
+   project's own tests build channels with it) and `append_one` return
+   positions, write each record with its incarnation and keep the writer's
+   count, ids and size; `count_records` counts them; a writer opened over a torn record cuts it off and says how
    many bytes it cut;
 2. an I/O error in the middle of an append (failpoint `channel.mid_append`,
    action `eio`) propagates as OSError with the partial record cut off, and
@@ -15,8 +15,9 @@ in this process, so mutmut selects it for what it calls):
    (needs the durability tracer preloaded, as test_kill.py's item 3);
 4. a reader counts each undecodable complete line (blank lines are passed
    over) and keeps that count across a rewind;
-5. the observer's `skip` counts complete records and, when the channel is
-   cut below what it passed, raises ChannelShrank saying by how much;
+5. the observer's `skip` counts complete records (none before the channel
+   exists, none when nothing new came) and, when the channel is cut below
+   what it passed, raises ChannelShrank saying by how much;
 6. failing closed through the process loop: the `fail_closed` event with its
    reason and detail, the `channel.failed` sentinel as a whole, the line the
    process says; the peer then stops fail-closed (exit 3) with the reason;
@@ -78,7 +79,12 @@ def test_the_channel_writer_and_its_batch_helpers(tmp_path):
     from reference_impl.channel import CHANNEL, ChannelReader, ChannelWriter, count_records
 
     d = str(tmp_path)
-    w = ChannelWriter(d)
+    umask = os.umask(0o022)
+    try:
+        w = ChannelWriter(d)
+    finally:
+        os.umask(umask)
+    mode = os.stat(tmp_path / CHANNEL).st_mode & 0o777  # rw-r--r--: data, not a program
     try:
         fresh = w.torn_bytes_repaired
         firsts = (w.append([{"sample_id": "a"}, {"sample_id": "b"}], 3), w.append([{"sample_id": "c"}], 4))
@@ -88,7 +94,7 @@ def test_the_channel_writer_and_its_batch_helpers(tmp_path):
         w.close()
     recs = [(p, r["ref"]["sample_id"], r["inc"]) for p, r in ChannelReader(d).poll()]
     size = os.path.getsize(tmp_path / CHANNEL)
-    assert (fresh, firsts, pos) == (0, (0, 2), 3)
+    assert (mode, fresh, firsts, pos) == (0o644, 0, (0, 2), 3)
     assert recs == [(0, "a", 3), (1, "b", 3), (2, "c", 4), (3, "d", 5)]
     assert state == (4, ["a", "b", "c", "d"], size) and count_records(d) == 4
     # a record torn by a crash (no newline): the next writer cuts it off and says how many bytes it cut
@@ -176,13 +182,17 @@ def test_the_observers_skip_says_how_far_the_channel_shrank(tmp_path):
     from reference_impl.channel import CHANNEL, ChannelReader, ChannelShrank
 
     path = tmp_path / CHANNEL
-    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c"')
     r = ChannelReader(str(tmp_path))
-    counts = (r.skip(), r.skip(), r.offset, r.position)
+    none_yet = r.skip()  # the observer starts before the producer has made the channel
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n')
+    counts = [r.skip(), r.skip()]  # the second call: nothing new (size == offset)
+    with open(path, "ab") as f:
+        f.write(b'{"c"')
+    counts += [r.skip(), r.offset, r.position]
     path.write_bytes(b'{"a": 1}\n')
     with pytest.raises(ChannelShrank, match="^channel shrank to 9 bytes below 18 bytes of complete records$"):
         r.skip()
-    assert counts == (2, 0, 18, 2)
+    assert (none_yet, counts) == (0, [2, 0, 0, 18, 2])
 
 
 # -- 6, 7: failing closed -------------------------------------------------------------------------------------
