@@ -6,8 +6,8 @@ in this process, so mutmut selects it for what it calls):
 1. the channel writer: it creates the file rw-r--r--; `append` (the
    project's own tests build channels with it) and `append_one` return
    positions, write each record with its incarnation and keep the writer's
-   count, ids and size; `count_records` counts them; a writer opened over a torn record cuts it off and says how
-   many bytes it cut;
+   count, ids and size; `count_records` counts them; a writer opened over
+   a torn record cuts it off and says how many bytes it cut;
 2. an I/O error in the middle of an append (failpoint `channel.mid_append`,
    action `eio`) propagates as OSError with the partial record cut off, and
    the next append writes a whole record;
