@@ -40,3 +40,24 @@ def test_an_unknown_start_method_names_the_variable(monkeypatch):
     monkeypatch.setenv(START_ENV, "forkserver-ish")
     with pytest.raises(ValueError, match=START_ENV):
         mp_context()
+
+
+def test_a_forked_process_starts_children_of_its_own(tmp_path, monkeypatch):
+    # the fork server runs (started by this process); a fork of this process (mutmut forks each
+    # mutant's test run from the process that ran its stats) inherits the server's pid but not the
+    # server: its children must still start (not ChildProcessError from ensure_running's waitpid)
+    import os
+
+    monkeypatch.setenv(START_ENV, "forkserver")
+    assert in_child(os.getpid, workdir=str(tmp_path), timeout=120)["ok"]
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            out = in_child(os.getpid, workdir=str(tmp_path), timeout=120)
+            code = 0 if out["ok"] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert in_child(os.getpid, workdir=str(tmp_path), timeout=120)["ok"]  # the parent's server still serves it

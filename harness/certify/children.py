@@ -57,9 +57,35 @@ def mp_context(method: Optional[str] = None):
     if method == "forkserver":
         from multiprocess import forkserver
 
+        _forget_foreign_fork_server(forkserver._forkserver)
         if not forkserver._forkserver._forkserver_pid:  # not started yet: choose what it imports once
             ctx.set_forkserver_preload(PRELOAD)
     return ctx
+
+
+def _forget_foreign_fork_server(fs) -> None:
+    """A fork server this process did not start is forgotten, so that the next child starts a new one.
+
+    A process forked from one whose fork server was running (mutmut forks each mutant's test run
+    from the process that ran the stats run; any test runner that forks) inherits the server's pid,
+    but the server is not its child: `ForkServer.ensure_running` then fails with ChildProcessError
+    on its `waitpid`, and every certification in that process fails for a reason of its own."""
+    pid = fs._forkserver_pid
+    if not pid:
+        return
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        done = pid  # inherited through a fork: not this process's server
+    if not done:
+        return  # ours, and alive
+    try:
+        os.close(fs._forkserver_alive_fd)
+    except (OSError, TypeError):
+        pass
+    fs._forkserver_address = None
+    fs._forkserver_alive_fd = None
+    fs._forkserver_pid = None
 
 
 @contextlib.contextmanager
