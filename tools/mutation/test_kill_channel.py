@@ -36,7 +36,10 @@ in this process, so mutmut selects it for what it calls):
     writes its first batch's records again, and a replay after a step whose
     sample is not acked yet; the replay re-meets that record (a duplicate of
     the incarnation's own unacked sample), then copies of acked samples (skips
-    as released): `consumed` must not pass the unacked record before its ack.
+    as released): `consumed` must not pass the unacked record before its ack;
+13. (for `reference_impl.stores.memory`) a new store's durable marker is the
+    same on both backends, value and type: no acks, no step, and the flag
+    `False` (a bool: certification tier 2 compares it with `!=`).
 """
 
 from __future__ import annotations
@@ -329,3 +332,17 @@ def test_a_replay_over_an_unacked_record_then_acked_copies_keeps_consumed_behind
     assert (r.outcome, r.violated, len(r.faults)) == ("completed", [], 2), r.summary()
     assert skips[:7] == [(0, "released"), (1, "released"), (2, "released"), (3, "duplicate"), (4, "released"),
                          (5, "released"), (6, "duplicate")]
+
+
+def test_a_new_stores_marker_is_the_same_on_both_backends(tmp_path):
+    from reference_impl.stores.memory import InMemoryMetadataStore
+    from reference_impl.stores.sqlite import SQLiteMetadataStore
+
+    expected = {"acked": set(), "global_step": None, "optimizer_durable": False}
+    sq = SQLiteMetadataStore(str(tmp_path / "m.db"))
+    try:
+        markers = [InMemoryMetadataStore().durable_marker(), sq.durable_marker()]
+    finally:
+        sq.close()
+    for m in markers:
+        assert m == expected and m["optimizer_durable"] is False, m
