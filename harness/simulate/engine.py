@@ -60,7 +60,6 @@ Every effective fault is also recorded as a typed fault (`Simulation.faults`,
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import traceback
@@ -88,6 +87,7 @@ from ..run_plumbing import durable_store, roll_up, simulation_config
 from .observation import EventLog, Invariants, SimHistory, Violation
 from .result import SimResult
 from .state import RunState, ServerStore, SimProc
+from .workdirs import WORKDIR_PREFIX, default_workdir_root, sweep_dead_workdirs
 
 __all__ = ["ARM_STEPS", "DEFAULT_WORKLOAD", "OP_KINDS", "PIPELINE", "STEP_DT", "EventLog", "Invariants", "Op",
            "ServerStore", "SimHistory", "SimResult", "Simulation", "Violation", "check_ops", "config_for",
@@ -113,46 +113,6 @@ def config_for(workdir: str, workload: Dict[str, Any], backend: str, seed: int =
     w = dict(DEFAULT_WORKLOAD)
     w.update(workload or {})
     return simulation_config(workdir, w, backend, seed)
-
-
-#: A schedule's work dir is named after the process that owns it, so that a
-#: later simulation can remove what a SIGKILLed one could not (`sweep_dead_workdirs`).
-WORKDIR_PREFIX = "sim-"
-
-
-def _owner_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def sweep_dead_workdirs(root: str) -> List[str]:
-    """Remove the schedule work dirs under `root` whose owning process is gone (killed before its
-    `finally` ran); a live owner's dirs, kept dirs and anything not named by `Simulation.run` stay."""
-    removed = []
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return removed
-    for name in names:
-        m = re.fullmatch(re.escape(WORKDIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+", name)
-        if m is None or _owner_alive(int(m.group(1))):
-            continue
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        removed.append(name)
-    return removed
-
-
-def default_workdir_root() -> str:
-    """A tmpfs when there is one (fsync is free there), else the temp directory."""
-    shm = "/dev/shm"
-    if os.path.isdir(shm) and os.access(shm, os.W_OK):
-        return shm
-    return tempfile.gettempdir()
 
 
 class Simulation:
