@@ -2,7 +2,10 @@
 factories plain pickle cannot carry (closures, lambdas, local classes) still reach
 the child; a hang is killed and reported."""
 
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 
@@ -46,8 +49,6 @@ def test_a_forked_process_starts_children_of_its_own(tmp_path, monkeypatch):
     # the fork server runs (started by this process); a fork of this process (mutmut forks each
     # mutant's test run from the process that ran its stats) inherits the server's pid but not the
     # server: its children must still start (not ChildProcessError from ensure_running's waitpid)
-    import os
-
     monkeypatch.setenv(START_ENV, "forkserver")
     assert in_child(os.getpid, workdir=str(tmp_path), timeout=120)["ok"]
     pid = os.fork()
@@ -61,3 +62,25 @@ def test_a_forked_process_starts_children_of_its_own(tmp_path, monkeypatch):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert in_child(os.getpid, workdir=str(tmp_path), timeout=120)["ok"]  # the parent's server still serves it
+
+
+LONG_TMPDIR_CHILD = """
+import os, sys, tempfile
+from harness.certify.children import in_child
+out = in_child(os.getpid, workdir=sys.argv[1], timeout=120)
+print(len(tempfile.gettempdir()), out["ok"])
+sys.exit(0 if out["ok"] else 2)
+"""
+
+
+def test_children_start_under_a_temp_dir_too_long_for_a_socket_address(tmp_path):
+    # a test runner's private TMPDIR can be deep: the fork server's AF_UNIX address under it would
+    # pass 107 bytes ("AF_UNIX path too long"); its socket folder then goes to a short temp dir
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    env = dict(os.environ, TMPDIR=str(deep), DFH_CERTIFY_START="forkserver")
+    p = subprocess.run([sys.executable, "-c", LONG_TMPDIR_CHILD, str(tmp_path)], env=env, capture_output=True,
+                       text=True, timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert int(p.stdout.split()[0]) > 107  # the temp dir really was too long for a socket address
+    assert os.listdir(deep) == []  # and nothing was left in it

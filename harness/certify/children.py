@@ -28,6 +28,7 @@ import os
 import pickle
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
@@ -60,7 +61,31 @@ def mp_context(method: Optional[str] = None):
         _forget_foreign_fork_server(forkserver._forkserver)
         if not forkserver._forkserver._forkserver_pid:  # not started yet: choose what it imports once
             ctx.set_forkserver_preload(PRELOAD)
+            _short_socket_dir()
     return ctx
+
+
+#: An AF_UNIX address holds 107 bytes; the fork server's is `<temp dir>/pymp-XXXXXXXX/listener-XXXXXXXX`.
+SOCKET_DIR_MAX = 64
+
+
+def _short_socket_dir() -> None:
+    """Under a long TMPDIR (a test runner's private one, a deep scratch path) the fork server's socket
+    address would not fit ("AF_UNIX path too long"): its folder is then made in a short temp dir
+    instead, removed at exit as multiprocess removes its own."""
+    from multiprocess import process, util
+
+    if process.current_process()._config.get("tempdir") is not None or len(tempfile.gettempdir()) <= SOCKET_DIR_MAX:
+        return
+    short = next((d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d) and os.access(d, os.W_OK)), None)
+    if short is None:
+        return  # nothing shorter: the start fails and says why
+    saved = tempfile.tempdir
+    tempfile.tempdir = short
+    try:
+        util.get_temp_dir()
+    finally:
+        tempfile.tempdir = saved
 
 
 def _forget_foreign_fork_server(fs) -> None:
