@@ -93,8 +93,9 @@ def in_fresh_process(fn, *args):
         return pool.apply(fn, args)
 
 
-def median(xs: List[float]) -> Optional[float]:
-    return statistics.median(xs) if xs else None
+def median(xs: List[float], digits: int = 4) -> Optional[float]:
+    """The median, rounded (the mean of two middle values is printed, and 21.700000000000003 says nothing more)."""
+    return round(statistics.median(xs), digits) if xs else None
 
 
 def read_events(path: str) -> List[Dict[str, Any]]:
