@@ -116,6 +116,20 @@ def test_lost_reply_reaches_the_server_and_drops_the_answer(proxy, echo):
     assert call(proxy.address, b"next") == b"re:next"  # one reply only
 
 
+def test_two_lost_replies_armed_at_once_drop_two_replies(proxy, echo):
+    # a timed fault and a failpoint's can arm before the next request: each must land, in order
+    proxy.lose_next_reply(fault=4)
+    proxy.lose_next_reply(fault=5)
+    for _ in range(2):
+        with pytest.raises(ConnectionResetError):
+            call(proxy.address, b"*1\r\n$4\r\nEVAL\r\n")
+    deadline = time.monotonic() + 2
+    while len(proxy.landed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [(x.kind, x.fault) for x in proxy.landed] == [("lost_reply", 4), ("lost_reply", 5)]
+    assert call(proxy.address, b"next") == b"re:next"  # and no third
+
+
 def test_lost_reply_skips_connection_handshakes(proxy, echo):
     proxy.lose_next_reply(fault=1)
     s = socket.create_connection(proxy.address, timeout=2)

@@ -26,13 +26,14 @@ when), which is how the harness confirms a network fault landed.
 
 from __future__ import annotations
 
+import collections
 import random
 import socket
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 POLL_S = 0.05
 CHUNK = 65536
@@ -89,7 +90,9 @@ class NodeProxy:
         self._partition_until = 0.0
         self._partition_fault: Optional[int] = None
         self._latency: Optional[_Latency] = None
-        self._lose_next: Optional[int] = None
+        # armed lost replies, first armed first served: two armed before the next request (a timed
+        # one and a failpoint's, say) drop two replies, not one (the other would never land)
+        self._lose_next: Deque[int] = collections.deque()
         self.landed: List[Landed] = []
         self.stats = {"connections": 0, "requests": 0, "bytes_up": 0, "bytes_down": 0, "resets": 0}
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -131,9 +134,9 @@ class NodeProxy:
         return len(conns)
 
     def lose_next_reply(self, fault: Optional[int] = None) -> None:
-        """Arm: the next request's reply is dropped (landing is recorded when it is)."""
+        """Arm: the next request's reply is dropped (landing is recorded when it is); each arming drops one."""
         with self._lock:
-            self._lose_next = -1 if fault is None else int(fault)
+            self._lose_next.append(-1 if fault is None else int(fault))
 
     @property
     def partitioned(self) -> bool:
@@ -250,8 +253,8 @@ class NodeProxy:
             if cmd is not None or conn.requests == 0:
                 conn.requests += 1
                 self.stats["requests"] += 1
-            if self._lose_next is not None and conn.reply_lost is None and cmd not in HANDSHAKE:
-                conn.reply_lost, self._lose_next = self._lose_next, None
+            if self._lose_next and conn.reply_lost is None and cmd not in HANDSHAKE:
+                conn.reply_lost = self._lose_next.popleft()
 
     def _delay(self, up: bool) -> None:
         lat = self._latency
