@@ -14,19 +14,11 @@ import shutil
 import tempfile
 from typing import List
 
+from reference_impl.procutil import pid_gone
+
 #: A schedule's work dir is named after the process that owns it, so that a
 #: later simulation can remove what a SIGKILLed one could not (`sweep_dead_workdirs`).
 WORKDIR_PREFIX = "sim-"
-
-
-def _owner_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def sweep_dead_workdirs(root: str) -> List[str]:
@@ -39,7 +31,7 @@ def sweep_dead_workdirs(root: str) -> List[str]:
         return removed
     for name in names:
         m = re.fullmatch(re.escape(WORKDIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+", name)
-        if m is None or _owner_alive(int(m.group(1))):
+        if m is None or not pid_gone(int(m.group(1))):
             continue
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         removed.append(name)

@@ -205,6 +205,16 @@ def test_the_pre_o11_reconcile_events():
         dict(blank, checkpoint_step=1, checkpoint_inc=0, consumed_before=4)]
 
 
+def _publish(w, cfg, *indices):
+    """Append the refs of samples `indices` of `cfg` to the channel writer `w` (incarnation 0)."""
+    from reference_impl.contracts import SampleRef, ref_to_dict
+
+    for i in indices:
+        w.append_one(ref_to_dict(SampleRef(sample_id=cfg.sample_id(i), run_id="r", source_task_id=None,
+                                           feature_store_uri="file:///f", feature_keys={}, feature_specs={},
+                                           strategy="s")), 0)
+
+
 def _moved(status):
     # the process loop and the simulation compare a step's status only with idle and done
     return status not in ("idle", "done")
@@ -254,27 +264,20 @@ def test_a_consumer_built_directly(tmp_path, monkeypatch):
         c.close()
     # a poll that brought a record is progress (no sleep) and restarts the starvation clock
     from reference_impl.channel import ChannelWriter
-    from reference_impl.contracts import SampleRef, ref_to_dict
 
     now = [10.0]
     c = Consumer(cfg, incarnation=1, history=h, store=SQLiteMetadataStore(os.path.join(str(tmp_path), "store.sqlite")),
                  clock=lambda: now[0])
     w = ChannelWriter(str(tmp_path))
 
-    def publish(*indices):
-        for i in indices:
-            w.append_one(ref_to_dict(SampleRef(sample_id=cfg.sample_id(i), run_id="r", source_task_id=None,
-                                               feature_store_uri="file:///f", feature_keys={}, feature_specs={},
-                                               strategy="s")), 0)
-
     try:
-        publish(0)
+        _publish(w, cfg, 0)
         now[0] = 11.0
         assert (_moved(c.step()), c.last_progress, len(c.window)) == (True, 11.0, 1)
         now[0] = 12.0
         assert (c.step(), c.last_progress) == ("idle", 11.0)
         # more records than the window has room for: it takes cfg.window of them, then trains
-        publish(*range(1, cfg.window + 1))
+        _publish(w, cfg, *range(1, cfg.window + 1))
         assert (_moved(c.step()), [r.sample_id for r in c.window], c.phase) == (
             True, [cfg.sample_id(i) for i in range(cfg.window)], "train")
     finally:
@@ -310,7 +313,6 @@ def test_a_consumer_trains_its_windows_in_accumulation_micro_batches(tmp_path, m
     from reference_impl import failpoints
     from reference_impl.channel import ChannelWriter
     from reference_impl.consumer import Consumer
-    from reference_impl.contracts import SampleRef, ref_to_dict
 
     monkeypatch.setattr(failpoints, "_HANDLERS", {})
     cfg = config_for(str(tmp_path), {"checkpoint_every": 2}, "sqlite")
@@ -318,12 +320,6 @@ def test_a_consumer_trains_its_windows_in_accumulation_micro_batches(tmp_path, m
     h = _Recorder()
     c = Consumer(cfg, incarnation=0, history=h, clock=lambda: now[0])
     w = ChannelWriter(str(tmp_path))
-
-    def publish(*indices):
-        for i in indices:
-            w.append_one(ref_to_dict(SampleRef(sample_id=cfg.sample_id(i), run_id="r", source_task_id=None,
-                                               feature_store_uri="file:///f", feature_keys={}, feature_specs={},
-                                               strategy="s")), 0)
 
     calls = []
 
@@ -333,7 +329,7 @@ def test_a_consumer_trains_its_windows_in_accumulation_micro_batches(tmp_path, m
 
     try:
         # a window whose blobs are missing: each named in a missing_features event, nothing trained
-        publish(0, 1, 2, 3)
+        _publish(w, cfg, 0, 1, 2, 3)
         assert (_moved(c.step()), c.phase) == (True, "train")
         c.step()
         assert [e for e in h.events if e["ev"] == "missing_features"] == [
@@ -343,7 +339,7 @@ def test_a_consumer_trains_its_windows_in_accumulation_micro_batches(tmp_path, m
         c.model.loss = loss
         c.device = torch.device("meta")
         cfg.consumer_step_delay_s = 0.001
-        publish(4, 5, 6, 7)
+        _publish(w, cfg, 4, 5, 6, 7)
         c.step()
         c.step()
         assert calls == [([4, 5], 0.5, ["meta"]), ([6, 7], 0.5, ["meta"])]
@@ -353,7 +349,7 @@ def test_a_consumer_trains_its_windows_in_accumulation_micro_batches(tmp_path, m
         assert (c.step(), c.phase) == ("idle", "fill")
         calls.clear()
         cfg.train_batch, cfg.accumulation = 1, 4  # a window of 4 in 4 micro-batches of 1
-        publish(8, 9, 10, 11)
+        _publish(w, cfg, 8, 9, 10, 11)
         c.step()
         c.step()
         assert calls == [([i], 0.25, ["meta"]) for i in range(8, 12)]
