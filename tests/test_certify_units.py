@@ -1,6 +1,7 @@
 """Unit tests of the certifier's own checks, on hand-made states (fast, deterministic)."""
 
 import random
+import time
 
 from harness.certify import model
 from harness.certify.common import random_ref
@@ -110,3 +111,28 @@ def test_crash_check_flags_a_half_applied_ack():
         m2 = CrashModel()
         m2.refs, m2.order = {"a": {}, "b": {}}, ["a", "b"]
         assert check_trial(trial, logs, snap, m2, [], {}) == []
+
+
+def test_dedup_committers_race_the_minimum_rounds_even_past_their_seconds():
+    # under load a round can take longer than the scenario's seconds; one round raced
+    # missed RacyMemoryStore's check-then-insert race in CI, so the seconds alone never end a race
+    from harness.certify.tier2_concurrency.roles import MIN_DEDUP_ROUNDS, Shared
+
+    shared = Shared(parties=1, writers=0, seconds=0.5)
+    past = time.monotonic() - 1.0  # the deadline has passed
+    assert [shared.next_round(past, done) for done in range(1, MIN_DEDUP_ROUNDS + 2)] == (
+        [True] * (MIN_DEDUP_ROUNDS - 1) + [False, False]
+    )
+    # and a race that has run past its patience stops whatever the rounds
+    assert not shared.next_round(time.monotonic() - 0.5 * 21, 1)
+
+
+def test_a_record_types_hints_are_resolved_once():
+    # uncached, each ref re-evaluated its annotations (about 1 ms a ref): tier 2's ackers
+    # spent their time building refs and the readers rarely met an ack in flight
+    from harness.certify import records
+
+    records._hints.cache_clear()
+    records.active().random_ref(random.Random(0), "s1")
+    records.active().random_ref(random.Random(1), "s2")
+    assert records._hints.cache_info().hits > 0

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..common import Retrier, is_transient, mp_context, random_ref, safe_close
 from ..model import Violation, canon_ref, normalise_marker, short
+from ..records import active
 from .plan import MAX_ANOMALIES, AckPlan, MarkerChecker
 
 MAX_ROUNDS = 10_000
@@ -29,15 +30,20 @@ MAX_ROUNDS = 10_000
 MIN_OVERLAPS_PER_READER = 25
 #: the ackers stop at this many times the scenario's seconds even without enough overlaps
 OVERLAP_PATIENCE = 20
+#: rounds of a dedup race before its committers may stop (each round races every id once)
+MIN_DEDUP_ROUNDS = 6
 
 
 class Shared:
     """Cross-process (and cross-thread) coordination: a start barrier, ack counters.
 
     The ackers run for the scenario's seconds, and then on until the readers have
-    begun `min_overlaps` reads while an ack was in flight (`overlaps`): on a loaded
-    machine the threads and processes interleave less per second, so the tier
-    runs longer instead of looking at fewer interleavings.
+    begun `min_overlaps` reads while an ack was in flight (`overlaps`); the
+    committers of a dedup race likewise go on until they have raced
+    `MIN_DEDUP_ROUNDS` rounds. On a loaded machine the threads and processes
+    interleave less per second, so the tier runs longer instead of looking at
+    fewer interleavings (a CI run under load raced one round and missed a
+    check-then-insert race).
     """
 
     def __init__(self, parties: int, writers: int, seconds: float, readers: int = 0, committers: int = 0) -> None:
@@ -62,12 +68,14 @@ class Shared:
             pass
         return time.monotonic() + self.seconds
 
-    def next_round(self, deadline: float) -> bool:
-        """After a committer's round: whether all committers go on to the next one (one decision
-        for all of them, taken at the round barrier)."""
+    def next_round(self, deadline: float, done: int) -> bool:
+        """After a committer's `done`-th round: whether all committers go on to the next one (one
+        decision for all of them, taken at the round barrier)."""
+        now = time.monotonic()
+        go_on = now < deadline or (done < MIN_DEDUP_ROUNDS and now < deadline + self.seconds * OVERLAP_PATIENCE)
         if self.round_barrier is None:
-            return time.monotonic() < deadline
-        if time.monotonic() >= deadline:
+            return go_on
+        if not go_on:
             self.last_round.value = 1
         try:
             self.round_barrier.wait(timeout=120)
@@ -149,7 +157,7 @@ def role_dedup(store, shared: Shared, retr: Retrier, *, wid: int, plan: Callable
                 attempts.append((sid, None if raised else fl))
                 if fl:
                     fresh_order.append(sid)
-        going = shared.next_round(deadline)
+        going = shared.next_round(deadline, rnd)
     return {"wid": wid, "attempts": attempts, "fresh_order": fresh_order, "transient": retr.transient, "rounds": rnd}
 
 
@@ -162,7 +170,10 @@ def role_acker(store, shared: Shared, retr: Retrier, *, plan: AckPlan, w: int, s
         ids = [s for jj in range(first, first + chunk) for s in plan.ids(w, jj)]
         for at in range(0, len(ids), 64):  # batches of realistic size
             part = ids[at:at + 64]
-            flags, raised = _commit_retrying(store, retr, [make_ref(s, 1000 + w, seed) for s in part], False)
+            # plain refs: these commits only make the acks legal (the dedup roles commit the rich
+            # refs); rich ones here cost the acker most of its time, and the acks in flight the
+            # readers must meet became rare
+            flags, raised = _commit_retrying(store, retr, [active().minimal_ref(s) for s in part], False)
             if not raised and not all(flags) and len(anomalies) < MAX_ANOMALIES:
                 anomalies.append(
                     ("P4 dedup", f"commit_samples of never-committed ids {short(part)} returned not fresh"))
