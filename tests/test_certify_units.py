@@ -1,6 +1,7 @@
 """Unit tests of the certifier's own checks, on hand-made states (fast, deterministic)."""
 
 import random
+import threading
 import time
 
 from harness.certify import model
@@ -136,3 +137,40 @@ def test_a_record_types_hints_are_resolved_once():
     records.active().random_ref(random.Random(0), "s1")
     records.active().random_ref(random.Random(1), "s2")
     assert records._hints.cache_info().hits > 0
+
+
+def test_a_committer_slow_after_the_round_barrier_keeps_that_rounds_decision():
+    # the fast committer races through the next round and decides to stop there; the slow one,
+    # still reading the decision of the round before, must go on to meet it at the barrier
+    # (a stop flag read late made it quit and left the other waiting 120 s: a CI run hung there)
+    from harness.certify.tier2_concurrency.roles import MIN_DEDUP_ROUNDS, Shared
+
+    shared = Shared(parties=2, writers=0, seconds=0.1, committers=2)
+    real_wait = shared.round_barrier.wait
+
+    def wait(timeout=None):
+        i = real_wait(timeout)
+        if threading.current_thread().name == "slow":
+            time.sleep(0.5)
+        return i
+
+    shared.round_barrier.wait = wait
+    future, past = time.monotonic() + 60, time.monotonic() - 60
+    out = {"slow": [], "fast": []}
+
+    def committer():
+        for done, deadline in ((1, future), (MIN_DEDUP_ROUNDS, past)):
+            going = shared.next_round(deadline, done)
+            out[threading.current_thread().name].append(going)
+            if not going:
+                break
+
+    threads = [threading.Thread(target=committer, name=n, daemon=True) for n in out]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    stuck = [t.name for t in threads if t.is_alive()]
+    shared.round_barrier.abort()
+    assert not stuck, f"{stuck} left waiting at the round barrier; decisions {out}"
+    assert out == {"slow": [True, False], "fast": [True, False]}

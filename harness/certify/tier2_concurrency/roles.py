@@ -51,6 +51,7 @@ class Shared:
         self.barrier = mp.Barrier(max(1, parties))
         # the committers of a dedup race start every round together (the race is each round's first calls)
         self.round_barrier = mp.Barrier(committers) if committers > 1 else None
+        #: the round after which all committers stop (0: none decided yet)
         self.last_round = mp.Value("i", 0)
         self.begun = mp.Array("q", max(1, writers), lock=False)
         self.done = mp.Array("q", max(1, writers), lock=False)
@@ -76,12 +77,15 @@ class Shared:
         if self.round_barrier is None:
             return go_on
         if not go_on:
-            self.last_round.value = 1
+            self.last_round.value = done
         try:
             self.round_barrier.wait(timeout=120)
         except threading.BrokenBarrierError:
             return False  # a committer is gone: its own result says why
-        return not self.last_round.value
+        # compared with this round, not read as a flag: a committer slow to read it after the
+        # barrier must not see a faster one's decision for the next round (it would leave that
+        # round's barrier waiting for it)
+        return not 0 < self.last_round.value <= done
 
     def abort(self) -> None:
         """Nobody waits for a worker that is gone."""
