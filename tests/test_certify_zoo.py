@@ -82,3 +82,19 @@ def test_lock_errors_under_load_are_retried_not_failed():
     cert = _certify("ImpatientStore", 2, "durable")
     t = cert.tier(2)
     assert t.status == PASSED, t.counterexamples
+
+
+def test_long_lived_instances_wait_for_each_others_checks(tmp_path):
+    # the instance that acked reads all_committed_ids late (SlowAfterAckStore); when only the
+    # writer waited for the reader's checks, the reader went on to commit the next round first
+    # and tier 2 reported a correct store (a CI run saw it on the reference SQLite store)
+    from harness.certify.common import Context
+    from harness.certify.loader import load
+    from harness.certify.tier2_concurrency.analysis import Findings
+    from harness.certify.tier2_concurrency.scenarios import scenario_pingpong
+
+    ctx = Context(target=load("tests.store_zoo:SlowAfterAckStore"), profile="durable", budget=ZOO_BUDGET,
+                  seed=3, workroot=str(tmp_path))
+    f = Findings()
+    scenario_pingpong(ctx, f, rounds=4)
+    assert f.items == [], f.items

@@ -540,6 +540,23 @@ class ImpatientStore(SqliteStore):
         self.conn.execute("PRAGMA busy_timeout=20")
 
 
+class SlowAfterAckStore(SqliteStore):
+    """Correct, but the first read after its own ack is slow (a busy client): the instance that
+    acked reads all_committed_ids last, after the other instance has read everything."""
+
+    _acked_last = False
+
+    def record_train_ack(self, sample_ids, *, global_step, optimizer_durable):
+        super().record_train_ack(sample_ids, global_step=global_step, optimizer_durable=optimizer_durable)
+        self._acked_last = True
+
+    def all_committed_ids(self):
+        if self._acked_last:
+            self._acked_last = False
+            time.sleep(0.3)
+        return super().all_committed_ids()
+
+
 def factory_in_dir(workdir: str) -> SqliteStore:
     """A callable factory taking a working directory (the other accepted form)."""
     import os

@@ -217,10 +217,11 @@ def _pingpong(target, d, role: int, conn, other, rounds: int, seed: int):
                         f"acked={short(acked)} global_step={step!r} optimizer_durable={flag!r}",
                     )
                 )
-            # keep both sides in lock step so the next writer starts after this check
-            if r % 2 != role:
-                conn.send(("checked", r))
-            elif _recv(conn) != ("checked", r):
+            # both sides finish this round's checks before the next writer starts: when only the
+            # writer waited, the next writer (this round's reader) could commit while this round's
+            # writer, slow under load, had yet to read all_committed_ids (a false visibility finding)
+            conn.send(("checked", r))
+            if _recv(conn) != ("checked", r):
                 raise _PeerGone(f"the other process did not confirm round {r}")
     finally:
         safe_close(store)
