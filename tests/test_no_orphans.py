@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from reference_impl.procutil import parent_of, proc_state
+from reference_impl.procutil import parent_of, pid_gone, proc_state
 
 
 def _children():
@@ -87,3 +87,40 @@ def test_a_sigkilled_simulations_work_dir_is_swept_by_the_next_one(tmp_path):
     kept.mkdir()
     Simulation(workdir_root=str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == sorted(["simkept-abc", f"sim-{os.getpid()}-live"])
+
+
+SERVER_THEN_SLEEP = r"""
+import sys, time
+from harness.stores import shared_server
+from reference_impl.stores.redis import RedisMetadataStore
+shared_server.start(RedisMetadataStore)
+print(shared_server._server._popen.pid, flush=True)
+if sys.argv[1] == "sleep":
+    time.sleep(600)
+"""
+
+
+def test_a_sigkilled_certifications_redis_dir_is_swept_by_the_next_one(tmp_path):
+    # certify starts one Redis server in a temp dir; SIGKILLed, the certifying process runs no
+    # exit handler: the server dies with it (parent-death signal), the next certification removes the dir
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_THEN_SLEEP, "sleep"], env=env, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        server_pid = int(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        proc.stdout.close()
+    left = [n for n in os.listdir(tmp_path) if n.startswith(f"certify-redis-{proc.pid}-")]
+    assert left, "SIGKILL leaves the server's dir behind (what the sweep is for)"
+    deadline = time.monotonic() + 30
+    while not pid_gone(server_pid):
+        assert time.monotonic() < deadline, "the Redis server outlived the certifying process"
+        time.sleep(0.05)
+    mine = tmp_path / f"certify-redis-{os.getpid()}-live"  # a live owner's dir is not touched
+    mine.mkdir()
+    nxt = subprocess.run([sys.executable, "-c", SERVER_THEN_SLEEP, "exit"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert nxt.returncode == 0, nxt.stderr
+    assert os.listdir(tmp_path) == [mine.name]  # the dead one's swept, the next one's removed at its exit

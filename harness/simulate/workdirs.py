@@ -9,12 +9,10 @@ simulation SIGKILLed mid-schedule cannot remove its own, so every new
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import tempfile
 from typing import List
 
-from reference_impl.procutil import pid_gone
+from ..owned_dirs import sweep_dead
 
 #: A schedule's work dir is named after the process that owns it, so that a
 #: later simulation can remove what a SIGKILLed one could not (`sweep_dead_workdirs`).
@@ -24,18 +22,7 @@ WORKDIR_PREFIX = "sim-"
 def sweep_dead_workdirs(root: str) -> List[str]:
     """Remove the schedule work dirs under `root` whose owning process is gone (killed before its
     `finally` ran); a live owner's dirs, kept dirs and anything not named by `Simulation.run` stay."""
-    removed = []
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return removed
-    for name in names:
-        m = re.fullmatch(re.escape(WORKDIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+", name)
-        if m is None or not pid_gone(int(m.group(1))):
-            continue
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        removed.append(name)
-    return removed
+    return sweep_dead(root, WORKDIR_PREFIX)
 
 
 def default_workdir_root() -> str:

@@ -10,7 +10,9 @@ on that server (`provision`): a fresh directory is a fresh, empty store, and
 processes that open the same directory share one store, as with a file.
 
 The server is stopped and its directory removed when the certifying process
-exits; the server also dies with that process (parent-death signal).
+exits; the server also dies with that process (parent-death signal), and the
+directory of a certifying process SIGKILLed before its exit handlers ran is
+removed by the next certification that starts a server (`harness.owned_dirs`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from typing import Any, Dict, Optional
 
 from reference_impl.procutil import set_parent_death_signal
 
+from ..owned_dirs import make_owned_dir, sweep_dead
 from .redis_server import CONNECTION_FILE, RedisServer, _write_private
 
 SHARED_ENV = "DFH_SHARED_REDIS"
+#: the shared server's temp dir: `certify-redis-<certifying pid>-...`
+SERVER_DIR_PREFIX = "certify-redis-"
 _server: Optional[RedisServer] = None
 
 
@@ -48,7 +53,8 @@ def start(factory: Any) -> Optional[Dict[str, Any]]:
     if os.environ.get(SHARED_ENV):  # a child of the certifying process: the server is its parent's
         with open(os.environ[SHARED_ENV]) as f:
             return json.load(f)["server"]
-    root = tempfile.mkdtemp(prefix="certify-redis-")
+    sweep_dead(tempfile.gettempdir(), SERVER_DIR_PREFIX)
+    root = make_owned_dir(SERVER_DIR_PREFIX)
     server = RedisServer(root, getattr(factory, "store_persistence", "always"))
     server.prepare()
     server.write_connection()
