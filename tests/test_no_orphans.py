@@ -103,11 +103,17 @@ if sys.argv[1] == "sleep":
 def test_a_sigkilled_certifications_redis_dir_is_swept_by_the_next_one(tmp_path):
     # certify starts one Redis server in a temp dir; SIGKILLed, the certifying process runs no
     # exit handler: the server dies with it (parent-death signal), the next certification removes the dir
-    env = dict(os.environ, TMPDIR=str(tmp_path))
+    from harness.stores.shared_server import SHARED_ENV
+
+    # not a child of a certification: a test before this one in the worker may have started one
+    env = {k: v for k, v in os.environ.items() if k != SHARED_ENV}
+    env["TMPDIR"] = str(tmp_path)
     proc = subprocess.Popen([sys.executable, "-c", SERVER_THEN_SLEEP, "sleep"], env=env, stdout=subprocess.PIPE,
                             text=True)
     try:
-        server_pid = int(proc.stdout.readline())
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), f"the process holding a server printed {line!r} (exit {proc.poll()})"
+        server_pid = int(line)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
