@@ -83,6 +83,7 @@ from ..faults.simulated import (
     impolite_fault,
     normalize,
 )
+from ..owned_dirs import owned_dir_prefix
 from ..run_plumbing import durable_store, roll_up, simulation_config
 from .observation import EventLog, Invariants, SimHistory, Violation
 from .result import SimResult
@@ -148,7 +149,7 @@ class Simulation:
     def run(self, ops: Sequence[Op]) -> SimResult:
         ops = [tuple(o) for o in ops]
         # a kept dir is the user's to remove: its name carries no owner, so no sweep takes it
-        prefix = "simkept-" if self.keep else f"{WORKDIR_PREFIX}{os.getpid()}-"
+        prefix = "simkept-" if self.keep else owned_dir_prefix(WORKDIR_PREFIX)
         workdir = tempfile.mkdtemp(prefix=prefix, dir=self.root)
         self.last_workdir = workdir
         saved_hit = failpoints.hit

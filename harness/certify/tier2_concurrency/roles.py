@@ -28,7 +28,8 @@ MAX_ROUNDS = 10_000
 
 #: marker reads begun while an ack was in flight, per reader, before the ackers may stop
 MIN_OVERLAPS_PER_READER = 25
-#: the ackers stop at this many times the scenario's seconds even without enough overlaps
+#: the ackers (and a dedup race) stop at this many times the scenario's seconds even short of
+#: their overlaps (rounds)
 OVERLAP_PATIENCE = 20
 #: rounds of a dedup race before its committers may stop (each round races every id once)
 MIN_DEDUP_ROUNDS = 6
@@ -169,6 +170,7 @@ def role_acker(store, shared: Shared, retr: Retrier, *, plan: AckPlan, w: int, s
     """Ack after ack in a tight loop until the deadline; the ids are committed a chunk ahead."""
     anomalies: List[Tuple[str, str]] = []
     j = 0
+    plain_ref = active().minimal_ref
 
     def commit_chunk(first: int) -> None:
         ids = [s for jj in range(first, first + chunk) for s in plan.ids(w, jj)]
@@ -177,7 +179,7 @@ def role_acker(store, shared: Shared, retr: Retrier, *, plan: AckPlan, w: int, s
             # plain refs: these commits only make the acks legal (the dedup roles commit the rich
             # refs); rich ones here cost the acker most of its time, and the acks in flight the
             # readers must meet became rare
-            flags, raised = _commit_retrying(store, retr, [active().minimal_ref(s) for s in part], False)
+            flags, raised = _commit_retrying(store, retr, [plain_ref(s) for s in part], False)
             if not raised and not all(flags) and len(anomalies) < MAX_ANOMALIES:
                 anomalies.append(
                     ("P4 dedup", f"commit_samples of never-committed ids {short(part)} returned not fresh"))
