@@ -8,7 +8,9 @@ budget, one that does not, and the server's private files and password.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import stat
 
 import pytest
@@ -57,6 +59,43 @@ def test_contract_round_trip(server):
     assert st.durable_marker() == {"acked": {"a", "b"}, "global_step": 4, "optimizer_durable": False}
     assert st.ledger_id() == server.ledger_id
     st.close()
+
+
+def _hold(port: int) -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", port))
+    s.listen()
+    return s
+
+
+def test_a_port_taken_before_the_servers_bind_moves_the_server_not_the_verdict(tmp_path):
+    # The port is free when picked and bound by the server only later; another process may take it.
+    s = RedisServer(str(tmp_path / "w"), "always")
+    s.prepare()
+    s.write_connection({"producer": ("127.0.0.1", 1)})
+    taken = [_hold(s.port)]
+    try:
+        s.start()
+        s.create_ledger()
+        first = s.port
+        assert first != taken[0].getsockname()[1]
+        st = RedisMetadataStore(s.workdir)
+        assert st.commit_samples([ref("a")]) == [True]
+        st.close()
+        s.kill()
+        taken.append(_hold(first))  # taken again while the server is down: the restart moves it too
+        s.start()
+        assert s.port not in (first, taken[0].getsockname()[1])
+        with open(s.connection_file) as f:
+            info = json.load(f)
+        assert info["port"] == s.port and info["endpoints"] == {"producer": ["127.0.0.1", 1]}
+        st = RedisMetadataStore(s.workdir)
+        assert st.all_committed_ids() == ["a"]
+        st.close()
+    finally:
+        s.stop()
+        for t in taken:
+            t.close()
 
 
 def test_restart_with_appendfsync_always_keeps_everything(server):

@@ -34,6 +34,7 @@ import os
 import random
 import shutil
 import time
+import traceback
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..network.proxy import NodeProxy
@@ -124,6 +125,8 @@ def _start_server(workdir: str, persistence: str, proxies: int, seed: int,
     nodes = {f"client{c}": NodeProxy(f"client{c}", ("127.0.0.1", server.port), seed=seed) for c in range(proxies)}
     server.write_connection({n: p.address for n, p in nodes.items()})
     server.start(log_path=log, env=env)
+    for p in nodes.values():  # the start may have moved the server to another port (see RedisServer.start)
+        p.upstream = ("127.0.0.1", server.port)
     server.create_ledger()
     return server, nodes
 
@@ -319,7 +322,9 @@ def run(ctx: Context) -> TierResult:
             if found:
                 break
     except Exception as e:  # noqa: BLE001 - the harness's own failure is never the backend's
-        res.status, res.harness_error, res.reason = NOT_RUN, True, f"{type(e).__name__}: {e}"
+        where = traceback.extract_tb(e.__traceback__)[-1]  # a harness error names its line, for the next reader
+        res.status, res.harness_error = NOT_RUN, True
+        res.reason = f"{type(e).__name__}: {e} (at {os.path.basename(where.filename)}:{where.lineno})"
     for prop, msg in _a_few_of_each(found):
         res.counterexamples.append(Counterexample(tier=TIER, property=prop, message=msg,
                                                   reproduce=ctx.reproduce(TIER) + "  (timing varies between runs)"))

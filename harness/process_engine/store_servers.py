@@ -117,9 +117,21 @@ class RunRedisServer(ServedStore):
 
     def start(self) -> None:
         """First start (then the ledger is created) or a restart after a kill or a power cut."""
-        p = self.sup.spawn(NAME, "harness.stores.redis_server", self.server.argv())
+        from ..stores.redis_server import PORT_ATTEMPTS, PORT_TAKEN
+
+        for attempt in range(PORT_ATTEMPTS):
+            p = self.sup.spawn(NAME, "harness.stores.redis_server", self.server.argv())
+            try:
+                self.server.wait_ready(lambda: p.poll() is None)
+                break
+            except HarnessError:
+                # Another process took the port between its pick and the server's bind: move on.
+                if attempt + 1 == PORT_ATTEMPTS or PORT_TAKEN not in p.stderr_tail():
+                    raise
+                self.server.move_port()
+                for proxy in self.proxies.values():
+                    proxy.upstream = ("127.0.0.1", self.server.port)
         self.starts += 1
-        self.server.wait_ready(lambda: p.poll() is None)
         if self.starts == 1:
             self.server.create_ledger()
 

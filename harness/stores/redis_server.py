@@ -11,7 +11,12 @@ password file, the ledger id, the per-node endpoints (the network proxies) and
 the server's version and persistence settings.
 
 The server listens on 127.0.0.1 only, with a password (`requirepass`), on a
-port picked once (a restart keeps it). Persistence:
+port picked once (a restart keeps it). A port is free when picked and bound by
+the server only later, so another process may take it in between (any
+outgoing connection draws from the same range); a start that fails for that
+alone picks another port, rewrites the configuration and the connection file,
+and tries again (`PORT_ATTEMPTS`). Whoever forwards to the server (the node
+proxies) reads `port` after the start. Persistence:
 
 * `always`   - append-only file, `appendfsync always`: a write is fsynced before it is answered;
 * `everysec` - append-only file, `appendfsync everysec`: about a second of answered writes can be lost;
@@ -94,10 +99,24 @@ def is_dynamic(binary: str) -> bool:
     return False
 
 
+PORT_ATTEMPTS = 5
+PORT_TAKEN = "Address already in use"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_was_taken(log_path: str, offset: int = 0) -> bool:
+    """Whether the server's log from `offset` on says its port was taken (not a fault of the server)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            return PORT_TAKEN.encode() in f.read()
+    except OSError:
+        return False
 
 
 def _new_session_dying_with_parent() -> None:
@@ -137,6 +156,7 @@ class RedisServer:
         self.ledger_id = uuid.uuid4().hex
         self.client = {"call_timeout_s": call_timeout_s, "retry_budget_s": retry_budget_s}
         self._password = ""
+        self._endpoints: Dict[str, Tuple[str, int]] = {}
         self._popen: Optional[subprocess.Popen] = None
 
     # -- files ----------------------------------------------------------------
@@ -154,12 +174,7 @@ class RedisServer:
         self._password = secrets.token_hex(24)
         self.port = free_port()
         _write_private(self.password_file, self._password + "\n")
-        lines = ["bind 127.0.0.1", f"port {self.port}", "protected-mode yes", f"requirepass {self._password}",
-                 f'dir "{self.data}"', "daemonize no", 'logfile ""', f'appendfilename "{AOF_NAME}"',
-                 "dbfilename dump.rdb", "aof-load-truncated yes", "auto-aof-rewrite-percentage 0",
-                 "stop-writes-on-bgsave-error no"]
-        lines += [f"{k} {v}" for k, v in self.settings().items()]
-        _write_private(self.conf, "\n".join(lines) + "\n")
+        self._write_conf()
         if self.persistence != "snapshot":
             # The server creates its append-only file without syncing the directory entry; created
             # here and synced, the file is there after a power cut (its content is the server's job).
@@ -167,7 +182,25 @@ class RedisServer:
         for d in (self.data, self.dir, self.workdir):
             fsync_dir(d)
 
+    def _write_conf(self) -> None:
+        lines = ["bind 127.0.0.1", f"port {self.port}", "protected-mode yes", f"requirepass {self._password}",
+                 f'dir "{self.data}"', "daemonize no", 'logfile ""', f'appendfilename "{AOF_NAME}"',
+                 "dbfilename dump.rdb", "aof-load-truncated yes", "auto-aof-rewrite-percentage 0",
+                 "stop-writes-on-bgsave-error no"]
+        lines += [f"{k} {v}" for k, v in self.settings().items()]
+        _write_private(self.conf, "\n".join(lines) + "\n")
+
+    def move_port(self) -> None:
+        """Another port, after a start found this one taken: the configuration and (if written) the
+        connection file name the new one."""
+        self.port = free_port()
+        self._write_conf()
+        fsync_dir(self.dir)
+        if os.path.exists(self.connection_file):
+            self.write_connection(self._endpoints)
+
     def write_connection(self, endpoints: Optional[Dict[str, Tuple[str, int]]] = None) -> None:
+        self._endpoints = dict(endpoints or {})
         info = {"host": "127.0.0.1", "port": self.port, "password_file": self.password_file,
                 "ledger_id": self.ledger_id, "endpoints": {k: list(v) for k, v in (endpoints or {}).items()},
                 "server": self.describe(), "client": self.client}
@@ -221,14 +254,24 @@ class RedisServer:
             first = True
         else:
             first = False
-        log = open(log_path or os.path.join(self.workdir, "redis-server.log"), "ab")
-        try:
-            self._popen = subprocess.Popen([self.binary, self.conf], stdin=subprocess.DEVNULL, stdout=log,
-                                           stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                           preexec_fn=_new_session_dying_with_parent)
-        finally:
-            log.close()
-        self.wait_ready(lambda: self._popen.poll() is None)
+        log_path = log_path or os.path.join(self.workdir, "redis-server.log")
+        for attempt in range(PORT_ATTEMPTS):
+            offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+            log = open(log_path, "ab")
+            try:
+                self._popen = subprocess.Popen([self.binary, self.conf], stdin=subprocess.DEVNULL, stdout=log,
+                                               stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                               preexec_fn=_new_session_dying_with_parent)
+            finally:
+                log.close()
+            try:
+                self.wait_ready(lambda: self._popen.poll() is None)
+                break
+            except HarnessError:
+                if attempt + 1 == PORT_ATTEMPTS or not port_was_taken(log_path, offset):
+                    raise
+                self._popen.wait(timeout=10)
+                self.move_port()
         if first:
             self.create_ledger()
 
