@@ -38,7 +38,8 @@ def test_reference_passes_with_faults_landed(tmp_path):
 def test_zoo_member_rejected_for_its_property(tmp_path, name):
     prop, _ = REDIS_ZOO[name]
     res = tier6_network.run(_ctx(f"tests.store_zoo.redis:{name}", tmp_path))
-    assert res.status == FAILED and prop in {c.property for c in res.counterexamples}, (res.status, res.reason, res.counters)
+    found = {c.property for c in res.counterexamples}
+    assert res.status == FAILED and prop in found, (res.status, res.reason, res.counters)
 
 
 def test_not_applicable_to_a_store_without_a_server(tmp_path):
