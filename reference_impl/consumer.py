@@ -43,6 +43,7 @@ from .channel import (
     sync_consumed,
     write_consumed,
 )
+from .checkpoint_file import decode_checkpoint, encode_checkpoint
 from .config import EXIT_USAGE, RunConfig
 from .contracts import SampleRef
 from .controller import DataFlowController, LedgerLost
@@ -67,24 +68,22 @@ def checkpoint_path(cfg: RunConfig) -> str:
 
 
 def load_checkpoint(cfg: RunConfig, map_location="cpu") -> Optional[Dict[str, Any]]:
-    import torch
-
+    """The checkpoint (`checkpoint_file` format) with its tensors on `map_location`, or None."""
     try:
         with open(checkpoint_path(cfg), "rb") as f:
-            return torch.load(f, map_location=map_location, weights_only=True)
+            data = f.read()
     except FileNotFoundError:
         return None
+    return decode_checkpoint(data, map_location)
 
 
 def save_checkpoint(cfg: RunConfig, state: Dict[str, Any]) -> None:
     """Atomic: temp file, fsync, rename, fsync the directory."""
-    import torch
-
     path = checkpoint_path(cfg)
     makedirs_durable(os.path.dirname(path))  # the checkpoint/ entry itself must survive a power cut
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
-        torch.save(state, f)
+        f.write(encode_checkpoint(state))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

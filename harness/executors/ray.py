@@ -113,7 +113,21 @@ class RayExecutor:
                 check_reachable(self.address, self.connect_timeout_s)
                 self._init_bounded(ray, self._init_kwargs(), self.connect_timeout_s - (time.monotonic() - t0))
             else:
-                ray.init(**self._init_kwargs())
+                kw = self._init_kwargs()
+                # A local instance's workers inherit the raylet's environment, which is this process's
+                # at init: set there, the variables need no runtime_env, and Ray's prestarted workers
+                # (which have none) run the trials instead of new ones started per runtime_env.
+                env_vars = kw.pop("runtime_env")["env_vars"]
+                saved = {k: os.environ.get(k) for k in env_vars}
+                os.environ.update(env_vars)
+                try:
+                    ray.init(**kw)
+                finally:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
             self.start_s = round(time.monotonic() - t0, 2)
         except UsageError:
             self._cleanup()
@@ -150,7 +164,11 @@ class RayExecutor:
         self._refs = {remote.options(name=f"dfh_trial_{i}").remote(it): it for i, it in enumerate(items)}
         pending = list(self._refs)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=TICK_S, fetch_local=True)
+            # Back at the first finished trial (not at the tick's end), then whatever else is done by now.
+            ready, pending = ray.wait(pending, num_returns=1, timeout=TICK_S, fetch_local=True)
+            if ready and pending:
+                more, pending = ray.wait(pending, num_returns=len(pending), timeout=0, fetch_local=True)
+                ready += more
             out = []
             for ref in ready:
                 item = self._refs.pop(ref)

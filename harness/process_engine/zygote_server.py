@@ -71,11 +71,9 @@ def _warm_first_calls() -> None:
     """Take once, here, the first-call costs every child would pay on its own: argument
     parsing, a model build and a training step, a checkpoint written and read back into
     model and optimizer, an SQLite transaction. None of them starts a thread."""
-    import io
     import sqlite3
 
-    import torch
-
+    from reference_impl.checkpoint_file import decode_checkpoint, encode_checkpoint
     from reference_impl.model import DraftModel, TargetModel, prompt_tokens
     from reference_impl.process_loop import process_args
 
@@ -87,10 +85,8 @@ def _warm_first_calls() -> None:
     optim.zero_grad(set_to_none=True)
     draft.loss([feats, feats], [0, 1], 1).backward()
     optim.step()
-    buf = io.BytesIO()
-    torch.save({"model": draft.state_dict(), "optim": optim.state_dict(), "global_step": 1}, buf)
-    buf.seek(0)
-    state = torch.load(buf, map_location="cpu", weights_only=True)
+    state = decode_checkpoint(encode_checkpoint({"model": draft.state_dict(), "optim": optim.state_dict(),
+                                                 "global_step": 1}))
     draft.load_state_dict(state["model"])
     optim.load_state_dict(state["optim"])
     conn = sqlite3.connect(":memory:", isolation_level=None)

@@ -59,6 +59,12 @@ class SQLiteMetadataStore(MetadataStore):
         c = self._conn
         c.execute("PRAGMA journal_mode=WAL")
         c.execute("PRAGMA synchronous=FULL")
+        try:  # a ledger id is written in the transaction that makes the schema: then it is whole
+            if c.execute("SELECT 1 FROM meta WHERE key='ledger_id'").fetchone() is not None:
+                return
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e).lower():
+                raise
         c.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _SCHEMA.strip().split(";"):

@@ -79,7 +79,6 @@ def _history(path, inc):
 
 
 def test_the_consumer_main_records_its_run_and_refuses_or_fails_closed(tmp_path, capsys):
-    import torch
 
     from harness.simulate.engine import config_for
     from reference_impl import consumer, producer
@@ -100,8 +99,7 @@ def test_the_consumer_main_records_its_run_and_refuses_or_fails_closed(tmp_path,
     assert done == [{"ev": "done", "consumed": 8, "step": step}] and step >= 1
     assert sentinel(str(tmp_path), CONSUMER_DONE) == {"consumed": 8, "global_step": step}
     ckpt = consumer.checkpoint_path(cfg)
-    with open(ckpt, "rb") as f:
-        state = torch.load(f, weights_only=True)
+    state = consumer.load_checkpoint(cfg)
     assert (state["writer_inc"], state["global_step"]) == (2, step)
     capsys.readouterr()
 
@@ -380,23 +378,17 @@ def test_a_power_cut_after_a_checkpoint(name):
     assert (r.outcome, r.violated) == ("completed", []), r.summary()
 
 
-def test_a_checkpoint_that_is_not_plain_weights_is_refused(tmp_path, monkeypatch):
-    # the consumer loads its checkpoint weights-only, also where torch would otherwise unpickle anything
-    # (an older torch, or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which only overrides an unset weights_only)
-    import fractions
-    import pickle
-
+def test_a_checkpoint_that_is_not_plain_weights_is_refused(tmp_path):
+    # the consumer never unpickles its checkpoint: a torch.save file (a pickle) is refused, not run
     import torch
 
     from harness.simulate.engine import config_for
-    from reference_impl.consumer import checkpoint_path, load_checkpoint
+    from reference_impl.consumer import checkpoint_path, load_checkpoint, save_checkpoint
 
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     cfg = config_for(str(tmp_path), {}, "sqlite")
-    path = checkpoint_path(cfg)
-    os.makedirs(os.path.dirname(path))
-    torch.save({"global_step": 1, "witness": torch.ones(2)}, path)
-    assert load_checkpoint(cfg)["global_step"] == 1
-    torch.save({"global_step": fractions.Fraction(1, 3)}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    save_checkpoint(cfg, {"global_step": 1, "model": {"witness": torch.ones(2)}})
+    ckpt = load_checkpoint(cfg)
+    assert ckpt["global_step"] == 1 and ckpt["model"]["witness"].tolist() == [1.0, 1.0]
+    torch.save({"global_step": 1}, checkpoint_path(cfg))
+    with pytest.raises(ValueError, match="not a checkpoint"):
         load_checkpoint(cfg)
