@@ -10,6 +10,7 @@ to w[i]. The final checkpoint's `w` is then an oracle independent of any log:
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, List
 
 import torch
@@ -38,6 +39,22 @@ class TargetModel(nn.Module):
     def features(self, tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
         h = torch.tanh(self.embed[tokens] @ self.proj)
         return {"input_ids": tokens, "hidden_states": h, "target": (h @ self.lm_head).argmax(-1)}
+
+
+@functools.lru_cache(maxsize=8)
+def frozen_target(vocab: int, hidden: int, seed: int, device: str) -> TargetModel:
+    """The target model on `device`, built once per process: it is frozen, so every producer
+    incarnation a process runs (the simulation runs hundreds) can share it."""
+    return TargetModel(vocab, hidden, seed).to(device)
+
+
+@functools.lru_cache(maxsize=4096)
+def sample_features(seed: int, index: int, seq_len: int, vocab: int, hidden: int,
+                    device: str) -> Dict[str, torch.Tensor]:
+    """Sample `index`'s features from the frozen target: a pure function of its arguments, so
+    computed once per process. The tensors are shared between callers: read them, never write."""
+    tokens = prompt_tokens(seed, index, seq_len, vocab).to(device)
+    return frozen_target(vocab, hidden, seed, device).features(tokens)
 
 
 class DraftModel(nn.Module):

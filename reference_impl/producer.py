@@ -48,8 +48,6 @@ class Producer:
                  store=None, sleep: Callable[[float], None] = time.sleep) -> None:
         import torch
 
-        from .model import TargetModel
-
         self.cfg = cfg
         self.inc = incarnation
         self.h = history or NullHistory()
@@ -61,7 +59,6 @@ class Producer:
         self.features = FeatureStore(cfg.path("features"))
         self.features.remove_temp_files()
         self.channel = ChannelWriter(cfg.workdir)
-        self.target = TargetModel(cfg.vocab, cfg.hidden, cfg.seed).to(self.device)
         self._torch = torch
         self.published_ids = set(self.channel.ids)
         self.bp = Backpressure(cfg.high_watermark, cfg.low_watermark)
@@ -129,15 +126,14 @@ class Producer:
         return "progress"
 
     def _step_features(self) -> str:
-        from .model import prompt_tokens
+        from .model import sample_features
 
         cfg = self.cfg
         refs = []
         written = []
         for i in self.batch_indices:
             sid = cfg.sample_id(i)
-            tokens = prompt_tokens(cfg.seed, i, cfg.seq_len, cfg.vocab).to(self.device)
-            feats = self.target.features(tokens)
+            feats = sample_features(cfg.seed, i, cfg.seq_len, cfg.vocab, cfg.hidden, str(self.device))
             if not self.features.exists(sid):
                 self._with_io_retry("features", lambda: self.features.put(sid, feats))
                 written.append(sid)

@@ -408,23 +408,23 @@ def test_the_target_model_and_its_prompts_are_on_the_producers_device(tmp_path, 
     # an accelerator stands in as torch's meta device: the model's parameters and each prompt go there
     import torch
 
+    import reference_impl.model as model
     import reference_impl.producer as producer
-    from reference_impl.model import TargetModel, prompt_tokens
 
     meta = torch.device("meta")
+    assert {t.device for t in model.frozen_target(64, 16, 0, "meta").parameters()} == {meta}
+    assert {t.device for t in model.sample_features(0, 0, 8, 64, 16, "meta").values()} == {meta}
     monkeypatch.setattr(producer, "pick_device", lambda request, who: meta)
+    real, seen = model.sample_features, []
+
+    def on_device(seed, index, seq_len, vocab, hidden, device):  # meta tensors hold no data: the CPU's
+        seen.append(device)
+        return real(seed, index, seq_len, vocab, hidden, "cpu")
+
+    monkeypatch.setattr(model, "sample_features", on_device)
     p, events, _ = _producer(_cfg(tmp_path), _store())
-    assert {t.device for t in p.target.parameters()} == {meta}
-    target, seen = TargetModel(64, 16, 0), []
-
-    class OnDevice:  # meta tensors hold no data: the features of the same prompt on the CPU
-        def features(self, tokens):
-            seen.append(tokens.device)
-            return target.features(prompt_tokens(0, len(seen) - 1, 8, 64))
-
-    p.target = OnDevice()
     assert _steps(p, 2) == [PROGRESS] * 2
-    assert seen == [meta, meta]
+    assert seen == ["meta"] * len(p.batch) and seen
     assert {s.device_hint for r in p.batch for s in r.feature_specs.values()} == {"meta"}
     p.close()
 
