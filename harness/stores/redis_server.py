@@ -222,14 +222,18 @@ class RedisServer:
     def wait_ready(self, alive=lambda: True, timeout_s: float = 30.0) -> None:
         """Until the server answers PING (it may be loading its files); HarnessError if it dies or never does."""
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         deadline = time.monotonic() + timeout_s
         last: Any = None
         while time.monotonic() < deadline:
             if not alive():
                 raise HarnessError(f"the Redis server exited while starting (see its log under {self.workdir})")
+            # One try per probe (the loop retries, checking the process in between): redis-py's own
+            # retries would wait out a port held by another listener for seconds before we look.
             client = redis.Redis(host="127.0.0.1", port=self.port, password=self._password, socket_timeout=1,
-                                 socket_connect_timeout=1)
+                                 socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
             try:
                 if client.ping():
                     return
