@@ -116,6 +116,16 @@ class ChannelReader:
         self.corrupt_lines = 0
 
     def poll(self) -> List[Tuple[int, Dict[str, Any]]]:
+        out = []
+        for line in self.poll_lines():
+            rec = self.parse(line)
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def poll_lines(self) -> List[bytes]:
+        """The new complete, non-blank lines, not parsed yet: `parse` each, in order (a reader that
+        parses as it goes acts on its first record before it has parsed the rest)."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
@@ -125,19 +135,19 @@ class ChannelReader:
         end = data.rfind(b"\n") + 1
         if end <= 0:
             return []
-        out = []
-        for line in data[:end].split(b"\n")[:-1]:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                self.corrupt_lines += 1  # never written by a correct writer
-                continue
-            out.append((self.position, rec))
-            self.position += 1
         self.offset += end
-        return out
+        return [line for line in data[:end].split(b"\n")[:-1] if line.strip()]
+
+    def parse(self, line: bytes) -> Optional[Tuple[int, Dict[str, Any]]]:
+        """(position, record) of the next line from `poll_lines`; None for one that does not parse
+        (never written by a correct writer: counted, and it takes no position)."""
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            self.corrupt_lines += 1
+            return None
+        self.position += 1
+        return self.position - 1, rec
 
     def rewind_to(self, position: int) -> List[Tuple[int, Dict[str, Any]]]:
         """Read again from the start; returns the complete records from `position` on."""

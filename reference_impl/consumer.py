@@ -172,7 +172,8 @@ class Consumer:
             self.h.emit("ack", step=rec.checkpoint_step, ids=list(ckpt.get("unacked") or []), durable=True,
                         roll_forward=True)
         # Blobs of released samples that a crash left behind (acked, not yet deleted).
-        leftover = [sid for sid in rec.released if self.features.exists(sid)]
+        present = set(self.features.list_ids())  # one directory read, not a stat per released sample
+        leftover = [sid for sid in rec.released if sid in present]
         if leftover:
             failpoints.hit("consumer.after_ack_before_release")
             self.h.emit("release_features", ids=self.features.delete(leftover), gc=True)

@@ -23,7 +23,7 @@ across restarts.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from .channel import ChannelReader
 from .contracts import SampleRef
@@ -34,14 +34,17 @@ class StreamingRefQueue:
         self.reader = reader
         self.skip_ids: Set[str] = set(skip_ids)
         self.taken: Set[str] = set()
-        self._buffer: Deque[Tuple[int, Dict[str, Any]]] = deque()
+        # Read, not yet decided: raw lines (parsed as they are decided, so a long backlog costs
+        # nothing before the first decision) or, after a rewind, parsed (position, record) pairs.
+        self._buffer: Deque[Union[bytes, Tuple[int, Dict[str, Any]]]] = deque()
         self._done: Dict[int, bool] = {}  # position -> done, for positions >= consumed
         self._waiting: Dict[str, List[int]] = {}  # sample id -> positions done with it
         self.consumed = 0
         self.read_positions = 0  # records handed out or skipped so far
 
     def poll(self) -> int:
-        new = self.reader.poll()
+        """Read what the channel gained; returns how many lines (each a record, unless corrupt)."""
+        new = self.reader.poll_lines()
         self._buffer.extend(new)
         return len(new)
 
@@ -51,9 +54,10 @@ class StreamingRefQueue:
 
     def next(self) -> Optional[Tuple[str, int, Optional[SampleRef]]]:
         """The next decision: ("take", pos, ref) or ("skip-released"/"skip-duplicate", pos, ref)."""
-        if not self._buffer:
+        item = self._next_record()
+        if item is None:
             return None
-        pos, rec = self._buffer.popleft()
+        pos, rec = item
         ref = SampleRef.from_dict(rec["ref"])
         sid = ref.sample_id
         self.read_positions = pos + 1
@@ -68,6 +72,17 @@ class StreamingRefQueue:
         self._done[pos] = False
         self._waiting.setdefault(sid, []).append(pos)
         return ("take", pos, ref)
+
+    def _next_record(self) -> Optional[Tuple[int, Dict[str, Any]]]:
+        """The next buffered (position, record), parsing it now if it is still a raw line."""
+        while self._buffer:
+            item = self._buffer.popleft()
+            if isinstance(item, bytes):
+                item = self.reader.parse(item)
+                if item is None:  # a line that does not parse
+                    continue
+            return item
+        return None
 
     def rewind(self, records: int) -> Tuple[int, int]:
         """Move the read position `records` back (at-least-once delivery: a reader that

@@ -239,9 +239,10 @@ def consumer_without_dedup():
     from reference_impl.ref_queue import StreamingRefQueue
 
     def next_(self):
-        if not self._buffer:
+        item = self._next_record()
+        if item is None:
             return None
-        pos, rec = self._buffer.popleft()
+        pos, rec = item
         ref = SampleRef.from_dict(rec["ref"])
         self.read_positions = pos + 1
         if ref.sample_id in self.skip_ids:

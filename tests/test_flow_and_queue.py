@@ -1,3 +1,5 @@
+import json
+
 from reference_impl.channel import ChannelReader, ChannelWriter
 from reference_impl.flow_control import Backpressure
 from reference_impl.ref_queue import StreamingRefQueue
@@ -45,3 +47,18 @@ def test_a_rewound_queue_skips_what_it_met_already_and_counts_exactly(tmp_path):
     assert q.next() is None and q.consumed == 2
     assert q.mark_acked(["s2"]) == 3 and q.mark_acked(["s3"]) == 4
     assert q.rewind(1) == (4, 3) and q.next()[0] == "skip-released" and q.consumed == 4
+
+
+def test_the_first_record_is_decided_before_the_backlog_is_parsed(tmp_path):
+    # a restarted consumer acts on its first record at once, whatever the channel's length
+    w = ChannelWriter(str(tmp_path))
+    w.append([_ref(i) for i in range(50)], inc=0)
+    with open(w.path, "ab") as f:  # a line no correct writer writes: skipped, no position, counted
+        f.write(b"{not json\n" + json.dumps({"ref": _ref(50), "inc": 0}).encode() + b"\n")
+    reader = ChannelReader(str(tmp_path))
+    q = StreamingRefQueue(reader)
+    assert q.poll() == 52 and q.buffered == 52
+    assert q.next()[:2] == ("take", 0) and reader.position == 1
+    decided = [q.next() for _ in range(50)]
+    assert [pos for _, pos, _ in decided] == list(range(1, 51)) and decided[-1][2].sample_id == "s50"
+    assert q.next() is None and reader.corrupt_lines == 1 and q.buffered == 0

@@ -81,7 +81,7 @@ def _restart_run(cfg, launcher: str, kills: int, rng, poll_s: float) -> List[Dic
                 if [p for p in sup.reap() if p.name == "consumer"]:
                     sup.spawn("consumer", "reference_impl.consumer", ["--config", conf, "--resume"])
                     break
-                time.sleep(poll_s)
+                sup.idle(poll_s)
         inc = sup.procs["consumer"].inc
         while not channel_event_of(inc) and time.monotonic() < deadline and sup.procs["consumer"].poll() is None:
             time.sleep(poll_s)

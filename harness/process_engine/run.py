@@ -151,7 +151,7 @@ class Run:
             end = self.poll(time.monotonic())
             if end is not None:
                 return end
-            time.sleep(POLL_S)
+            self.sup.idle(POLL_S)
 
     def poll(self, now: float) -> Optional[Tuple[str, Optional[str]]]:
         """One round of the loop; (outcome, reason) once the run has ended."""

@@ -202,6 +202,16 @@ class Supervisor:
                     **({} if ok else {"error": p.last_signal_error}))
         return ok
 
+    def idle(self, timeout_s: float) -> None:
+        """Wait up to `timeout_s`; back as soon as the zygote reports (a child's exit above all), so
+        a loop that reaps after each wait restarts a killed process without a polling delay."""
+        client = next((p.popen.client for p in self.procs.values()
+                       if p.launcher == "zygote" and p.code is None and not p.popen.client.closed), None)
+        if client is None:
+            time.sleep(timeout_s)
+        else:
+            client.pump(timeout_s)
+
     def reap(self) -> List[Proc]:
         """Processes that ended since the last call (each reported once)."""
         ended = []
