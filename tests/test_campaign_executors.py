@@ -136,12 +136,18 @@ def test_local_ray_workers_write_their_temp_files_into_the_private_dir_removed_a
     dir, for one) must be inside the instance's private dir, which the executor removes."""
     pytest.importorskip("ray")
     from harness.executors.ray import RayExecutor
+    from harness.process_engine.work_dir import ROOT_ENV, work_root
 
     ex = RayExecutor(2)
     try:
         private = ex.temp_dirs()
-        assert len(private) == 1 and os.path.isdir(private[0])
-        assert ex._init_kwargs()["runtime_env"]["env_vars"]["TMPDIR"] == private[0]
+        assert all(os.path.isdir(d) for d in private)
+        env = ex._init_kwargs()["runtime_env"]["env_vars"]
+        assert env["TMPDIR"] == private[0]
+        if work_root() is not None:  # the trials' work dirs too: under the executor's own root on the tmpfs
+            assert len(private) == 2 and env[ROOT_ENV] == private[1] and private[1].startswith(work_root())
+        else:
+            assert len(private) == 1 and ROOT_ENV not in env
     finally:
         ex._cleanup()
-    assert not os.path.exists(private[0])
+    assert not any(os.path.exists(d) for d in private)

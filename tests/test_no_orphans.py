@@ -38,8 +38,12 @@ def _alive(pid):
 @pytest.mark.slow
 def test_sigkilled_harness_leaves_no_children(tmp_path):
     reports = tmp_path / "reports"
+    from harness.process_engine.work_dir import ROOT_ENV
+
+    env = dict(os.environ, **{ROOT_ENV: str(tmp_path)})  # (the work dir it leaves goes with tmp_path)
     h = subprocess.Popen([sys.executable, "-m", "harness", "run", "slow-consumer", "--seed", "1",
-                          "--reports", str(reports), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          "--reports", str(reports), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=env)
     # Wait until the pipeline is running: the channel has records.
     deadline = time.monotonic() + 120
     seen = []
@@ -130,3 +134,42 @@ def test_a_sigkilled_certifications_redis_dir_is_swept_by_the_next_one(tmp_path)
                          text=True, timeout=120)
     assert nxt.returncode == 0, nxt.stderr
     assert os.listdir(tmp_path) == [mine.name]  # the dead one's swept, the next one's removed at its exit
+
+
+def test_a_sigkilled_runs_tmpfs_work_dir_is_swept_by_the_next_run(tmp_path):
+    # a run's work dir is on a tmpfs (work_dir.py), outside the run dir: SIGKILLed, the harness
+    # leaves it; the next run removes it and leaves a live harness's work dir alone
+    from harness.process_engine.work_dir import ROOT_ENV, make_work_dir
+
+    root = tmp_path / "root"
+    root.mkdir()
+    env = dict(os.environ, **{ROOT_ENV: str(root)})
+    h = subprocess.Popen([sys.executable, "-m", "harness", "run", "slow-consumer", "--seed", "1",
+                          "--reports", str(tmp_path / "reports"), "--quiet"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(root.glob(f"run-{h.pid}-*/channel.jsonl")):
+            assert h.poll() is None and time.monotonic() < deadline, "the run made no work dir on the root"
+            time.sleep(0.05)
+        (link,) = (tmp_path / "reports").glob("*/work")
+        assert link.is_symlink() and (link / "channel.jsonl").exists()  # the run dir leads to it
+        seen = _descendants(h.pid)
+    finally:
+        h.send_signal(signal.SIGKILL)
+        h.wait(30)
+    deadline = time.monotonic() + 10  # its processes die with it (and stop writing there)
+    while time.monotonic() < deadline and any(_alive(p) for p in seen):
+        time.sleep(0.05)
+    assert [n for n in os.listdir(root) if n.startswith(f"run-{h.pid}-")], "SIGKILL leaves it (the sweep's job)"
+    live = root / f"run-{os.getpid()}-live"
+    live.mkdir()
+    rdir = tmp_path / "next"
+    rdir.mkdir()
+    old = os.environ.get(ROOT_ENV)
+    os.environ[ROOT_ENV] = str(root)
+    try:
+        mine = make_work_dir(str(rdir))
+    finally:
+        os.environ.pop(ROOT_ENV) if old is None else os.environ.__setitem__(ROOT_ENV, old)
+    assert sorted(os.listdir(root)) == sorted([live.name, os.path.basename(mine)])

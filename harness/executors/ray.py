@@ -77,6 +77,18 @@ class RayExecutor:
         self.ship_code = ship_code
         # A private temp dir for a local instance (short: it holds unix sockets), removed at the end.
         self._tmp: Optional[str] = None if address else tempfile.mkdtemp(prefix="dfh-ray-")
+        # The trials' work dirs (process_engine/work_dir.py) under a root of this executor's on the
+        # tmpfs: Ray kills its workers at shutdown, mid-trial on an abort, and this root goes with them.
+        self._work_root: Optional[str] = None
+        if not address:
+            from ..process_engine.work_dir import work_root
+
+            root = work_root()
+            if root is not None:
+                from ..owned_dirs import make_owned_dir, sweep_dead
+
+                sweep_dead(root, "dfh-ray-work-")  # (those of a driver SIGKILLed before its cleanup)
+                self._work_root = make_owned_dir("dfh-ray-work-", root)
         self._refs: Dict[Any, Any] = {}
         self.ray = None
 
@@ -97,6 +109,10 @@ class RayExecutor:
             # Ray kills its workers at shutdown, so their own temp files (a fork server's socket dir,
             # for one) are never removed by them: they go into the private dir removed at the end.
             env_vars["TMPDIR"] = self._tmp
+            if self._work_root:
+                from ..process_engine.work_dir import ROOT_ENV
+
+                env_vars[ROOT_ENV] = self._work_root
         return kw
 
     def __enter__(self) -> "RayExecutor":
@@ -191,12 +207,13 @@ class RayExecutor:
         self.__exit__()
 
     def temp_dirs(self) -> List[str]:
-        return [self._tmp] if self._tmp else []
+        return [d for d in (self._tmp, self._work_root) if d]
 
     def _cleanup(self) -> None:
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+        for d in (self._tmp, self._work_root):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
+        self._tmp = self._work_root = None
 
     def __exit__(self, *exc) -> None:
         if self.ray is not None and self.ray.is_initialized():

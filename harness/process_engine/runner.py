@@ -12,7 +12,8 @@ the `RunResult` (the CLI prints it from memory):
 
     reports/<scenario>-<seed>-<time>/
         scenario.toml schedule.json history.jsonl result.json report.md report.html timeline.png
-        work/   (the run's files: kept when the verdict is unexpected, else removed)
+        work/   (the run's files: kept when the verdict is unexpected, else removed; while the
+                run lasts, a link to its work dir on a tmpfs: `harness.process_engine.work_dir`)
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .powercut import KEEP_JOURNALS_ENV, PowerLoss, require_tracer
 from .run import POLL_S, Run  # noqa: F401 (POLL_S: bench)
 from .run_summary import incarnations, witness_summary
 from .supervisor import Supervisor
+from .work_dir import make_work_dir, settle_work_dir
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -135,11 +137,10 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     # scenario leaves no report directory behind.
     cfg = config_for(sc, seed, os.path.join(reports_dir, "(not yet created)", "work"))
     rdir = _report_dir(reports_dir, sc.name, seed)
-    work = os.path.join(rdir, "work")
-    cfg.workdir = work
+    work = None
     try:
         make_private_dir(rdir)  # (0700: the work dir holds the store server's authkey)
-        make_private_dir(work)
+        work = cfg.workdir = make_work_dir(rdir)  # (on a tmpfs when there is one: work_dir.py)
         os.mkdir(os.path.join(work, "history"))
         if not history:
             cfg.extra["history"] = False
@@ -150,7 +151,7 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
     except FileExistsError as e:
         raise HarnessError(f"the run directory {rdir} exists already") from e
     except OSError as e:
-        _discard(rdir)
+        _discard(rdir, work)
         raise HarnessError(f"cannot write the run directory {rdir}: {describe_os_error(e)}; removed it") from e
     say = (lambda m: None) if quiet else (on_event or (lambda m: print(m, file=sys.stderr, flush=True)))
     t0 = time.monotonic()
@@ -176,6 +177,7 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
         sup.shutdown()  # (before the run dir is removed: nothing may write into it any more)
         if pl is not None:  # (stops its compactor; a diagnosis rarely needs the journal)
             pl.close(keep=bool(os.environ.get(KEEP_JOURNALS_ENV)) and not disk_full(e))
+        settle_work_dir(rdir, work, keep=not disk_full(e))  # (left for diagnosis, in the run dir)
         err = abandon_run_dir(rdir, e)
         if err is e:
             raise
@@ -188,7 +190,7 @@ def run_scenario(scenario: Union[str, Scenario], seed: int, *, backend: Optional
         frame = RunFrame(sc, seed, cfg, rdir, work, ledger, keep_work, render, say, pl)
         return _finish(frame, final, wall)
     except OSError as e:  # e.g. ENOSPC: a half-written report is worse than none
-        _discard(rdir)
+        _discard(rdir, work)
         raise HarnessError(f"writing the report {rdir} failed: {describe_os_error(e)}; "
                            f"removed the half-written {rdir}") from e
 
@@ -204,7 +206,9 @@ def _naming(path: str):
         raise
 
 
-def _discard(rdir: str) -> None:
+def _discard(rdir: str, work: Optional[str] = None) -> None:
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(rdir, ignore_errors=True)
 
 
@@ -276,10 +280,9 @@ def _finish(frame: "RunFrame", final: Dict[str, Any], wall: float) -> RunResult:
 
         render_report(rdir)
     kept = keep_work or not verdict["as_expected"]
-    if not kept:
-        shutil.rmtree(work, ignore_errors=True)
     if pl is not None:
         pl.close(keep=kept)
+    settle_work_dir(rdir, work, kept)
     word = verdict_word(verdict)
     say(f"{sc.name} seed {seed}: {outcome}, {word} ({wall:.1f} s) -> {rdir}")
     return RunResult(sc.name, seed, outcome, valid, verdict["as_expected"], rdir, props, replay_command(rdir),
