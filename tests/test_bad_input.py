@@ -135,17 +135,25 @@ def test_full_disk_simulated_exits_3_names_the_path_and_cleans_up(tmp_path, caps
 
 
 @pytest.mark.slow
-def test_full_disk_on_a_small_tmpfs(tmp_path):
+@pytest.mark.parametrize("work_root", ["run-dir", "small"])
+def test_full_disk_on_a_small_tmpfs(tmp_path, monkeypatch, work_root):
+    # the run dir's disk fills (the work dir inside it), or the work dir's root fills (reports elsewhere)
+    from harness.process_engine.work_dir import ROOT_ENV
+
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True)
     if r.returncode != 0:
         pytest.skip(f"mount -t tmpfs not permitted here: {r.stderr.decode().strip()}")
     try:
-        code, err = _cli("run", "baseline", "--reports", str(mnt / "r"), "--quiet", timeout=300)
+        full = mnt / ("r" if work_root == "run-dir" else "w")
+        full.mkdir()
+        reports = mnt / "r" if work_root == "run-dir" else tmp_path / "r"
+        monkeypatch.setenv(ROOT_ENV, "run-dir" if work_root == "run-dir" else str(full))
+        code, err = _cli("run", "baseline", "--reports", str(reports), "--quiet", timeout=300)
         assert code == 3, err
-        assert "No space left on device" in err and str(mnt / "r") in err, err
-        assert os.listdir(mnt / "r") == []
+        assert "No space left on device" in err and str(reports) in err, err
+        assert os.listdir(reports) == [] and os.listdir(full) == []
         st = os.statvfs(mnt)
         assert st.f_bfree * st.f_frsize > 300 * 1024  # what it half-wrote was removed: the disk is not left full
     finally:
