@@ -283,8 +283,8 @@ ZOO: Dict[str, ZooMember] = {m.name: m for m in [
     ZooMember("republish_and_forget_skips", "P1",
               "a republished copy of a released sample is trained again",
               # The producer's restart must come after the consumer's (which released and forgot the
-              # first copies): 96 published needs 32 consumed under the high watermark of 64. At 48
-              # it raced the consumer's restart, and a fast disk (tmpfs) mostly lost the race.
+              # first copies): 96 published needs 32 consumed under the high watermark of 64, where an
+              # earlier kill would race the consumer's restart.
               [{"kind": "kill", "target": "consumer", "at_consumed": 16},
                {"kind": "kill", "target": "producer", "at_published": 96}]),
     ZooMember("ack_every_step_checkpoint_every_k", "P2",

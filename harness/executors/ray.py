@@ -22,8 +22,11 @@ import tempfile
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from unittest import mock
 
 from ..exit_codes import HarnessError, UsageError
+from ..owned_dirs import make_owned_dir, sweep_dead
+from ..process_engine.work_dir import ROOT_ENV, work_root
 from .lost import TrialLost
 
 TICK_S = 1.0
@@ -80,15 +83,10 @@ class RayExecutor:
         # The trials' work dirs (process_engine/work_dir.py) under a root of this executor's on the
         # tmpfs: Ray kills its workers at shutdown, mid-trial on an abort, and this root goes with them.
         self._work_root: Optional[str] = None
-        if not address:
-            from ..process_engine.work_dir import work_root
-
-            root = work_root()
-            if root is not None:
-                from ..owned_dirs import make_owned_dir, sweep_dead
-
-                sweep_dead(root, "dfh-ray-work-")  # (those of a driver SIGKILLed before its cleanup)
-                self._work_root = make_owned_dir("dfh-ray-work-", root)
+        root = None if address else work_root()
+        if root is not None:
+            sweep_dead(root, "dfh-ray-work-")  # (those of a driver SIGKILLed before its cleanup)
+            self._work_root = make_owned_dir("dfh-ray-work-", root)
         self._refs: Dict[Any, Any] = {}
         self.ray = None
 
@@ -110,8 +108,6 @@ class RayExecutor:
             # for one) are never removed by them: they go into the private dir removed at the end.
             env_vars["TMPDIR"] = self._tmp
             if self._work_root:
-                from ..process_engine.work_dir import ROOT_ENV
-
                 env_vars[ROOT_ENV] = self._work_root
         return kw
 
@@ -133,17 +129,8 @@ class RayExecutor:
                 # A local instance's workers inherit the raylet's environment, which is this process's
                 # at init: set there, the variables need no runtime_env, and Ray's prestarted workers
                 # (which have none) run the trials instead of new ones started per runtime_env.
-                env_vars = kw.pop("runtime_env")["env_vars"]
-                saved = {k: os.environ.get(k) for k in env_vars}
-                os.environ.update(env_vars)
-                try:
+                with mock.patch.dict(os.environ, kw.pop("runtime_env")["env_vars"]):
                     ray.init(**kw)
-                finally:
-                    for k, v in saved.items():
-                        if v is None:
-                            os.environ.pop(k, None)
-                        else:
-                            os.environ[k] = v
             self.start_s = round(time.monotonic() - t0, 2)
         except UsageError:
             self._cleanup()

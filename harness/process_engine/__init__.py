@@ -7,4 +7,5 @@ zygote      the client of the fork server (torch preloaded), so a restart takes 
 zygote_server  the fork server process itself
 fault_ledger  which planned faults were seen to land, and which were missed and why
 powercut    power cuts: every process traced, then frozen, killed, reaped; the work dir rebuilt
+work_dir    where a run's work dir lives (a tmpfs when there is one) and what becomes of it at the end
 """

@@ -117,20 +117,15 @@ class RunRedisServer(ServedStore):
 
     def start(self) -> None:
         """First start (then the ledger is created) or a restart after a kill or a power cut."""
-        from ..stores.redis_server import PORT_ATTEMPTS, PORT_TAKEN
+        from ..stores.redis_server import PORT_TAKEN
 
-        for attempt in range(PORT_ATTEMPTS):
+        def spawn():
             p = self.sup.spawn(NAME, "harness.stores.redis_server", self.server.argv())
-            try:
-                self.server.wait_ready(lambda: p.poll() is None)
-                break
-            except HarnessError:
-                # Another process took the port between its pick and the server's bind: move on.
-                if attempt + 1 == PORT_ATTEMPTS or PORT_TAKEN not in p.stderr_tail():
-                    raise
-                self.server.move_port()
-                for proxy in self.proxies.values():
-                    proxy.upstream = ("127.0.0.1", self.server.port)
+            return (lambda: p.poll() is None), (lambda: PORT_TAKEN in p.stderr_tail())
+
+        self.server.start_until_bound(spawn)
+        for proxy in self.proxies.values():  # the start may have moved the server to another port
+            proxy.upstream = ("127.0.0.1", self.server.port)
         self.starts += 1
         if self.starts == 1:
             self.server.create_ledger()

@@ -44,7 +44,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from reference_impl.fileio import fsync_dir
 
@@ -244,6 +244,20 @@ class RedisServer:
             time.sleep(0.02)
         raise HarnessError(f"the Redis server on port {self.port} did not answer within {timeout_s:.0f} s: {last}")
 
+    def start_until_bound(self, spawn: Callable[[], Tuple[Callable[[], bool], Callable[[], bool]]]) -> None:
+        """Start the server with `spawn()` (which returns whether the process is alive, and whether it
+        failed because its port was taken) and wait until it answers; a start that failed for its port
+        alone moves to another (`move_port`) and starts again, PORT_ATTEMPTS times in all."""
+        for attempt in range(PORT_ATTEMPTS):
+            alive, port_taken = spawn()
+            try:
+                self.wait_ready(alive)
+                return
+            except HarnessError:
+                if attempt + 1 == PORT_ATTEMPTS or not port_taken():
+                    raise
+                self.move_port()
+
     def create_ledger(self) -> None:
         from reference_impl.stores.redis import create_ledger
 
@@ -259,23 +273,18 @@ class RedisServer:
         else:
             first = False
         log_path = log_path or os.path.join(self.workdir, "redis-server.log")
-        for attempt in range(PORT_ATTEMPTS):
+
+        def spawn():
             offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-            log = open(log_path, "ab")
-            try:
+            with open(log_path, "ab") as log:
                 self._popen = subprocess.Popen([self.binary, self.conf], stdin=subprocess.DEVNULL, stdout=log,
                                                stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                                preexec_fn=_new_session_dying_with_parent)
-            finally:
-                log.close()
-            try:
-                self.wait_ready(lambda: self._popen.poll() is None)
-                break
-            except HarnessError:
-                if attempt + 1 == PORT_ATTEMPTS or not port_was_taken(log_path, offset):
-                    raise
-                self._popen.wait(timeout=10)
-                self.move_port()
+            popen = self._popen
+            return (lambda: popen.poll() is None,
+                    lambda: popen.wait(timeout=10) is not None and port_was_taken(log_path, offset))
+
+        self.start_until_bound(spawn)
         if first:
             self.create_ledger()
 
