@@ -171,3 +171,54 @@ def test_no_child_outlives_a_sigkilled_harness(tmp_path):
         if h.poll() is None:
             h.kill()
             h.wait()
+
+
+def test_anonymous_ranges_are_the_whole_huge_pages_of_private_writable_anonymous_mappings(tmp_path):
+    from harness.process_engine.zygote_server import HUGE_PAGE, anonymous_ranges
+
+    maps = tmp_path / "maps"
+    maps.write_text("\n".join([
+        "00400000-00800000 r-xp 00000000 fd:00 123 /usr/bin/python3",  # file-backed code
+        "01000000-01700000 rw-p 00000000 00:00 0 [heap]",  # heap: 7 MB from 16 MB
+        "7f0000100000-7f0000500000 rw-p 00000000 00:00 0",  # anonymous, unaligned: one whole huge page in it
+        "7f0001000000-7f0001100000 rw-p 00000000 00:00 0",  # 1 MB: no whole huge page
+        "7f0002000000-7f0002400000 rw-s 00000000 00:05 9 /dev/shm/x",  # shared: never
+        "7f0003000000-7f0003400000 r--p 00000000 00:00 0",  # read-only: never
+        "7ffc00000000-7ffc00400000 rw-p 00000000 00:00 0 [stack]",  # the stack: never
+    ]) + "\n")
+    assert anonymous_ranges(str(maps)) == [
+        (0x01000000, 0x01600000),
+        (0x7F0000200000, 0x7F0000400000),
+    ]
+    assert all((hi - lo) % HUGE_PAGE == 0 for lo, hi in anonymous_ranges(str(maps)))
+
+
+def _anon_huge_kb(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _kernel_collapses():
+    """Whether this kernel can back an anonymous range with huge pages now (MADV_COLLAPSE, Linux 6.1+)."""
+    code = ("import mmap,ctypes;from harness.process_engine.zygote_server import MADV_COLLAPSE as C, HUGE_PAGE as H\n"
+            "m=mmap.mmap(-1,3*H,flags=mmap.MAP_PRIVATE|mmap.MAP_ANONYMOUS);b=(ctypes.c_char*len(m)).from_buffer(m);a=ctypes.addressof(b);a=(a+H-1)&~(H-1)\n"
+            "ctypes.memset(a,1,H);l=ctypes.CDLL(None);l.madvise.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int]\n"
+            "print(l.madvise(a,H,C)==0)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return out.stdout.strip() == "True"
+
+
+def test_the_zygote_holds_its_preloaded_memory_in_huge_pages():
+    """A child's fork and exit then copy and tear down a few hundred page-table entries, not ~37,000."""
+    if not _kernel_collapses():
+        pytest.skip("this kernel cannot collapse memory into huge pages (MADV_COLLAPSE needs Linux 6.1+, THP on)")
+    from harness.process_engine.zygote import ZygoteClient
+
+    z = ZygoteClient(sys.executable)
+    try:
+        assert _anon_huge_kb(z.pid) >= 32 * 1024, f"zygote AnonHugePages {_anon_huge_kb(z.pid)} kB"
+    finally:
+        z.close(timeout=5.0)

@@ -50,7 +50,7 @@ from typing import Any, Dict, List, Optional
 
 from reference_impl.procutil import set_parent_death_signal
 
-from .zygote_server import _REPO_ROOT, CMDLINE_ROOM, PRELOAD, START_TIMEOUT_S, ZYGOTE_MODULES  # noqa: F401
+from .zygote_server import _REPO_ROOT, CMDLINE_ROOM, HUGE_PAGE_TUNABLE, PRELOAD, START_TIMEOUT_S, ZYGOTE_MODULES  # noqa: F401
 
 
 class ZygoteError(RuntimeError):
@@ -151,6 +151,9 @@ class ZygoteClient:
         # numpy's OpenBLAS (imported by torch) starts a thread pool at import; the
         # children never use it, and a zygote with one thread forks cleanly.
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        # malloc asks for huge pages as the preload grows its heap, so the zygote's memory is in
+        # 2 MB pages from the start (zygote_server.collapse_to_huge_pages takes what is left).
+        env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES"), HUGE_PAGE_TUNABLE) if t)
         for k in ("DFH_TRACE_ROOT", "DFH_TRACE_JOURNAL", "DFH_TRACE_EXCLUDE"):
             env.pop(k, None)  # the zygote itself traces nothing
         if preload:

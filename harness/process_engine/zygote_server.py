@@ -64,7 +64,56 @@ def _preload() -> List[str]:
 
     gc.collect()
     gc.freeze()  # children's collections skip the preloaded objects (fewer copy-on-write faults)
+    collapse_to_huge_pages()
     return runnable
+
+
+#: madvise(2) advice that makes the kernel back a range with huge pages now (Linux 6.1+).
+MADV_COLLAPSE = 25
+HUGE_PAGE = 2 << 20
+#: The glibc tunable (2.35+) with which malloc asks for huge pages for its heap; the zygote starts with it.
+HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def anonymous_ranges(maps_path: str = "/proc/self/maps") -> List[tuple]:
+    """The huge-page-aligned (start, end) inside each private, writable, anonymous mapping
+    (the heap included) that holds at least one whole huge page."""
+    out = []
+    with open(maps_path) as f:
+        for line in f:
+            parts = line.split()
+            perms, name = parts[1], (parts[5] if len(parts) > 5 else "")
+            if not perms.startswith("rw") or perms[3] != "p" or name not in ("", "[heap]"):
+                continue
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            lo = (lo + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1)
+            hi &= ~(HUGE_PAGE - 1)
+            if hi > lo:
+                out.append((lo, hi))
+    return out
+
+
+def collapse_to_huge_pages() -> int:
+    """Back the zygote's preloaded anonymous memory (about 150 MB after torch) with huge pages;
+    returns the bytes it could collapse (0 where the kernel cannot: before 6.1, THP off).
+    Most of it is malloc's heap, in huge pages already (HUGE_PAGE_TUNABLE): this takes the rest
+    in about 10 ms (all of it, without the tunable: about 300 ms).
+
+    Every child maps that memory: with 4 KB pages, fork copies and exit tears down some 37,000
+    page-table entries, about 1.5 and 3 ms of a restart on a 2-core VM; with 2 MB pages, a few
+    hundred. A child's first write to a shared huge page splits it and copies only 4 KB."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        ranges = anonymous_ranges()
+    except (OSError, AttributeError):
+        return 0
+    done = 0
+    for lo, hi in ranges:
+        if madvise(ctypes.c_void_p(lo), hi - lo, MADV_COLLAPSE) == 0:
+            done += hi - lo
+    return done
 
 
 def _warm_first_calls() -> None:
