@@ -23,14 +23,16 @@ goal it is held to:
 * campaigns on Ray: throughput of a local Ray instance against the local
   executor on the same seeds, and a two-node cluster's verdicts (`ray`);
 * soak: a campaign of 2,000 small trials; descriptors, threads, RSS and disk
-  used at its start and its end (`soak`).
+  used at its start and its end (`soak`);
+* the test suite: wall time of the fast lane and (not with --quick) of the
+  full suite, the README's pytest commands, in this checkout (`suite`).
 
 This is a measurement, not a test: nothing here is run by CI. Figures depend
 on the machine and on whatever else runs on it (the load average is recorded).
 Each section runs in a fresh interpreter (multiprocessing "spawn"), so no
 section inherits another's imports or memory. Sections are registered by name
 (`registry.section`), one module each: restart, simulate, trials, checks, sqlite,
-memory, overhead; `--only NAME,...` selects them.
+memory, overhead, powerloss, ray, redis, soak, suite; `--only NAME,...` selects them.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from . import (  # noqa: F401 (they register their sections)
     simulate,
     soak,
     sqlite,
+    suite,
     trials,
 )
 from .registry import GOALS, BenchRun, goal_met

@@ -22,6 +22,8 @@ GOALS = {
     "powercut_rebuild_ms": ("<=", 50.0),
     "powercut_trials_per_min": (">=", 40.0),
     "ray_vs_local_ratio": (">=", 0.85),
+    "fast_lane_s": ("<=", 120.0),
+    "full_suite_s": ("<=", 360.0),
 }
 DEFAULT_SCENARIO = "kill-random"
 MEMORY_SCENARIO = "dp4-rank-kills"  # the 4-rank CPU (gloo) data-parallel scenario
