@@ -56,6 +56,19 @@ def _row(sc, seed, status, **kw):
     return r
 
 
+def test_trials_that_ran_niced_are_counted_and_the_summary_says_how_to_fix_it():
+    from harness.campaign import summary_table
+
+    rows = [_row("a", 0, "as_expected", niceness=15), _row("a", 1, "inconclusive", niceness=15),
+            _row("a", 2, "as_expected", niceness=0), _row("a", 3, "harness_error")]
+    s = summarize(rows)
+    assert s["niced"] == {"trials": 2, "niceness": 15}
+    assert "NOTE: 2 of 4 trials ran at niceness 15" in summary_table(s)
+    assert "RAY_worker_niceness=0" in summary_table(s)
+    calm = summarize([_row("a", 0, "as_expected", niceness=0), _row("a", 1, "as_expected")])
+    assert calm["niced"] == {"trials": 0, "niceness": 0} and "niceness" not in summary_table(calm)
+
+
 def test_summary_counts_exit_code_and_junit_round_trip(tmp_path):
     rows = [_row("a", 0, "as_expected"), _row("a", 1, "unexpected", violated=["P1"]),
             _row("a", 2, "inconclusive"), _row("b", 0, "harness_error", error="boom"), _row("b", 1, "incomplete")]

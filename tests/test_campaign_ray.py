@@ -34,6 +34,10 @@ def test_ray_executor_gives_the_local_executors_verdicts(tmp_path):
     vl, vr = _verdicts(local["campaign_dir"]), _verdicts(on_ray["campaign_dir"])
     assert vr == vl
     assert all(v[0] != "harness_error" for v in vr.values()), vr
+    # A local instance's workers run at nice 0 (Ray's default, 15, left trials waiting behind any other
+    # process on a busy machine: planned kills missed), and the summary says nothing about niceness.
+    assert [r["niceness"] for r in _rows(on_ray)] == [0] * 4
+    assert on_ray["niced"] == {"trials": 0, "niceness": 0}
     # keep_all: every report came back to the driver's campaign dir, naming its new place.
     kept = [d for d in os.listdir(on_ray["campaign_dir"]) if d.startswith(("kill-random-", "failpoints-consumer-"))]
     assert len(kept) == 4

@@ -71,7 +71,15 @@ def summarize(rows: List[Dict[str, Any]], require: Optional[Dict[str, Tuple[Sequ
             "faults_landed": sum(t["faults_landed"] for t in table),
             "coverage": merge(t["coverage"] for t in table),
             "coverage_required": require is not None,
-            "coverage_inconclusive": sorted(t["scenario"] for t in table if t.get("coverage_gaps"))}
+            "coverage_inconclusive": sorted(t["scenario"] for t in table if t.get("coverage_gaps")),
+            "niced": niced_trials(rows)}
+
+
+def niced_trials(rows: List[Dict[str, Any]]) -> Dict[str, int]:
+    """{"trials": how many ran at a niceness above 0, "niceness": the highest}: a Ray cluster starts its
+    workers at nice 15 unless told otherwise, and a trial's processes inherit it."""
+    niced = [int(r["niceness"]) for r in rows if (r.get("niceness") or 0) > 0]
+    return {"trials": len(niced), "niceness": max(niced, default=0)}
 
 
 def exit_code(summary: Dict[str, Any]) -> int:
@@ -98,6 +106,13 @@ def summary_table(summary: Dict[str, Any]) -> str:
                    f"{', '.join(t['violated']) or '-'} | {'-' if t['median_s'] is None else t['median_s']} | "
                    f"{', '.join(map(str, t['failing_seeds'][:10])) or '-'} |")
     out += coverage_section(summary)
+    niced = summary.get("niced") or {}
+    if niced.get("trials"):
+        out.append("")
+        out.append(f"NOTE: {niced['trials']} of {summary['runs']} trials ran at niceness {niced['niceness']} (Ray "
+                   f"starts its workers at nice 15): on a busy node their runner polls late, a run can end before "
+                   f"its planned faults and the trial is inconclusive. Start the cluster's nodes with "
+                   f"RAY_worker_niceness=0 in their environment (a local instance is started so).")
     if summary.get("interrupted"):
         out.append("")
         out.append(f"INTERRUPTED ({summary.get('signal') or 'interrupt'}): partial summary; runs that had not "

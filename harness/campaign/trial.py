@@ -108,6 +108,7 @@ def run_trial(spec: Dict[str, Any]) -> Dict[str, Any]:
         row = {"scenario": r.scenario, "seed": seed, "status": status, "as_expected": status == "as_expected",
                "outcome": r.outcome, "violated": (r.verdict or {}).get("violated", []), "wall_s": r.wall_s,
                "report_dir": r.report_dir if keep else None, "faults": faults, "worker": worker,
+               "niceness": os.nice(0),  # what its processes inherited (a Ray worker's: 15 by default)
                "coverage": getattr(r, "coverage", None) or None}
         if ship and keep:
             row["archive"] = pack_report(r.report_dir)

@@ -30,6 +30,8 @@ from ..process_engine.work_dir import ROOT_ENV, work_root
 from .lost import TrialLost
 
 TICK_S = 1.0
+#: The raylet starts its workers at this niceness (Ray's default: 15).
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -107,6 +109,10 @@ class RayExecutor:
             # Ray kills its workers at shutdown, so their own temp files (a fork server's socket dir,
             # for one) are never removed by them: they go into the private dir removed at the end.
             env_vars["TMPDIR"] = self._tmp
+            # Ray starts its workers at nice 15, and a trial's runner, fork server, producer and
+            # consumer inherit it: on a busy machine they then wait behind every other process,
+            # and a runner that polls late sees a whole run end before its planned kills.
+            env_vars[WORKER_NICENESS_ENV] = "0"
             if self._work_root:
                 env_vars[ROOT_ENV] = self._work_root
         return kw
