@@ -21,6 +21,7 @@ import time
 from typing import Any, Dict, List
 
 from ..campaign import run_campaign
+from ..executors.ray import WORKER_NICENESS_ENV
 from .registry import BenchRun, goal, section
 
 SCENARIOS = ["kill-random", "failpoints-consumer"]
@@ -79,6 +80,7 @@ def _two_nodes(jobs, scenarios, seeds, base, local_verdicts) -> Dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="dfh-ray2-")
     os.makedirs(os.path.join(tmp, "ray"))
     os.environ["RAY_TMPDIR"] = tmp  # the cluster utilities write their address file under it
+    os.environ[WORKER_NICENESS_ENV] = "0"  # as a local instance's workers (executors/ray.py)
     t0 = time.monotonic()
     try:
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": per, "temp_dir": os.path.join(tmp, "ray"),
