@@ -62,8 +62,11 @@ def run_lane(args: List[str], basetemp: str, cwd: str = _REPO_ROOT) -> Dict[str,
         p.wait()
         raise
     wall = time.monotonic() - t0
+    failed = [line.split(" - ")[0].split(" ", 1)[1] for line in out.splitlines()
+              if line.startswith(("FAILED ", "ERROR "))]
     return {"command": " ".join(["python", "-m", "pytest", *args]), "wall_s": round(wall, 1), "rc": p.returncode,
-            "summary": summary_line(out) or (out.strip().splitlines() or ["(no output)"])[-1][:300]}
+            "summary": summary_line(out) or (out.strip().splitlines() or ["(no output)"])[-1][:300],
+            "failed": failed}
 
 
 @section("suite", 100)
@@ -79,6 +82,7 @@ def suite_section(run: BenchRun) -> None:
         ok = r["rc"] == 0
         out[key] = r
         run.out[key] = r["wall_s"] if ok else None
-        verdict = goal(key, r["wall_s"]) if ok else f"{goal(key, None)} (the suite failed: rc {r['rc']})"
+        verdict = goal(key, r["wall_s"]) if ok else (f"{goal(key, None)} (the suite failed: rc {r['rc']}"
+                                                     + (f"; {', '.join(r['failed'])}" if r["failed"] else "") + ")")
         run.say(f"{label} (`{r['command']}`, {os.cpu_count()} CPUs): {r['wall_s']} s, {r['summary']}; {verdict}")
     run.out["suite"] = out
