@@ -226,9 +226,13 @@ def test_scenario_name_too_long_for_a_file_name_exits_2(tmp_path, capsys):
 
 
 def test_reports_dir_too_deep_for_path_max_exits_2(tmp_path, capsys):
+    # 4,050 characters whatever tmp_path's own length: creatable (under PATH_MAX, 4,096), but no
+    # run dir fits under it
     deep = tmp_path
-    while len(str(deep)) < 4000:
+    while len(str(deep)) + 201 < 4000:
         deep = deep / ("d" * 200)
+    deep = deep / ("d" * (4049 - len(str(deep))))
+    assert len(str(deep)) == 4050
     os.makedirs(deep)
     code, err = _run(["run", _tiny(tmp_path), "--reports", str(deep), "--quiet"], capsys)
     assert code == 2 and "--reports" in err and "PATH_MAX" in err, err
