@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def run_lane(args: List[str], basetemp: str, cwd: str = _REPO_ROOT) -> Dict[str,
     wall = time.monotonic() - t0
     failed = [line.split(" - ")[0].split(" ", 1)[1] for line in out.splitlines()
               if line.startswith(("FAILED ", "ERROR "))]
-    return {"command": " ".join(["python", "-m", "pytest", *args]), "wall_s": round(wall, 1), "rc": p.returncode,
+    return {"command": shlex.join(["python", "-m", "pytest", *args]), "wall_s": round(wall, 1), "rc": p.returncode,
             "summary": summary_line(out) or (out.strip().splitlines() or ["(no output)"])[-1][:300],
             "failed": failed}
 
