@@ -193,32 +193,43 @@ def test_anonymous_ranges_are_the_whole_huge_pages_of_private_writable_anonymous
     assert all((hi - lo) % HUGE_PAGE == 0 for lo, hi in anonymous_ranges(str(maps)))
 
 
-def _anon_huge_kb(pid):
+def _anon_kb(pid):
+    """(Anonymous, AnonHugePages) of `pid`, in kB."""
+    out = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1])
-    return 0
+            key = line.split(":")[0]
+            if key in ("Anonymous", "AnonHugePages"):
+                out[key] = int(line.split()[1])
+    return out.get("Anonymous", 0), out.get("AnonHugePages", 0)
 
 
-def _kernel_collapses():
-    """Whether this kernel can back an anonymous range with huge pages now (MADV_COLLAPSE, Linux 6.1+)."""
-    code = ("import mmap,ctypes;from harness.process_engine.zygote_server import MADV_COLLAPSE as C, HUGE_PAGE as H\n"
-            "m=mmap.mmap(-1,3*H,flags=mmap.MAP_PRIVATE|mmap.MAP_ANONYMOUS);b=(ctypes.c_char*len(m)).from_buffer(m);a=ctypes.addressof(b);a=(a+H-1)&~(H-1)\n"
-            "ctypes.memset(a,1,H);l=ctypes.CDLL(None);l.madvise.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int]\n"
-            "print(l.madvise(a,H,C)==0)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    return out.stdout.strip() == "True"
+def _why_no_collapse():
+    """Why this kernel cannot collapse memory into huge pages, or None where it can: read from the
+    kernel's version and THP setting, not from a try, so a collapse that breaks fails the test."""
+    release = os.uname().release.split("-")[0].split(".")
+    if tuple(int(x) for x in release[:2] if x.isdigit()) < (6, 1):
+        return f"Linux {os.uname().release}: MADV_COLLAPSE needs 6.1+"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[never]" in f.read():
+                return "transparent huge pages are off ([never])"
+    except OSError:
+        return "no transparent huge pages in this kernel"
+    return None
 
 
 def test_the_zygote_holds_its_preloaded_memory_in_huge_pages():
     """A child's fork and exit then copy and tear down a few hundred page-table entries, not ~37,000."""
-    if not _kernel_collapses():
-        pytest.skip("this kernel cannot collapse memory into huge pages (MADV_COLLAPSE needs Linux 6.1+, THP on)")
+    why = _why_no_collapse()
+    if why is not None:
+        pytest.skip(why)
     from harness.process_engine.zygote import ZygoteClient
 
     z = ZygoteClient(sys.executable)
     try:
-        assert _anon_huge_kb(z.pid) >= 32 * 1024, f"zygote AnonHugePages {_anon_huge_kb(z.pid)} kB"
+        # 84% here; malloc's huge pages alone give 57%, the collapse alone 81%
+        anon, huge = _anon_kb(z.pid)
+        assert huge >= 0.7 * anon, f"zygote: {huge} kB of {anon} kB anonymous memory in huge pages"
     finally:
         z.close(timeout=5.0)
