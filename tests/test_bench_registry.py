@@ -27,11 +27,12 @@ def test_the_suite_figure_is_a_real_pytest_run_and_a_failing_suite_meets_no_goal
 
     proj = tmp_path / "proj"
     proj.mkdir()
-    (proj / "test_one.py").write_text("def test_ok():\n    assert sum([1, 1]) == 2\n\ndef test_bad():\n    assert sum([1, 1]) == 3\n")
+    ok, bad = "def test_ok():\n    assert sum([1, 1]) == 2\n", "def test_bad():\n    assert sum([1, 1]) == 3\n"
+    (proj / "test_one.py").write_text(ok + "\n" + bad)
     r = run_lane([], str(tmp_path / "bt"), cwd=str(proj))
     assert r["rc"] == 1 and r["summary"] == "1 failed, 1 passed" and r["wall_s"] > 0
     assert r["failed"] == ["test_one.py::test_bad"]
-    (proj / "test_one.py").write_text("def test_ok():\n    assert sum([1, 1]) == 2\n")
+    (proj / "test_one.py").write_text(ok)
     r = run_lane([], str(tmp_path / "bt"), cwd=str(proj))
     assert r["rc"] == 0 and r["summary"] == "1 passed" and r["failed"] == []
     assert summary_line("==== 566 passed, 8 skipped in 64.91s (0:01:04) ====") == "566 passed, 8 skipped"
