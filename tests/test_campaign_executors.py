@@ -151,3 +151,29 @@ def test_local_ray_workers_write_their_temp_files_into_the_private_dir_removed_a
     finally:
         ex._cleanup()
     assert not any(os.path.exists(d) for d in private)
+
+
+def test_the_autoscaler_monitor_is_sigkilled_before_shutdown_and_nothing_else_is_touched():
+    """`stop_autoscaler_monitor` on a stand-in for Ray's private process table: the monitor (a process
+    that ignores SIGTERM, as Ray's does for a second) is SIGKILLed and reaped, the other processes are
+    left to Ray's shutdown, and a Ray without the table is left alone."""
+    from types import SimpleNamespace
+
+    from harness.executors.ray import stop_autoscaler_monitor
+
+    ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    monitor = subprocess.Popen([sys.executable, "-c", ignore_term])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        node = SimpleNamespace(all_processes={"monitor": [SimpleNamespace(process=monitor)],
+                                              "raylet": [SimpleNamespace(process=other)]})
+        fake_ray = SimpleNamespace(_private=SimpleNamespace(worker=SimpleNamespace(_global_node=node)))
+        assert stop_autoscaler_monitor(fake_ray) == monitor.pid
+        assert monitor.returncode == -signal.SIGKILL
+        assert other.poll() is None
+        assert stop_autoscaler_monitor(fake_ray) is None  # already gone: nothing to do
+        assert stop_autoscaler_monitor(SimpleNamespace()) is None  # no private table: nothing done
+    finally:
+        for p in (monitor, other):
+            p.kill()
+            p.wait()

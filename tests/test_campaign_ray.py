@@ -38,6 +38,10 @@ def test_ray_executor_gives_the_local_executors_verdicts(tmp_path):
     # process on a busy machine: planned kills missed), and the summary says nothing about niceness.
     assert [r["niceness"] for r in _rows(on_ray)] == [0] * 4
     assert on_ray["niced"] == {"trials": 0, "niceness": 0}
+    # The autoscaler monitor was SIGKILLed before the shutdown (Ray's own SIGTERM left it a second's
+    # grace, a second of every campaign): its pid was found in the installed Ray, and it is gone.
+    assert isinstance(on_ray["ray_monitor_stopped"], int) and not _alive(on_ray["ray_monitor_stopped"])
+    assert on_ray["executor_stop_s"] is not None and local["executor_stop_s"] is None
     # keep_all: every report came back to the driver's campaign dir, naming its new place.
     kept = [d for d in os.listdir(on_ray["campaign_dir"]) if d.startswith(("kill-random-", "failpoints-consumer-"))]
     assert len(kept) == 4
@@ -45,6 +49,14 @@ def test_ray_executor_gives_the_local_executors_verdicts(tmp_path):
         with open(os.path.join(on_ray["campaign_dir"], d, "result.json")) as f:
             assert os.path.join(on_ray["campaign_dir"], d) in f.read()
     assert not os.path.exists(os.path.join("/tmp", f"dfh-trials-{os.path.basename(on_ray['campaign_dir'])}"))
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _cmdline(pid):

@@ -175,6 +175,8 @@ def run_campaign(scenarios: Sequence[Any], seeds: Sequence[int], *, jobs: int = 
     summary.update({"campaign_dir": cdir, "wall_s": round(time.monotonic() - t0, 1), "jobs": jobs,
                     "executor": executor, "address": address, "interrupted": bool(interrupted),
                     "signal": interrupted, "seeds": list(seeds), "executor_start_s": getattr(ex, "start_s", None),
+                    "executor_stop_s": getattr(ex, "stop_s", None),
+                    "ray_monitor_stopped": getattr(ex, "monitor_stopped", None),
                     "trials_retried": getattr(ex, "retried", None)})
     # Each run's coverage is summed into its scenario's row (and kept in its report, if kept).
     runs = sorted(({k: v for k, v in r.items() if k != "coverage"} for r in rows),
