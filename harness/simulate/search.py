@@ -22,6 +22,7 @@ up the rate; on local workers the first failure stops the others.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -158,6 +159,10 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
     sim = Simulation(spec.workload, spec.backend, workdir_root=spec.workdir_root, powercuts=spec.powercuts)
     if warmup:
         sim.run([])  # lazy imports and torch's first-call costs, outside the measured time
+    # What is alive now (modules, torch, Hypothesis) lives as long as the search: out of the
+    # collector's sight, each full collection of a schedule's garbage walks 3-4% less CPU.
+    gc.collect()
+    gc.freeze()
     memo: Dict[tuple, Optional[SimResult]] = {}
     fired: Dict[str, int] = {}
     cov: List[Dict[str, Any]] = []
@@ -214,6 +219,8 @@ def search(spec: SimSpec, examples: int, seed: int = 0, *, stop=None, on_progres
             test()
         except _Found:
             pass
+        finally:
+            gc.unfreeze()
     t_end = st["t_end"] or time.monotonic()
     cpu_end = st["cpu_end"] or time.process_time()
     out = SearchOutcome(schedules=st["n"], search_s=t_end - t0, cpu_s=cpu_end - c0, seed=seed, faults_fired=fired,
