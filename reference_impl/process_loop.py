@@ -10,7 +10,9 @@ them, written once:
   fails closed (the `fail_closed` event, the sentinel, exit 3) and a `Failed`
   error (I/O past the retry budget) is a clean failure (the sentinel, an
   `exit` event, exit 4);
-* "done" is the `exit` event with code 0.
+* "done" is the `exit` event with code 0; a process the harness started with
+  `DFH_HOLD_AT_END=1` first writes a `hold` event and stops itself, for the
+  harness to kill or resume (`HOLD_ENV`).
 
 The process mains (`run_producer`, `run_consumer`: `run_process`; rank 0 of
 the data-parallel consumer) call `run()`, a thin loop; the simulation engine
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +42,11 @@ from .stores import StoreUnavailable
 from .variant import apply_from_env
 
 IDLE, PROGRESS, DONE = "idle", "progress", "done"
+#: "1": at its end, before its `exit` event, the process writes a `hold` event and stops itself
+#: (SIGSTOP) until the harness kills or resumes it. The harness sets it for a process it still plans
+#: to kill at a progress point: on a busy machine it may look at the progress only after the
+#: process has reached the point and finished, and the kill then still lands.
+HOLD_ENV = "DFH_HOLD_AT_END"
 
 
 class ExitCode(IntEnum):
@@ -96,12 +104,13 @@ class ProcessLoop:
     """
 
     def __init__(self, proc: str, cfg, history, obj: Any = None, *,
-                 say: Callable[[str], None] = _stderr) -> None:
+                 say: Callable[[str], None] = _stderr, hold_at_end: bool = False) -> None:
         self.proc = proc
         self.cfg = cfg
         self.h = history
         self.obj = obj
         self.say = say
+        self.hold_at_end = hold_at_end
         self.ended: Optional[Exit] = None
 
     def start(self, make: Callable[[], Any]) -> Optional[Exit]:
@@ -134,6 +143,9 @@ class ProcessLoop:
         except Failed as e:
             return self.failed(str(e))
         if status == DONE:
+            if self.hold_at_end:
+                self.h.emit("hold")
+                os.kill(os.getpid(), signal.SIGSTOP)
             self.h.emit("exit", code=int(ExitCode.COMPLETED), outcome="completed")
             return self._end(Exit(ExitCode.COMPLETED, "completed"))
         return status
@@ -177,7 +189,9 @@ class ProcessLoop:
 
 def run_process(proc: str, cfg: RunConfig, history, make: Callable[[], Any]) -> int:
     """A process's whole life: build the object with `make`, run the loop; the exit code."""
-    loop = ProcessLoop(proc, cfg, history)
+    # (never without a history: the `hold` event is how the harness tells this stop from others)
+    hold = os.environ.get(HOLD_ENV) == "1" and not isinstance(history, NullHistory)
+    loop = ProcessLoop(proc, cfg, history, hold_at_end=hold)
     ended = loop.start(make)
     return int((ended or loop.run()).code)
 

@@ -14,7 +14,12 @@ and drives them until the run ends (`drive`):
    a process group or one rank's pid, a network fault to the node's proxy, a
    power cut to every process (`cut_power`); a target that cannot take a fault
    yet is retried for up to `DELIVERY_RETRY_S`;
-3. pauses (timed, or stops at a `pause` failpoint) are resumed when due.
+3. pauses (timed, or stops at a `pause` failpoint) are resumed when due;
+4. a process started while a kill at a progress point was still planned for it
+   runs with `DFH_HOLD_AT_END=1`: at its end it writes a `hold` event and stops
+   itself, so a kill whose trigger held only a moment before the process's end
+   (its last record or sample) still lands however late this loop looks; a
+   hold whose kill can no longer be due is resumed (`_release_holds`).
 
 A process that stopped itself at a `powercut` failpoint is found in step 1's
 place and the power is cut there.
@@ -22,6 +27,7 @@ place and the power is cut there.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -30,6 +36,7 @@ from typing import Dict, List, Optional, Tuple
 
 from reference_impl.channel import read_json
 from reference_impl.config import EXIT_FAIL_CLOSED, EXIT_FAILED, EXIT_OK, RunConfig
+from reference_impl.process_loop import HOLD_ENV
 
 from ..exit_codes import HarnessError
 from ..faults import NETWORK_KINDS, Kill, Powercut, Schedule, Timed, rank_of
@@ -82,6 +89,7 @@ class Run:
                 self.fp_pause_s.setdefault((f.target, f.incarnation), []).append(f.duration_s)
         self.fp_stops: Dict[Tuple[str, int], int] = {}  # (name, inc) -> stops seen so far
         self.settle_since: Optional[float] = None  # when the peers' grace after a clean failure began
+        self.holds: Dict[str, int] = {}  # name -> the incarnation started with HOLD_ENV (a kill planned for it)
 
     # -- processes ----------------------------------------------------------------------
     def start(self, name: str) -> None:
@@ -97,6 +105,9 @@ class Run:
             module = "reference_impl.consumer" if self.cfg.world_size == 1 else "reference_impl.dp_consumer"
         args = ["--config", self.cfg.path("config.json")] + (["--resume"] if name == "consumer" and inc > 0 else [])
         env = self.net.env_for(name) if self.net is not None else None
+        if self._kill_planned_for(name, inc):
+            env = dict(env or {}, **{HOLD_ENV: "1"})
+            self.holds[name] = inc
         p = self.sup.spawn(name, module, args, failpoints=rules, env=env)
         self.say(f"  spawn {name}#{inc} pid {p.pid}" + (f" failpoints {rules}" if rules else ""))
 
@@ -174,6 +185,7 @@ class Run:
             return None
         self.progress.update()
         self._send_due(now)
+        self._release_holds()
         for fid in self.ledger.poll(now):
             self.sup.h.emit("fault_landed_stop", fault=fid)
         for fid, how in self.net.landed() if self.net is not None else ():
@@ -305,6 +317,34 @@ class Run:
         self.resume_at.append(Resume(now + f.duration_s, f.target, group.inc, f.id, pid))
         return "sent"
 
+    # -- holds at the end -------------------------------------------------------------------
+    def _kill_planned_for(self, name: str, inc: int) -> bool:
+        """Whether a kill at a progress point is still pending for `name`#`inc` (a single process:
+        in a data-parallel group the loop runs in rank 0, not in the process the kill targets)."""
+        if (name == "consumer" and self.cfg.world_size > 1) or not self.cfg.extra.get("history", True):
+            return False
+        return any(isinstance(f, Kill) and f.target == name and f.trigger != "at_s"
+                   and (f.incarnation is None or f.incarnation <= inc) for f in self.pending)
+
+    def _release_holds(self) -> None:
+        """A process stopped at its end (`hold`) whose planned kill was sent meanwhile is dead or
+        dying; one whose kill can no longer be due (its trigger does not hold at the end) goes on."""
+        for name, inc in list(self.holds.items()):
+            p = self.sup.procs.get(name)
+            if p is None or p.inc != inc or p.code is not None:
+                del self.holds[name]  # restarted or ended: the hold is over
+                continue
+            if not p.is_stopped() or not history_has(self.cfg.workdir, name, inc, "hold"):
+                continue
+            # Read again: the progress of this round may predate the process's last count, and
+            # stopped at its end, its count is final.
+            self.progress.update()
+            if any(isinstance(f, Kill) and f.target == name and self._incarnation_reached(f)
+                   and f.holds(self.progress.published, self.progress.consumed, 0.0) for f in self.pending):
+                continue  # due, not sent yet (retried): the next round sends it
+            del self.holds[name]
+            self.sup.cont(name)
+
     # -- power cuts ---------------------------------------------------------------------
     def _powercut_due(self) -> Optional[Tuple[int, str]]:
         """(fault id, cause) when a process stopped itself at a `powercut` failpoint, else None."""
@@ -384,6 +424,24 @@ class Run:
             p = self.sup.procs.get(item.target)
             if p and p.inc == item.inc and self.sup.cont(item.target, fault=item.fault) and item.fault is not None:
                 self.ledger.resume_sent(item.fault)
+
+
+def history_has(workdir: str, name: str, inc: int, ev: str) -> bool:
+    """Whether `name`#`inc` wrote an `ev` event into its history."""
+    try:
+        with open(os.path.join(workdir, "history", f"{name}.jsonl"), "rb") as fh:
+            for line in fh:
+                if b'"%s"' % ev.encode() not in line:
+                    continue
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                if e.get("ev") == ev and e.get("inc") == inc:
+                    return True
+    except OSError:
+        pass
+    return False
 
 
 def signal_pid(pid: int, sig: int) -> bool:
