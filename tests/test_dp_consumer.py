@@ -87,7 +87,9 @@ def test_rank_paused_past_the_collective_timeout_never_hangs_the_group(tmp_path,
     sc = scenario_from_dict({
         "name": "dp2-rank-paused",
         "topology": {"consumer_ranks": 2},
-        "workload": {"samples": 96, "train_batch": 2, "accumulation": 2},
+        # 20 ms a step: the whole run took 0.17 s on a tmpfs, 55 ms of it after the trigger, and on a
+        # loaded CI machine the runner saw the trigger only once the ranks had ended (the pause missed)
+        "workload": {"samples": 96, "train_batch": 2, "accumulation": 2, "consumer_step_delay_s": 0.02},
         "faults": {"explicit": [{"kind": "pause", "target": "consumer.rank1", "at_consumed": 24,
                                  "duration_s": 100.0}]},
         "expect": {"bound_s": 30.0, "timeout_s": 90.0},
