@@ -163,8 +163,10 @@ def test_a_kill_planned_at_a_process_last_count_lands_at_its_end(tmp_path, seed)
     r = run_scenario(load_scenario(KILL_AT_END), seed, reports_dir=str(tmp_path), render=False, keep_work=True)
     assert r.faults == {"planned": 2, "landed": 2, "missed": []}, r.faults
     assert r.as_expected, r.verdict
+    # Each kill lands at its process's hold, or just before it when the runner is quick enough to see
+    # the trigger in the moment between the last count and the hold; no later incarnation holds.
     holds = _events(r.report_dir, "hold")
-    assert sorted((e["proc"], e["inc"]) for e in holds) == [("consumer", 0), ("producer", 0)], holds
+    assert {(e["proc"], e["inc"]) for e in holds} <= {("consumer", 0), ("producer", 0)}, holds
     kills = _events(r.report_dir, "kill")
     assert sorted(k["target"] for k in kills) == ["consumer", "producer"]
     # the incarnations started after the kills have none planned: they end without a hold
