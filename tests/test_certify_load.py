@@ -11,9 +11,8 @@ whole test, and the 20 runs themselves, in `STREAMS` processes side by side,
 so each run shares the cores with the busy loops and with three other runs'
 processes. (The runs used to go one after another under the busy loops alone:
 a reference run took about 7 s of wall then and 14 s now, so each is loaded
-more, and the busy loops no longer burn some 340 CPU seconds, about a third
-of the whole suite's: the two tests took 142 and 31 s side by side, now 72
-and 22 s.)
+more, and the busy loops, which run all along, run half as long: the two
+tests took 142 and 31 s side by side, now 72 and 22 s.)
 """
 
 import json
