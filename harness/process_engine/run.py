@@ -27,7 +27,6 @@ place and the power is cut there.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -40,6 +39,7 @@ from reference_impl.process_loop import HOLD_ENV
 
 from ..exit_codes import HarnessError
 from ..faults import NETWORK_KINDS, Kill, Powercut, Schedule, Timed, rank_of
+from ..history import HistoryError, read_events_file
 from ..run_plumbing import Progress, roll_up
 from .fault_ledger import FaultLedger
 from .powercut import PowerLoss, stopped_at_powercut
@@ -185,7 +185,7 @@ class Run:
             return None
         self.progress.update()
         self._send_due(now)
-        self._release_holds()
+        self._release_holds(now)
         for fid in self.ledger.poll(now):
             self.sup.h.emit("fault_landed_stop", fault=fid)
         for fid, how in self.net.landed() if self.net is not None else ():
@@ -222,8 +222,7 @@ class Run:
     # -- timed faults -------------------------------------------------------------------
     def _send_due(self, now: float) -> None:
         for f in list(self.pending):
-            if not (self._incarnation_reached(f)
-                    and f.holds(self.progress.published, self.progress.consumed, now - self.t0)):
+            if not self._due(f, now):
                 continue
             if isinstance(f, Powercut):
                 self.pending.remove(f)
@@ -241,6 +240,11 @@ class Run:
             self.pending.remove(f)
             if verdict != "sent":
                 self.ledger.miss(f.id, verdict)
+
+    def _due(self, f: Timed, now: float) -> bool:
+        """Whether `f`'s trigger holds and the incarnations the plan holds it for are alive."""
+        return self._incarnation_reached(f) and f.holds(self.progress.published, self.progress.consumed,
+                                                        now - self.t0)
 
     def _held_for(self, f: Timed) -> Dict[str, int]:
         """The incarnations the plan holds `f` back for (`harness.faults.plan`)."""
@@ -326,7 +330,7 @@ class Run:
         return any(isinstance(f, Kill) and f.target == name and f.trigger != "at_s"
                    and (f.incarnation is None or f.incarnation <= inc) for f in self.pending)
 
-    def _release_holds(self) -> None:
+    def _release_holds(self, now: float) -> None:
         """A process stopped at its end (`hold`) whose planned kill was sent meanwhile is dead or
         dying; one whose kill can no longer be due (its trigger does not hold at the end) goes on."""
         for name, inc in list(self.holds.items()):
@@ -334,13 +338,12 @@ class Run:
             if p is None or p.inc != inc or p.code is not None:
                 del self.holds[name]  # restarted or ended: the hold is over
                 continue
-            if not p.is_stopped() or not history_has(self.cfg.workdir, name, inc, "hold"):
+            if not p.is_stopped() or not wrote_event(self.cfg.path("history", f"{name}.jsonl"), inc, "hold"):
                 continue
             # Read again: the progress of this round may predate the process's last count, and
             # stopped at its end, its count is final.
             self.progress.update()
-            if any(isinstance(f, Kill) and f.target == name and self._incarnation_reached(f)
-                   and f.holds(self.progress.published, self.progress.consumed, 0.0) for f in self.pending):
+            if any(isinstance(f, Kill) and f.target == name and self._due(f, now) for f in self.pending):
                 continue  # due, not sent yet (retried): the next round sends it
             del self.holds[name]
             self.sup.cont(name)
@@ -426,22 +429,12 @@ class Run:
                 self.ledger.resume_sent(item.fault)
 
 
-def history_has(workdir: str, name: str, inc: int, ev: str) -> bool:
-    """Whether `name`#`inc` wrote an `ev` event into its history."""
+def wrote_event(history_file: str, inc: int, ev: str) -> bool:
+    """Whether incarnation `inc` wrote an `ev` event into this process history file."""
     try:
-        with open(os.path.join(workdir, "history", f"{name}.jsonl"), "rb") as fh:
-            for line in fh:
-                if b'"%s"' % ev.encode() not in line:
-                    continue
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                if e.get("ev") == ev and e.get("inc") == inc:
-                    return True
-    except OSError:
-        pass
-    return False
+        return any(e.get("ev") == ev and e.get("inc") == inc for e in read_events_file(history_file))
+    except (OSError, HistoryError):
+        return False
 
 
 def signal_pid(pid: int, sig: int) -> bool:
